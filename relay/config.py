@@ -1,0 +1,475 @@
+"""Settings: defaults, then the TOML file, then RELAY_* environment variables.
+
+Validated once at start. Every problem is reported as a ConfigError that names the
+file, the key path (``tenants[0].destinations[1].url``) and how to fix it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from relay import webhooks
+
+DEFAULT_CONFIG_PATH = Path("config/relay.toml")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file, the key and the fix."""
+
+    def __init__(self, source: str, key: str, problem: str, fix: str = "") -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        self.fix = fix
+        message = f"{source}: {key}: {problem}" if key else f"{source}: {problem}"
+        if fix:
+            message += f"\n  fix: {fix}"
+        super().__init__(message)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 3333
+    admin_api_key: str | None = None
+    admin_api_key_env: str | None = None
+    # Base URL that clients see (for Location headers); derived from the request when unset.
+    public_url: str | None = None
+    # Largest request body accepted, in bytes.
+    max_body_bytes: Annotated[int, Field(gt=0)] = 1_048_576
+    # Secret for tenant JWTs; defaults to one derived from the admin key.
+    jwt_secret: str | None = None
+
+
+class DatabaseSettings(_Strict):
+    # Empty: start the embedded PostgreSQL in data_dir.
+    url: str | None = None
+    data_dir: str = ".relay"
+    migrate_on_start: bool = True
+    pool_size: Annotated[int, Field(ge=1, le=200)] = 10
+
+
+class RetrySettings(_Strict):
+    # Exponential: base_seconds * 2**n, for max_retries retries. Or an explicit list.
+    base_seconds: Annotated[float, Field(gt=0)] = 30.0
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 10
+    schedule_seconds: list[Annotated[float, Field(ge=0)]] | None = None
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.1
+    # Retry-After from a receiver is honoured, clamped to this many seconds.
+    max_retry_after_seconds: Annotated[float, Field(ge=0)] = 3600.0
+
+
+class DeliverySettings(_Strict):
+    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    lease_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    poll_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 200
+    concurrency: Annotated[int, Field(ge=1, le=10_000)] = 256
+    per_destination_concurrency: Annotated[int, Field(ge=1, le=10_000)] = 32
+    response_body_cap_bytes: Annotated[int, Field(ge=0)] = 4096
+    shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
+    # Consecutive failures after which a destination is disabled; 0 = never (as Outpost).
+    auto_disable_after_failures: Annotated[int, Field(ge=0)] = 0
+    # CIDRs that deliveries may reach despite the SSRF guard (loopback/private are refused).
+    allow_private_networks: list[str] = Field(default_factory=list)
+    retry: RetrySettings = RetrySettings()
+
+    @field_validator("allow_private_networks")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR such as 127.0.0.0/8") from None
+        return value
+
+
+class RetentionSettings(_Strict):
+    # Finished history (events whose deliveries are all delivered or failed, with their
+    # attempts) older than this is removed by dispatchers and `relay prune`. 0 = keep all.
+    max_age_days: Annotated[float, Field(ge=0)] = 0
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    interval_seconds: Annotated[float, Field(gt=0)] = 600.0
+
+
+class LoggingSettings(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    # "text" for people, "json" (one object per line) for log pipelines.
+    format: Literal["text", "json"] = "text"
+
+
+class DestinationConfig(_Strict):
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    type: Literal["webhook"] = "webhook"
+    url: str
+    topics: list[str] | Literal["*"] = "*"
+    secret: str | None = None
+    secret_env: str | None = None
+    custom_headers: dict[str, str] = Field(default_factory=dict)
+    enabled: bool = True
+    metadata: dict[str, str] = Field(default_factory=dict)
+    # "standard" (Standard Webhooks) or "outpost" (x-outpost-* headers, v0 signature).
+    signature_mode: Literal["standard", "outpost"] = "standard"
+    timeout_seconds: Annotated[float, Field(gt=0, le=300)] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        problem = webhooks.url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("topics")
+    @classmethod
+    def _some_topics(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list) and (not value or not all(value)):
+            raise ValueError('must list at least one non-empty topic, or be "*" for every topic')
+        return value
+
+    @field_validator("custom_headers")
+    @classmethod
+    def _sendable_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = webhooks.header_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @property
+    def topic_list(self) -> list[str]:
+        return ["*"] if self.topics == "*" else list(self.topics)
+
+
+def _pod_url(value: str) -> str:
+    if re.match(r"https?://[^/\s]+", value) is None:
+        raise ValueError(
+            f"{value!r} is not a pod URL such as https://user.example.com/profile/card#me"
+        )
+    return value
+
+
+class TenantConfig(_Strict):
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    metadata: dict[str, str] = Field(default_factory=dict)
+    destinations: list[DestinationConfig] = Field(default_factory=list)
+    # Pod identities this tenant answers for in the pod-style publish API (POST /publish/).
+    pods: list[str] = Field(default_factory=list)
+
+    @field_validator("pods")
+    @classmethod
+    def _pod_urls(cls, value: list[str]) -> list[str]:
+        return [_pod_url(pod) for pod in value]
+
+    @model_validator(mode="after")
+    def _unique_destinations(self) -> TenantConfig:
+        seen: set[str] = set()
+        for index, dest in enumerate(self.destinations):
+            if dest.id in seen:
+                raise ValueError(f"destinations[{index}].id {dest.id!r} is declared twice")
+            seen.add(dest.id)
+        return self
+
+
+class GrantConfig(_Strict):
+    """What a publisher may publish: to these recipients ("*": any), on these topics."""
+
+    recipients: list[str] | Literal["*"]
+    # Topic patterns as destinations use them: "*", exact, trailing "/*", no "#action".
+    topics: list[str] | Literal["*"]
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipient_urls(cls, value: list[str] | str) -> list[str] | str:
+        if not value:
+            raise ValueError('list at least one pod URL, or "*" for any recipient')
+        return value if value == "*" else [_pod_url(pod) for pod in value]
+
+    @field_validator("topics")
+    @classmethod
+    def _some_topics(cls, value: list[str] | str) -> list[str] | str:
+        if not value or any(not pattern for pattern in value):
+            raise ValueError('list at least one non-empty topic pattern, or "*" for any topic')
+        return value
+
+    @property
+    def topic_list(self) -> list[str]:
+        return ["*"] if self.topics == "*" else list(self.topics)
+
+
+class PublisherConfig(_Strict):
+    """A producer app of the pod-style publish API, known by its ``x-api-key``."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    key: Annotated[str, Field(min_length=1)] | None = None
+    key_env: str | None = None
+    grants: list[GrantConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _has_key(self) -> PublisherConfig:
+        if self.key is None:
+            raise ValueError("a publisher needs a key: set key, or key_env to read it from")
+        return self
+
+
+class Settings(_Strict):
+    """Everything relay needs to run, frozen after validation."""
+
+    config_path: str | None = None
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    topics: list[str] = Field(default_factory=list)
+    retention: RetentionSettings = RetentionSettings()
+    logging: LoggingSettings = LoggingSettings()
+    tenants: list[TenantConfig] = Field(default_factory=list)
+    publishers: list[PublisherConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_tenants(self) -> Settings:
+        seen: set[str] = set()
+        for index, tenant in enumerate(self.tenants):
+            if tenant.id in seen:
+                raise ValueError(f"tenants[{index}].id {tenant.id!r} is declared twice")
+            seen.add(tenant.id)
+        return self
+
+    @model_validator(mode="after")
+    def _pods_answered_once(self) -> Settings:
+        owner: dict[str, str] = {}
+        for t_index, tenant in enumerate(self.tenants):
+            for p_index, pod in enumerate(tenant.pods):
+                if pod in owner:
+                    raise ValueError(
+                        f"tenants[{t_index}].pods[{p_index}] {pod!r} is already answered "
+                        f"for by tenant {owner[pod]!r}; a pod belongs to one tenant"
+                    )
+                owner[pod] = tenant.id
+        return self
+
+    @model_validator(mode="after")
+    def _unique_publishers(self) -> Settings:
+        names: set[str] = set()
+        keys: dict[str, int] = {}
+        for index, publisher in enumerate(self.publishers):
+            if publisher.name in names:
+                raise ValueError(f"publishers[{index}].name {publisher.name!r} is declared twice")
+            names.add(publisher.name)
+            assert publisher.key is not None
+            if publisher.key in keys:
+                # The key identifies the publisher, so two cannot share one (never echo it).
+                raise ValueError(
+                    f"publishers[{index}].key is the same as publishers[{keys[publisher.key]}]"
+                    ".key; give each publisher its own key"
+                )
+            keys[publisher.key] = index
+        return self
+
+    @property
+    def admin_api_key(self) -> str | None:
+        return self.server.admin_api_key
+
+    @property
+    def source(self) -> str:
+        return self.config_path or "environment"
+
+
+# Environment variables that override a file value: name -> key path.
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "RELAY_DATABASE_URL": ("database", "url"),
+    "RELAY_DATA_DIR": ("database", "data_dir"),
+    "RELAY_HOST": ("server", "host"),
+    "RELAY_PORT": ("server", "port"),
+    "RELAY_ADMIN_API_KEY": ("server", "admin_api_key"),
+    "RELAY_PUBLIC_URL": ("server", "public_url"),
+    "RELAY_DISPATCH_LEASE_SECONDS": ("delivery", "lease_seconds"),
+    "RELAY_POLL_INTERVAL_SECONDS": ("delivery", "poll_interval_seconds"),
+    "RELAY_DELIVERY_TIMEOUT_SECONDS": ("delivery", "timeout_seconds"),
+    "RELAY_ALLOW_PRIVATE_NETWORKS": ("delivery", "allow_private_networks"),
+    "RELAY_RETENTION_DAYS": ("retention", "max_age_days"),
+    "RELAY_LOG_LEVEL": ("logging", "level"),
+    "RELAY_LOG_FORMAT": ("logging", "format"),
+}
+
+_FIXES = {
+    "missing": "add this key",
+    "extra_forbidden": "remove this key or check its spelling against config/relay.example.toml",
+}
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read the config file (if any) and the environment into validated Settings.
+
+    ``path`` wins over ``RELAY_CONFIG``, which wins over ``config/relay.toml``. A missing
+    file is an error when named explicitly, and a valid start (env only) otherwise.
+    """
+    env = os.environ if env is None else env
+    explicit = path is not None or "RELAY_CONFIG" in env
+    config_path = Path(path if path is not None else env.get("RELAY_CONFIG", DEFAULT_CONFIG_PATH))
+    source = str(config_path)
+
+    raw: dict[str, Any] = {}
+    if config_path.is_file():
+        try:
+            raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, "", f"not valid TOML ({exc})", "fix the syntax") from None
+        except OSError as exc:
+            raise ConfigError(source, "", f"cannot be read ({exc.strerror})") from None
+        raw["config_path"] = source
+    elif explicit:
+        raise ConfigError(
+            source,
+            "",
+            "file not found",
+            "pass an existing file with --config or RELAY_CONFIG, or unset RELAY_CONFIG "
+            "to start from environment variables alone",
+        )
+    else:
+        source = "environment"
+
+    _apply_env(raw, env)
+    _resolve_env_references(raw, env, source)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise _config_error(source, exc) from None
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, (section, key) in ENV_OVERRIDES.items():
+        if name not in env:
+            continue
+        value: Any = env[name]
+        if name == "RELAY_ALLOW_PRIVATE_NETWORKS":
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        raw.setdefault(section, {})
+        if isinstance(raw[section], dict):
+            raw[section][key] = value
+
+
+def _resolve_env_references(raw: dict[str, Any], env: Mapping[str, str], source: str) -> None:
+    """Replace ``*_env`` keys (secrets kept out of the file) by the variable's value."""
+    server = raw.get("server")
+    if (
+        isinstance(server, dict)
+        and server.get("admin_api_key_env")
+        and not server.get("admin_api_key")
+    ):
+        name = server["admin_api_key_env"]
+        if name not in env:
+            raise ConfigError(
+                source,
+                "server.admin_api_key_env",
+                f"environment variable {name} is not set",
+                f"export {name}=<key>, or set server.admin_api_key",
+            )
+        server["admin_api_key"] = env[name]
+
+    publishers = raw.get("publishers")
+    for p_index, publisher in enumerate(publishers if isinstance(publishers, list) else []):
+        if not isinstance(publisher, dict) or not publisher.get("key_env") or publisher.get("key"):
+            continue
+        name = publisher["key_env"]
+        if name not in env:
+            raise ConfigError(
+                source,
+                f"publishers[{p_index}].key_env",
+                f"environment variable {name} is not set",
+                f"export {name}=<key>, or set key inline",
+            )
+        publisher["key"] = env[name]
+
+    tenants = raw.get("tenants")
+    if not isinstance(tenants, list):
+        return
+    for t_index, tenant in enumerate(tenants):
+        dests = tenant.get("destinations") if isinstance(tenant, dict) else None
+        if not isinstance(dests, list):
+            continue
+        for d_index, dest in enumerate(dests):
+            if not isinstance(dest, dict) or not dest.get("secret_env") or dest.get("secret"):
+                continue
+            name = dest["secret_env"]
+            if name not in env:
+                raise ConfigError(
+                    source,
+                    f"tenants[{t_index}].destinations[{d_index}].secret_env",
+                    f"environment variable {name} is not set",
+                    f"export {name}=whsec_..., or set secret inline",
+                )
+            dest["secret"] = env[name]
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _config_error(source: str, exc: ValidationError) -> ConfigError:
+    # Report the first problem precisely; the rest are listed after it.
+    errors = exc.errors(include_url=False)
+    lines = []
+    for err in errors:
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # Literal/union branches add type names to the location; drop them.
+        loc = tuple(p for p in loc if p not in ("literal['*']", "list[str]", "str"))
+        lines.append((_key_path(loc), _problem(err), _FIXES.get(err["type"], _fix_for(err))))
+    key, problem, fix = lines[0]
+    if len(lines) > 1:
+        others = "; ".join(f"{k or '(top level)'}: {p}" for k, p, _ in lines[1:5])
+        problem += f" (also: {others})"
+    return ConfigError(source, key or "(top level)", problem, fix)
+
+
+def _problem(err: Any) -> str:
+    kind = err["type"]
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    message = str(err["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _fix_for(err: Any) -> str:
+    kind = err["type"]
+    if kind.endswith("_parsing") or kind.endswith("_type"):
+        return f"give a value of the right type (got {err.get('input')!r})"
+    if kind == "literal_error":
+        return "use one of the allowed values"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return "pick a value in range"
+    return "see config/relay.example.toml for this key"

@@ -1,0 +1,501 @@
+"""Tenants and destinations as the API manages them, and manual retries. Named statements.
+
+Deleting is soft (``deleted_at``): events, deliveries and attempts keep pointing at the
+rows, so history stays queryable in SQL. What the config file declares (origin 'config')
+is shown here but changed only by the file; callers check ``origin`` before writing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import Text
+
+from relay.db import outbox
+from relay.db.history import Position
+from relay.db.tables import TS
+
+# --- tenants -------------------------------------------------------------------------
+
+_TENANT_COLUMNS = """
+    t.id, t.metadata, t.origin, t.created_at, t.updated_at,
+    (SELECT count(*) FROM relay.destinations d
+     WHERE d.tenant_id = t.id AND d.deleted_at IS NULL) AS destinations_count,
+    ARRAY(SELECT DISTINCT unnest(d.topics) FROM relay.destinations d
+          WHERE d.tenant_id = t.id AND d.deleted_at IS NULL ORDER BY 1) AS topics
+"""
+
+GET_TENANT = text(f"""
+    SELECT {_TENANT_COLUMNS}
+    FROM relay.tenants t
+    WHERE t.id = :id AND t.deleted_at IS NULL
+""")
+
+LOCK_TENANT = text("""
+    SELECT origin, deleted_at FROM relay.tenants WHERE id = :id FOR UPDATE
+""")
+
+# A tenant that was deleted comes back as new: fresh metadata and creation time.
+UPSERT_TENANT = text("""
+    INSERT INTO relay.tenants (id, metadata, origin)
+    VALUES (:id, COALESCE(CAST(:metadata AS jsonb), '{}'::jsonb), 'api')
+    ON CONFLICT (id) DO UPDATE
+    SET metadata = CASE WHEN tenants.deleted_at IS NOT NULL
+                        THEN COALESCE(CAST(:metadata AS jsonb), '{}'::jsonb)
+                        ELSE COALESCE(CAST(:metadata AS jsonb), tenants.metadata) END,
+        created_at = CASE WHEN tenants.deleted_at IS NOT NULL
+                          THEN now() ELSE tenants.created_at END,
+        deleted_at = NULL,
+        updated_at = now()
+    WHERE tenants.origin = 'api'
+""")
+
+DELETE_TENANT = text("""
+    UPDATE relay.tenants SET deleted_at = now(), updated_at = now()
+    WHERE id = :id AND deleted_at IS NULL
+""")
+
+DELETE_TENANT_DESTINATIONS = text("""
+    UPDATE relay.destinations SET deleted_at = now(), updated_at = now()
+    WHERE tenant_id = :tenant_id AND deleted_at IS NULL
+""")
+
+# Seek pagination on (created_at, id); the page is read one past its size to learn
+# whether there is more.
+LIST_TENANTS = """
+    SELECT {columns}
+    FROM relay.tenants t
+    WHERE t.deleted_at IS NULL
+      AND (CAST(:ids AS text[]) IS NULL OR t.id = ANY(CAST(:ids AS text[])))
+      {seek}
+    ORDER BY t.created_at {order}, t.id {order}
+    LIMIT :limit
+"""
+
+COUNT_TENANTS = text("""
+    SELECT count(*) FROM relay.tenants t
+    WHERE t.deleted_at IS NULL
+      AND (CAST(:ids AS text[]) IS NULL OR t.id = ANY(CAST(:ids AS text[])))
+""").bindparams(bindparam("ids", type_=ARRAY(Text)))
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    metadata: dict[str, str]
+    origin: str
+    created_at: datetime
+    updated_at: datetime
+    destinations_count: int
+    topics: list[str]
+
+
+def _tenant(row: Row[Any]) -> Tenant:
+    topics = list(row.topics)
+    return Tenant(
+        id=row.id,
+        metadata=dict(row.metadata or {}),
+        origin=row.origin,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        destinations_count=row.destinations_count,
+        topics=["*"] if "*" in topics else topics,
+    )
+
+
+LIVE_TENANT_CREATED = text(
+    "SELECT created_at FROM relay.tenants WHERE id = :id AND deleted_at IS NULL"
+)
+
+
+async def live_tenant_created_at(conn: AsyncConnection, tenant_id: str) -> datetime | None:
+    """When the live tenant was (re)created; None when it does not exist or is deleted."""
+    created: datetime | None = (
+        await conn.execute(LIVE_TENANT_CREATED, {"id": tenant_id})
+    ).scalar_one_or_none()
+    return created
+
+
+async def get_tenant(conn: AsyncConnection, tenant_id: str) -> Tenant | None:
+    row = (await conn.execute(GET_TENANT, {"id": tenant_id})).first()
+    return None if row is None else _tenant(row)
+
+
+async def tenant_origin(conn: AsyncConnection, tenant_id: str, *, live: bool = True) -> str | None:
+    """Lock the tenant row for this transaction; its origin, or None when absent."""
+    row = (await conn.execute(LOCK_TENANT, {"id": tenant_id})).first()
+    if row is None or (live and row.deleted_at is not None):
+        return None
+    return str(row.origin)
+
+
+async def upsert_tenant(
+    conn: AsyncConnection, tenant_id: str, metadata: Mapping[str, str] | None
+) -> bool | None:
+    """Create or update an API tenant: True when created, False when updated, None when
+    the tenant belongs to the config file (nothing written)."""
+    row = (await conn.execute(LOCK_TENANT, {"id": tenant_id})).first()
+    if row is not None and row.origin != "api":
+        return None
+    created = row is None or row.deleted_at is not None
+    encoded = None if metadata is None else orjson.dumps(dict(metadata)).decode()
+    await conn.execute(UPSERT_TENANT, {"id": tenant_id, "metadata": encoded})
+    return created
+
+
+async def delete_tenant(conn: AsyncConnection, tenant_id: str) -> None:
+    """Soft-delete a tenant and its destinations; their queued deliveries are dropped."""
+    await conn.execute(DELETE_TENANT, {"id": tenant_id})
+    await conn.execute(DELETE_TENANT_DESTINATIONS, {"tenant_id": tenant_id})
+    await conn.execute(DROP_QUEUED, {"tenant_id": tenant_id, "destination_id": None})
+
+
+async def list_tenants(
+    conn: AsyncConnection,
+    *,
+    ids: Sequence[str] | None,
+    after: Position | None,
+    descending: bool,
+    limit: int,
+) -> list[Tenant]:
+    """Up to ``limit`` tenants strictly past ``after`` in (created_at, id) order."""
+    order = "DESC" if descending else "ASC"
+    seek = ""
+    if after is not None:
+        op = "<" if descending else ">"
+        seek = f"AND (t.created_at, t.id) {op} (:after_time, :after_id)"
+    statement = text(LIST_TENANTS.format(columns=_TENANT_COLUMNS, seek=seek, order=order))
+    statement = statement.bindparams(bindparam("ids", type_=ARRAY(Text)))
+    if after is not None:
+        statement = statement.bindparams(bindparam("after_time", type_=TS))
+    params: dict[str, Any] = {"ids": list(ids) if ids else None, "limit": limit}
+    if after is not None:
+        params |= {"after_time": after.time, "after_id": str(after.key)}
+    return [_tenant(r) for r in await conn.execute(statement, params)]
+
+
+async def count_tenants(conn: AsyncConnection, ids: Sequence[str] | None) -> int:
+    result = await conn.execute(COUNT_TENANTS, {"ids": list(ids) if ids else None})
+    return int(result.scalar_one())
+
+
+# --- destinations --------------------------------------------------------------------
+
+_DESTINATION_COLUMNS = """
+    tenant_id, id, type, topics, url, custom_headers, secret, previous_secret,
+    previous_secret_invalid_at, metadata, delivery_metadata, filter, origin,
+    disabled_at, created_at, updated_at
+"""
+
+LIST_DESTINATIONS = text(f"""
+    SELECT {_DESTINATION_COLUMNS} FROM relay.destinations
+    WHERE tenant_id = :tenant_id AND deleted_at IS NULL
+    ORDER BY created_at, id
+""")
+
+GET_DESTINATION = text(f"""
+    SELECT {_DESTINATION_COLUMNS} FROM relay.destinations
+    WHERE tenant_id = :tenant_id AND id = :id AND deleted_at IS NULL
+""")
+
+LOCK_DESTINATION = text(f"""
+    SELECT {_DESTINATION_COLUMNS} FROM relay.destinations
+    WHERE tenant_id = :tenant_id AND id = :id AND deleted_at IS NULL
+    FOR UPDATE
+""")
+
+# A deleted destination's id can be used again: the row (and the history pointing at
+# it) is taken over by the new destination.
+INSERT_DESTINATION = text(f"""
+    INSERT INTO relay.destinations
+        (tenant_id, id, type, topics, url, custom_headers, secret, metadata,
+         delivery_metadata, filter, origin, disabled_at, disabled_reason, created_at,
+         updated_at)
+    VALUES (:tenant_id, :id, :type, :topics, :url, CAST(:custom_headers AS jsonb), :secret,
+            CAST(:metadata AS jsonb), CAST(:delivery_metadata AS jsonb),
+            CAST(:filter AS jsonb), 'api', :disabled_at,
+            CASE WHEN :disabled_at IS NOT NULL THEN 'disabled through the API' END,
+            COALESCE(:created_at, now()), COALESCE(:updated_at, :created_at, now()))
+    ON CONFLICT (tenant_id, id) DO UPDATE
+    SET type = excluded.type, topics = excluded.topics, url = excluded.url,
+        custom_headers = excluded.custom_headers, secret = excluded.secret,
+        previous_secret = NULL, previous_secret_invalid_at = NULL,
+        signature_mode = DEFAULT, timeout_seconds = NULL,
+        metadata = excluded.metadata, delivery_metadata = excluded.delivery_metadata,
+        filter = excluded.filter, origin = 'api', disabled_at = excluded.disabled_at,
+        disabled_reason = excluded.disabled_reason, consecutive_failures = 0,
+        created_at = excluded.created_at, updated_at = excluded.updated_at,
+        deleted_at = NULL
+    WHERE destinations.deleted_at IS NOT NULL
+    RETURNING {_DESTINATION_COLUMNS}
+""").bindparams(
+    bindparam("topics", type_=ARRAY(Text)),
+    bindparam("disabled_at", type_=TS),
+    bindparam("created_at", type_=TS),
+    bindparam("updated_at", type_=TS),
+)
+
+UPDATE_DESTINATION = text(f"""
+    UPDATE relay.destinations
+    SET topics = :topics, url = :url, custom_headers = CAST(:custom_headers AS jsonb),
+        secret = :secret, previous_secret = :previous_secret,
+        previous_secret_invalid_at = :previous_secret_invalid_at,
+        metadata = CAST(:metadata AS jsonb),
+        delivery_metadata = CAST(:delivery_metadata AS jsonb),
+        filter = CAST(:filter AS jsonb),
+        disabled_reason = CASE
+            WHEN :disabled_at IS NULL THEN NULL
+            WHEN disabled_at IS NULL THEN 'disabled through the API'
+            ELSE disabled_reason END,
+        disabled_at = :disabled_at,
+        consecutive_failures = CASE WHEN :disabled_at IS NULL AND disabled_at IS NOT NULL
+                                    THEN 0 ELSE consecutive_failures END,
+        updated_at = now()
+    WHERE tenant_id = :tenant_id AND id = :id AND deleted_at IS NULL
+    RETURNING {_DESTINATION_COLUMNS}
+""").bindparams(
+    bindparam("topics", type_=ARRAY(Text)),
+    bindparam("previous_secret_invalid_at", type_=TS),
+    bindparam("disabled_at", type_=TS),
+)
+
+DELETE_DESTINATION = text("""
+    UPDATE relay.destinations SET deleted_at = now(), updated_at = now()
+    WHERE tenant_id = :tenant_id AND id = :id AND deleted_at IS NULL
+""")
+
+# Deliveries still waiting for a deleted destination will never be sent: end them.
+# (Ones in flight finish and record their attempt as usual.)
+DROP_QUEUED = text("""
+    UPDATE relay.deliveries
+    SET status = 'failed', last_error = 'destination deleted', updated_at = now()
+    WHERE tenant_id = :tenant_id
+      AND (CAST(:destination_id AS text) IS NULL OR destination_id = :destination_id)
+      AND status = 'pending'
+""")
+
+# Filters of a tenant's live, enabled destinations that have one (publish applies them).
+DESTINATION_FILTERS = text("""
+    SELECT id, filter FROM relay.destinations
+    WHERE tenant_id = :tenant_id AND deleted_at IS NULL AND disabled_at IS NULL
+      AND filter IS NOT NULL AND filter <> '{}'::jsonb
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    tenant_id: str
+    id: str
+    type: str
+    topics: list[str]
+    url: str
+    custom_headers: dict[str, str]
+    secret: str
+    previous_secret: str | None
+    previous_secret_invalid_at: datetime | None
+    metadata: dict[str, str]
+    delivery_metadata: dict[str, str]
+    filter: dict[str, Any] | None
+    origin: str
+    disabled_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+def _destination(row: Row[Any]) -> Destination:
+    return Destination(
+        tenant_id=row.tenant_id,
+        id=row.id,
+        type=row.type,
+        topics=list(row.topics),
+        url=row.url,
+        custom_headers=dict(row.custom_headers or {}),
+        secret=row.secret,
+        previous_secret=row.previous_secret,
+        previous_secret_invalid_at=row.previous_secret_invalid_at,
+        metadata=dict(row.metadata or {}),
+        delivery_metadata=dict(row.delivery_metadata or {}),
+        filter=row.filter or None,
+        origin=row.origin,
+        disabled_at=row.disabled_at,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+async def list_destinations(conn: AsyncConnection, tenant_id: str) -> list[Destination]:
+    result = await conn.execute(LIST_DESTINATIONS, {"tenant_id": tenant_id})
+    return [_destination(r) for r in result]
+
+
+async def get_destination(
+    conn: AsyncConnection, tenant_id: str, destination_id: str, *, lock: bool = False
+) -> Destination | None:
+    statement = LOCK_DESTINATION if lock else GET_DESTINATION
+    row = (await conn.execute(statement, {"tenant_id": tenant_id, "id": destination_id})).first()
+    return None if row is None else _destination(row)
+
+
+def _json(value: object) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class NewDestination:
+    tenant_id: str
+    id: str
+    type: str
+    topics: list[str]
+    url: str
+    custom_headers: dict[str, str]
+    secret: str
+    metadata: dict[str, str]
+    delivery_metadata: dict[str, str]
+    filter: dict[str, Any] | None
+    disabled_at: datetime | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+async def insert_destination(conn: AsyncConnection, new: NewDestination) -> Destination | None:
+    """The created destination, or None when a live one already has this id."""
+    row = (
+        await conn.execute(
+            INSERT_DESTINATION,
+            {
+                "tenant_id": new.tenant_id,
+                "id": new.id,
+                "type": new.type,
+                "topics": new.topics,
+                "url": new.url,
+                "custom_headers": _json(new.custom_headers),
+                "secret": new.secret,
+                "metadata": _json(new.metadata),
+                "delivery_metadata": _json(new.delivery_metadata),
+                "filter": _json(new.filter),
+                "disabled_at": new.disabled_at,
+                "created_at": new.created_at,
+                "updated_at": new.updated_at,
+            },
+        )
+    ).first()
+    return None if row is None else _destination(row)
+
+
+async def update_destination(conn: AsyncConnection, d: Destination) -> Destination | None:
+    """Write every changeable field of ``d``; None when it no longer exists."""
+    row = (
+        await conn.execute(
+            UPDATE_DESTINATION,
+            {
+                "tenant_id": d.tenant_id,
+                "id": d.id,
+                "topics": d.topics,
+                "url": d.url,
+                "custom_headers": _json(d.custom_headers),
+                "secret": d.secret,
+                "previous_secret": d.previous_secret,
+                "previous_secret_invalid_at": d.previous_secret_invalid_at,
+                "metadata": _json(d.metadata),
+                "delivery_metadata": _json(d.delivery_metadata),
+                "filter": _json(d.filter),
+                "disabled_at": d.disabled_at,
+            },
+        )
+    ).first()
+    return None if row is None else _destination(row)
+
+
+async def delete_destination(conn: AsyncConnection, tenant_id: str, destination_id: str) -> None:
+    params = {"tenant_id": tenant_id, "id": destination_id}
+    await conn.execute(DELETE_DESTINATION, params)
+    await conn.execute(DROP_QUEUED, {"tenant_id": tenant_id, "destination_id": destination_id})
+
+
+async def destination_filters(conn: AsyncConnection, tenant_id: str) -> dict[str, Any]:
+    """Destination id -> filter, for the tenant's enabled destinations that have one."""
+    result = await conn.execute(DESTINATION_FILTERS, {"tenant_id": tenant_id})
+    return {r.id: r.filter for r in result}
+
+
+# --- manual retry --------------------------------------------------------------------
+
+# The event together with the destination it should go to (same tenant). Event ids are
+# unique per tenant; naming the destination settles which tenant's event is meant.
+RETRY_TARGET = text("""
+    SELECT e.seq, e.tenant_id, e.id, e.topic, e.time, e.data::text AS data,
+           e.metadata, d.topics, d.filter, d.disabled_at IS NULL AS enabled
+    FROM relay.events e
+    JOIN relay.destinations d
+      ON d.tenant_id = e.tenant_id AND d.id = :destination_id AND d.deleted_at IS NULL
+    WHERE e.id = :event_id
+      AND (CAST(:tenant_id AS text) IS NULL OR e.tenant_id = :tenant_id)
+    ORDER BY e.seq DESC
+    LIMIT 1
+""")
+
+# Due now, marked manual (the dispatcher copies that into the attempt). A delivery in
+# flight is left alone: its lease owner is about to record an outcome.
+REQUEUE = text("""
+    INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id, manual)
+    VALUES (:event_seq, :tenant_id, :destination_id, true)
+    ON CONFLICT (event_seq, destination_id) DO UPDATE
+    SET status = 'pending', next_attempt_at = now(), manual = true,
+        claim_token = NULL, lease_expires_at = NULL, updated_at = now()
+    WHERE deliveries.status <> 'delivering'
+    RETURNING id
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryTarget:
+    event_seq: int
+    tenant_id: str
+    event_id: str
+    topic: str
+    time: datetime
+    data: str
+    metadata: dict[str, str]
+    topics: list[str]
+    filter: dict[str, Any] | None
+    enabled: bool
+
+
+async def retry_target(
+    conn: AsyncConnection, event_id: str, destination_id: str, tenant_id: str | None
+) -> RetryTarget | None:
+    params = {"event_id": event_id, "destination_id": destination_id, "tenant_id": tenant_id}
+    row = (await conn.execute(RETRY_TARGET, params)).first()
+    if row is None:
+        return None
+    return RetryTarget(
+        event_seq=row.seq,
+        tenant_id=row.tenant_id,
+        event_id=row.id,
+        topic=row.topic,
+        time=row.time,
+        data=row.data,
+        metadata=dict(row.metadata or {}),
+        topics=list(row.topics),
+        filter=row.filter or None,
+        enabled=row.enabled,
+    )
+
+
+async def requeue(
+    conn: AsyncConnection, event_seq: int, tenant_id: str, destination_id: str
+) -> bool:
+    """Make the delivery due now as a manual attempt; False when one is in flight."""
+    params = {"event_seq": event_seq, "tenant_id": tenant_id, "destination_id": destination_id}
+    queued = (await conn.execute(REQUEUE, params)).first() is not None
+    if queued:
+        await conn.execute(outbox.NOTIFY)
+    return queued

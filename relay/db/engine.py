@@ -1,0 +1,80 @@
+"""Connecting to PostgreSQL: URL forms, the SQLAlchemy engine, raw asyncpg connections."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+
+def sqlalchemy_url(url: str) -> str:
+    """`postgresql://...` (what users write) -> the asyncpg dialect URL SQLAlchemy wants."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+asyncpg"):
+        return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    raise ValueError(f"not a PostgreSQL URL: {parsed.render_as_string()}")
+
+
+def asyncpg_url(url: str) -> str:
+    """The same server as a plain libpq-style URL, for raw asyncpg connections."""
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def redacted(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def create_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> AsyncEngine:
+    return create_async_engine(
+        sqlalchemy_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        # A connection that died with a server restart is replaced, not handed out.
+        pool_pre_ping=True,
+        pool_timeout=10,
+        connect_args={"timeout": 5, "command_timeout": 30},
+        **kwargs,
+    )
+
+
+async def connect_raw(url: str, **kwargs: Any) -> asyncpg.Connection:
+    """A plain asyncpg connection (LISTEN needs its own, outside the pool)."""
+    return await asyncpg.connect(asyncpg_url(url), timeout=5, **kwargs)
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """Did this fail because the database could not be reached (not because of the query)?
+
+    Covers a refused or timed-out connect, a connection the server closed (restart,
+    ``pg_terminate_backend``), a server still starting up or shutting down, and an
+    exhausted pool."""
+    if isinstance(exc, PoolTimeout | InterfaceError | ConnectionError | OSError):
+        return True
+    if isinstance(exc, asyncio.TimeoutError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        orig = getattr(exc, "orig", None)
+        causes = [orig, getattr(orig, "__cause__", None)]
+        return any(isinstance(c, _DISCONNECTS) for c in causes if c is not None)
+    return isinstance(exc, _DISCONNECTS)
+
+
+_DISCONNECTS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+)

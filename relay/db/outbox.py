@@ -1,0 +1,531 @@
+"""The outbox's delivery SQL: claiming, leases, recording outcomes and the destination
+health they imply.
+
+The dispatcher's statements are here, named; writing events and their outbox rows is
+relay/db/publishing.py. Callers never build SQL themselves.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import asyncpg
+import orjson
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.types import BigInteger, Boolean, Float, Integer, Text
+
+from relay.db.tables import TS
+
+NOTIFY_CHANNEL = "relay_outbox"
+
+# --- wake-ups ------------------------------------------------------------------------
+# Publishing itself is relay/db/publishing.py; admin requeues notify here too.
+
+# NOTIFY is delivered on commit only, and duplicates within a transaction fold into one.
+NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+
+
+# --- dispatch ------------------------------------------------------------------------
+
+# One statement: pick due rows (skipping those another dispatcher holds, destinations
+# that are disabled or deleted, and destinations already at this dispatcher's cap), stamp
+# them with our token and a lease, and return all a delivery needs. It commits before
+# any HTTP call.
+#
+# The scan walks ix_deliveries_due in next_attempt_at order and locks up to :scan rows;
+# the window then keeps at most (cap - in flight) per destination, so one busy destination
+# cannot fill a batch. Locked-but-unpicked rows are unlocked when the claim commits.
+# Pending rows of a disabled destination stay pending (and are stepped over by the scan)
+# until it is enabled again.
+CLAIM_DUE = text("""
+    WITH busy AS (
+        SELECT * FROM unnest(CAST(:busy_tenants AS text[]), CAST(:busy_destinations AS text[]),
+                             CAST(:busy_counts AS int[]))
+            AS b(tenant_id, destination_id, in_flight)
+    ), candidates AS (
+        SELECT d.id, d.tenant_id, d.destination_id, d.next_attempt_at
+        FROM relay.deliveries d
+        WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+          AND NOT EXISTS (
+              SELECT 1 FROM busy b
+              WHERE b.tenant_id = d.tenant_id AND b.destination_id = d.destination_id
+                AND b.in_flight >= :per_destination)
+          AND EXISTS (
+              SELECT 1 FROM relay.destinations t
+              WHERE t.tenant_id = d.tenant_id AND t.id = d.destination_id
+                AND t.disabled_at IS NULL AND t.deleted_at IS NULL)
+        ORDER BY d.next_attempt_at
+        LIMIT :scan
+        FOR UPDATE OF d SKIP LOCKED
+    ), due AS (
+        SELECT id FROM (
+            SELECT c.id, c.next_attempt_at,
+                   COALESCE(b.in_flight, 0) + row_number() OVER (
+                       PARTITION BY c.tenant_id, c.destination_id
+                       ORDER BY c.next_attempt_at, c.id) AS slot
+            FROM candidates c
+            LEFT JOIN busy b
+              ON b.tenant_id = c.tenant_id AND b.destination_id = c.destination_id
+        ) ranked
+        WHERE slot <= :per_destination
+        ORDER BY next_attempt_at
+        LIMIT :limit
+    ), claimed AS (
+        SELECT d.id, d.manual FROM relay.deliveries d JOIN due USING (id)
+    )
+    UPDATE relay.deliveries d
+    SET status = 'delivering',
+        attempts = d.attempts + 1,
+        manual = false,
+        claim_token = :token,
+        lease_expires_at = now() + make_interval(secs => :lease_seconds),
+        updated_at = now()
+    FROM claimed, relay.events e, relay.destinations t
+    WHERE d.id = claimed.id AND e.seq = d.event_seq
+      AND t.tenant_id = d.tenant_id AND t.id = d.destination_id
+    RETURNING d.id, d.attempts, d.tenant_id, d.destination_id,
+              claimed.manual, e.seq AS event_seq, e.id AS event_id, e.topic,
+              COALESCE(e.body, e.data)::text AS body,
+              e.metadata::text AS metadata, e.eligible_for_retry, e.time,
+              e.created_at AS published_at,
+              t.url, t.custom_headers::text AS custom_headers, t.secret, t.previous_secret,
+              t.previous_secret_invalid_at > now() AS previous_secret_valid,
+              t.signature_mode, t.timeout_seconds, t.delivery_metadata::text AS delivery_metadata
+""").bindparams(
+    bindparam("busy_tenants", type_=ARRAY(Text)),
+    bindparam("busy_destinations", type_=ARRAY(Text)),
+    bindparam("busy_counts", type_=ARRAY(Integer)),
+    bindparam("token", type_=UUID(as_uuid=True)),
+    bindparam("lease_seconds", type_=Float),
+)
+
+# A live dispatcher keeps its claims: in-flight rows get a fresh lease while it works.
+EXTEND_LEASES = text("""
+    UPDATE relay.deliveries
+    SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
+    WHERE id = ANY(:ids) AND claim_token = :token AND status = 'delivering'
+""").bindparams(
+    bindparam("ids", type_=ARRAY(BigInteger)),
+    bindparam("token", type_=UUID(as_uuid=True)),
+    bindparam("lease_seconds", type_=Float),
+)
+
+# A dispatcher that died (or lost the database for longer than its lease) gives its rows
+# back. The lost try becomes an attempt row, so "what happened to event X?" shows it; the
+# request may or may not have reached the receiver, which dedupes on webhook-id. The
+# claim stamped updated_at, so it tells when the lost try started.
+RELEASE_EXPIRED = text("""
+    WITH expired AS (
+        SELECT id, updated_at AS claimed_at FROM relay.deliveries
+        WHERE status = 'delivering' AND lease_expires_at < now()
+        ORDER BY lease_expires_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ), released AS (
+        UPDATE relay.deliveries d
+        SET status = 'pending', claim_token = NULL, lease_expires_at = NULL,
+            next_attempt_at = now(), last_error = 'lease_expired', updated_at = now()
+        FROM expired
+        WHERE d.id = expired.id
+        RETURNING d.id, d.event_seq, d.tenant_id, d.destination_id, d.attempts,
+                  expired.claimed_at
+    )
+    INSERT INTO relay.attempts
+        (delivery_id, event_seq, tenant_id, destination_id, number, status, error_code,
+         error_detail, duration_ms, started_at)
+    SELECT id, event_seq, tenant_id, destination_id, attempts, 'failed', 'lease_expired',
+           :detail,
+           LEAST(extract(epoch FROM now() - claimed_at) * 1000, 2147483647)::int,
+           claimed_at
+    FROM released
+    RETURNING delivery_id
+""")
+
+LEASE_EXPIRED_DETAIL = (
+    "the dispatcher holding this delivery stopped (or lost the database) before recording "
+    "an outcome; the request may have reached the receiver, and it will be sent again"
+)
+
+# Give back claimed rows that were never attempted (shutdown); their try did not happen.
+RELEASE_CLAIMED = text("""
+    UPDATE relay.deliveries
+    SET status = 'pending', claim_token = NULL, lease_expires_at = NULL,
+        attempts = attempts - 1, updated_at = now()
+    WHERE id = ANY(:ids) AND claim_token = :token AND status = 'delivering'
+""").bindparams(
+    bindparam("ids", type_=ARRAY(BigInteger)),
+    bindparam("token", type_=UUID(as_uuid=True)),
+)
+
+# Record a batch of outcomes in one statement. Every attempt becomes a row, even when
+# the lease was lost meanwhile (the HTTP call did happen); the delivery's state changes
+# only if we still hold it (claim token matches).
+RECORD_OUTCOMES = text("""
+    WITH o AS (
+        SELECT * FROM unnest(
+            :delivery_id, :token, :event_seq, :tenant_id, :destination_id, :number,
+            :attempt_status, :http_status, :error_code, :error_detail, :response_body,
+            :response_headers, :duration_ms, :started_at, :next_status, :delay_seconds,
+            :manual
+        ) AS o(delivery_id, token, event_seq, tenant_id, destination_id, number,
+               attempt_status, http_status, error_code, error_detail, response_body,
+               response_headers, duration_ms, started_at, next_status, delay_seconds,
+               manual)
+    ), updated AS (
+        UPDATE relay.deliveries d
+        SET status = o.next_status,
+            next_attempt_at = CASE WHEN o.next_status = 'pending'
+                                   THEN now() + make_interval(secs => o.delay_seconds)
+                                   ELSE d.next_attempt_at END,
+            claim_token = NULL,
+            lease_expires_at = NULL,
+            last_error = CASE WHEN o.attempt_status = 'failed'
+                              THEN COALESCE(o.error_code, 'http_' || o.http_status) END,
+            updated_at = now()
+        FROM o
+        WHERE d.id = o.delivery_id AND d.claim_token = o.token AND d.status = 'delivering'
+        RETURNING d.id
+    )
+    INSERT INTO relay.attempts
+        (delivery_id, event_seq, tenant_id, destination_id, number, status, http_status,
+         error_code, error_detail, response_body, response_headers, duration_ms, started_at,
+         manual)
+    SELECT o.delivery_id, o.event_seq, o.tenant_id, o.destination_id, o.number,
+           o.attempt_status, o.http_status, o.error_code, o.error_detail, o.response_body,
+           CAST(o.response_headers AS jsonb), o.duration_ms, o.started_at, o.manual
+    FROM o
+""").bindparams(
+    bindparam("delivery_id", type_=ARRAY(BigInteger)),
+    bindparam("token", type_=ARRAY(UUID(as_uuid=True))),
+    bindparam("event_seq", type_=ARRAY(BigInteger)),
+    bindparam("tenant_id", type_=ARRAY(Text)),
+    bindparam("destination_id", type_=ARRAY(Text)),
+    bindparam("number", type_=ARRAY(Integer)),
+    bindparam("attempt_status", type_=ARRAY(Text)),
+    bindparam("http_status", type_=ARRAY(Integer)),
+    bindparam("error_code", type_=ARRAY(Text)),
+    bindparam("error_detail", type_=ARRAY(Text)),
+    bindparam("response_body", type_=ARRAY(Text)),
+    bindparam("response_headers", type_=ARRAY(Text)),
+    bindparam("duration_ms", type_=ARRAY(Integer)),
+    bindparam("started_at", type_=ARRAY(TS)),
+    bindparam("next_status", type_=ARRAY(Text)),
+    bindparam("delay_seconds", type_=ARRAY(Float)),
+    bindparam("manual", type_=ARRAY(Boolean)),
+)
+
+# Destination health: a success resets the count of consecutive failed attempts, each
+# failure adds one. A 410 Gone disables the destination at once; reaching :threshold
+# (when > 0) disables it too. Rows are locked in key order so that dispatchers recording
+# at the same time cannot deadlock; destinations with nothing to change are not touched.
+UPDATE_HEALTH = text("""
+    WITH h AS (
+        SELECT * FROM unnest(CAST(:tenant_id AS text[]), CAST(:destination_id AS text[]),
+                             CAST(:reset AS boolean[]), CAST(:failures AS int[]),
+                             CAST(:gone AS boolean[]))
+            AS h(tenant_id, destination_id, reset, failures, gone)
+    ), locked AS (
+        SELECT t.tenant_id, t.id, h.gone, t.disabled_at IS NULL AS was_enabled,
+               CASE WHEN h.reset THEN h.failures
+                    ELSE t.consecutive_failures + h.failures END AS failures
+        FROM relay.destinations t
+        JOIN h ON h.tenant_id = t.tenant_id AND h.destination_id = t.id
+        WHERE h.failures > 0 OR t.consecutive_failures <> 0
+        ORDER BY t.tenant_id, t.id
+        FOR UPDATE OF t
+    ), judged AS (
+        SELECT locked.*,
+               CASE WHEN gone THEN 'the receiver answered 410 Gone'
+                    WHEN :threshold > 0 AND failures >= :threshold
+                        THEN failures || ' consecutive failed attempts'
+               END AS disable_reason
+        FROM locked
+    )
+    UPDATE relay.destinations t
+    SET consecutive_failures = j.failures,
+        disabled_at = CASE WHEN t.disabled_at IS NULL AND j.disable_reason IS NOT NULL
+                           THEN now() ELSE t.disabled_at END,
+        disabled_reason = CASE WHEN t.disabled_at IS NULL AND j.disable_reason IS NOT NULL
+                               THEN j.disable_reason ELSE t.disabled_reason END,
+        updated_at = now()
+    FROM judged j
+    WHERE t.tenant_id = j.tenant_id AND t.id = j.id
+    RETURNING t.tenant_id, t.id, t.consecutive_failures,
+              j.was_enabled AND j.disable_reason IS NOT NULL AS disabled_now,
+              t.disabled_reason
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery this dispatcher holds, with what it needs to send it."""
+
+    id: int
+    attempt: int
+    token: uuid.UUID
+    manual: bool
+    tenant_id: str
+    destination_id: str
+    event_seq: int
+    event_id: str
+    topic: str
+    # The bytes receivers get: the event's data, or its envelope (pod events).
+    body: str
+    metadata: str
+    eligible_for_retry: bool
+    time: datetime
+    # When the event was committed (for publish-to-delivery latency).
+    published_at: datetime
+    url: str
+    custom_headers: str
+    secret: str
+    previous_secret: str | None
+    previous_secret_valid: bool
+    signature_mode: str
+    timeout_seconds: float | None
+    delivery_metadata: str
+
+    @property
+    def destination(self) -> tuple[str, str]:
+        return (self.tenant_id, self.destination_id)
+
+
+def claim_parameters(
+    *,
+    limit: int,
+    lease_seconds: float,
+    token: uuid.UUID,
+    per_destination: int = 10_000,
+    in_flight: Mapping[tuple[str, str], int] | None = None,
+) -> dict[str, Any]:
+    """CLAIM_DUE's parameters (also what a benchmark EXPLAINs it with)."""
+    busy = [(key, count) for key, count in (in_flight or {}).items() if count > 0]
+    return {
+        "limit": limit,
+        # Room for the window to drop rows of destinations near their cap.
+        "scan": limit * 4,
+        "per_destination": per_destination,
+        "lease_seconds": lease_seconds,
+        "token": token,
+        "busy_tenants": [t for (t, _), _ in busy],
+        "busy_destinations": [d for (_, d), _ in busy],
+        "busy_counts": [c for _, c in busy],
+    }
+
+
+# The dispatcher's hot statements also run on a plain asyncpg connection: no pool
+# checkout, no greenlet hop, and a lone claim needs no BEGIN/COMMIT round trips (one
+# statement is its own transaction). The SQL is the same text() statement, compiled once
+# for asyncpg ($n parameters with their casts).
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...]
+
+
+_COMPILED: dict[int, _Compiled] = {}
+
+Connection: TypeAlias = AsyncConnection | asyncpg.Connection
+
+
+def _compiled(statement: TextClause) -> _Compiled:
+    found = _COMPILED.get(id(statement))
+    if found is None:
+        compiled = statement.compile(dialect=asyncpg_dialect())
+        found = _Compiled(compiled.string, tuple(compiled.positiontup or ()))
+        _COMPILED[id(statement)] = found
+    return found
+
+
+async def _fetch(
+    conn: Connection, statement: TextClause, params: Mapping[str, Any]
+) -> Sequence[Mapping[str, Any]]:
+    """Run a statement on either kind of connection; its rows as mappings."""
+    if isinstance(conn, asyncpg.Connection):
+        compiled = _compiled(statement)
+        rows: list[Mapping[str, Any]] = await conn.fetch(
+            compiled.sql, *(params[name] for name in compiled.names)
+        )
+        return rows
+    return list((await conn.execute(statement, params)).mappings())
+
+
+async def claim_due(
+    conn: Connection,
+    *,
+    limit: int,
+    lease_seconds: float,
+    token: uuid.UUID,
+    per_destination: int = 10_000,
+    in_flight: Mapping[tuple[str, str], int] | None = None,
+) -> list[Claimed]:
+    """Claim up to ``limit`` due deliveries, at most ``per_destination`` in flight for any
+    (tenant_id, destination_id), counting the ``in_flight`` ones this dispatcher has."""
+    params = claim_parameters(
+        limit=limit,
+        lease_seconds=lease_seconds,
+        token=token,
+        per_destination=per_destination,
+        in_flight=in_flight,
+    )
+    rows = await _fetch(conn, CLAIM_DUE, params)
+    return [
+        Claimed(
+            id=r["id"],
+            attempt=r["attempts"],
+            token=token,
+            manual=r["manual"],
+            tenant_id=r["tenant_id"],
+            destination_id=r["destination_id"],
+            event_seq=r["event_seq"],
+            event_id=r["event_id"],
+            topic=r["topic"],
+            body=r["body"],
+            metadata=r["metadata"],
+            eligible_for_retry=r["eligible_for_retry"],
+            time=r["time"],
+            published_at=r["published_at"],
+            url=r["url"],
+            custom_headers=r["custom_headers"],
+            secret=r["secret"],
+            previous_secret=r["previous_secret"],
+            previous_secret_valid=bool(r["previous_secret_valid"]),
+            signature_mode=r["signature_mode"],
+            timeout_seconds=r["timeout_seconds"],
+            delivery_metadata=r["delivery_metadata"],
+        )
+        for r in rows
+    ]
+
+
+async def extend_leases(
+    conn: AsyncConnection, ids: Sequence[int], token: uuid.UUID, lease_seconds: float
+) -> int:
+    """Push the lease of rows we still hold; the number still held."""
+    if not ids:
+        return 0
+    result = await conn.execute(
+        EXTEND_LEASES, {"ids": list(ids), "token": token, "lease_seconds": lease_seconds}
+    )
+    return int(result.rowcount)
+
+
+async def release_expired(conn: AsyncConnection, limit: int = 1000) -> int:
+    """Return rows whose lease ran out to pending, with a ``lease_expired`` attempt each."""
+    result = await conn.execute(RELEASE_EXPIRED, {"limit": limit, "detail": LEASE_EXPIRED_DETAIL})
+    return len(result.all())
+
+
+async def release_claimed(conn: AsyncConnection, ids: Sequence[int], token: uuid.UUID) -> None:
+    if ids:
+        await conn.execute(RELEASE_CLAIMED, {"ids": list(ids), "token": token})
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """An attempt's outcome and the delivery's next state, ready to be written."""
+
+    claimed: Claimed
+    attempt_status: str  # success | failed
+    http_status: int | None
+    error_code: str | None
+    error_detail: str | None
+    response_body: str | None
+    duration_ms: int
+    started_at: datetime
+    next_status: str  # delivered | pending | failed
+    delay_seconds: float
+    response_headers: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChange:
+    """What a batch of attempts says about one destination."""
+
+    tenant_id: str
+    destination_id: str
+    # A success in the batch: the count restarts from the failures after the last one.
+    reset: bool
+    failures: int
+    gone: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Disabled:
+    tenant_id: str
+    destination_id: str
+    reason: str
+
+
+def health_changes(batch: Sequence[Recorded]) -> list[HealthChange]:
+    """Fold a batch of attempts (in the order they finished) per destination. Pure."""
+    state: dict[tuple[str, str], tuple[bool, int, bool]] = {}
+    for r in batch:
+        reset, failures, gone = state.get(r.claimed.destination, (False, 0, False))
+        if r.attempt_status == "success":
+            reset, failures = True, 0
+        else:
+            failures += 1
+            gone = gone or r.http_status == 410
+        state[r.claimed.destination] = (reset, failures, gone)
+    return [
+        HealthChange(tenant, dest, reset, failures, gone)
+        for (tenant, dest), (reset, failures, gone) in sorted(state.items())
+    ]
+
+
+async def record_outcomes(
+    conn: Connection, batch: Sequence[Recorded], *, auto_disable_after: int = 0
+) -> list[Disabled]:
+    """Write a batch of attempts and delivery states, then update destination health.
+
+    Returns the destinations this batch disabled (410 Gone, or too many failures)."""
+    if not batch:
+        return []
+    columns: dict[str, list[Any]] = {
+        "delivery_id": [r.claimed.id for r in batch],
+        "token": [r.claimed.token for r in batch],
+        "event_seq": [r.claimed.event_seq for r in batch],
+        "tenant_id": [r.claimed.tenant_id for r in batch],
+        "destination_id": [r.claimed.destination_id for r in batch],
+        "number": [r.claimed.attempt for r in batch],
+        "attempt_status": [r.attempt_status for r in batch],
+        "http_status": [r.http_status for r in batch],
+        "error_code": [r.error_code for r in batch],
+        "error_detail": [r.error_detail for r in batch],
+        "response_body": [r.response_body for r in batch],
+        "response_headers": [
+            None if r.response_headers is None else orjson.dumps(r.response_headers).decode()
+            for r in batch
+        ],
+        "duration_ms": [r.duration_ms for r in batch],
+        "started_at": [r.started_at for r in batch],
+        "next_status": [r.next_status for r in batch],
+        "delay_seconds": [r.delay_seconds for r in batch],
+        "manual": [r.claimed.manual for r in batch],
+    }
+    await _fetch(conn, RECORD_OUTCOMES, columns)
+    changes = health_changes(batch)
+    rows = await _fetch(
+        conn,
+        UPDATE_HEALTH,
+        {
+            "tenant_id": [c.tenant_id for c in changes],
+            "destination_id": [c.destination_id for c in changes],
+            "reset": [c.reset for c in changes],
+            "failures": [c.failures for c in changes],
+            "gone": [c.gone for c in changes],
+            "threshold": auto_disable_after,
+        },
+    )
+    return [
+        Disabled(r["tenant_id"], r["id"], r["disabled_reason"]) for r in rows if r["disabled_now"]
+    ]

@@ -1,0 +1,225 @@
+"""The publish path's SQL, on a raw asyncpg connection.
+
+One set of statements serves every way of publishing: the HTTP handlers (through group
+commit, several events per statement), the Python API (inside the producer's own
+transaction, which may be an SQLAlchemy connection underneath) and the router that
+routes events written by the ``relay.publish()`` SQL function. Every statement takes
+arrays (``unnest``), so one event and five hundred cost the same number of round trips.
+
+Values cross as text and are cast in SQL: an asyncpg connection borrowed from SQLAlchemy
+has JSON codecs installed that a plain one lacks, and text works the same on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from relay.db.outbox import NOTIFY_CHANNEL
+
+# The relay.publish() SQL function notifies this channel; the router listens on it.
+ROUTE_CHANNEL = "relay_route"
+
+# Live tenants among the given ids, each with its live destinations (none: one row of
+# NULLs) and their filters, in creation order (the order destination_ids come back in).
+TENANT_ROUTES = """
+    SELECT t.id AS tenant_id, d.id, d.topics, d.disabled_at IS NULL AS enabled,
+           NULLIF(d.filter, '{}'::jsonb)::text AS filter
+    FROM relay.tenants t
+    LEFT JOIN relay.destinations d ON d.tenant_id = t.id AND d.deleted_at IS NULL
+    WHERE t.id = ANY($1::text[]) AND t.deleted_at IS NULL
+    ORDER BY t.id, d.created_at, d.id
+"""
+
+# Events and their outbox rows in one statement: on an autocommit connection, one round
+# trip and one implicit transaction for a whole group (no BEGIN, no COMMIT). routed_at
+# defaults to now(): these events are routed as they are written. The deliveries go to
+# the events that were new, in the order given (lock order); a repeat id inserts nothing.
+# The wake-up is sent on commit, once, and only when rows were queued.
+# Rows cross as one JSON document each ($1 events, $2 deliveries): one text value to
+# encode instead of an array per column, which costs the driver per element.
+WRITE_EVENTS = f"""
+    WITH inserted AS (
+        INSERT INTO relay.events
+            (tenant_id, id, topic, data, body, metadata, eligible_for_retry, destination_id,
+             time)
+        SELECT e.tenant_id, e.id, e.topic, e.data::json, e.body::json, e.metadata::jsonb,
+               e.eligible_for_retry, e.destination_id, COALESCE(e.time, now())
+        FROM json_to_recordset($1::json) AS e(
+            tenant_id text, id text, topic text, data text, body text, metadata text,
+            eligible_for_retry boolean, destination_id text, time timestamptz)
+        ON CONFLICT (tenant_id, id) DO NOTHING
+        RETURNING seq, tenant_id, id
+    ), queued AS (
+        INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id)
+        SELECT inserted.seq, k.tenant_id, k.destination_id
+        FROM ROWS FROM (
+            json_to_recordset($2::json) AS (tenant_id text, id text, destination_id text)
+        ) WITH ORDINALITY AS k(tenant_id, id, destination_id, n)
+        JOIN inserted ON inserted.tenant_id = k.tenant_id AND inserted.id = k.id
+        ORDER BY k.n
+        RETURNING 1
+    ), woken AS (
+        SELECT pg_notify('{NOTIFY_CHANNEL}', '')
+        FROM (SELECT 1 FROM queued LIMIT 1) AS any_queued
+    )
+    SELECT seq, tenant_id, id, (SELECT count(*) FROM woken) AS woken FROM inserted
+"""
+
+# The destinations an already-published event went to (an idempotent repeat answers them).
+EVENT_DESTINATIONS = """
+    SELECT e.tenant_id, e.id, d.destination_id
+    FROM unnest($1::text[], $2::text[]) AS k(tenant_id, id)
+    JOIN relay.events e ON e.tenant_id = k.tenant_id AND e.id = k.id
+    JOIN relay.deliveries d ON d.event_seq = e.seq
+    ORDER BY d.id
+"""
+
+INSERT_DELIVERIES = """
+    INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id)
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])
+"""
+
+# NOTIFY is delivered on commit only, and duplicates within a transaction fold into one.
+NOTIFY = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
+
+# Events the SQL function wrote, oldest first; several routers skip each other's rows.
+CLAIM_UNROUTED = """
+    SELECT seq, tenant_id, id, topic, data::text AS data, metadata::text AS metadata,
+           destination_id
+    FROM relay.events
+    WHERE routed_at IS NULL
+    ORDER BY seq
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+"""
+
+MARK_ROUTED = """
+    UPDATE relay.events SET routed_at = now() WHERE seq = ANY($1::bigint[])
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationRoute:
+    id: str
+    topics: Sequence[str]
+    enabled: bool
+    # The destination's filter as JSON text, or None.
+    filter: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    tenant_id: str
+    id: str
+    topic: str
+    data: str
+    body: str | None
+    metadata: str
+    eligible_for_retry: bool
+    destination_id: str | None
+    time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unrouted:
+    seq: int
+    tenant_id: str
+    id: str
+    topic: str
+    data: str
+    metadata: str
+    destination_id: str | None
+
+
+async def tenant_routes(
+    conn: asyncpg.Connection, tenant_ids: Sequence[str]
+) -> dict[str, list[DestinationRoute]]:
+    """Live tenant id -> its live destinations; a missing or deleted tenant is absent."""
+    found: dict[str, list[DestinationRoute]] = {}
+    for r in await conn.fetch(TENANT_ROUTES, list(tenant_ids)):
+        routes = found.setdefault(r["tenant_id"], [])
+        if r["id"] is not None:
+            routes.append(DestinationRoute(r["id"], r["topics"], r["enabled"], r["filter"]))
+    return found
+
+
+async def write_events(
+    conn: asyncpg.Connection,
+    events: Sequence[NewEvent],
+    deliveries: Sequence[tuple[str, str, str]],
+) -> dict[tuple[str, str], int]:
+    """Insert events, and outbox rows (tenant_id, event id, destination_id) for those that
+    were new, in one statement; (tenant_id, id) -> seq for the new events (not repeats).
+
+    ``deliveries`` must be in lock order (tenant, destination), as the dispatcher's health
+    update takes them: concurrent writers then cannot deadlock."""
+    if not events:
+        return {}
+    rows = await conn.fetch(
+        WRITE_EVENTS,
+        # OPT_NAIVE_UTC: a time without an offset is UTC, as asyncpg takes it; left
+        # naive, PostgreSQL would read it in the session's time zone.
+        orjson.dumps([_event_json(e) for e in events], option=orjson.OPT_NAIVE_UTC).decode(),
+        orjson.dumps(
+            [{"tenant_id": t, "id": i, "destination_id": d} for t, i, d in deliveries]
+        ).decode(),
+    )
+    return {(r["tenant_id"], r["id"]): r["seq"] for r in rows}
+
+
+def _event_json(e: NewEvent) -> dict[str, object]:
+    return {
+        "tenant_id": e.tenant_id,
+        "id": e.id,
+        "topic": e.topic,
+        "data": e.data,
+        "body": e.body,
+        "metadata": e.metadata,
+        "eligible_for_retry": e.eligible_for_retry,
+        "destination_id": e.destination_id,
+        "time": e.time,
+    }
+
+
+async def event_destinations(
+    conn: asyncpg.Connection, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], list[str]]:
+    """(tenant_id, id) -> the destinations its deliveries went to, for existing events."""
+    found: dict[tuple[str, str], list[str]] = {}
+    if not keys:
+        return found
+    rows = await conn.fetch(EVENT_DESTINATIONS, [t for t, _ in keys], [i for _, i in keys])
+    for r in rows:
+        found.setdefault((r["tenant_id"], r["id"]), []).append(r["destination_id"])
+    return found
+
+
+async def insert_deliveries(conn: asyncpg.Connection, rows: Sequence[tuple[int, str, str]]) -> None:
+    """Outbox rows (event_seq, tenant_id, destination_id), and a wake-up on commit."""
+    if not rows:
+        return
+    await conn.execute(
+        INSERT_DELIVERIES, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    )
+    await conn.execute(NOTIFY)
+
+
+async def claim_unrouted(conn: asyncpg.Connection, limit: int) -> list[Unrouted]:
+    rows = await conn.fetch(CLAIM_UNROUTED, limit)
+    return [Unrouted(**dict(r)) for r in rows]
+
+
+async def mark_routed(conn: asyncpg.Connection, seqs: Sequence[int]) -> None:
+    if seqs:
+        await conn.execute(MARK_ROUTED, list(seqs))
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    code: Any = getattr(exc, "sqlstate", None)
+    return code if isinstance(code, str) else None

@@ -1,0 +1,127 @@
+"""Bring the database in line with the tenants and destinations of the config file.
+
+Upserts what the file declares (marking it origin='config', the file being its source of
+truth); a config destination that left the file is disabled, never deleted, so its
+history stays. Several processes may start at once: an advisory lock serialises them.
+"""
+
+from __future__ import annotations
+
+import orjson
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import Text
+
+from relay.config import Settings
+from relay.signing import generate_secret
+
+# Reasons relay itself writes when the file turns a destination off; only these are
+# cleared when the file turns it on again (a health auto-disable is not).
+DISABLED_IN_FILE = "disabled in config file"
+REMOVED_FROM_FILE = "removed from config file"
+
+LOCK = text("SELECT pg_advisory_xact_lock(hashtext('relay.sync_config'))")
+
+UPSERT_TENANT = text("""
+    INSERT INTO relay.tenants (id, metadata, pods, origin)
+    VALUES (:id, CAST(:metadata AS jsonb), :pods, 'config')
+    ON CONFLICT (id) DO UPDATE
+    SET metadata = excluded.metadata, pods = excluded.pods, origin = 'config',
+        deleted_at = NULL, updated_at = now()
+    WHERE tenants.metadata IS DISTINCT FROM excluded.metadata
+       OR tenants.pods IS DISTINCT FROM excluded.pods
+       OR tenants.origin <> 'config' OR tenants.deleted_at IS NOT NULL
+""").bindparams(bindparam("pods", type_=ARRAY(Text)))
+
+# A tenant that left the file stops answering for its pods (pod publishing fails closed)
+# and becomes the API's to manage or delete.
+RELEASE_REMOVED_TENANTS = text("""
+    UPDATE relay.tenants SET pods = '{}', origin = 'api', updated_at = now()
+    WHERE origin = 'config' AND NOT (id = ANY(:declared))
+""").bindparams(bindparam("declared", type_=ARRAY(Text)))
+
+UPSERT_DESTINATION = text("""
+    INSERT INTO relay.destinations
+        (tenant_id, id, type, topics, url, custom_headers, secret, signature_mode,
+         timeout_seconds, metadata, origin, disabled_at, disabled_reason)
+    VALUES (:tenant_id, :id, :type, :topics, :url, CAST(:custom_headers AS jsonb),
+            COALESCE(:secret, :generated_secret), :signature_mode, :timeout_seconds,
+            CAST(:metadata AS jsonb), 'config',
+            CASE WHEN :enabled THEN NULL ELSE now() END,
+            CASE WHEN :enabled THEN NULL ELSE :disabled_in_file END)
+    ON CONFLICT (tenant_id, id) DO UPDATE
+    SET type = excluded.type, topics = excluded.topics, url = excluded.url,
+        custom_headers = excluded.custom_headers,
+        -- A destination without a secret in the file keeps the one generated for it.
+        secret = COALESCE(:secret, destinations.secret),
+        signature_mode = excluded.signature_mode,
+        timeout_seconds = excluded.timeout_seconds,
+        metadata = excluded.metadata, origin = 'config', deleted_at = NULL,
+        -- The file has no keys for these: what the API once set must not linger where
+        -- the API can no longer change it.
+        filter = NULL, delivery_metadata = '{}'::jsonb,
+        previous_secret = CASE WHEN :secret IS NULL THEN destinations.previous_secret END,
+        previous_secret_invalid_at = CASE WHEN :secret IS NULL
+                                          THEN destinations.previous_secret_invalid_at END,
+        disabled_at = CASE
+            WHEN NOT :enabled THEN COALESCE(destinations.disabled_at, now())
+            WHEN destinations.disabled_reason IN (:disabled_in_file, :removed_from_file)
+                THEN NULL
+            ELSE destinations.disabled_at END,
+        disabled_reason = CASE
+            WHEN NOT :enabled THEN COALESCE(destinations.disabled_reason, :disabled_in_file)
+            WHEN destinations.disabled_reason IN (:disabled_in_file, :removed_from_file)
+                THEN NULL
+            ELSE destinations.disabled_reason END,
+        updated_at = now()
+""").bindparams(bindparam("topics", type_=ARRAY(Text)))
+
+# Disabled, not deleted, so its history stays; from now on the API may manage it.
+DISABLE_REMOVED = text("""
+    UPDATE relay.destinations
+    SET disabled_at = COALESCE(disabled_at, now()),
+        disabled_reason = COALESCE(disabled_reason, :removed_from_file),
+        origin = 'api', updated_at = now()
+    WHERE origin = 'config' AND deleted_at IS NULL
+      AND NOT (tenant_id || '/' || id = ANY(:declared))
+""").bindparams(bindparam("declared", type_=ARRAY(Text)))
+
+
+async def sync_config(conn: AsyncConnection, settings: Settings) -> None:
+    await conn.execute(LOCK)
+    declared: list[str] = []
+    for tenant in settings.tenants:
+        await conn.execute(
+            UPSERT_TENANT,
+            {
+                "id": tenant.id,
+                "metadata": orjson.dumps(tenant.metadata).decode(),
+                "pods": tenant.pods,
+            },
+        )
+        for dest in tenant.destinations:
+            declared.append(f"{tenant.id}/{dest.id}")
+            await conn.execute(
+                UPSERT_DESTINATION,
+                {
+                    "tenant_id": tenant.id,
+                    "id": dest.id,
+                    "type": dest.type,
+                    "topics": dest.topic_list,
+                    "url": dest.url,
+                    "custom_headers": orjson.dumps(dest.custom_headers).decode(),
+                    "secret": dest.secret,
+                    "generated_secret": generate_secret(),
+                    "signature_mode": dest.signature_mode,
+                    "timeout_seconds": dest.timeout_seconds,
+                    "metadata": orjson.dumps(dest.metadata).decode(),
+                    "enabled": dest.enabled,
+                    "disabled_in_file": DISABLED_IN_FILE,
+                    "removed_from_file": REMOVED_FROM_FILE,
+                },
+            )
+    await conn.execute(
+        DISABLE_REMOVED, {"declared": declared, "removed_from_file": REMOVED_FROM_FILE}
+    )
+    await conn.execute(RELEASE_REMOVED_TENANTS, {"declared": [t.id for t in settings.tenants]})

@@ -1,0 +1,228 @@
+"""The declared schema: SQLAlchemy Core tables, alembic's target.
+
+Everything lives in the PostgreSQL schema ``relay`` so that relay can share a database
+with the producer's own tables. ``tests/integration/test_migrations.py`` fails when these
+declarations and the migrations drift apart.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB, TIMESTAMP, UUID
+
+SCHEMA = "relay"
+
+metadata = MetaData(
+    schema=SCHEMA,
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    },
+)
+
+TS = TIMESTAMP(timezone=True)
+NOW = text("now()")
+
+# Where a tenant or destination came from: the config file is the source of truth for
+# its own; the API owns the rest.
+ORIGINS = ("config", "api")
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("origin", Text, nullable=False, server_default="api"),
+    # Pod identities (e.g. https://user.example.com/profile/card#me) this tenant answers
+    # for in the pod-style publish API.
+    Column("pods", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    Column("updated_at", TS, nullable=False, server_default=NOW),
+    # Soft delete: events and attempts keep pointing at a deleted tenant.
+    Column("deleted_at", TS),
+    CheckConstraint("origin IN ('config', 'api')", name="origin"),
+    Index("ix_tenants_pods", "pods", postgresql_using="gin"),
+)
+
+destinations = Table(
+    "destinations",
+    metadata,
+    Column("tenant_id", Text, ForeignKey("tenants.id"), nullable=False),
+    Column("id", Text, nullable=False),
+    Column("type", Text, nullable=False, server_default="webhook"),
+    # ['*'] means every topic.
+    Column("topics", ARRAY(Text), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("custom_headers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("secret", Text, nullable=False),
+    Column("previous_secret", Text),
+    Column("previous_secret_invalid_at", TS),
+    Column("signature_mode", Text, nullable=False, server_default="standard"),
+    Column("timeout_seconds", Float),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("delivery_metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("filter", JSONB),
+    Column("origin", Text, nullable=False, server_default="api"),
+    Column("disabled_at", TS),
+    Column("disabled_reason", Text),
+    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    Column("updated_at", TS, nullable=False, server_default=NOW),
+    Column("deleted_at", TS),
+    PrimaryKeyConstraint("tenant_id", "id"),
+    CheckConstraint("origin IN ('config', 'api')", name="origin"),
+    CheckConstraint("signature_mode IN ('standard', 'outpost')", name="signature_mode"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    # Surrogate key: ordering, cursors and compact foreign keys.
+    Column("seq", BigInteger, Identity(always=True), primary_key=True),
+    Column("tenant_id", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("topic", Text, nullable=False, server_default=""),
+    # json, not jsonb: keeps the producer's bytes and key order for delivery.
+    Column("data", JSON, nullable=False),
+    # What receivers get when it is not `data` itself (pod events: an envelope around it).
+    Column("body", JSON),
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("eligible_for_retry", Boolean, nullable=False, server_default=text("true")),
+    # Set when the producer routed to one destination explicitly.
+    Column("destination_id", Text),
+    Column("time", TS, nullable=False, server_default=NOW),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    # When its outbox rows were written. NULL only for events the relay.publish() SQL
+    # function wrote: the router (relay/router.py) routes those after their commit.
+    Column("routed_at", TS, server_default=NOW),
+    # Idempotency is durable: a repeat of (tenant, id) is refused by this constraint.
+    UniqueConstraint("tenant_id", "id"),
+    Index("ix_events_tenant_id_time", "tenant_id", text("time DESC"), text("seq DESC")),
+    Index("ix_events_time", text("time DESC"), text("seq DESC")),
+    # Retention (relay prune) goes by arrival, which the producer cannot backdate.
+    Index("ix_events_created_at", "created_at"),
+    # The API's event listing filtered by topic.
+    Index(
+        "ix_events_tenant_id_topic_time",
+        "tenant_id",
+        "topic",
+        text("time DESC"),
+        text("seq DESC"),
+    ),
+    # Event ids are unique per tenant; the admin API and POST /retry look them up alone.
+    Index("ix_events_id", "id"),
+    # The router's queue: tiny, since routed events leave it.
+    Index("ix_events_unrouted", "seq", postgresql_where=text("routed_at IS NULL")),
+)
+
+# The outbox: one row per event x destination, the unit the dispatcher claims.
+DELIVERY_STATUSES = ("pending", "delivering", "delivered", "failed")
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("event_seq", BigInteger, ForeignKey("events.seq"), nullable=False),
+    Column("tenant_id", Text, nullable=False),
+    Column("destination_id", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", TS, nullable=False, server_default=NOW),
+    # Set while claimed: who holds the row (claim_token) and until when.
+    Column("claim_token", UUID(as_uuid=True)),
+    Column("lease_expires_at", TS),
+    Column("last_error", Text),
+    # The next attempt was asked for by an operator (POST /retry, replay).
+    Column("manual", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    Column("updated_at", TS, nullable=False, server_default=NOW),
+    ForeignKeyConstraint(
+        ["tenant_id", "destination_id"],
+        ["destinations.tenant_id", "destinations.id"],
+        name="fk_deliveries_destination",
+    ),
+    UniqueConstraint("event_seq", "destination_id"),
+    CheckConstraint("status IN ('pending', 'delivering', 'delivered', 'failed')", name="status"),
+    # The claim query reads only this small partial index.
+    Index(
+        "ix_deliveries_due",
+        "next_attempt_at",
+        postgresql_where=text("status = 'pending'"),
+    ),
+    Index(
+        "ix_deliveries_lease",
+        "lease_expires_at",
+        postgresql_where=text("status = 'delivering'"),
+    ),
+    Index("ix_deliveries_destination", "tenant_id", "destination_id", "status"),
+    # The backlog (relay.outbox_backlog) and each destination's share of it
+    # (relay.destination_health), index-only, without touching delivered history.
+    Index(
+        "ix_deliveries_active",
+        "status",
+        "created_at",
+        postgresql_where=text("status IN ('pending', 'delivering')"),
+        postgresql_include=["next_attempt_at", "lease_expires_at"],
+    ),
+    Index(
+        "ix_deliveries_active_destination",
+        "tenant_id",
+        "destination_id",
+        "created_at",
+        postgresql_where=text("status IN ('pending', 'delivering')"),
+    ),
+    # Deliveries that gave up, by when (relay replay --status failed, docs/sql.md).
+    Index("ix_deliveries_failed", "updated_at", postgresql_where=text("status = 'failed'")),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("delivery_id", BigInteger, ForeignKey("deliveries.id"), nullable=False),
+    Column("event_seq", BigInteger, nullable=False),
+    Column("tenant_id", Text, nullable=False),
+    Column("destination_id", Text, nullable=False),
+    # 1 for the first try of this delivery, 2 for the first retry, ...
+    Column("number", Integer, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("http_status", Integer),
+    # Why it failed when there was no HTTP answer: timeout, connection_refused, ...
+    Column("error_code", Text),
+    Column("error_detail", Text),
+    Column("response_body", Text),
+    Column("response_headers", JSONB),
+    Column("duration_ms", Integer, nullable=False),
+    Column("manual", Boolean, nullable=False, server_default=text("false")),
+    Column("started_at", TS, nullable=False),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+    CheckConstraint("status IN ('success', 'failed')", name="status"),
+    Index("ix_attempts_delivery_id", "delivery_id"),
+    Index("ix_attempts_event_seq", "event_seq"),
+    Index("ix_attempts_tenant_id_started", "tenant_id", text("started_at DESC"), text("id DESC")),
+    Index("ix_attempts_started", text("started_at DESC"), text("id DESC")),
+    # Per-destination history and health (relay.destination_health).
+    Index(
+        "ix_attempts_destination_started", "tenant_id", "destination_id", text("started_at DESC")
+    ),
+)
