@@ -1,0 +1,144 @@
+"""Who is calling: the admin key, or a tenant's JWT (``Authorization: Bearer <token>``).
+
+Tenant tokens are what Outpost issues: HS256, ``iss`` "outpost", ``sub`` the tenant id,
+valid for 24 hours. They are signed with ``server.jwt_secret``, or with a key derived
+from the admin key when that is unset (rotating the admin key then revokes them all).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import jwt
+from aiohttp import web
+
+from relay.appkeys import ENGINE, SETTINGS
+from relay.config import Settings
+from relay.db.admin import live_tenant_created_at
+from relay.errors import Forbidden, Unauthorized
+
+ISSUER = "outpost"
+TOKEN_LIFETIME_SECONDS = 24 * 3600
+ALGORITHM = "HS256"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The admin (``tenant_id`` None) or one tenant."""
+
+    tenant_id: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.tenant_id is None
+
+    def check_tenant(self, tenant_id: str) -> None:
+        """A tenant token reaches only its own tenant."""
+        if self.tenant_id is not None and tenant_id != self.tenant_id:
+            raise Forbidden(f"this token is scoped to tenant {self.tenant_id!r}")
+
+    def tenant_filter(self, requested: Sequence[str]) -> list[str]:
+        """The tenants a listing may show: the token's own, whatever was asked for."""
+        if self.tenant_id is not None:
+            return [self.tenant_id]
+        return list(requested)
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def _same(token: str, key: str) -> bool:
+    # Compare digests: constant time, and the key's length does not leak either.
+    return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), _key_digest(key))
+
+
+@functools.lru_cache(maxsize=8)
+def _key_digest(key: str) -> bytes:
+    # The configured key's digest, computed once rather than on every request.
+    return hashlib.sha256(key.encode()).digest()
+
+
+def jwt_key(settings: Settings) -> bytes | None:
+    if settings.server.jwt_secret:
+        return settings.server.jwt_secret.encode()
+    if settings.admin_api_key:
+        return hmac.new(
+            settings.admin_api_key.encode(), b"relay tenant jwt", hashlib.sha256
+        ).digest()
+    return None
+
+
+def issue_tenant_token(settings: Settings, tenant_id: str, now: float | None = None) -> str:
+    key = jwt_key(settings)
+    if key is None:
+        raise Unauthorized("no admin API key or jwt_secret is configured")
+    issued = int(time.time() if now is None else now)
+    claims = {
+        "iss": ISSUER,
+        "sub": tenant_id,
+        "iat": issued,
+        "exp": issued + TOKEN_LIFETIME_SECONDS,
+    }
+    return jwt.encode(claims, key, algorithm=ALGORITHM)
+
+
+def _tenant_from_token(settings: Settings, token: str) -> tuple[str, int] | None:
+    key = jwt_key(settings)
+    if key is None or token.count(".") != 2:
+        return None
+    try:
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            issuer=ISSUER,
+            options={"require": ["iss", "sub", "exp", "iat"]},
+        )
+    except jwt.PyJWTError:
+        return None
+    subject, issued = claims.get("sub"), claims.get("iat")
+    if not isinstance(subject, str) or not subject or not isinstance(issued, int):
+        return None
+    return subject, issued
+
+
+async def authenticate(request: web.Request) -> Caller:
+    """The admin or a live tenant; anything else is a 401.
+
+    A tenant token is refused once its tenant is deleted, and when it was issued before
+    the tenant's current incarnation was created: a deleted and re-created id must not
+    be reachable with a token from before.
+    """
+    token = bearer_token(request)
+    if token is None:
+        raise Unauthorized("missing API key or tenant token (Authorization: Bearer ...)")
+    settings = request.app[SETTINGS]
+    key = settings.admin_api_key
+    if key is not None and _same(token, key):
+        return Caller()
+    decoded = _tenant_from_token(settings, token)
+    if decoded is None:
+        raise Unauthorized("invalid API key or tenant token")
+    tenant_id, issued = decoded
+    async with request.app[ENGINE].connect() as conn:
+        created = await live_tenant_created_at(conn, tenant_id)
+    if created is None or issued < int(created.timestamp()):
+        raise Unauthorized("this tenant token is no longer valid: its tenant was deleted")
+    return Caller(tenant_id)
+
+
+def require_admin(request: web.Request) -> None:
+    token = bearer_token(request)
+    key = request.app[SETTINGS].admin_api_key
+    if token is None or key is None or not _same(token, key):
+        raise Unauthorized("missing or invalid API key (this endpoint needs the admin key)")

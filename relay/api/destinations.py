@@ -1,0 +1,417 @@
+"""Webhook destinations: /tenants/{tenant_id}/destinations[/{destination_id}[/enable|/disable]].
+
+PATCH follows RFC 7396 merge-patch: an absent field is left alone, ``null`` clears it,
+``metadata``/``delivery_metadata`` merge key by key. Config-declared destinations are
+shown but not changed here (409 naming the file).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+
+from relay import routing, webhooks
+from relay.api import params
+from relay.api.auth import Caller, authenticate
+from relay.api.errors import json_response
+from relay.api.shapes import destination_json
+from relay.api.tenants import check_id, config_conflict, require_tenant
+from relay.api.validation import read_json, validate
+from relay.appkeys import ENGINE, SETTINGS
+from relay.db import admin
+from relay.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from relay.signing import generate_secret
+
+PREFIX = "/api/v1/tenants/{tenant_id}/destinations"
+routes = web.RouteTableDef()
+
+SUPPORTED_TYPES = ("webhook",)
+PREVIOUS_SECRET_GRACE = timedelta(hours=24)
+# Headers relay sets itself; a destination may not override them.
+CLOCK_SKEW = timedelta(minutes=1)
+
+
+class WebhookConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    url: StrictStr
+    custom_headers: StrictStr | None = None
+
+
+class WebhookCredentials(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    secret: StrictStr | None = None
+    previous_secret: StrictStr | None = None
+    previous_secret_invalid_at: datetime | None = None
+
+
+class DestinationCreate(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: StrictStr | None = None
+    type: StrictStr
+    topics: StrictStr | list[StrictStr]
+    filter: dict[str, Any] | None = None
+    config: WebhookConfig
+    credentials: WebhookCredentials | None = None
+    delivery_metadata: dict[StrictStr, StrictStr] | None = None
+    metadata: dict[StrictStr, StrictStr] | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    disabled_at: datetime | None = None
+
+
+class WebhookConfigPatch(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    url: StrictStr | None = None
+    custom_headers: StrictStr | None = None
+
+
+class WebhookCredentialsPatch(WebhookCredentials):
+    rotate_secret: StrictBool | None = None
+
+
+class DestinationPatch(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: StrictStr | None = None
+    topics: StrictStr | list[StrictStr] | None = None
+    filter: dict[str, Any] | None = None
+    config: WebhookConfigPatch | None = None
+    credentials: WebhookCredentialsPatch | None = None
+    delivery_metadata: dict[StrictStr, StrictStr | None] | None = None
+    metadata: dict[StrictStr, StrictStr | None] | None = None
+    disabled_at: datetime | None = None
+
+
+# --- checks --------------------------------------------------------------------------
+
+
+def check_type(value: str) -> None:
+    if value not in SUPPORTED_TYPES:
+        raise ValidationFailed(
+            [f"type {value!r} is not supported; relay delivers to webhook destinations only"]
+        )
+
+
+def topic_list(value: str | list[str], catalogue: list[str], problems: list[str]) -> list[str]:
+    if isinstance(value, str):
+        if value != "*":
+            problems.append('topics must be "*" or a list of topics')
+        return ["*"]
+    if not value:
+        problems.append('topics must not be empty; use "*" for every topic')
+    for index, topic in enumerate(value):
+        if not topic:
+            problems.append(f"topics[{index}] must not be empty")
+        elif (
+            catalogue
+            and topic != "*"
+            and not any(routing.topic_matches(topic, known) for known in catalogue)
+        ):
+            problems.append(
+                f"topics[{index}] {topic!r} matches none of the configured topics: "
+                + ", ".join(catalogue)
+            )
+    return list(dict.fromkeys(value))
+
+
+def check_url(url: str, problems: list[str]) -> None:
+    problem = webhooks.url_problem(url)
+    if problem:
+        problems.append(f"config.url {problem}")
+
+
+def parse_custom_headers(raw: str | None, problems: list[str]) -> dict[str, str]:
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        problems.append(
+            'config.custom_headers must be a JSON object of strings, e.g. {"x-api-key":"..."}'
+        )
+        return {}
+    problems.extend(f"config.custom_headers: {p}" for p in webhooks.header_problems(value))
+    return dict(value)
+
+
+def check_filter(value: dict[str, Any] | None, problems: list[str]) -> dict[str, Any] | None:
+    if not value:
+        return None
+    problems.extend(routing.filter_problems(value))
+    return value
+
+
+def check_past(value: datetime | None, field: str, problems: list[str]) -> datetime | None:
+    value = _aware(value)
+    if value is None:
+        return None
+    if value > datetime.now(UTC) + CLOCK_SKEW:
+        problems.append(f"{field} must not be in the future")
+    return value
+
+
+def admin_only(caller: Caller, fields: list[str]) -> None:
+    if fields and not caller.is_admin:
+        raise Forbidden(f"{', '.join(fields)} can only be set with the admin API key")
+
+
+def new_destination_id() -> str:
+    return "des_" + secrets.token_hex(12)
+
+
+# --- handlers ------------------------------------------------------------------------
+
+
+@routes.get(PREFIX)
+async def list_destinations(request: web.Request) -> web.Response:
+    caller = await authenticate(request)
+    tenant_id = request.match_info["tenant_id"]
+    types = params.multi(request, "type")
+    topics = params.multi(request, "topics")
+    async with request.app[ENGINE].connect() as conn:
+        await require_tenant(conn, caller, tenant_id)
+        found = await admin.list_destinations(conn, tenant_id)
+    chosen = [
+        d
+        for d in found
+        if (not types or d.type in types)
+        and (not topics or any(routing.any_topic_matches(d.topics, t) for t in topics))
+    ]
+    return json_response([destination_json(d) for d in chosen])
+
+
+@routes.post(PREFIX)
+async def create_destination(request: web.Request) -> web.Response:
+    caller = await authenticate(request)
+    tenant_id = request.match_info["tenant_id"]
+    caller.check_tenant(tenant_id)
+    payload = await read_json(request)
+    if isinstance(payload, dict) and isinstance(payload.get("type"), str):
+        check_type(payload["type"])
+    body = validate(DestinationCreate, payload)
+    check_type(body.type)
+    settings = request.app[SETTINGS]
+    problems: list[str] = []
+    if body.id is not None:
+        check_id(body.id, "id")
+    topics = topic_list(body.topics, settings.topics, problems)
+    check_url(body.config.url, problems)
+    headers = parse_custom_headers(body.config.custom_headers, problems)
+    rule = check_filter(body.filter, problems)
+    secret = body.credentials.secret if body.credentials else None
+    if secret is not None and not secret:
+        problems.append("credentials.secret must not be empty")
+    created_at = check_past(body.created_at, "created_at", problems)
+    updated_at = check_past(body.updated_at, "updated_at", problems)
+    disabled_at = check_past(body.disabled_at, "disabled_at", problems)
+    if problems:
+        raise ValidationFailed(problems)
+    admin_only(
+        caller,
+        [
+            name
+            for name, v in (
+                ("credentials.secret", secret),
+                ("created_at", created_at),
+                ("updated_at", updated_at),
+            )
+            if v is not None
+        ],
+    )
+    new = admin.NewDestination(
+        tenant_id=tenant_id,
+        id=body.id or new_destination_id(),
+        type=body.type,
+        topics=topics,
+        url=body.config.url,
+        custom_headers=headers,
+        secret=secret or generate_secret(),
+        metadata=body.metadata or {},
+        delivery_metadata=body.delivery_metadata or {},
+        filter=rule,
+        disabled_at=disabled_at,
+        created_at=created_at,
+        updated_at=updated_at,
+    )
+    async with request.app[ENGINE].begin() as conn:
+        await require_tenant(conn, caller, tenant_id)
+        created = await admin.insert_destination(conn, new)
+    if created is None:
+        raise Conflict(f"destination {new.id!r} already exists for tenant {tenant_id!r}")
+    return json_response(destination_json(created), status=201)
+
+
+async def _load(request: web.Request, conn: Any, *, lock: bool) -> admin.Destination:
+    caller = await authenticate(request)
+    tenant_id = request.match_info["tenant_id"]
+    destination_id = request.match_info["destination_id"]
+    await require_tenant(conn, caller, tenant_id)
+    found = await admin.get_destination(conn, tenant_id, destination_id, lock=lock)
+    if found is None:
+        raise NotFound(f"destination {destination_id!r} not found for tenant {tenant_id!r}")
+    return found
+
+
+def _api_owned(request: web.Request, d: admin.Destination) -> None:
+    if d.origin != "api":
+        raise config_conflict(
+            request.app[SETTINGS], f"destination {d.id!r} of tenant {d.tenant_id!r}"
+        )
+
+
+@routes.get(PREFIX + "/{destination_id}")
+async def get_destination(request: web.Request) -> web.Response:
+    async with request.app[ENGINE].connect() as conn:
+        found = await _load(request, conn, lock=False)
+    return json_response(destination_json(found))
+
+
+def _merge_map(current: dict[str, str], patch: dict[str, str | None] | None) -> dict[str, str]:
+    if patch is None:
+        return {}
+    merged = dict(current)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_patch(
+    current: admin.Destination, body: DestinationPatch, caller: Caller, catalogue: list[str]
+) -> admin.Destination:
+    """The destination after a merge-patch (RFC 7396), or a 422 listing every problem."""
+    given = body.model_fields_set
+    problems: list[str] = []
+    changes: dict[str, Any] = {}
+    if body.type is not None and body.type != current.type:
+        problems.append(f"type cannot be changed (this destination is {current.type!r})")
+    if "topics" in given:
+        if body.topics is None:
+            problems.append('topics must not be null; use "*" for every topic')
+        else:
+            changes["topics"] = topic_list(body.topics, catalogue, problems)
+    if "filter" in given:
+        changes["filter"] = check_filter(body.filter, problems)
+    if body.config is not None:
+        config_given = body.config.model_fields_set
+        if "url" in config_given:
+            if body.config.url is None:
+                problems.append("config.url must not be null")
+            else:
+                check_url(body.config.url, problems)
+                changes["url"] = body.config.url
+        if "custom_headers" in config_given:
+            changes["custom_headers"] = parse_custom_headers(body.config.custom_headers, problems)
+    if body.credentials is not None:
+        changes |= _credentials(current, body.credentials, caller, problems)
+    for name in ("metadata", "delivery_metadata"):
+        if name in given:
+            changes[name] = _merge_map(getattr(current, name), getattr(body, name))
+    if "disabled_at" in given:
+        when = check_past(body.disabled_at, "disabled_at", problems)
+        changes["disabled_at"] = when
+    if problems:
+        raise ValidationFailed(problems)
+    return replace(current, **changes)
+
+
+def _credentials(
+    current: admin.Destination,
+    patch: WebhookCredentialsPatch,
+    caller: Caller,
+    problems: list[str],
+) -> dict[str, Any]:
+    given = patch.model_fields_set
+    admin_only(
+        caller,
+        [
+            f"credentials.{n}"
+            for n in ("secret", "previous_secret", "previous_secret_invalid_at")
+            if n in given
+        ],
+    )
+    changes: dict[str, Any] = {}
+    if patch.rotate_secret:
+        # The old secret keeps signing (alongside the new one) until it expires.
+        invalid_at = _aware(patch.previous_secret_invalid_at) or (
+            datetime.now(UTC) + PREVIOUS_SECRET_GRACE
+        )
+        return {
+            "secret": generate_secret(),
+            "previous_secret": current.secret,
+            "previous_secret_invalid_at": invalid_at,
+        }
+    if "secret" in given:
+        if not patch.secret:
+            problems.append("credentials.secret must not be empty")
+        else:
+            changes["secret"] = patch.secret
+    if "previous_secret" in given:
+        changes["previous_secret"] = patch.previous_secret or None
+    if "previous_secret_invalid_at" in given:
+        changes["previous_secret_invalid_at"] = _aware(patch.previous_secret_invalid_at)
+    return changes
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+@routes.patch(PREFIX + "/{destination_id}")
+async def update_destination(request: web.Request) -> web.Response:
+    caller = await authenticate(request)
+    body = validate(DestinationPatch, await read_json(request))
+    catalogue = request.app[SETTINGS].topics
+    async with request.app[ENGINE].begin() as conn:
+        current = await _load(request, conn, lock=True)
+        _api_owned(request, current)
+        updated = await admin.update_destination(
+            conn, apply_patch(current, body, caller, catalogue)
+        )
+    assert updated is not None
+    return json_response(destination_json(updated))
+
+
+async def _set_enabled(request: web.Request, enabled: bool) -> web.Response:
+    async with request.app[ENGINE].begin() as conn:
+        current = await _load(request, conn, lock=True)
+        _api_owned(request, current)
+        disabled_at = None if enabled else (current.disabled_at or datetime.now(UTC))
+        updated = await admin.update_destination(conn, replace(current, disabled_at=disabled_at))
+    assert updated is not None
+    return json_response(destination_json(updated))
+
+
+@routes.put(PREFIX + "/{destination_id}/enable")
+async def enable_destination(request: web.Request) -> web.Response:
+    return await _set_enabled(request, True)
+
+
+@routes.put(PREFIX + "/{destination_id}/disable")
+async def disable_destination(request: web.Request) -> web.Response:
+    return await _set_enabled(request, False)
+
+
+@routes.delete(PREFIX + "/{destination_id}")
+async def delete_destination(request: web.Request) -> web.Response:
+    async with request.app[ENGINE].begin() as conn:
+        current = await _load(request, conn, lock=True)
+        _api_owned(request, current)
+        await admin.delete_destination(conn, current.tenant_id, current.id)
+    return json_response({"success": True})

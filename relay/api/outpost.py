@@ -1,0 +1,172 @@
+"""The Outpost-compatible API under /api/v1 (contract: Hookdeck Outpost's OpenAPI).
+
+This module holds publish, health, topics, destination types and the OpenAPI document,
+and composes the rest: tenants.py, destinations.py, logs.py (events and attempts) and
+retry.py. What relay implements is described by openapi.json, served as it is.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Annotated, Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from sqlalchemy import text
+
+from relay.api import destinations, logs, retry, tenants
+from relay.api.auth import authenticate, require_admin
+from relay.api.errors import json_response
+from relay.api.rawjson import member_span
+from relay.api.validation import read_json, validate
+from relay.appkeys import DISPATCHER, ENGINE, HEAD_REVISION, METRICS, PUBLISHER, SETTINGS
+from relay.db.migrate import current_revision
+from relay.errors import NotFound
+from relay.publish import Event, check_topic, new_event_id
+
+PREFIX = "/api/v1"
+routes = web.RouteTableDef()
+
+
+class PublishBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: Annotated[StrictStr, Field(min_length=1, max_length=255)] | None = None
+    tenant_id: Annotated[StrictStr, Field(min_length=1, max_length=255)]
+    topic: StrictStr | None = None
+    eligible_for_retry: StrictBool = True
+    destination_id: Annotated[StrictStr, Field(min_length=1)] | None = None
+    metadata: dict[StrictStr, StrictStr] | None = None
+    time: datetime | None = None
+    data: dict[str, Any]
+
+
+@routes.post(PREFIX + "/publish")
+async def publish_event(request: web.Request) -> web.Response:
+    require_admin(request)
+    body = validate(PublishBody, await read_json(request))
+    # Store `data` as the producer's exact bytes (spacing, number spelling, key order);
+    # the body already parsed, so the span is valid JSON.
+    raw_data = member_span(await request.read(), "data") or orjson.dumps(body.data)
+    event = Event(
+        tenant_id=body.tenant_id,
+        topic=body.topic or "",
+        data=raw_data,
+        # The id is fixed before anything is written: a group retried unit by unit
+        # after a failure cannot then write one event twice.
+        id=body.id or new_event_id(),
+        eligible_for_retry=body.eligible_for_retry,
+        destination_id=body.destination_id,
+        metadata=body.metadata or {},
+        time=body.time,
+    )
+    check_topic(event.topic, request.app[SETTINGS].topics)
+    # Group commit: answered once the transaction holding this event has committed.
+    (result,) = await request.app[PUBLISHER].publish([event])
+    # The transaction has committed: only now is the event acknowledged.
+    if not result.duplicate:
+        request.app[METRICS].published.labels("outpost").inc()
+    return json_response(result.as_json(), status=202)
+
+
+@routes.get(PREFIX + "/healthz")
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    workers: dict[str, dict[str, str]] = {"http-server": {"status": "healthy"}}
+    try:
+        async with request.app[ENGINE].connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        revision = await current_revision(request.app[ENGINE])
+        migrated = revision == request.app[HEAD_REVISION]
+        workers["database"] = {"status": "healthy" if migrated else "failed"}
+    except Exception:
+        workers["database"] = {"status": "failed"}
+    dispatcher = request.app.get(DISPATCHER)
+    if dispatcher is not None:
+        workers["dispatcher"] = {"status": "healthy" if dispatcher.healthy else "failed"}
+    ok = all(w["status"] == "healthy" for w in workers.values())
+    payload = {
+        "status": "healthy" if ok else "failed",
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "workers": workers,
+    }
+    return json_response(payload, status=200 if ok else 503)
+
+
+@routes.get(PREFIX + "/topics")
+async def list_topics(request: web.Request) -> web.Response:
+    await authenticate(request)
+    return json_response(list(request.app[SETTINGS].topics))
+
+
+WEBHOOK_TYPE: dict[str, Any] = {
+    "type": "webhook",
+    "label": "Webhook",
+    "description": "Send events as signed HTTP POST requests to a URL",
+    "icon": "",
+    "instructions": "Enter the URL that should receive the events. relay signs each request "
+    "(Standard Webhooks headers) with the destination's secret.",
+    "config_fields": [
+        {
+            "key": "url",
+            "type": "text",
+            "label": "URL",
+            "description": "The URL to send the events to.",
+            "required": True,
+            "sensitive": False,
+            "pattern": "^https?://.*",
+        },
+        {
+            "key": "custom_headers",
+            "type": "key_value_map",
+            "label": "Custom headers",
+            "description": "Extra HTTP headers sent with every request (a JSON object).",
+            "required": False,
+            "sensitive": False,
+        },
+    ],
+    "credential_fields": [
+        {
+            "key": "secret",
+            "type": "text",
+            "label": "Secret",
+            "description": "Signing secret; generated when left empty.",
+            "required": False,
+            "sensitive": True,
+        }
+    ],
+}
+
+
+@routes.get(PREFIX + "/destination-types")
+async def list_destination_types(request: web.Request) -> web.Response:
+    await authenticate(request)
+    return json_response([WEBHOOK_TYPE])
+
+
+@routes.get(PREFIX + "/destination-types/{type}")
+async def get_destination_type(request: web.Request) -> web.Response:
+    await authenticate(request)
+    kind = request.match_info["type"]
+    if kind != "webhook":
+        raise NotFound(f"destination type {kind!r} is not supported; relay has webhook only")
+    return json_response(WEBHOOK_TYPE)
+
+
+def openapi_document() -> bytes:
+    return resources.files("relay.api").joinpath("openapi.json").read_bytes()
+
+
+@routes.get(PREFIX + "/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=openapi_document(), content_type="application/json")
+
+
+def setup(app: web.Application) -> None:
+    app.add_routes(routes)
+    app.add_routes(tenants.routes)
+    app.add_routes(destinations.routes)
+    app.add_routes(logs.routes)
+    app.add_routes(retry.routes)

@@ -1,0 +1,259 @@
+"""The pod-style publish API: ``POST /publish/`` and ``GET /publish/{event_id}``.
+
+A producer app publishes an event to a user's pod (the recipient) and optionally to a
+participant's pod (the source); each forwards a copy to its subscribers. A pod is a
+tenant (``tenants.pods``), its subscribers are the tenant's destinations. The contract
+and the exact error bodies are the pod publish docs' (``{"error": "..."}``).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from relay import grants
+from relay.api.errors import json_response, use_error_shape
+from relay.appkeys import ENGINE, METRICS, PUBLISHER, SETTINGS
+from relay.config import PublisherConfig
+from relay.db import pods
+from relay.errors import BadRequest, Forbidden, NotFound, RelayError, Unauthorized
+from relay.publish import Event
+
+PREFIX = "/publish"
+routes = web.RouteTableDef()
+
+# {domain}/{topic}#{action}; a published topic is concrete, so no wildcards.
+TOPIC = re.compile(r"[^\s/#*]+(?:/[^\s/#*]+)+#[^\s/#*]+")
+POD_EXAMPLE = "https://user.example.com/profile/card#me"
+NO_RECIPIENT = "No recipient found"
+
+
+class UnsupportedMediaType(RelayError):
+    """Content-Type must be application/json"""
+
+    status = 415
+
+
+@dataclass(frozen=True, slots=True)
+class PodEvent:
+    """One validated item of a publish request."""
+
+    # As sent (a pod URL or a list of them): receivers see it unchanged.
+    recipient: str | list[str]
+    source: str | None
+    topic: str
+    data: dict[str, Any]
+
+    @property
+    def targets(self) -> list[str]:
+        """Every pod that receives a copy, each once, recipients first."""
+        recipients = [self.recipient] if isinstance(self.recipient, str) else self.recipient
+        pods = recipients + ([self.source] if self.source else [])
+        return list(dict.fromkeys(pods))
+
+
+def pod_error_shape(status: int, message: str, data: object) -> Mapping[str, object]:
+    # `data` carries {"index": n} for an array item; Outpost-style problem lists are joined.
+    body: dict[str, object] = {"error": message}
+    if isinstance(data, Mapping):
+        body.update(data)
+    elif isinstance(data, list) and data:
+        body["error"] = "; ".join(str(problem) for problem in data)
+    return body
+
+
+def _is_pod_url(value: object) -> bool:
+    return isinstance(value, str) and re.match(r"https?://[^/\s]+", value) is not None
+
+
+def parse_event(raw: object) -> PodEvent:
+    """Validate one item; a BadRequest names what is wrong with it."""
+    if not isinstance(raw, dict):
+        raise BadRequest("event must be a JSON object with recipient, topic and data")
+
+    recipient = raw.get("recipient")
+    if recipient is None or recipient == "" or recipient == []:
+        raise BadRequest(NO_RECIPIENT)
+    if isinstance(recipient, list):
+        if not all(_is_pod_url(r) for r in recipient):
+            raise BadRequest(f"recipient must be a list of pod URLs, such as {POD_EXAMPLE}")
+    elif not _is_pod_url(recipient):
+        raise BadRequest(f"recipient must be a pod URL, such as {POD_EXAMPLE}")
+
+    source = raw.get("source")
+    if source is not None and not _is_pod_url(source):
+        raise BadRequest(f"source must be a pod URL, such as {POD_EXAMPLE}")
+
+    topic = raw.get("topic")
+    if topic is None or topic == "":
+        raise BadRequest("No topic found")
+    if not isinstance(topic, str) or not TOPIC.fullmatch(topic):
+        raise BadRequest(
+            "topic must have the form {domain}/{topic}#{action}, such as realestate/contact#add"
+        )
+
+    data = raw.get("data")
+    if data is None:
+        raise BadRequest("No data found")
+    if not isinstance(data, dict):
+        raise BadRequest("data must be a JSON object")
+    return PodEvent(recipient=recipient, source=source, topic=topic, data=data)
+
+
+def parse_body(payload: object) -> tuple[list[PodEvent], bool]:
+    """The request's events and whether they came as an array; every item is validated."""
+    if isinstance(payload, dict):
+        return [parse_event(payload)], False
+    if not isinstance(payload, list):
+        raise BadRequest("request body must be a JSON event object or an array of them")
+    if not payload:
+        raise BadRequest("the array is empty; send at least one event")
+    events = []
+    for index, item in enumerate(payload):
+        try:
+            events.append(parse_event(item))
+        except BadRequest as exc:
+            raise BadRequest(exc.message, data={"index": index}) from None
+    return events, True
+
+
+def authenticate(request: web.Request) -> PublisherConfig:
+    key = request.headers.get("x-api-key", "").strip()
+    if not key:
+        raise Unauthorized("Missing x-api-key header")
+    publisher = grants.identify(request.app[SETTINGS].publishers, key)
+    if publisher is None:
+        raise Unauthorized("Invalid API key")
+    return publisher
+
+
+def receiving_tenants(
+    publisher: PublisherConfig,
+    event: PodEvent,
+    answered: Mapping[str, list[str]],
+    index: int | None,
+) -> list[str]:
+    """The tenants that get a copy; refused unless every target pod is granted and known.
+
+    A pod no tenant answers for is refused like an ungranted one (fail closed): which
+    pods relay hosts is not the publisher's to learn.
+    """
+    tenant_ids: dict[str, None] = {}
+    for pod in event.targets:
+        if not grants.may_publish(publisher.grants, pod, event.topic) or pod not in answered:
+            raise Forbidden(
+                f"Not authorized to publish to {pod} on topic {event.topic}",
+                data=None if index is None else {"index": index},
+            )
+        tenant_ids.update(dict.fromkeys(answered[pod]))
+    # Recipient and source may be the same tenant: it still gets one copy.
+    return list(tenant_ids)
+
+
+def base_url(request: web.Request) -> str:
+    configured = request.app[SETTINGS].server.public_url
+    if configured:
+        return configured.rstrip("/")
+    return f"{request.scheme}://{request.host}"
+
+
+def event_url(base: str, event_id: str) -> str:
+    """The event's id as the publisher and receivers see it (and where to GET it)."""
+    return f"{base}{PREFIX}/{event_id}"
+
+
+def _now() -> datetime:
+    # Millisecond precision: the envelope's time and the stored time are the same instant.
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+async def _read_payload(request: web.Request) -> object:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType()
+    raw = await request.read()  # past server.max_body_bytes: 413
+    if not raw.strip():
+        raise BadRequest("request body is empty; send a JSON event or an array of them")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def copies(
+    event: PodEvent, event_id: str, base: str, tenant_ids: list[str], publisher: str, time: datetime
+) -> list[Event]:
+    """One relay event per receiving tenant, under one id; receivers get the envelope."""
+    envelope = {
+        "id": event_url(base, event_id),
+        "topic": event.topic,
+        "recipient": event.recipient,
+        "source": event.source,
+        "time": time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "data": event.data,
+    }
+    return [
+        Event(
+            tenant_id=tenant_id,
+            id=event_id,
+            topic=event.topic,
+            data=orjson.dumps(event.data),
+            body=orjson.dumps(envelope),
+            metadata={"publisher": publisher},
+            time=time,
+        )
+        for tenant_id in tenant_ids
+    ]
+
+
+@routes.post(PREFIX + "/")
+@routes.post(PREFIX)
+async def publish_to_pods(request: web.Request) -> web.Response:
+    publisher = authenticate(request)
+    events, is_array = parse_body(await _read_payload(request))
+    base = base_url(request)
+    ids = [uuid.uuid4().hex for _ in events]
+    time = _now()
+    async with request.app[ENGINE].connect() as conn:
+        targets = dict.fromkeys(pod for event in events for pod in event.targets)
+        answered = await pods.tenants_for_pods(conn, list(targets))
+        # Authorize every item before writing any: an array is all-or-nothing.
+        receivers = [
+            receiving_tenants(publisher, event, answered, index if is_array else None)
+            for index, event in enumerate(events)
+        ]
+    written = []
+    for event, event_id, tenant_ids in zip(events, ids, receivers, strict=True):
+        written += copies(event, event_id, base, tenant_ids, publisher.name, time)
+    # Group commit, all or nothing: answered once the copies have committed.
+    await request.app[PUBLISHER].publish(written)
+    # Committed: the events and their outbox rows are durable.
+    # One event row per receiving tenant, as in relay.events.
+    request.app[METRICS].published.labels("pod").inc(len(written))
+    urls = [event_url(base, event_id) for event_id in ids]
+    payload: object = [{"id": url} for url in urls] if is_array else {"id": urls[0]}
+    return json_response(payload, status=201, headers={"Location": urls[0]})
+
+
+@routes.get(PREFIX + "/{event_id}")
+async def published_event(request: web.Request) -> web.Response:
+    publisher = authenticate(request)
+    event_id = request.match_info["event_id"]
+    async with request.app[ENGINE].connect() as conn:
+        found = await pods.published_event(conn, event_id, publisher.name)
+    if found is None:
+        # Someone else's event is not found either: ids are not for probing.
+        raise NotFound(f"Event {event_id} not found")
+    return json_response(found.body | {"deliveries": [d.as_json() for d in found.deliveries]})
+
+
+def setup(app: web.Application) -> None:
+    app.add_routes(routes)
+    use_error_shape(app, PREFIX, pod_error_shape)

@@ -1,0 +1,126 @@
+"""relay's rows in the JSON shapes Outpost's API (and so its SDKs) use."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from yarl import URL
+
+from relay.db.admin import Destination, Tenant
+from relay.db.history import AttemptRow, EventRow
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def tenant_json(t: Tenant) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "destinations_count": t.destinations_count,
+        "topics": t.topics,
+        "metadata": t.metadata or None,
+        "created_at": iso(t.created_at),
+        "updated_at": iso(t.updated_at),
+    }
+
+
+def _target(url: str) -> str:
+    try:
+        return URL(url).host or url
+    except ValueError:
+        return url
+
+
+def destination_json(d: Destination, *, credentials: bool = True) -> dict[str, Any]:
+    config: dict[str, str] = {"url": d.url}
+    if d.custom_headers:
+        # Outpost carries custom headers as a JSON string inside config.
+        config["custom_headers"] = orjson.dumps(d.custom_headers).decode()
+    body: dict[str, Any] = {
+        "id": d.id,
+        "tenant_id": d.tenant_id,
+        "type": d.type,
+        "topics": d.topics,
+        "filter": d.filter,
+        "config": config,
+        "delivery_metadata": d.delivery_metadata or None,
+        "metadata": d.metadata or None,
+        "disabled_at": iso(d.disabled_at),
+        "created_at": iso(d.created_at),
+        "updated_at": iso(d.updated_at),
+        "target": _target(d.url),
+        "target_url": d.url,
+    }
+    if credentials:
+        creds: dict[str, str] = {"secret": d.secret}
+        if d.previous_secret:
+            creds["previous_secret"] = d.previous_secret
+            invalid_at = iso(d.previous_secret_invalid_at)
+            if invalid_at:
+                creds["previous_secret_invalid_at"] = invalid_at
+        body["credentials"] = creds
+    return body
+
+
+def event_json(e: EventRow) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": e.id,
+        "tenant_id": e.tenant_id,
+        "topic": e.topic,
+        "time": iso(e.time),
+        "eligible_for_retry": e.eligible_for_retry,
+        "metadata": e.metadata or None,
+        "data": e.data,
+        "matched_destination_ids": e.matched_destination_ids,
+    }
+    if e.destination_id is not None:
+        body["destination_id"] = e.destination_id
+    return body
+
+
+def attempt_json(
+    a: AttemptRow, include: set[str], destination: Destination | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": str(a.id),
+        "tenant_id": a.tenant_id,
+        "status": a.status,
+        "time": iso(a.started_at),
+        # The HTTP status when the receiver answered, else why there was no answer.
+        "code": str(a.http_status) if a.http_status is not None else (a.error_code or ""),
+        "attempt_number": a.number,
+        "manual": a.manual,
+        "latency_ms": a.duration_ms,
+        "event_id": a.event_id,
+        "destination_id": a.destination_id,
+    }
+    if "response_data" in include:
+        response: dict[str, Any] = {
+            "status_code": a.http_status,
+            "body": a.response_body,
+            "headers": a.response_headers or {},
+        }
+        if a.error_code is not None:
+            response["error"] = {"code": a.error_code, "detail": a.error_detail}
+        body["response_data"] = response
+    if include & {"event", "event.data"}:
+        event: dict[str, Any] = {
+            "id": a.event_id,
+            "tenant_id": a.tenant_id,
+            "destination_id": a.destination_id,
+            "topic": a.topic,
+            "time": iso(a.event_time),
+            "eligible_for_retry": a.eligible_for_retry,
+            "metadata": a.event_metadata or None,
+        }
+        if "event.data" in include:
+            event["data"] = a.event_data
+        body["event"] = event
+    if "destination" in include and destination is not None:
+        body["destination"] = destination_json(destination, credentials=False)
+    return body

@@ -1,0 +1,140 @@
+"""Tenants: PUT/GET/DELETE /tenants/{id}, GET /tenants, GET /tenants/{id}/token."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, StrictStr
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from relay.api import params
+from relay.api.auth import Caller, authenticate, issue_tenant_token, require_admin
+from relay.api.errors import json_response
+from relay.api.shapes import tenant_json
+from relay.api.validation import validate
+from relay.appkeys import ENGINE, SETTINGS
+from relay.config import Settings
+from relay.db import admin
+from relay.db.history import Position, paginate
+from relay.errors import Conflict, NotFound, ValidationFailed
+
+PREFIX = "/api/v1"
+routes = web.RouteTableDef()
+
+MAX_ID_LENGTH = 255
+
+
+def config_conflict(settings: Settings, what: str) -> Conflict:
+    source = settings.config_path or "relay's configuration"
+    return Conflict(
+        f"{what} is declared in the config file {source}, which is its source of truth; "
+        f"change it there and restart relay (the API cannot change it)"
+    )
+
+
+def check_id(value: str, field: str) -> None:
+    if len(value) > MAX_ID_LENGTH:
+        raise ValidationFailed([f"{field} must be at most {MAX_ID_LENGTH} characters"])
+    if any(c.isspace() or ord(c) < 32 or c == "/" for c in value):
+        raise ValidationFailed([f"{field} must not contain spaces, control characters or '/'"])
+
+
+async def require_tenant(conn: AsyncConnection, caller: Caller, tenant_id: str) -> admin.Tenant:
+    caller.check_tenant(tenant_id)
+    tenant = await admin.get_tenant(conn, tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id!r} not found")
+    return tenant
+
+
+class TenantUpsertBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    metadata: dict[StrictStr, StrictStr] | None = None
+
+
+@routes.put(PREFIX + "/tenants/{tenant_id}")
+async def upsert_tenant(request: web.Request) -> web.Response:
+    caller = await authenticate(request)
+    tenant_id = request.match_info["tenant_id"]
+    caller.check_tenant(tenant_id)
+    check_id(tenant_id, "tenant_id")
+    body = validate(TenantUpsertBody, await params.optional_json(request))
+    # Absent: keep what is stored; null: clear it.
+    metadata = (body.metadata or {}) if "metadata" in body.model_fields_set else None
+    async with request.app[ENGINE].begin() as conn:
+        created = await admin.upsert_tenant(conn, tenant_id, metadata)
+        if created is None:
+            raise config_conflict(request.app[SETTINGS], f"tenant {tenant_id!r}")
+        tenant = await admin.get_tenant(conn, tenant_id)
+    assert tenant is not None
+    return json_response(tenant_json(tenant), status=201 if created else 200)
+
+
+@routes.get(PREFIX + "/tenants/{tenant_id}")
+async def get_tenant(request: web.Request) -> web.Response:
+    caller = await authenticate(request)
+    async with request.app[ENGINE].connect() as conn:
+        tenant = await require_tenant(conn, caller, request.match_info["tenant_id"])
+    return json_response(tenant_json(tenant))
+
+
+@routes.delete(PREFIX + "/tenants/{tenant_id}")
+async def delete_tenant(request: web.Request) -> web.Response:
+    caller = await authenticate(request)
+    tenant_id = request.match_info["tenant_id"]
+    caller.check_tenant(tenant_id)
+    async with request.app[ENGINE].begin() as conn:
+        origin = await admin.tenant_origin(conn, tenant_id)
+        if origin is None:
+            raise NotFound(f"tenant {tenant_id!r} not found")
+        if origin != "api":
+            raise config_conflict(request.app[SETTINGS], f"tenant {tenant_id!r}")
+        await admin.delete_tenant(conn, tenant_id)
+    return json_response({"success": True})
+
+
+@routes.get(PREFIX + "/tenants")
+async def list_tenants(request: web.Request) -> web.Response:
+    caller = await authenticate(request)
+    ids = caller.tenant_filter(params.multi(request, "id"))
+    limit = params.limit(request, default=20, maximum=100)
+    desc = params.descending(request)
+    cursor = params.cursor(request, kind="tenants", desc=desc)
+    async with request.app[ENGINE].connect() as conn:
+
+        async def fetch(after: Position | None, d: bool, n: int) -> list[admin.Tenant]:
+            return await admin.list_tenants(conn, ids=ids, after=after, descending=d, limit=n)
+
+        page = await paginate(
+            fetch,
+            lambda t: Position(t.created_at, t.id),
+            kind="tenants",
+            limit=limit,
+            descending=desc,
+            cursor=cursor,
+        )
+        count = await admin.count_tenants(conn, ids)
+    return json_response(
+        {
+            "models": [tenant_json(t) for t in page.rows],
+            "pagination": {
+                "order_by": "created_at",
+                "dir": "desc" if desc else "asc",
+                "limit": limit,
+                "next": page.next,
+                "prev": page.prev,
+            },
+            "count": count,
+        }
+    )
+
+
+@routes.get(PREFIX + "/tenants/{tenant_id}/token")
+async def tenant_token(request: web.Request) -> web.Response:
+    require_admin(request)
+    tenant_id = request.match_info["tenant_id"]
+    async with request.app[ENGINE].connect() as conn:
+        if await admin.get_tenant(conn, tenant_id) is None:
+            raise NotFound(f"tenant {tenant_id!r} not found")
+    token = issue_tenant_token(request.app[SETTINGS], tenant_id)
+    return json_response({"token": token, "tenant_id": tenant_id})

@@ -1,0 +1,134 @@
+"""create_app(): the aiohttp application, its routes, and what it owns.
+
+Everything with a lifetime (engine, dispatcher) is a cleanup_ctx, so shutdown runs in
+reverse order even when startup fails halfway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from relay.api import metrics as metrics_api
+from relay.api import outpost, pod
+from relay.api.errors import error_middleware
+from relay.appkeys import (
+    DATABASE_URL,
+    DISPATCHER,
+    ENGINE,
+    HEAD_REVISION,
+    METRICS,
+    PUBLISHER,
+    SETTINGS,
+)
+from relay.config import Settings
+from relay.db import migrate
+from relay.db.engine import create_engine
+from relay.db.sync import sync_config
+from relay.dispatcher import Dispatcher
+from relay.groupcommit import GroupCommit
+from relay.metrics import Metrics
+from relay.ops import housekeeping_loop
+from relay.router import Router
+
+log = logging.getLogger(__name__)
+
+
+class NotMigrated(RuntimeError):
+    """The database schema is not at relay's current revision."""
+
+
+async def prepare_database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    engine = create_engine(app[DATABASE_URL], pool_size=settings.database.pool_size)
+    app[ENGINE] = engine
+    try:
+        head = migrate.head_revision()
+        assert head is not None
+        app[HEAD_REVISION] = head
+        if settings.database.migrate_on_start:
+            await migrate.upgrade(engine)
+        else:
+            current = await migrate.current_revision(engine)
+            if current != head:
+                raise NotMigrated(
+                    f"database is at revision {current}, relay needs {head}: run `relay migrate`"
+                )
+        async with engine.begin() as conn:
+            await sync_config(conn, settings)
+        yield
+    finally:
+        await engine.dispose()
+
+
+async def run_dispatcher(app: web.Application) -> AsyncIterator[None]:
+    dispatcher = Dispatcher(
+        app[ENGINE], app[DATABASE_URL], app[SETTINGS].delivery, metrics=app[METRICS]
+    )
+    app[DISPATCHER] = dispatcher
+    await dispatcher.start()
+    try:
+        yield
+    finally:
+        await dispatcher.stop()
+
+
+async def run_router(app: web.Application) -> AsyncIterator[None]:
+    """Route what the relay.publish() SQL function wrote (relay/router.py)."""
+    router = Router(app[DATABASE_URL], poll_interval=app[SETTINGS].delivery.poll_interval_seconds)
+    await router.start()
+    try:
+        yield
+    finally:
+        await router.stop()
+
+
+async def run_group_commit(app: web.Application) -> AsyncIterator[None]:
+    """The publish handlers' writer (relay/groupcommit.py), with its own small pool."""
+    publisher = GroupCommit(app[DATABASE_URL])
+    await publisher.start()
+    app[PUBLISHER] = publisher
+    try:
+        yield
+    finally:
+        await publisher.stop()
+
+
+async def run_housekeeping(app: web.Application) -> AsyncIterator[None]:
+    """Strays on deleted destinations, and retention (see relay.ops.housekeeping_loop)."""
+    task = asyncio.create_task(housekeeping_loop(app[ENGINE], app[SETTINGS].retention))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def create_app(
+    settings: Settings, database_url: str, *, api: bool = True, dispatcher: bool = True
+) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=settings.server.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app[DATABASE_URL] = database_url
+    app[DISPATCHER] = None
+    app[METRICS] = Metrics()
+    metrics_api.setup(app)
+    app.cleanup_ctx.append(prepare_database)
+    if dispatcher:
+        app.cleanup_ctx.append(run_dispatcher)
+        app.cleanup_ctx.append(run_router)
+        app.cleanup_ctx.append(run_housekeeping)
+    if api:
+        app.cleanup_ctx.append(run_group_commit)
+        outpost.setup(app)
+        pod.setup(app)
+    else:
+        app.router.add_get("/healthz", outpost.healthz)
+    return app

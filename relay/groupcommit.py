@@ -1,0 +1,184 @@
+"""Group commit for the HTTP publish handlers.
+
+Each request's events are a unit; handlers submit units and wait. A writer takes every
+unit queued, routes them together (one read), writes every event and outbox row with
+one statement on an autocommit connection (its implicit commit NOTIFYs the dispatchers
+once), and only then answers the waiting handlers. So a 202 still means "committed",
+while two round trips and one commit are shared by everything that arrived meanwhile.
+A few writers run at once: while one commits, the next batch fills up.
+
+A unit is all or nothing (the pod API's copies of one request). A unit that fails
+validation gets its error and is left out; the rest of the group goes on. If the group's
+statement fails anyway (a value PostgreSQL refuses, a trigger, a deadlock), each unit
+is tried again alone, so one bad event does not fail its neighbours. A lost connection
+fails the whole group: its handlers answer 503 and the producer retries (ids make that
+safe: whether an interrupted commit happened or not, the retry is answered correctly).
+Every event gets its id before anything is written, so retrying a unit alone after a
+failure can never write an event twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import asyncpg
+
+from relay.db.engine import asyncpg_url, is_connection_failure
+from relay.db.publishing import sqlstate
+from relay.errors import BadRequest, RelayError
+from relay.publish import Event, Planned, Published, new_event_id, plan, write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Unit:
+    events: Sequence[Event]
+    answer: asyncio.Future[list[Published]]
+
+
+class GroupCommit:
+    def __init__(self, database_url: str, *, writers: int = 3, max_events: int = 500) -> None:
+        self._url = database_url
+        self._writers = writers
+        self._max_events = max_events
+        self._queue: list[_Unit] = []
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pool: asyncpg.Pool | None = None
+        # Transactions committed and events they carried (tests, and how well it groups).
+        self.transactions = 0
+        self.events = 0
+        # Groups whose transaction failed and whose units were then tried one by one.
+        self.split_groups = 0
+
+    async def start(self) -> None:
+        # min_size=0: nothing to connect at start, and a dead connection is simply replaced.
+        self._pool = asyncpg.create_pool(
+            asyncpg_url(self._url),
+            min_size=0,
+            max_size=self._writers,
+            timeout=5,
+            command_timeout=30,
+            reset=_keep_session,
+        )
+        await self._pool
+        self._tasks = [asyncio.create_task(self._writer()) for _ in range(self._writers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for unit in self._queue:
+            if not unit.answer.done():
+                unit.answer.set_exception(ConnectionError("relay is shutting down"))
+        self._queue.clear()
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def publish(self, events: Sequence[Event]) -> list[Published]:
+        """Publish ``events`` (all or nothing); returns once they are committed.
+
+        Validation that needs no database (topic catalogue, shapes) is the caller's."""
+        answer: asyncio.Future[list[Published]] = asyncio.get_running_loop().create_future()
+        events = [e if e.id is not None else replace(e, id=new_event_id()) for e in events]
+        self._queue.append(_Unit(events, answer))
+        self._ready.set()
+        return await answer
+
+    def _take(self) -> list[_Unit]:
+        taken: list[_Unit] = []
+        count = 0
+        while self._queue and (not taken or count + len(self._queue[0].events) <= self._max_events):
+            unit = self._queue.pop(0)
+            taken.append(unit)
+            count += len(unit.events)
+        if not self._queue:
+            self._ready.clear()
+        return taken
+
+    async def _writer(self) -> None:
+        while True:
+            await self._ready.wait()
+            units = self._take()
+            try:
+                await self._commit(units)
+            except BaseException:
+                # Stopped mid-transaction: nobody may wait forever (nor get a 202).
+                for unit in units:
+                    _fail(unit, ConnectionError("relay is shutting down"))
+                raise
+
+    async def _commit(self, units: list[_Unit]) -> None:
+        if not units:
+            return
+        try:
+            answers = await self._write(units)
+        except Exception as exc:
+            if len(units) == 1 or is_connection_failure(exc):
+                for unit in units:
+                    _fail(unit, exc)
+                return
+            # The group's write is one statement, so as a rule nothing of it was written.
+            # (Should the look-up of repeats after it fail, the ids are already fixed: a
+            # unit retried alone is then answered as a duplicate, never written twice.)
+            log.info("group of %d publishes failed (%s); trying each alone", len(units), exc)
+            self.split_groups += 1
+            for unit in units:
+                try:
+                    (answer,) = await self._write([unit])
+                except Exception as alone:
+                    _fail(unit, alone)
+                else:
+                    _answer(unit, answer)
+            return
+        for unit, answer in zip(units, answers, strict=True):
+            _answer(unit, answer)
+
+    async def _write(self, units: list[_Unit]) -> list[list[Published] | RelayError]:
+        """One write (one implicit transaction) for all the units; each unit's results or
+        its error. No explicit transaction: routing reads committed state either way (READ
+        COMMITTED), and one statement is already all or nothing."""
+        assert self._pool is not None
+        events = [event for unit in units for event in unit.events]
+        async with self._pool.acquire() as conn:
+            plans = iter(await plan(conn, events))
+            per_unit = [[next(plans) for _ in unit.events] for unit in units]
+            errors = [next((p for p in u if isinstance(p, RelayError)), None) for u in per_unit]
+            valid = [p for u, e in zip(per_unit, errors, strict=True) if e is None for p in u]
+            written = iter(await write(conn, [p for p in valid if isinstance(p, Planned)]))
+        self.transactions += 1
+        self.events += len(valid)
+        return [
+            error if error is not None else [next(written) for _ in unit.events]
+            for unit, error in zip(units, errors, strict=True)
+        ]
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release, skipped: these connections never change their session
+    (no SET, LISTEN, advisory lock or open transaction), and the default reset costs a
+    round trip per group."""
+
+
+def _answer(unit: _Unit, answer: list[Published] | RelayError) -> None:
+    if isinstance(answer, RelayError):
+        _fail(unit, answer)
+    elif not unit.answer.done():
+        unit.answer.set_result(answer)
+
+
+def _fail(unit: _Unit, exc: BaseException) -> None:
+    if unit.answer.done():
+        return
+    code = sqlstate(exc)
+    if code is not None and code.startswith("22"):
+        # A value PostgreSQL cannot store (a NUL in a string, ...): the client's to fix.
+        exc = BadRequest(f"the request holds a value PostgreSQL cannot take: {exc}")
+    unit.answer.set_exception(exc)

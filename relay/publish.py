@@ -1,0 +1,274 @@
+"""Publishing: validate -> route -> write the event and its outbox rows.
+
+Every way of publishing goes through here: the HTTP handlers (via group commit,
+``relay/groupcommit.py``), producers calling ``publish`` inside their own transaction,
+and the router that routes events written by the ``relay.publish()`` SQL function. So
+validation, idempotency and routing (``relay/routing.py``) have one implementation.
+
+Nothing here commits or rolls back. ``conn`` is the caller's: an SQLAlchemy
+``AsyncConnection`` or an asyncpg ``Connection``. Validation and routing read only, and
+relay's own errors (``relay/errors.py``) are raised before anything is written, so they
+leave the caller's transaction usable. An error PostgreSQL raises (a value it cannot
+store, a lost connection) aborts the caller's transaction as any failed statement does,
+unless the caller wrapped the call in a savepoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeAlias
+
+import asyncpg
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from relay import routing
+from relay.db import publishing
+from relay.db.publishing import DestinationRoute
+from relay.errors import NotFound, RelayError, ValidationFailed
+
+# What the publish functions accept as the caller's connection.
+Connection: TypeAlias = AsyncConnection | asyncpg.Connection
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    tenant_id: str
+    topic: str
+    # The producer's `data` object, already serialized (key order kept).
+    data: bytes
+    id: str | None = None
+    eligible_for_retry: bool = True
+    destination_id: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    time: datetime | None = None
+    # What receivers get instead of `data`, already serialized (pod events: an envelope).
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    id: str
+    duplicate: bool
+    destination_ids: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "duplicate": self.duplicate, "destination_ids": self.destination_ids}
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A valid event with its id and the destinations it goes to; nothing written yet."""
+
+    event: Event
+    id: str
+    destination_ids: list[str]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.event.tenant_id, self.id)
+
+
+def new_event_id() -> str:
+    """``evt_`` and a random (version 4) UUID in hex, as ``uuid.uuid4().hex`` spells it.
+
+    Built from the bytes directly: this runs on every publish without an id, and the
+    UUID class costs several times more."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    return "evt_" + raw.hex()
+
+
+def check_topic(topic: str, catalogue: Sequence[str]) -> None:
+    """With a topic catalogue configured, only its topics may be published."""
+    if catalogue and topic not in catalogue:
+        raise ValidationFailed(
+            [f"topic {topic!r} is not one of the configured topics: {', '.join(catalogue)}"]
+        )
+
+
+async def publish(conn: Connection, event: Event, *, topics: Sequence[str] = ()) -> Published:
+    """Publish one event in the caller's transaction, as ``POST /api/v1/publish`` does.
+
+    ``topics`` is the topic catalogue to enforce (``Settings.topics``), none by default.
+    Raises NotFound (tenant, destination_id) or ValidationFailed (topic, destination_id)
+    before writing anything. The caller's commit makes the event durable and wakes the
+    dispatchers; its rollback means the event never existed.
+    """
+    (result,) = await publish_many(conn, [event], topics=topics)
+    if isinstance(result, RelayError):
+        raise result
+    return result
+
+
+async def publish_many(
+    conn: Connection, events: Sequence[Event], *, topics: Sequence[str] = ()
+) -> list[Published | RelayError]:
+    """Publish several events, each on its own: an invalid one gets its error in its
+    place and is not written; the others are. Multi-row statements throughout."""
+    driver = await driver_connection(conn)
+    async with _atomic(driver):
+        plans = await plan(driver, events, topics=topics)
+        written = iter(await write(driver, [p for p in plans if isinstance(p, Planned)]))
+    return [p if isinstance(p, RelayError) else next(written) for p in plans]
+
+
+async def publish_copies(
+    conn: Connection, events: Sequence[Event], *, topics: Sequence[str] = ()
+) -> list[Published]:
+    """Publish several events in the caller's transaction, all or nothing.
+
+    The pod API's fan-out: one copy of an event per receiving tenant, under the same id,
+    each routed to that tenant's destinations exactly as ``publish`` routes any event.
+    """
+    driver = await driver_connection(conn)
+    async with _atomic(driver):
+        return await write(driver, valid_plans(await plan(driver, events, topics=topics)))
+
+
+def valid_plans(plans: Sequence[Planned | RelayError]) -> list[Planned]:
+    """All the plans, or the first error among them."""
+    for p in plans:
+        if isinstance(p, RelayError):
+            raise p
+    return [p for p in plans if isinstance(p, Planned)]
+
+
+async def plan(
+    conn: asyncpg.Connection, events: Sequence[Event], *, topics: Sequence[str] = ()
+) -> list[Planned | RelayError]:
+    """Validate and route each event (reads only: one query for all the tenants)."""
+    tenants = await publishing.tenant_routes(conn, sorted({e.tenant_id for e in events}))
+    plans: list[Planned | RelayError] = []
+    for event in events:
+        try:
+            plans.append(_plan(event, tenants.get(event.tenant_id), topics))
+        except RelayError as exc:
+            plans.append(exc)
+    return plans
+
+
+def _plan(
+    event: Event, destinations: Sequence[DestinationRoute] | None, topics: Sequence[str]
+) -> Planned:
+    check_topic(event.topic, topics)
+    if destinations is None:
+        raise NotFound(f"tenant {event.tenant_id!r} not found")
+    if event.destination_id is not None:
+        _check_explicit_destination(destinations, event)
+    event_id = event.id or new_event_id()
+    destination_ids = route_event(
+        destinations, event_id, event.topic, event.destination_id, event.metadata, event.data
+    )
+    return Planned(event, event_id, destination_ids)
+
+
+def route_event(
+    destinations: Sequence[DestinationRoute],
+    event_id: str,
+    topic: str,
+    destination_id: str | None,
+    metadata: Mapping[str, str],
+    data: bytes | str,
+) -> list[str]:
+    """The destinations an event goes to: topic subscriptions, then destination filters.
+
+    The one routing rule for HTTP, Python and SQL publishes (the router calls it too).
+    """
+    candidates = [routing.Candidate(d.id, d.topics, d.enabled) for d in destinations]
+    chosen = routing.route(candidates, topic, destination_id)
+    filters = {d.id: orjson.loads(d.filter) for d in destinations if d.filter and d.id in chosen}
+    if not filters:
+        return chosen
+    subject = routing.filter_subject(event_id, topic, metadata, orjson.loads(data))
+    return [d for d in chosen if routing.filter_matches(filters.get(d), subject)]
+
+
+async def write(conn: asyncpg.Connection, plans: Sequence[Planned]) -> list[Published]:
+    """Write planned events and their outbox rows: one statement for all of them, so on
+    an autocommit connection the whole group is one round trip and one commit.
+
+    An id already published for its tenant (earlier, or earlier in ``plans``) is a
+    duplicate: nothing is written and the first publish's destinations are answered.
+    """
+    first: dict[tuple[str, str], Planned] = {}
+    for p in plans:
+        first.setdefault(p.key, p)
+    # Destination order, as the dispatcher's health update locks them: no deadlock.
+    deliveries = sorted(
+        ((p.event.tenant_id, p.id, d) for p in first.values() for d in p.destination_ids),
+        key=lambda r: (r[0], r[2]),
+    )
+    seqs = await publishing.write_events(conn, [_row(p) for p in first.values()], deliveries)
+    winners = {id(p) for p in first.values() if p.key in seqs}
+    # Published before this call (or concurrently): ask the database. A repeat of an id
+    # this call wrote is answered as the database would (its rows, in destination order).
+    earlier = [key for key, p in first.items() if id(p) not in winners]
+    existing = await publishing.event_destinations(conn, earlier)
+    answers: list[Published] = []
+    for p in plans:
+        if id(p) in winners:
+            answers.append(Published(p.id, False, p.destination_ids))
+        elif p.key in seqs:
+            answers.append(Published(p.id, True, sorted(first[p.key].destination_ids)))
+        else:
+            answers.append(Published(p.id, True, existing.get(p.key, [])))
+    return answers
+
+
+def _row(p: Planned) -> publishing.NewEvent:
+    e = p.event
+    return publishing.NewEvent(
+        tenant_id=e.tenant_id,
+        id=p.id,
+        topic=e.topic,
+        data=e.data.decode(),
+        body=e.body.decode() if e.body is not None else None,
+        metadata=orjson.dumps(dict(e.metadata)).decode(),
+        eligible_for_retry=e.eligible_for_retry,
+        destination_id=e.destination_id,
+        time=e.time,
+    )
+
+
+async def driver_connection(conn: Connection) -> asyncpg.Connection:
+    """The asyncpg connection under ``conn``, inside the caller's transaction."""
+    if isinstance(conn, asyncpg.Connection):
+        return conn
+    raw = await conn.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection
+    if not driver.is_in_transaction():
+        # SQLAlchemy's asyncpg adapter sends BEGIN with its first statement; make it
+        # send it now, so what we write belongs to the caller's transaction.
+        await conn.exec_driver_sql("SELECT 1")
+    return driver
+
+
+@contextlib.asynccontextmanager
+async def _atomic(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """The caller's transaction when there is one; else one of our own (autocommit
+    connections still get an event and its outbox rows together or not at all)."""
+    if conn.is_in_transaction():
+        yield
+    else:
+        async with conn.transaction():
+            yield
+
+
+def _check_explicit_destination(destinations: Sequence[DestinationRoute], event: Event) -> None:
+    found = next((d for d in destinations if d.id == event.destination_id), None)
+    if found is None:
+        raise NotFound(
+            f"destination {event.destination_id!r} not found for tenant {event.tenant_id!r}"
+        )
+    if not found.enabled:
+        raise ValidationFailed([f"destination_id {event.destination_id!r} is disabled"])
+    if not routing.any_topic_matches(found.topics, event.topic):
+        raise ValidationFailed(
+            [f"destination_id {event.destination_id!r} is not subscribed to topic {event.topic!r}"]
+        )
