@@ -1,0 +1,240 @@
+"""One delivery attempt: sign, POST, and describe what happened as an Outcome value.
+
+Only a 2xx answer is a success. Redirects are not followed (a 3xx is a failure), and
+network failures are classified into stable codes for the attempt row (``timeout``,
+``dns_error``, ``connection_refused``, ``connection_reset``, ``tls_error``,
+``blocked_address``, ...). ``deliver`` never raises for a failed delivery, nor for a
+malformed destination: whatever happens becomes an Outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import itertools
+import ssl
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+import orjson
+
+from relay import signing, ssrf
+from relay.db.outbox import Claimed
+
+TRUNCATED_PLACEHOLDER = "[response body larger than {cap} bytes; not stored]"
+USER_AGENT = "relay-webhooks/0.1"
+# Response headers kept on the attempt row (the rest of a huge header block is dropped).
+MAX_RESPONSE_HEADERS = 50
+MAX_DETAIL = 500
+# Sent with every delivery; copied, not rebuilt, per request.
+_BASE_HEADERS = {"content-type": "application/json", "user-agent": USER_AGENT}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    success: bool
+    started_at: datetime
+    duration_ms: int
+    http_status: int | None = None
+    error_code: str | None = None
+    error_detail: str | None = None
+    response_body: str | None = None
+    response_headers: dict[str, str] | None = None
+    # Seconds the receiver asked us to wait (Retry-After), when it said so.
+    retry_after: float | None = None
+
+    @property
+    def gone(self) -> bool:
+        """410 Gone: the receiver says this endpoint will never accept deliveries again."""
+        return self.http_status == 410
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(total: float) -> aiohttp.ClientTimeout:
+    # A handful of distinct timeouts exist (the default and per-destination overrides).
+    return aiohttp.ClientTimeout(total=total)
+
+
+@functools.lru_cache(maxsize=4096)
+def _refusal_for_url(url: str, allowed: tuple[ssrf.Network, ...]) -> str | None:
+    # Pure (only IP literals are judged here; names go to the resolver), and the same few
+    # URLs come by thousands of times a second under load.
+    return ssrf.refusal_for_url(url, allowed)
+
+
+def build_request(claimed: Claimed, now: float) -> tuple[dict[str, str], bytes]:
+    """Headers and body for a claimed delivery. The body is the producer's data verbatim.
+
+    Custom headers come first so that they can never replace a signature header."""
+    body = claimed.body.encode()
+    timestamp = int(now)
+    secrets = [claimed.secret]
+    if claimed.previous_secret and claimed.previous_secret_valid:
+        secrets.append(claimed.previous_secret)
+
+    headers = _BASE_HEADERS.copy()
+    if claimed.custom_headers and claimed.custom_headers != "{}":
+        custom: dict[str, str] = orjson.loads(claimed.custom_headers)
+        headers.update({k.lower(): str(v) for k, v in custom.items()})
+    if claimed.signature_mode == "outpost":
+        # Outpost: the destination's delivery_metadata merged with the event's metadata,
+        # each key a header under the x-outpost- prefix; system headers are set last.
+        metadata: dict[str, str] = {}
+        for source in (claimed.delivery_metadata, claimed.metadata):
+            if source:
+                metadata.update(orjson.loads(source))
+        for key, value in metadata.items():
+            headers[f"x-outpost-{key.lower()}"] = str(value)
+        headers["x-outpost-event-id"] = claimed.event_id
+        headers["x-outpost-topic"] = claimed.topic
+        headers["x-outpost-timestamp"] = str(timestamp)
+        headers["x-outpost-signature"] = signing.outpost_signature(secrets, body)
+    else:
+        headers.update(signing.standard_headers(secrets, claimed.event_id, timestamp, body))
+    return headers, body
+
+
+def classify_error(exc: BaseException) -> tuple[str, str]:
+    """A stable code (and a human detail) for a failure without an HTTP answer."""
+    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) and isinstance(
+        exc.os_error, ssrf.BlockedAddress
+    ):
+        return "blocked_address", str(exc.os_error)
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return "timeout", detail if str(exc) else "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "dns_error", detail
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return "tls_error", detail
+    if isinstance(exc, ssl.SSLError):
+        return "tls_error", detail
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, ConnectionRefusedError) or os_error.errno == errno.ECONNREFUSED:
+            return "connection_refused", detail
+        if os_error.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return "host_unreachable", detail
+        return "connection_error", detail
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection_reset", detail
+    if isinstance(exc, aiohttp.ClientOSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE):
+        return "connection_reset", detail
+    if isinstance(exc, ConnectionResetError):
+        return "connection_reset", detail
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "invalid_url", detail
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        return "protocol_error", detail
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return "network_error", f"{type(exc).__name__}: {detail}"
+    # Not a network failure: something about this delivery could not even be sent
+    # (a header value with a newline, a URL aiohttp refuses, ...).
+    return "invalid_request", f"{type(exc).__name__}: {detail}"
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(seconds, 0.0) if seconds == seconds else None  # NaN is not a delay
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+
+
+def _clean(text: str) -> str:
+    # PostgreSQL text cannot hold NUL; a receiver's body may contain it.
+    return text.replace("\x00", "\ufffd")
+
+
+def _headers(raw: Iterable[tuple[str, str]]) -> dict[str, str]:
+    kept: dict[str, str] = {}
+    for name, value in itertools.islice(raw, MAX_RESPONSE_HEADERS):
+        key = _clean(name.lower())
+        kept[key] = f"{kept[key]}, {_clean(value)}" if key in kept else _clean(value)
+    return kept
+
+
+async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
+    """Up to cap + 1 bytes of the body (one more than the cap tells us it was larger)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= cap:
+        chunk = await response.content.read(cap + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+async def deliver(
+    session: aiohttp.ClientSession,
+    claimed: Claimed,
+    *,
+    timeout_seconds: float,
+    body_cap: int,
+    allowed_networks: Sequence[ssrf.Network] = (),
+) -> Outcome:
+    """Send one attempt of a claimed delivery and describe what happened."""
+    started_at = datetime.now(UTC)
+    start = time.perf_counter()
+
+    def elapsed() -> int:
+        return int((time.perf_counter() - start) * 1000)
+
+    def failed(code: str, detail: str) -> Outcome:
+        return Outcome(
+            False, started_at, elapsed(), error_code=code, error_detail=_clean(detail)[:MAX_DETAIL]
+        )
+
+    timeout = _timeout(claimed.timeout_seconds or timeout_seconds)
+    try:
+        refused = _refusal_for_url(claimed.url, tuple(allowed_networks))
+        if refused is not None:
+            return failed("blocked_address", refused)
+        headers, body = build_request(claimed, time.time())
+        async with session.post(
+            claimed.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+        ) as response:
+            raw = await _read_capped(response, body_cap)
+            status = response.status
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            response_headers = _headers(response.headers.items())
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return failed(*classify_error(exc))
+
+    if len(raw) > body_cap:
+        text = TRUNCATED_PLACEHOLDER.format(cap=body_cap)
+    else:
+        text = _clean(raw.decode("utf-8", errors="replace"))
+    success = 200 <= status < 300
+    error_code = "redirect_not_followed" if 300 <= status < 400 else None
+    return Outcome(
+        success,
+        started_at,
+        elapsed(),
+        http_status=status,
+        error_code=error_code,
+        response_body=text,
+        response_headers=response_headers,
+        retry_after=retry_after,
+    )

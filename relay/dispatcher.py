@@ -1,0 +1,525 @@
+"""The dispatcher: wait (wake | poll | stop) -> claim -> deliver -> record.
+
+- Claims commit before any HTTP call; a claim carries a token and a lease, and an outcome
+  is written only while the token still matches (see db/outbox.py). While this process
+  works on a delivery it keeps extending the lease; when a process dies, its leases run
+  out and any dispatcher's lease loop returns the rows to pending, with a
+  ``lease_expired`` attempt row each.
+- LISTEN/NOTIFY is a hint that work arrived; the poll interval is the truth. A retry
+  also arms a local timer, so a short retry delay is not rounded up to the next poll.
+- Isolation: at most ``concurrency`` deliveries in flight per process, and at most
+  ``per_destination_concurrency`` of them for any one destination (enforced by the claim
+  itself), so a hanging receiver holds its own slots and no one else's. Both caps are
+  per dispatcher process.
+- Outcomes are written in batches by one recorder task, so a delivery costs a share of
+  one transaction instead of one of its own. Destination health (consecutive failures,
+  410 Gone, auto-disable) is updated in the same transaction.
+- Every loop survives the database going away: it logs, waits and tries again.
+- Stopping: no more claims, in-flight deliveries get a grace period, the rest are
+  released untried, and every outcome we have is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relay import ssrf
+from relay.config import DeliverySettings
+from relay.db import outbox
+from relay.db.engine import connect_raw, is_connection_failure
+from relay.delivery import Outcome, deliver
+from relay.metrics import Metrics, attempt_outcome
+from relay.retry import RetryPolicy, next_delay
+
+log = logging.getLogger(__name__)
+
+RECORD_BATCH = 500
+# A batch that fails this many times for a reason other than a lost connection is
+# written one outcome at a time, so one unwritable row cannot hold up the others.
+SPLIT_AFTER_FAILURES = 3
+
+
+def decide(claimed: outbox.Claimed, outcome: Outcome, policy: RetryPolicy) -> outbox.Recorded:
+    """The delivery's next state after this attempt. Pure (jitter aside: see retry.py)."""
+    if outcome.success:
+        next_status, delay = "delivered", 0.0
+    else:
+        retry_in = next_delay(
+            policy,
+            claimed.attempt,
+            eligible_for_retry=claimed.eligible_for_retry,
+            retry_after=outcome.retry_after,
+        )
+        next_status, delay = ("failed", 0.0) if retry_in is None else ("pending", retry_in)
+    return outbox.Recorded(
+        claimed=claimed,
+        attempt_status="success" if outcome.success else "failed",
+        http_status=outcome.http_status,
+        error_code=outcome.error_code,
+        error_detail=outcome.error_detail,
+        response_body=outcome.response_body,
+        response_headers=outcome.response_headers,
+        duration_ms=outcome.duration_ms,
+        started_at=outcome.started_at,
+        next_status=next_status,
+        delay_seconds=delay,
+    )
+
+
+@dataclass
+class DispatcherStats:
+    claimed: int = 0
+    delivered: int = 0
+    failed_attempts: int = 0
+    released_expired: int = 0
+    released_on_stop: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"claimed={self.claimed} delivered={self.delivered} "
+            f"failed_attempts={self.failed_attempts} released_expired={self.released_expired} "
+            f"released_on_stop={self.released_on_stop}"
+        )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        database_url: str,
+        settings: DeliverySettings,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.database_url = database_url
+        self.settings = settings
+        self.policy = RetryPolicy.from_settings(settings.retry)
+        self.allowed_networks = ssrf.parse_networks(settings.allow_private_networks)
+        self.token = uuid.uuid4()
+        self.stats = DispatcherStats()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        # Claimed and not yet recorded or released: the rows whose lease we keep alive.
+        self._held: dict[int, outbox.Claimed] = {}
+        self._in_flight: dict[int, asyncio.Task[None]] = {}
+        self._per_destination: Counter[tuple[str, str]] = Counter()
+        # Deliveries finished since the last claim, and how many wake the claim loop.
+        self._freed = 0
+        self._claim_threshold = max(
+            1,
+            min(settings.batch_size, settings.concurrency, settings.per_destination_concurrency)
+            // 4,
+        )
+        # Failures whose effect on destination health is not written yet: their destination
+        # gets no new claims until it is (a 410 disables it "at once", and auto-disable
+        # stops at its threshold instead of a few tries past it).
+        self._unjudged: Counter[tuple[str, str]] = Counter()
+        self._outcomes: asyncio.Queue[outbox.Recorded] = asyncio.Queue()
+        self._wake_times: list[float] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._resolver: ssrf.GuardedResolver | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        # The claim loop and the recorder each keep a connection of their own (outside the
+        # pool): their statements are the hot path.
+        self._claim_conn: asyncpg.Connection | None = None
+        self._record_conn: asyncpg.Connection | None = None
+        self.last_loop_at = 0.0
+        self.listening = False
+        # How many times a LISTEN connection was (re)established.
+        self.listen_connections = 0
+        # When the lease loop last reached the database (monotonic clock).
+        self.lease_upkeep_at = 0.0
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._resolver = ssrf.GuardedResolver(self.allowed_networks)
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.concurrency, ttl_dns_cache=60, resolver=self._resolver
+        )
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+        self.last_loop_at = time.monotonic()
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name="relay-claim"),
+            asyncio.create_task(self._record_loop(), name="relay-record"),
+            asyncio.create_task(self._listen_loop(), name="relay-listen"),
+            asyncio.create_task(self._lease_loop(), name="relay-lease"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop claiming, let in-flight deliveries finish within the grace period,
+        give back what did not finish, and write every outcome we have."""
+        self._stopping.set()
+        self._wake.set()
+        if self._timer is not None:
+            self._timer.cancel()
+        claim_task, record_task, *others = self._tasks
+        with contextlib.suppress(asyncio.CancelledError):
+            await claim_task
+        pending = list(self._in_flight.values())
+        if pending:
+            log.info(
+                "waiting up to %ss for %d in-flight deliveries",
+                self.settings.shutdown_grace_seconds,
+                len(pending),
+            )
+            _, late = await asyncio.wait(pending, timeout=self.settings.shutdown_grace_seconds)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        # Everything that finished is queued; drain the recorder before stopping it. The
+        # lease loop keeps running meanwhile, so the rows stay ours until written.
+        try:
+            await asyncio.wait_for(
+                self._outcomes.join(), timeout=max(self.settings.shutdown_grace_seconds, 5.0)
+            )
+        except TimeoutError:
+            log.warning(
+                "could not record %d outcomes before stopping; their leases will expire "
+                "and they will be sent again",
+                self._outcomes.qsize(),
+            )
+        for task in (record_task, *others):
+            task.cancel()
+        await asyncio.gather(record_task, *others, return_exceptions=True)
+        for conn in (self._claim_conn, self._record_conn):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), timeout=2)
+        self._claim_conn = self._record_conn = None
+        if self._session is not None:
+            await self._session.close()
+        if self._resolver is not None:
+            await self._resolver.close()
+        log.info("dispatcher stopped: %s", self.stats)
+
+    @property
+    def healthy(self) -> bool:
+        """All loops alive, and the claim loop turned recently (or we are stopping)."""
+        if any(task.done() for task in self._tasks) and not self._stopping.is_set():
+            return False
+        return time.monotonic() - self.last_loop_at < self.settings.poll_interval_seconds * 5 + 30
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _connected(self, conn: asyncpg.Connection | None) -> asyncpg.Connection:
+        if conn is not None and not conn.is_closed():
+            return conn
+        return await connect_raw(self.database_url, command_timeout=30)
+
+    # --- claim -> deliver --------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping.is_set():
+            self.last_loop_at = time.monotonic()
+            free = self.settings.concurrency - len(self._in_flight)
+            self._wake.clear()
+            if free <= 0:
+                # Finished deliveries wake us once enough slots are free (see _spawn).
+                await self._wait(self._wake.wait())
+                continue
+            self._freed = 0
+            try:
+                self._claim_conn = await self._connected(self._claim_conn)
+                batch = await outbox.claim_due(
+                    self._claim_conn,
+                    limit=min(self.settings.batch_size, free),
+                    lease_seconds=self.settings.lease_seconds,
+                    token=self.token,
+                    per_destination=self.settings.per_destination_concurrency,
+                    in_flight=self._busy(),
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # database down: wait a poll interval and try again
+                _discard(self._claim_conn)
+                self._claim_conn = None
+                log.warning("claim failed (%s); retrying", _brief(exc))
+                await self._wait(self._stopping.wait())
+                continue
+            self.stats.claimed += len(batch)
+            for claimed in batch:
+                self._held[claimed.id] = claimed
+                self._spawn(claimed)
+            if not batch:
+                # Nothing due (or only for destinations at their cap): sleep until woken
+                # (NOTIFY, a retry timer, a finished delivery) or the next poll.
+                await self._wait(self._wake.wait())
+
+    def _busy(self) -> dict[tuple[str, str], int]:
+        """In-flight counts per destination; one awaiting judgement counts as full."""
+        busy = dict(self._per_destination)
+        for key in self._unjudged:
+            busy[key] = self.settings.per_destination_concurrency
+        return busy
+
+    def _affects_health(self, failed: bool, http_status: int | None) -> bool:
+        return failed and (http_status == 410 or self.settings.auto_disable_after_failures > 0)
+
+    async def _wait(self, awaitable: Awaitable[object]) -> None:
+        waiter = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait(
+                {waiter, stop},
+                timeout=self.settings.poll_interval_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for fut in (waiter, stop):
+                fut.cancel()
+
+    def _spawn(self, claimed: outbox.Claimed) -> None:
+        key = claimed.destination
+        self._per_destination[key] += 1
+        self._in_flight[claimed.id] = asyncio.create_task(self._deliver_one(claimed))
+
+    def _done(self, claimed: outbox.Claimed) -> None:
+        """A delivery task ends (delivered, failed or cancelled): its slot is free."""
+        key = claimed.destination
+        self._in_flight.pop(claimed.id, None)
+        self._per_destination[key] -= 1
+        if self._per_destination[key] <= 0:
+            del self._per_destination[key]
+        # Slots (and maybe this destination's cap) have room again. Under load, claim
+        # once a few have freed up rather than once per finished delivery: one claim
+        # statement per delivery would cost more than the delivery.
+        self._freed += 1
+        if self._freed >= self._claim_threshold or not self._in_flight:
+            self._wake.set()
+
+    async def _deliver_one(self, claimed: outbox.Claimed) -> None:
+        assert self._session is not None
+        try:
+            outcome = await deliver(
+                self._session,
+                claimed,
+                timeout_seconds=self.settings.timeout_seconds,
+                body_cap=self.settings.response_body_cap_bytes,
+                allowed_networks=self.allowed_networks,
+            )
+        except asyncio.CancelledError:
+            # Shutdown cut this attempt short: hand the row back untried.
+            await asyncio.shield(self._release([claimed.id]))
+            raise
+        except Exception as exc:  # a bug: record it as a failed try, not a stuck row
+            log.exception("delivery %d failed unexpectedly", claimed.id)
+            outcome = Outcome(
+                False, datetime.now(UTC), 0, error_code="internal_error", error_detail=_brief(exc)
+            )
+        finally:
+            # Freed here rather than in a done callback: one callback and one closure fewer
+            # per delivery. Nothing below awaits, so no claim runs before it is queued.
+            self._done(claimed)
+        if outcome.success:
+            self.stats.delivered += 1
+        else:
+            self.stats.failed_attempts += 1
+        if self._affects_health(not outcome.success, outcome.http_status):
+            self._unjudged[claimed.destination] += 1
+        self._outcomes.put_nowait(decide(claimed, outcome, self.policy))
+
+    async def _release(self, ids: list[int]) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                await outbox.release_claimed(conn, ids, self.token)
+            self.stats.released_on_stop += len(ids)
+        except Exception as exc:  # the lease will expire and return them anyway
+            log.warning("could not release %d claimed deliveries: %s", len(ids), _brief(exc))
+        for id in ids:
+            self._held.pop(id, None)
+
+    # --- record --------------------------------------------------------------------------
+
+    async def _record_loop(self) -> None:
+        while True:
+            first = await self._outcomes.get()
+            batch = [first]
+            while len(batch) < RECORD_BATCH and not self._outcomes.empty():
+                batch.append(self._outcomes.get_nowait())
+            disabled = await self._write(batch)
+            if self.metrics is not None:
+                _count_attempts(self.metrics, batch)
+            for recorded in batch:
+                self._held.pop(recorded.claimed.id, None)
+                if recorded.next_status == "pending":
+                    self._wake_in(recorded.delay_seconds)
+                if self._affects_health(recorded.attempt_status == "failed", recorded.http_status):
+                    key = recorded.claimed.destination
+                    self._unjudged[key] -= 1
+                    if self._unjudged[key] <= 0:
+                        del self._unjudged[key]
+                        self._wake.set()
+                self._outcomes.task_done()
+            for d in disabled:
+                log.warning(
+                    "destination %s/%s disabled: %s", d.tenant_id, d.destination_id, d.reason
+                )
+
+    async def _write(self, batch: list[outbox.Recorded]) -> list[outbox.Disabled]:
+        delay = 0.1
+        failures = 0
+        while True:
+            try:
+                conn = self._record_conn = await self._connected(self._record_conn)
+                async with conn.transaction():
+                    return await outbox.record_outcomes(
+                        conn, batch, auto_disable_after=self.settings.auto_disable_after_failures
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _discard(self._record_conn)
+                self._record_conn = None
+                failures += 1
+                if not is_connection_failure(exc) and failures >= SPLIT_AFTER_FAILURES:
+                    if len(batch) > 1:
+                        disabled: list[outbox.Disabled] = []
+                        for recorded in batch:
+                            disabled += await self._write([recorded])
+                        return disabled
+                    log.error(
+                        "dropping the outcome of delivery %d, which cannot be written (%s); "
+                        "its lease will expire and it will be sent again",
+                        batch[0].claimed.id,
+                        _brief(exc),
+                    )
+                    return []
+                # Keep the outcomes and try again; if this outlasts the lease, another
+                # dispatcher redelivers (at-least-once) and these attempt rows still land.
+                log.warning("recording %d outcomes failed (%s); retrying", len(batch), _brief(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _wake_in(self, delay: float) -> None:
+        """Wake the claim loop when a retry falls due (a heap of times, one timer)."""
+        if delay >= self.settings.poll_interval_seconds * 50:
+            return  # far off: polling finds it
+        loop = asyncio.get_running_loop()
+        heapq.heappush(self._wake_times, loop.time() + delay)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._stopping.is_set():
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._wake_times and self._wake_times[0] <= now:
+            heapq.heappop(self._wake_times)
+        if not self._wake_times:
+            return
+        due = self._wake_times[0]
+        if self._timer is not None:
+            if self._timer.when() == due:
+                return
+            self._timer.cancel()
+        self._timer = loop.call_at(due, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._wake.set()
+        self._arm_timer()
+
+    # --- wake-ups and leases -------------------------------------------------------------
+
+    async def _listen_loop(self) -> None:
+        """Hold a LISTEN connection; reconnect whenever it drops."""
+        while True:
+            conn = None
+            try:
+                conn = await connect_raw(self.database_url)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(outbox.NOTIFY_CHANNEL, lambda *_: self._wake.set())
+                self.listening = True
+                self.listen_connections += 1
+                log.debug("listening on %s", outbox.NOTIFY_CHANNEL)
+                # Work may have arrived while we were not listening.
+                self._wake.set()
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), timeout=15)
+                    if not lost.is_set():
+                        # Notices a dead socket that never said goodbye.
+                        await conn.execute("SELECT 1", timeout=10)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("LISTEN connection lost (%s); reconnecting", _brief(exc))
+            finally:
+                self.listening = False
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), timeout=2)
+            await asyncio.sleep(1)
+
+    async def _lease_loop(self) -> None:
+        """Keep our own leases alive; give back rows whose holder is gone."""
+        interval = max(min(self.settings.lease_seconds / 4, 15.0), 0.1)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self.engine.begin() as conn:
+                    if self._held:
+                        await outbox.extend_leases(
+                            conn, list(self._held), self.token, self.settings.lease_seconds
+                        )
+                    released = await outbox.release_expired(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("lease upkeep failed (%s); retrying", _brief(exc))
+                continue
+            self.lease_upkeep_at = time.monotonic()
+            if released:
+                self.stats.released_expired += released
+                log.warning(
+                    "released %d deliveries whose lease expired (a dispatcher stopped "
+                    "without recording them); they will be sent again",
+                    released,
+                )
+                self._wake.set()
+
+
+def _count_attempts(metrics: Metrics, batch: list[outbox.Recorded]) -> None:
+    outcomes: Counter[str] = Counter()
+    finals: Counter[str] = Counter()
+    latencies = []
+    for r in batch:
+        success = r.attempt_status == "success"
+        outcomes[attempt_outcome(success, r.http_status, r.error_code)] += 1
+        if r.next_status != "pending":
+            finals[r.next_status] += 1
+        if success:
+            # Publish (commit) to the receiver's answer.
+            finished = r.started_at + timedelta(milliseconds=r.duration_ms)
+            latencies.append((finished - r.claimed.published_at).total_seconds())
+    metrics.record_attempts(outcomes, finals, latencies)
+
+
+def _discard(conn: asyncpg.Connection | None) -> None:
+    """Drop a connection after a failure: its state (mid-statement, mid-transaction) is
+    unknown, and the next use opens a fresh one."""
+    if conn is not None:
+        conn.terminate()
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:300]

@@ -1,0 +1,137 @@
+"""Prometheus metrics: what this process did (counters, latency histogram), and what the
+database holds right now (backlog gauges, read at scrape time).
+
+Counters are per process, as Prometheus expects: with several relay processes, sum them
+in the query (`sum(rate(relay_events_published_total[5m]))`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# Publish-to-delivery latency buckets, seconds: from a few milliseconds (the
+# LISTEN/NOTIFY path) to hours (retries on the default schedule).
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    300,
+    1800,
+    3600,
+    21600,
+)
+
+
+class Metrics:
+    """One registry per application, so several apps can live in one process (tests)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.published = Counter(
+            "relay_events_published",
+            "Events accepted (committed) by this process's publish APIs.",
+            ["api"],
+            registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "relay_deliveries",
+            "Deliveries that reached a final state in this process: delivered or failed "
+            "(no retries left).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.attempts = Counter(
+            "relay_attempts",
+            "Delivery attempts made by this process, by outcome (success, http_4xx, "
+            "http_5xx, timeout, connection_refused, ...).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.backlog = BacklogCollector()
+        self.registry.register(self.backlog)
+        self.latency = Histogram(
+            "relay_delivery_latency_seconds",
+            "From publish (commit) to the successful attempt's answer.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def record_attempts(
+        self, outcomes: Mapping[str, int], finals: Mapping[str, int], latencies: Iterable[float]
+    ) -> None:
+        """A batch of attempts at once (the dispatcher's recorder, per flush): one labels()
+        lookup per distinct label instead of one per attempt."""
+        for outcome, n in outcomes.items():
+            self.attempts.labels(outcome).inc(n)
+        for final, n in finals.items():
+            self.deliveries.labels(final).inc(n)
+        for seconds in latencies:
+            self.latency.observe(max(seconds, 0.0))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def attempt_outcome(success: bool, http_status: int | None, error_code: str | None) -> str:
+    if success:
+        return "success"
+    if error_code and (http_status is None or error_code != "redirect_not_followed"):
+        return error_code
+    if http_status is not None:
+        return f"http_{http_status // 100}xx"
+    return "error"
+
+
+@dataclass(frozen=True, slots=True)
+class BacklogRow:
+    status: str
+    deliveries: int
+    due_now: int
+    oldest_age_seconds: float
+    expired_leases: int
+
+
+class BacklogCollector(Collector):
+    """Gauges from relay.outbox_backlog, filled in just before a scrape renders."""
+
+    def __init__(self) -> None:
+        self.rows: list[BacklogRow] = []
+
+    def collect(self) -> Iterable[Metric]:
+        backlog = GaugeMetricFamily(
+            "relay_outbox_backlog", "Deliveries waiting or in flight, by status.", labels=["status"]
+        )
+        counts = {"pending": 0, "delivering": 0} | {r.status: r.deliveries for r in self.rows}
+        for status, count in counts.items():
+            backlog.add_metric([status], count)
+        yield backlog
+        yield GaugeMetricFamily(
+            "relay_outbox_due",
+            "Pending deliveries whose time has come.",
+            value=sum(r.due_now for r in self.rows),
+        )
+        yield GaugeMetricFamily(
+            "relay_outbox_oldest_pending_age_seconds",
+            "Age of the oldest delivery still waiting or in flight.",
+            value=max((r.oldest_age_seconds for r in self.rows), default=0.0),
+        )
+        yield GaugeMetricFamily(
+            "relay_outbox_expired_leases",
+            "In-flight deliveries whose lease ran out.",
+            value=sum(r.expired_leases for r in self.rows),
+        )

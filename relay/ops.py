@@ -1,0 +1,186 @@
+"""Operator commands: `relay events show`, `relay replay`, `relay stats`, `relay prune`.
+
+Each takes an engine and a stream to write to, so the tests run them as the CLI does.
+Long operations work in bounded batches and report progress after each one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relay.config import RetentionSettings
+from relay.db import ops
+
+log = logging.getLogger(__name__)
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "  (none)\n"
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    if isinstance(value, timedelta):
+        return str(value).split(".")[0]
+    return str(value)
+
+
+async def show_event(engine: AsyncEngine, event_id: str, tenant_id: str | None, out: TextIO) -> int:
+    async with engine.connect() as conn:
+        stories = await ops.event_stories(conn, event_id, tenant_id)
+    if not stories:
+        out.write(f"no event {event_id!r}" + (f" for tenant {tenant_id!r}" if tenant_id else ""))
+        out.write("\n")
+        return 1
+    for story in stories:
+        e = story.event
+        out.write(f"event {e['id']}  tenant {e['tenant_id']}  topic {e['topic'] or '-'}\n")
+        out.write(f"  time {_cell(e['time'])}  eligible_for_retry {e['eligible_for_retry']}\n")
+        out.write(f"  data {e['data'][:500]}\n")
+        out.write("deliveries\n")
+        out.write(
+            _table(
+                story.deliveries,
+                ["destination_id", "status", "attempts", "next_attempt_at", "last_error"],
+            )
+        )
+        out.write("attempts\n")
+        out.write(
+            _table(
+                story.attempts,
+                [
+                    "attempted_at",
+                    "destination_id",
+                    "attempt_number",
+                    "status",
+                    "http_status",
+                    "error_code",
+                    "duration_ms",
+                    "manual",
+                ],
+            )
+        )
+    return 0
+
+
+async def replay(
+    engine: AsyncEngine,
+    selection: ops.ReplayFilter,
+    out: TextIO,
+    *,
+    dry_run: bool = False,
+    batch_size: int = 1000,
+) -> int:
+    """Make matching deliveries due again (as manual attempts); the number replayed."""
+    async with engine.connect() as conn:
+        total = await ops.replay_count(conn, selection)
+    if dry_run:
+        out.write(f"dry run: {total} deliveries would be replayed\n")
+        return total
+    done, after = 0, 0
+    while True:
+        async with engine.begin() as conn:
+            ids = await ops.replay_batch(conn, selection, after=after, limit=batch_size)
+        if not ids:
+            break
+        done += len(ids)
+        after = ids[-1]
+        out.write(f"replayed {done}/{total}\n")
+        out.flush()
+    out.write(f"replayed {done} deliveries\n")
+    return done
+
+
+async def stats(engine: AsyncEngine, out: TextIO) -> None:
+    async with engine.connect() as conn:
+        backlog = await ops.backlog(conn)
+        health = await ops.health(conn)
+    out.write("outbox backlog\n")
+    out.write(_table(backlog, ["status", "deliveries", "due_now", "oldest_age", "expired_leases"]))
+    out.write("destinations\n")
+    out.write(
+        _table(
+            health,
+            [
+                "tenant_id",
+                "destination_id",
+                "enabled",
+                "consecutive_failures",
+                "attempts_1h",
+                "success_rate_1h",
+                "pending",
+                "oldest_pending_age",
+                "disabled_reason",
+            ],
+        )
+    )
+
+
+async def prune(
+    engine: AsyncEngine, max_age: timedelta, out: TextIO | None, *, batch_size: int = 5000
+) -> ops.Pruned:
+    """Remove finished history older than max_age, batch by batch, until none is left."""
+    cutoff = datetime.now(UTC) - max_age
+    total = ops.Pruned()
+    while True:
+        async with engine.begin() as conn:
+            batch = await ops.prune_batch(conn, cutoff, batch_size)
+        if batch is None:
+            if out is not None:
+                out.write("another process is pruning; try again later\n")
+            break
+        if batch.events == 0:
+            break
+        total.events += batch.events
+        total.deliveries += batch.deliveries
+        total.attempts += batch.attempts
+        if out is not None:
+            out.write(
+                f"pruned {total.events} events, {total.deliveries} deliveries, "
+                f"{total.attempts} attempts\n"
+            )
+            out.flush()
+    if out is not None:
+        out.write(f"done: {total.events} events older than {_cell(cutoff)} removed\n")
+    return total
+
+
+async def housekeeping_loop(
+    engine: AsyncEngine, settings: RetentionSettings, interval: float = 60.0
+) -> None:
+    """Run in dispatcher processes: end deliveries stranded on deleted destinations, and
+    prune finished history when retention is configured (one process at a time)."""
+    max_age = timedelta(days=settings.max_age_days)
+    last_prune = float("-inf")
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            async with engine.begin() as conn:
+                ended = await ops.fail_deleted_destinations(conn)
+            if ended:
+                log.info("ended %d deliveries to deleted destinations", ended)
+            if settings.max_age_days and loop.time() - last_prune >= settings.interval_seconds:
+                last_prune = loop.time()
+                pruned = await prune(engine, max_age, None, batch_size=settings.batch_size)
+                if pruned.events:
+                    log.info("retention removed %d events older than %s", pruned.events, max_age)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("housekeeping round failed: %s", exc)
+        await asyncio.sleep(min(interval, settings.interval_seconds))
