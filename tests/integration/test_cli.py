@@ -1,0 +1,144 @@
+"""The relay command as users run it: a real process, a real embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.support.receiver import Receiver
+
+RELAY = [sys.executable, "-m", "relay"]
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Any:
+    return subprocess.run(
+        [*RELAY, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_check_config_accepts_a_good_file(repo_root: Path) -> None:
+    result = run("check-config", str(repo_root / "config" / "relay.toml"))
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
+
+
+def test_bad_config_stops_the_start_with_the_key_and_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[tenants]]\nid = 'a'\n[[tenants.destinations]]\nid = 'd'\nurl = 'ftp://x'\n")
+    for args in (("check-config", str(bad)), ("--config", str(bad), "serve")):
+        result = run(*args)
+        assert result.returncode == 2
+        assert str(bad) in result.stderr
+        assert "tenants[0].destinations[0].url" in result.stderr
+        assert "fix:" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_serve_without_admin_key_says_how_to_set_one(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text("[server]\nport = 1\n")
+    result = run("--config", str(config), "serve")
+    assert result.returncode == 2
+    assert "server.admin_api_key" in result.stderr
+    assert "RELAY_ADMIN_API_KEY" in result.stderr
+
+
+async def test_zero_setup_serve_delivers_and_psql_shows_the_history(tmp_path: Path) -> None:
+    """No database configured: `relay serve` starts an embedded PostgreSQL in the data
+    directory, a publish reaches the receiver, and psql on that server shows the event,
+    its outbox row and the attempt. SIGTERM stops relay cleanly."""
+    async with Receiver() as receiver:
+        port = free_port()
+        config = tmp_path / "relay.toml"
+        config.write_text(
+            f"""
+[server]
+port = {port}
+admin_api_key = "cli-test-key"
+
+[database]
+data_dir = "{tmp_path / "data"}"
+
+[delivery]
+allow_private_networks = ["127.0.0.0/8"]
+
+[[tenants]]
+id = "demo"
+
+[[tenants.destinations]]
+id = "local"
+url = "{receiver.url("/in")}"
+"""
+        )
+        env = {**os.environ, "RELAY_CONFIG": str(config)}
+        env.pop("RELAY_DATABASE_URL", None)
+        process = await asyncio.create_subprocess_exec(
+            *RELAY, "serve", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            async with aiohttp.ClientSession() as http:
+                base = f"http://127.0.0.1:{port}"
+                await _wait_healthy(http, base)
+                async with http.post(
+                    f"{base}/api/v1/publish",
+                    json={"tenant_id": "demo", "topic": "hello", "data": {"hi": 1}},
+                    headers={"Authorization": "Bearer cli-test-key"},
+                ) as resp:
+                    assert resp.status == 202
+                    event_id = (await resp.json())["id"]
+                [request] = await receiver.wait_for(1)
+                assert request.json() == {"hi": 1}
+                await asyncio.sleep(0.3)  # the attempt row is written right after
+
+            psql = await asyncio.to_thread(
+                run,
+                "psql",
+                "--",
+                "-At",
+                "-c",
+                "SELECT e.id, d.status, a.status, a.http_status FROM relay.events e "
+                "JOIN relay.deliveries d ON d.event_seq = e.seq "
+                "JOIN relay.attempts a ON a.delivery_id = d.id",
+                env={"RELAY_CONFIG": str(config)},
+            )
+            assert psql.returncode == 0, psql.stderr
+            assert psql.stdout.strip() == f"{event_id}|delivered|success|200"
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+            output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+        assert process.returncode == 0, output.decode()[-2000:]
+        assert b"Traceback" not in output
+        # The last relay process to exit stopped the embedded server.
+        assert not (tmp_path / "data" / "pgdata" / "postmaster.pid").exists()
+
+
+async def _wait_healthy(http: aiohttp.ClientSession, base: str) -> None:
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                async with http.get(f"{base}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)

@@ -1,0 +1,109 @@
+"""Group commit on the HTTP publish path: concurrent publishes share transactions, a 202
+is sent only after its event's commit, and one bad event does not fail its neighbours."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from relay.appkeys import PUBLISHER
+from tests.support.relay import admin_headers, make_settings
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+CONCURRENT = 60
+
+
+@pytest.fixture
+async def server(start_relay: Any, database_url: str, receiver: Any) -> Any:
+    tenants = [
+        {
+            "id": "acme",
+            "destinations": [{"id": "orders", "url": receiver.url(), "secret": SECRET}],
+        }
+    ]
+    # No dispatcher: these tests are about what publish commits, not about delivery.
+    return await start_relay(make_settings(database_url, tenants=tenants), dispatcher=False)
+
+
+async def post(http: Any, server: Any, body: Any) -> tuple[int, Any]:
+    async with http.post(
+        server.make_url("/api/v1/publish"), json=body, headers=admin_headers()
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+def order(event_id: str, **extra: Any) -> dict[str, Any]:
+    return {"id": event_id, "tenant_id": "acme", "topic": "order.created", "data": {}} | extra
+
+
+async def publish_all(http: Any, server: Any, bodies: list[Any]) -> list[tuple[int, Any]]:
+    return list(await asyncio.gather(*(post(http, server, b) for b in bodies)))
+
+
+async def test_concurrent_publishes_share_transactions(server: Any, http: Any, db: Any) -> None:
+    bodies = [order(f"evt-{n:03d}") for n in range(CONCURRENT)]
+    # The same id twice in one burst: one event, and the repeat is a duplicate.
+    bodies.append(order("evt-000"))
+    answers = await publish_all(http, server, bodies)
+    assert all(status == 202 for status, _ in answers), answers
+    assert all(body["destination_ids"] == ["orders"] for _, body in answers)
+    assert sorted(body["duplicate"] for _, body in answers) == [False] * CONCURRENT + [True]
+
+    assert await db.fetchval("SELECT count(*) FROM relay.events") == CONCURRENT
+    assert await db.fetchval("SELECT count(*) FROM relay.deliveries") == CONCURRENT
+    # Rows written by one transaction share its xmin: fewer transactions than events.
+    transactions = await db.fetchval("SELECT count(DISTINCT xmin::text) FROM relay.events")
+    assert transactions < CONCURRENT / 2
+    assert server.app[PUBLISHER].transactions < CONCURRENT / 2
+
+
+DEFER_FAILURE = """
+    CREATE FUNCTION public.refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.id LIKE 'fail-%' THEN
+            RAISE EXCEPTION 'refused at commit: %', NEW.id;
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON relay.events
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.refuse_at_commit();
+"""
+
+
+async def test_a_publish_whose_commit_fails_gets_no_202(server: Any, http: Any, db: Any) -> None:
+    # The failure comes at COMMIT itself, after every statement succeeded.
+    await db.execute(DEFER_FAILURE)
+    status, body = await post(http, server, order("fail-alone"))
+    assert status == 500 and body == {"status": 500, "message": "internal server error"}
+
+    bodies = [order(f"evt-{n:03d}") for n in range(CONCURRENT)]
+    bodies[CONCURRENT // 2] = order("fail-in-a-group")
+    answers = await publish_all(http, server, bodies)
+    for sent, (status, body) in zip(bodies, answers, strict=True):
+        if sent["id"].startswith("fail-"):
+            assert status == 500, body
+        else:
+            assert status == 202, body
+    ids = {r["id"] for r in await db.fetch("SELECT id FROM relay.events")}
+    assert ids == {b["id"] for b in bodies if not b["id"].startswith("fail-")}
+    assert await db.fetchval("SELECT count(*) FROM relay.deliveries") == CONCURRENT - 1
+
+
+async def test_one_bad_event_does_not_fail_its_neighbours(server: Any, http: Any, db: Any) -> None:
+    bodies = [order(f"evt-{n:03d}") for n in range(CONCURRENT)]
+    # Valid JSON and valid for relay, but PostgreSQL's jsonb refuses a NUL character.
+    bad = {n for n in range(0, CONCURRENT, 15)}
+    for n in bad:
+        bodies[n] = order(f"evt-{n:03d}", metadata={"note": "nul \u0000 here"})
+    answers = await publish_all(http, server, bodies)
+    for n, (status, body) in enumerate(answers):
+        if n in bad:
+            assert status == 400, body
+            assert "PostgreSQL cannot take" in body["message"]
+        else:
+            assert status == 202, body
+    assert await db.fetchval("SELECT count(*) FROM relay.events") == CONCURRENT - len(bad)
+    # At least one bad event shared a group with good ones, which were then written alone.
+    assert server.app[PUBLISHER].split_groups >= 1

@@ -1,0 +1,62 @@
+"""The migrations and the declared tables (relay/db/tables.py) never drift apart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
+from relay.db import migrate
+from relay.db.engine import create_engine
+from relay.db.tables import SCHEMA, metadata
+
+
+def _include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    return name == SCHEMA if type_ == "schema" else True
+
+
+async def test_upgraded_database_matches_declared_tables(database_url: str) -> None:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+
+            def diff(sync: Any) -> list[Any]:
+                context = MigrationContext.configure(
+                    sync,
+                    opts={
+                        "include_schemas": True,
+                        "include_name": _include_name,
+                        "version_table_schema": SCHEMA,
+                        "compare_type": True,
+                        "compare_server_default": True,
+                    },
+                )
+                return compare_metadata(context, metadata)
+
+            differences = await conn.run_sync(diff)
+            assert differences == []
+            assert await migrate.current_revision(engine) == migrate.head_revision()
+    finally:
+        await engine.dispose()
+
+
+async def test_downgrade_to_base_and_upgrade_again(database_url: str) -> None:
+    from alembic import command
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(
+                lambda sync: command.downgrade(migrate.alembic_config(sync), "base")
+            )
+            tables = await conn.execute(
+                text("SELECT count(*) FROM pg_tables WHERE schemaname = 'relay'")
+            )
+            # Only alembic's own version table is left.
+            assert tables.scalar_one() == 1
+        await migrate.upgrade(engine)
+        assert await migrate.current_revision(engine) == migrate.head_revision()
+    finally:
+        await engine.dispose()

@@ -1,0 +1,271 @@
+"""Operator commands against real history: events show, replay, stats, prune."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.support.receiver import Reply
+from tests.support.relay import admin_headers, make_settings
+
+
+def relay_cli(database_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "ops.toml"
+    config.write_text("")  # everything from the environment
+    env = {**os.environ, "RELAY_CONFIG": str(config), "RELAY_DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+async def fill(start_relay: Any, http: Any, receiver: Any, database_url: str, db: Any) -> Any:
+    """acme/good answers 200; acme/bad answers 500 until told otherwise. Five events to
+    both: good delivers them, bad's end up failed."""
+    state = {"bad_ok": False}
+
+    def reply(n: int, path: str) -> Reply:
+        if path == "/bad" and not state["bad_ok"]:
+            return Reply(status=500)
+        return Reply()
+
+    receiver.reply = reply
+    tenants = [
+        {
+            "id": "acme",
+            "destinations": [
+                {"id": "good", "url": receiver.url("/good")},
+                {"id": "bad", "url": receiver.url("/bad")},
+            ],
+        }
+    ]
+    settings = make_settings(
+        database_url, tenants=tenants, delivery={"retry": {"schedule_seconds": [0.1]}}
+    )
+    server = await start_relay(settings)
+    for n in range(5):
+        body = {"id": f"evt-{n}", "tenant_id": "acme", "topic": "t", "data": {"n": n}}
+        async with http.post(
+            server.make_url("/api/v1/publish"), json=body, headers=admin_headers()
+        ) as resp:
+            assert resp.status == 202
+    async with asyncio.timeout(15):
+        while (
+            await db.fetchval("SELECT count(*) FROM relay.deliveries WHERE status = 'failed'") < 5
+        ):
+            await asyncio.sleep(0.05)
+    return server, state
+
+
+async def test_replay_dry_run_counts_what_replay_then_replays(
+    start_relay: Any, http: Any, receiver: Any, database_url: str, db: Any, tmp_path: Path
+) -> None:
+    _, state = await fill(start_relay, http, receiver, database_url, db)
+    dry = await asyncio.to_thread(
+        relay_cli, database_url, tmp_path, "replay", "--destination", "bad", "--dry-run"
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "dry run: 5 deliveries would be replayed" in dry.stdout
+    # A dry run changes nothing.
+    assert await db.fetchval("SELECT count(*) FROM relay.deliveries WHERE status = 'failed'") == 5
+
+    state["bad_ok"] = True
+    before = len(receiver.on_path("/bad"))
+    done = await asyncio.to_thread(
+        relay_cli, database_url, tmp_path, "replay", "--destination", "bad", "--batch-size", "2"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "replayed 2/5" in done.stdout and "replayed 5 deliveries" in done.stdout
+    await receiver.wait_for(before + 5, path="/bad")
+    async with asyncio.timeout(10):
+        while (
+            await db.fetchval("SELECT count(*) FROM relay.deliveries WHERE status = 'delivered'")
+            < 10
+        ):
+            await asyncio.sleep(0.05)
+    manual = await db.fetch(
+        "SELECT status FROM relay.attempts WHERE manual AND destination_id = 'bad'"
+    )
+    assert [r["status"] for r in manual] == ["success"] * 5
+    # The good destination's deliveries were not touched.
+    assert len(receiver.on_path("/good")) == 5
+
+
+async def test_replay_filters_by_tenant_and_time_window(
+    start_relay: Any, http: Any, receiver: Any, database_url: str, db: Any, tmp_path: Path
+) -> None:
+    await fill(start_relay, http, receiver, database_url, db)
+    none = await asyncio.to_thread(
+        relay_cli, database_url, tmp_path, "replay", "--tenant", "other", "--dry-run"
+    )
+    assert "dry run: 0 deliveries" in none.stdout
+    future = await asyncio.to_thread(
+        relay_cli, database_url, tmp_path, "replay", "--since", "2999-01-01", "--dry-run"
+    )
+    assert "dry run: 0 deliveries" in future.stdout
+    window = await asyncio.to_thread(
+        relay_cli, database_url, tmp_path, "replay", "--until", "2999-01-01T00:00:00Z", "--dry-run"
+    )
+    assert "dry run: 5 deliveries" in window.stdout
+    bad = await asyncio.to_thread(relay_cli, database_url, tmp_path, "replay", "--since", "nope")
+    assert bad.returncode == 2 and "ISO 8601" in bad.stderr
+
+
+async def test_events_show_tells_the_story(
+    start_relay: Any, http: Any, receiver: Any, database_url: str, db: Any, tmp_path: Path
+) -> None:
+    await fill(start_relay, http, receiver, database_url, db)
+    shown = await asyncio.to_thread(relay_cli, database_url, tmp_path, "events", "show", "evt-3")
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert "event evt-3  tenant acme" in out
+    assert '"n":3' in out.replace(" ", "")
+    # One delivered and one failed delivery; three attempts in all (1 + 2 for bad).
+    deliveries = out.split("deliveries\n")[1].split("attempts\n")[0]
+    assert "good" in deliveries and "delivered" in deliveries
+    assert "bad" in deliveries and "failed" in deliveries
+    attempts = out.split("attempts\n")[1].strip().splitlines()
+    assert len(attempts) == 1 + 3
+    missing = await asyncio.to_thread(relay_cli, database_url, tmp_path, "events", "show", "nope")
+    assert missing.returncode == 1 and "no event 'nope'" in missing.stdout
+
+
+async def test_stats_shows_backlog_and_health(
+    start_relay: Any, http: Any, receiver: Any, database_url: str, db: Any, tmp_path: Path
+) -> None:
+    await fill(start_relay, http, receiver, database_url, db)
+    shown = await asyncio.to_thread(relay_cli, database_url, tmp_path, "stats")
+    assert shown.returncode == 0, shown.stderr
+    health = shown.stdout.split("destinations\n")[1]
+    rows = {line.split()[1]: line.split() for line in health.strip().splitlines()[1:]}
+    assert set(rows) == {"good", "bad"}
+    # attempts_1h: good 5, bad 10 (two tries each); success rates 1 and 0.
+    assert rows["good"][4:6] == ["5", "1.0000"]
+    assert rows["bad"][4:6] == ["10", "0.0000"]
+
+
+async def test_prune_removes_old_finished_history_but_never_pending(
+    start_relay: Any, http: Any, receiver: Any, database_url: str, db: Any, tmp_path: Path
+) -> None:
+    server, _ = await fill(start_relay, http, receiver, database_url, db)
+    await server.close()  # no dispatcher from here on: what is pending stays pending
+    api_only = await start_relay(
+        make_settings(
+            database_url,
+            tenants=[{"id": "acme", "destinations": [{"id": "good", "url": receiver.url()}]}],
+        ),
+        dispatcher=False,
+    )
+    body = {"id": "evt-pending", "tenant_id": "acme", "topic": "t", "data": {}}
+    async with http.post(
+        api_only.make_url("/api/v1/publish"), json=body, headers=admin_headers()
+    ) as resp:
+        assert resp.status == 202
+    # Age everything by 40 days, then make one finished event recent again, though its
+    # producer backdated it: retention goes by when relay stored it.
+    await db.execute("UPDATE relay.events SET created_at = created_at - interval '40 days'")
+    await db.execute(
+        "UPDATE relay.events SET created_at = now(), time = now() - interval '400 days' "
+        "WHERE id = 'evt-4'"
+    )
+
+    pruned = await asyncio.to_thread(
+        relay_cli, database_url, tmp_path, "prune", "--older-than-days", "30"
+    )
+    assert pruned.returncode == 0, pruned.stderr
+    assert "done: 4 events" in pruned.stdout
+    remaining = {r["id"] for r in await db.fetch("SELECT id FROM relay.events")}
+    assert remaining == {"evt-4", "evt-pending"}
+    assert await db.fetchval("SELECT count(*) FROM relay.deliveries WHERE status = 'pending'") == 1
+    orphans = await db.fetchval(
+        "SELECT count(*) FROM relay.attempts a "
+        "WHERE NOT EXISTS (SELECT 1 FROM relay.events e WHERE e.seq = a.event_seq)"
+    )
+    assert orphans == 0
+    # Without an age, prune refuses rather than guessing.
+    refused = await asyncio.to_thread(relay_cli, database_url, tmp_path, "prune")
+    assert refused.returncode == 2 and "retention.max_age_days" in refused.stderr
+
+
+async def test_prune_spares_an_event_replayed_while_it_runs(
+    start_relay: Any, http: Any, receiver: Any, database_url: str, db: Any
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from relay.db import ops
+    from relay.db.engine import create_engine
+
+    server, _ = await fill(start_relay, http, receiver, database_url, db)
+    await server.close()
+    await db.execute("UPDATE relay.events SET created_at = created_at - interval '40 days'")
+    # A replay of evt-0's failed delivery, not yet committed, when prune starts.
+    replay = db.transaction()
+    await replay.start()
+    await db.execute(
+        "UPDATE relay.deliveries d SET status = 'pending', manual = true FROM relay.events e "
+        "WHERE e.seq = d.event_seq AND e.id = 'evt-0' AND d.destination_id = 'bad'"
+    )
+    engine = create_engine(database_url, pool_size=1)
+    try:
+
+        async def prune() -> ops.Pruned | None:
+            async with engine.begin() as conn:
+                return await ops.prune_batch(conn, datetime.now(UTC) - timedelta(days=30), 100)
+
+        task = asyncio.create_task(prune())
+        await asyncio.sleep(0.5)
+        assert not task.done()  # waiting for the replay's row lock
+        await replay.commit()
+        result = await asyncio.wait_for(task, 10)
+    finally:
+        await engine.dispose()
+    assert result is not None
+    assert (result.events, result.skipped) == (4, 1)
+    kept = await db.fetch(
+        "SELECT d.destination_id, d.status, (SELECT count(*) FROM relay.attempts a "
+        "WHERE a.delivery_id = d.id) AS attempts FROM relay.deliveries d "
+        "JOIN relay.events e ON e.seq = d.event_seq WHERE e.id = 'evt-0' ORDER BY 1"
+    )
+    assert [tuple(r) for r in kept] == [("bad", "pending", 2), ("good", "delivered", 1)]
+
+
+async def test_deliveries_stranded_on_a_deleted_destination_are_ended_not_replayed(
+    start_relay: Any, http: Any, receiver: Any, database_url: str, db: Any, tmp_path: Path
+) -> None:
+    from relay.db import ops
+    from relay.db.engine import create_engine
+
+    server, _ = await fill(start_relay, http, receiver, database_url, db)
+    await server.close()
+    await db.execute("UPDATE relay.destinations SET deleted_at = now() WHERE id = 'bad'")
+    # As if an attempt in flight during the DELETE had been recorded as a retry.
+    await db.execute(
+        "UPDATE relay.deliveries SET status = 'pending' WHERE destination_id = 'bad' "
+        "AND event_seq = (SELECT min(event_seq) FROM relay.deliveries)"
+    )
+    dry = await asyncio.to_thread(relay_cli, database_url, tmp_path, "replay", "--dry-run")
+    assert "dry run: 0 deliveries" in dry.stdout  # bad's failed ones are not replayable
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            assert await ops.fail_deleted_destinations(conn) == 1
+    finally:
+        await engine.dispose()
+    stranded = await db.fetch(
+        "SELECT status, last_error FROM relay.deliveries WHERE destination_id = 'bad' "
+        "AND status NOT IN ('failed')"
+    )
+    assert stranded == []
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM relay.deliveries WHERE last_error = 'destination deleted'"
+        )
+        == 1
+    )

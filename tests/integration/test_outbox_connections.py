@@ -1,0 +1,116 @@
+"""The dispatcher's statements behave the same on a plain asyncpg connection (what the
+dispatcher uses: prepared, no pool) as on a SQLAlchemy connection (tools, docs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from relay.db import outbox
+from relay.db.engine import asyncpg_url, create_engine
+
+
+async def seed(db: Any, pending: int) -> None:
+    await db.execute("INSERT INTO relay.tenants (id) VALUES ('acme')")
+    await db.execute(
+        """INSERT INTO relay.destinations (tenant_id, id, topics, url, secret, custom_headers)
+           VALUES ('acme', 'orders', '{*}', 'http://127.0.0.1:9/hook', 'whsec_x',
+                   '{"x-team": "a"}')"""
+    )
+    await db.execute(
+        f"""WITH e AS (
+                INSERT INTO relay.events (tenant_id, id, topic, data, metadata)
+                SELECT 'acme', 'evt-' || g, 'order.created', '{{"n": 1}}', '{{"k": "v"}}'
+                FROM generate_series(1, {pending}) g RETURNING seq)
+            INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id)
+            SELECT seq, 'acme', 'orders' FROM e"""
+    )
+
+
+def recorded(claimed: outbox.Claimed, success: bool, status: int) -> outbox.Recorded:
+    return outbox.Recorded(
+        claimed=claimed,
+        attempt_status="success" if success else "failed",
+        http_status=status,
+        error_code=None,
+        error_detail=None,
+        response_body="ok",
+        response_headers={"content-type": "text/plain"},
+        duration_ms=3,
+        started_at=datetime.now(UTC),
+        next_status="delivered" if success else "pending",
+        delay_seconds=0.0 if success else 30.0,
+    )
+
+
+async def test_claim_and_record_on_a_raw_connection_match_sqlalchemy(
+    db: Any, database_url: str
+) -> None:
+    await seed(db, pending=4)
+    token = uuid.uuid4()
+    raw = await asyncpg.connect(asyncpg_url(database_url))
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        # Two claims on each kind of connection, with a per-destination cap counted.
+        from_raw = await outbox.claim_due(
+            raw, limit=10, lease_seconds=30, token=token, per_destination=3, in_flight={}
+        )
+        assert len(from_raw) == 3
+        async with engine.begin() as conn:
+            from_sqlalchemy = await outbox.claim_due(
+                conn,
+                limit=10,
+                lease_seconds=30,
+                token=token,
+                per_destination=3,
+                in_flight={("acme", "orders"): 2},
+            )
+        assert len(from_sqlalchemy) == 1
+        # Same row shape either way (ids and event ids aside).
+        shape = {
+            k: v
+            for k, v in dataclasses.asdict(from_raw[0]).items()
+            if k not in ("id", "event_seq", "event_id")
+        }
+        other = {
+            k: v
+            for k, v in dataclasses.asdict(from_sqlalchemy[0]).items()
+            if k not in ("id", "event_seq", "event_id")
+        }
+        assert shape == other
+        assert shape["custom_headers"] == '{"x-team": "a"}' and shape["attempt"] == 1
+
+        # Record on the raw connection, inside its transaction, as the dispatcher does.
+        batch = [recorded(c, True, 200) for c in from_raw[:2]]
+        batch.append(recorded(from_raw[2], False, 500))
+        async with raw.transaction():
+            disabled = await outbox.record_outcomes(raw, batch, auto_disable_after=0)
+        assert disabled == []
+    finally:
+        await raw.close()
+        await engine.dispose()
+
+    statuses = dict(await db.fetch("SELECT id, status FROM relay.deliveries"))
+    assert sorted(statuses.values()) == ["delivered", "delivered", "delivering", "pending"]
+    attempts = await db.fetch("SELECT status, response_headers FROM relay.attempts ORDER BY id")
+    assert [a["status"] for a in attempts] == ["success", "success", "failed"]
+    assert attempts[0]["response_headers"] == '{"content-type": "text/plain"}'
+    failures = await db.fetchval("SELECT consecutive_failures FROM relay.destinations")
+    assert failures == 1
+
+
+async def test_raw_record_reports_a_410_disable(db: Any, database_url: str) -> None:
+    await seed(db, pending=1)
+    raw = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        [claimed] = await outbox.claim_due(raw, limit=5, lease_seconds=30, token=uuid.uuid4())
+        async with raw.transaction():
+            disabled = await outbox.record_outcomes(raw, [recorded(claimed, False, 410)])
+    finally:
+        await raw.close()
+    assert [(d.tenant_id, d.destination_id) for d in disabled] == [("acme", "orders")]
+    assert await db.fetchval("SELECT disabled_at IS NOT NULL FROM relay.destinations")

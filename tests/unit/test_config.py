@@ -1,0 +1,192 @@
+"""Config loading: layers (defaults, file, env) and errors that name file, key and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.config import ConfigError, load_settings
+
+MINIMAL = """
+[server]
+admin_api_key = "k"
+
+[[tenants]]
+id = "acme"
+
+[[tenants.destinations]]
+id = "orders"
+url = "https://example.com/hook"
+topics = ["order.created"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "relay.toml"
+    path.write_text(text)
+    return path
+
+
+def test_file_values_and_defaults(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, MINIMAL), env={})
+    assert settings.server.port == 3333
+    assert settings.admin_api_key == "k"
+    assert settings.database.url is None
+    [tenant] = settings.tenants
+    assert tenant.destinations[0].topic_list == ["order.created"]
+    assert tenant.destinations[0].enabled is True
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    env = {
+        "RELAY_DATABASE_URL": "postgresql://u@db/relay",
+        "RELAY_PORT": "4000",
+        "RELAY_HOST": "0.0.0.0",
+        "RELAY_ADMIN_API_KEY": "from-env",
+        "RELAY_DISPATCH_LEASE_SECONDS": "12.5",
+        "RELAY_ALLOW_PRIVATE_NETWORKS": "127.0.0.0/8, 10.0.0.0/8",
+    }
+    settings = load_settings(write(tmp_path, MINIMAL), env=env)
+    assert settings.database.url == "postgresql://u@db/relay"
+    assert settings.server.port == 4000
+    assert settings.server.host == "0.0.0.0"
+    assert settings.admin_api_key == "from-env"
+    assert settings.delivery.lease_seconds == 12.5
+    assert settings.delivery.allow_private_networks == ["127.0.0.0/8", "10.0.0.0/8"]
+
+
+def test_missing_default_file_with_env_only_is_a_valid_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no config/relay.toml here
+    settings = load_settings(env={"RELAY_ADMIN_API_KEY": "k", "RELAY_PORT": "1234"})
+    assert settings.source == "environment"
+    assert settings.server.port == 1234
+    assert settings.tenants == []
+
+
+def test_relay_config_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    settings = load_settings(env={"RELAY_CONFIG": str(path)})
+    assert settings.config_path == str(path)
+
+
+def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(tmp_path / "nope.toml", env={})
+    assert "nope.toml" in str(info.value)
+    assert "file not found" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("[server]\nport = 'abc'\n", "server.port", "valid integer"),
+        ("[server]\nport = 70000\n", "server.port", "less than or equal to 65535"),
+        ("[server]\nprot = 1\n", "server.prot", "unknown key"),
+        (
+            "[[tenants]]\nid = 'a'\n[[tenants.destinations]]\nid = 'd'\n",
+            "tenants[0].destinations[0].url",
+            "required key is missing",
+        ),
+        (
+            "[[tenants]]\nid = 'a'\n[[tenants.destinations]]\nid = 'd'\nurl = 'ftp://x'\n",
+            "tenants[0].destinations[0].url",
+            "http:// or https://",
+        ),
+        (
+            "[[tenants]]\nid = 'a'\n[[tenants.destinations]]\nid = 'd'\nurl = 'http://x'\n"
+            "type = 'sqs'\n",
+            "tenants[0].destinations[0].type",
+            "'webhook'",
+        ),
+        (
+            "[delivery]\nallow_private_networks = ['not-a-cidr']\n",
+            "delivery.allow_private_networks",
+            "not a CIDR",
+        ),
+        ("[[tenants]]\nid = 'a'\n[[tenants]]\nid = 'a'\n", "(top level)", "declared twice"),
+    ],
+)
+def test_invalid_values_name_the_file_and_the_key(
+    tmp_path: Path, text: str, key: str, words: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    error = info.value
+    assert error.source == str(path)
+    assert error.key == key
+    assert words in error.problem
+    assert error.fix
+    assert str(path) in str(error) and key in str(error)
+
+
+def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert str(path) in str(info.value)
+    assert "not valid TOML" in str(info.value)
+
+
+def test_secret_env_reference_must_be_set(tmp_path: Path) -> None:
+    text = MINIMAL.replace('topics = ["order.created"]', 'secret_env = "ORDERS_SECRET"')
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert info.value.key == "tenants[0].destinations[0].secret_env"
+    assert "ORDERS_SECRET" in info.value.problem
+    settings = load_settings(path, env={"ORDERS_SECRET": "whsec_abc"})
+    assert settings.tenants[0].destinations[0].secret == "whsec_abc"
+
+
+def test_shipped_config_files_are_valid(repo_root: Path) -> None:
+    load_settings(repo_root / "config" / "relay.toml", env={})
+    env = {"RELAY_ADMIN_API_KEY": "k", "ACME_WEBHOOK_SECRET": "whsec_x"}
+    example = load_settings(repo_root / "config" / "relay.example.toml", env=env)
+    assert example.tenants
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        ("[logging]\nlevel = 'VERBOSE'\n", "logging.level", "'DEBUG'"),
+        (
+            "[[tenants]]\nid = 'a'\n[[tenants.destinations]]\nid = 'd'\nurl = 'http://'\n",
+            "tenants[0].destinations[0].url",
+            "with a host",
+        ),
+        (
+            "[[tenants]]\nid = 'a'\n[[tenants.destinations]]\nid = 'd'\nurl = 'http://x'\n"
+            "topics = []\n",
+            "tenants[0].destinations[0].topics",
+            "at least one",
+        ),
+        (
+            "[[tenants]]\nid = 'a'\n[[tenants.destinations]]\nid = 'd'\nurl = 'http://x'\n"
+            "custom_headers = { host = 'evil' }\n",
+            "tenants[0].destinations[0].custom_headers",
+            "'host' is set by relay",
+        ),
+        (
+            "[[tenants]]\nid = 'a'\n[[tenants.destinations]]\nid = 'd'\nurl = 'http://x'\n"
+            'custom_headers = { x-a = "1\\r\\nx-b: 2" }\n',
+            "tenants[0].destinations[0].custom_headers",
+            "line breaks",
+        ),
+    ],
+)
+def test_config_refuses_what_a_delivery_could_not_use(
+    tmp_path: Path, text: str, key: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), env={})
+    assert info.value.key == key
+    assert words in info.value.problem
+
+
+def test_log_level_is_case_insensitive(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "[logging]\nlevel = 'debug'\n"), env={})
+    assert settings.logging.level == "DEBUG"
