@@ -1,4 +1,4 @@
-"""The peer: PgQueuer (from PyPI, in bench/.venv) doing the same work, a job per POST.
+"""The peer: PgQueuer 1.6 (from PyPI, in bench/.venv) doing the same work, a job per POST.
 
     bench/.venv/bin/python bench/pgqueuer_worker.py install --dsn URL
     bench/.venv/bin/python bench/pgqueuer_worker.py enqueue --dsn URL --count N --payload-bytes B
@@ -40,7 +40,8 @@ async def enqueue(dsn: str, count: int, payload_bytes: int) -> None:
 
 async def work(dsn: str, url: str, batch: int) -> None:
     conn = await asyncpg.connect(dsn)
-    qm = QueueManager(AsyncpgDriver(conn))
+    # PgQueuer 1.x: the manager takes the repository (Queries), not the driver.
+    qm = QueueManager(Queries(AsyncpgDriver(conn)))
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
 
     @qm.entrypoint("deliver")

@@ -478,6 +478,8 @@ async def timed_drain(
     while await receiver_count(http, receiver_port) == 0:
         if time.monotonic() > deadline:
             raise RuntimeError("nothing arrived at the receiver")
+        if await finished():
+            raise RuntimeError("the worker finished before anything arrived (see bench/out/)")
         await asyncio.sleep(0.02)
     start = time.monotonic()
     on_start()
@@ -602,6 +604,8 @@ async def bench_delivery(b: Bench) -> None:
                             return proc.poll() is not None
 
                         rate = await timed_drain(http, receiver_port, total, pgq_done, timeout)
+                        if proc.returncode != 0:
+                            raise RuntimeError("PgQueuer failed; see bench/out/pgqueuer.log")
                     results["PgQueuer"].append(rate)
     loop = median(results["minimal batched loop"])
     relay_runs = results["relay dispatch"]
