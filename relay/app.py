@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.api import metrics as metrics_api
 from relay.api import outpost, pod
@@ -27,7 +29,7 @@ from relay.appkeys import (
 )
 from relay.config import Settings
 from relay.db import migrate
-from relay.db.engine import create_engine
+from relay.db.engine import create_engine, is_connection_failure
 from relay.db.sync import sync_config
 from relay.dispatcher import Dispatcher
 from relay.groupcommit import GroupCommit
@@ -42,6 +44,10 @@ class NotMigrated(RuntimeError):
     """The database schema is not at relay's current revision."""
 
 
+class DatabaseUnreachable(RuntimeError):
+    """The database could not be reached within database.startup_wait_seconds."""
+
+
 async def prepare_database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     engine = create_engine(app[DATABASE_URL], pool_size=settings.database.pool_size)
@@ -50,19 +56,53 @@ async def prepare_database(app: web.Application) -> AsyncIterator[None]:
         head = migrate.head_revision()
         assert head is not None
         app[HEAD_REVISION] = head
-        if settings.database.migrate_on_start:
-            await migrate.upgrade(engine)
-        else:
-            current = await migrate.current_revision(engine)
-            if current != head:
-                raise NotMigrated(
-                    f"database is at revision {current}, relay needs {head}: run `relay migrate`"
-                )
-        async with engine.begin() as conn:
-            await sync_config(conn, settings)
+        await _when_reachable(
+            lambda: _migrate_and_sync(engine, settings, head),
+            settings.database.startup_wait_seconds,
+        )
         yield
     finally:
         await engine.dispose()
+
+
+async def _migrate_and_sync(engine: AsyncEngine, settings: Settings, head: str) -> None:
+    if settings.database.migrate_on_start:
+        await migrate.upgrade(engine)
+    else:
+        current = await migrate.current_revision(engine)
+        if current != head:
+            raise NotMigrated(
+                f"database is at revision {current}, relay needs {head}: run `relay migrate`"
+            )
+    async with engine.begin() as conn:
+        await sync_config(conn, settings)
+
+
+async def _when_reachable(step: Callable[[], Awaitable[None]], wait_seconds: float) -> None:
+    """Run a startup step, retrying while the database cannot be reached.
+
+    Processes are often started together with (or before) PostgreSQL, and a managed
+    server may be failing over: waiting a while beats a crash loop. Any other error
+    (a failed migration, a config conflict) is raised at once."""
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.5
+    while True:
+        try:
+            await step()
+            return
+        except Exception as exc:
+            if not is_connection_failure(exc):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DatabaseUnreachable(
+                    f"database unreachable for {wait_seconds:g}s at start ({exc}); "
+                    "check database.url / RELAY_DATABASE_URL, or raise "
+                    "database.startup_wait_seconds"
+                ) from exc
+            log.warning("database unreachable (%s); retrying in %.1fs", exc, min(delay, left))
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
 
 
 async def run_dispatcher(app: web.Application) -> AsyncIterator[None]:

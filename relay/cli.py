@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.engine import make_url
 
 from relay import logs
 from relay.config import ConfigError, Settings, load_settings
@@ -132,9 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _psql(database_url, args.psql_args)
     if command in ("events", "replay", "stats", "prune"):
         return asyncio.run(_operate(args, settings, database_url))
-    if command == "dispatch":
-        return _run(_dispatch_only(settings, database_url))
+    from relay.app import DatabaseUnreachable, NotMigrated
 
+    try:
+        if command == "dispatch":
+            return _run(_dispatch_only(settings, database_url))
+        return _serve(settings, database_url, command)
+    except (DatabaseUnreachable, NotMigrated) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(settings: Settings, database_url: str, command: str) -> int:
     from relay.app import create_app
 
     app = create_app(settings, database_url, api=True, dispatcher=command == "serve")
@@ -244,8 +255,13 @@ def _psql(database_url: str, extra: Sequence[str]) -> int:
     # A child, not exec: this process must exit normally so the embedded server's
     # reference count drops (exec would leave it running forever).
     extra = list(extra[1:] if extra[:1] == ["--"] else extra)
-    command = [executable, asyncpg_url(database_url), *extra]
-    return subprocess.run(command, check=False).returncode
+    # The password goes by environment, not argv, where `ps` would show it to every user.
+    url = make_url(asyncpg_url(database_url))
+    env = dict(os.environ)
+    if url.password:
+        env["PGPASSWORD"] = str(url.password)
+    dsn = url.set(password=None).render_as_string(hide_password=False)
+    return subprocess.run([executable, dsn, *extra], check=False, env=env).returncode
 
 
 async def _dispatch_only(settings: Settings, database_url: str) -> None:

@@ -65,6 +65,9 @@ class DatabaseSettings(_Strict):
     data_dir: str = ".relay"
     migrate_on_start: bool = True
     pool_size: Annotated[int, Field(ge=1, le=200)] = 10
+    # How long `relay serve|api|dispatch` waits for an unreachable database at start
+    # (PostgreSQL started after relay, a managed server failing over) before giving up.
+    startup_wait_seconds: Annotated[float, Field(ge=0, le=3600)] = 60.0
 
 
 class RetrySettings(_Strict):
@@ -302,6 +305,7 @@ class Settings(_Strict):
 ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "RELAY_DATABASE_URL": ("database", "url"),
     "RELAY_DATA_DIR": ("database", "data_dir"),
+    "RELAY_DATABASE_STARTUP_WAIT_SECONDS": ("database", "startup_wait_seconds"),
     "RELAY_HOST": ("server", "host"),
     "RELAY_PORT": ("server", "port"),
     "RELAY_ADMIN_API_KEY": ("server", "admin_api_key"),

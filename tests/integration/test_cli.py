@@ -142,3 +142,54 @@ async def _wait_healthy(http: aiohttp.ClientSession, base: str) -> None:
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.2)
+
+
+def test_unreachable_database_stops_the_start_with_a_message(tmp_path: Path) -> None:
+    """Nothing listens at the configured server: relay retries for
+    database.startup_wait_seconds, then exits 1 with a message that says what to check."""
+    config = tmp_path / "relay.toml"
+    config.write_text('[server]\nadmin_api_key = "k"\n')
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    for command in ("serve", "dispatch"):
+        result = run(
+            "--config",
+            str(config),
+            command,
+            env={"RELAY_DATABASE_URL": url, "RELAY_DATABASE_STARTUP_WAIT_SECONDS": "1.5"},
+        )
+        assert result.returncode == 1, result.stderr
+        assert "database unreachable for 1.5s at start" in result.stderr
+        assert "RELAY_DATABASE_URL" in result.stderr
+        assert "retrying in" in result.stderr  # it did wait before giving up
+        assert "Traceback" not in result.stderr
+
+
+async def test_serve_waits_for_a_database_that_starts_late(tmp_path: Path) -> None:
+    """relay started before its PostgreSQL (compose files, reboots) comes up once the
+    server does, instead of crashing."""
+    from tests.support.pgserver import PgServer
+
+    pg = PgServer()
+    try:
+        await asyncio.to_thread(pg.init)
+        port = free_port()
+        config = tmp_path / "relay.toml"
+        config.write_text(f'[server]\nport = {port}\nadmin_api_key = "k"\n')
+        env = {**os.environ, "RELAY_CONFIG": str(config), "RELAY_DATABASE_URL": pg.url()}
+        process = await asyncio.create_subprocess_exec(
+            *RELAY, "serve", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            await asyncio.sleep(2)
+            assert process.returncode is None, "relay gave up before the database came up"
+            await asyncio.to_thread(pg.start)
+            async with aiohttp.ClientSession() as http:
+                await _wait_healthy(http, f"http://127.0.0.1:{port}")
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+            output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+        assert process.returncode == 0, output.decode()[-2000:]
+        assert b"database unreachable" in output
+    finally:
+        await asyncio.to_thread(pg.cleanup)
