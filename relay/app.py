@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 from aiohttp import web
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.api import metrics as metrics_api
@@ -56,51 +57,54 @@ async def prepare_database(app: web.Application) -> AsyncIterator[None]:
         head = migrate.head_revision()
         assert head is not None
         app[HEAD_REVISION] = head
-        await _when_reachable(
-            lambda: _migrate_and_sync(engine, settings, head),
-            settings.database.startup_wait_seconds,
-        )
+        await wait_until_reachable(engine, settings.database.startup_wait_seconds)
+        # Migrations get an engine of their own with no statement timeout: building an
+        # index on a large table may rightly take minutes.
+        migrations = create_engine(app[DATABASE_URL], pool_size=1, command_timeout=None)
+        try:
+            if settings.database.migrate_on_start:
+                await migrate.upgrade(migrations)
+            else:
+                current = await migrate.current_revision(migrations)
+                if current != head:
+                    raise NotMigrated(
+                        f"database is at revision {current}, relay needs {head}: "
+                        "run `relay migrate`"
+                    )
+        finally:
+            await migrations.dispose()
+        async with engine.begin() as conn:
+            await sync_config(conn, settings)
         yield
     finally:
         await engine.dispose()
 
 
-async def _migrate_and_sync(engine: AsyncEngine, settings: Settings, head: str) -> None:
-    if settings.database.migrate_on_start:
-        await migrate.upgrade(engine)
-    else:
-        current = await migrate.current_revision(engine)
-        if current != head:
-            raise NotMigrated(
-                f"database is at revision {current}, relay needs {head}: run `relay migrate`"
-            )
-    async with engine.begin() as conn:
-        await sync_config(conn, settings)
-
-
-async def _when_reachable(step: Callable[[], Awaitable[None]], wait_seconds: float) -> None:
-    """Run a startup step, retrying while the database cannot be reached.
+async def wait_until_reachable(engine: AsyncEngine, wait_seconds: float) -> None:
+    """Return once the database answers; retry while it cannot be reached.
 
     Processes are often started together with (or before) PostgreSQL, and a managed
-    server may be failing over: waiting a while beats a crash loop. Any other error
-    (a failed migration, a config conflict) is raised at once."""
+    server may be failing over: waiting a while beats a crash loop. Only reaching the
+    server is retried here; what comes after (migrations, config sync) fails at once."""
     deadline = time.monotonic() + wait_seconds
     delay = 0.5
     while True:
         try:
-            await step()
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
             return
         except Exception as exc:
             if not is_connection_failure(exc):
                 raise
+            reason = str(exc) or type(exc).__name__
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DatabaseUnreachable(
-                    f"database unreachable for {wait_seconds:g}s at start ({exc}); "
+                    f"database unreachable for {wait_seconds:g}s at start ({reason}); "
                     "check database.url / RELAY_DATABASE_URL, or raise "
                     "database.startup_wait_seconds"
                 ) from exc
-            log.warning("database unreachable (%s); retrying in %.1fs", exc, min(delay, left))
+            log.warning("database unreachable (%s); retrying in %.1fs", reason, min(delay, left))
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, 5.0)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from relay import logs
 from relay.config import ConfigError, Settings, load_settings
@@ -143,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DatabaseUnreachable, NotMigrated) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 1
+    except DBAPIError as exc:
+        # Reached the server but it refused us (unknown database or role, no rights).
+        print(f"relay: the database refused relay at start: {exc.orig}", file=sys.stderr)
+        return 1
 
 
 def _serve(settings: Settings, database_url: str, command: str) -> int:
@@ -241,7 +246,7 @@ async def _migrate(database_url: str) -> None:
     from relay.db.engine import create_engine
     from relay.db.migrate import upgrade
 
-    engine = create_engine(database_url, pool_size=1)
+    engine = create_engine(database_url, pool_size=1, command_timeout=None)
     try:
         await upgrade(engine)
     finally:

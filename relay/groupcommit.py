@@ -178,7 +178,8 @@ def _fail(unit: _Unit, exc: BaseException) -> None:
     if unit.answer.done():
         return
     code = sqlstate(exc)
-    if code is not None and code.startswith("22"):
-        # A value PostgreSQL cannot store (a NUL in a string, ...): the client's to fix.
+    if code is not None and (code.startswith("22") or code == "54000"):
+        # A value PostgreSQL cannot store (a NUL in a string, a value too large for an
+        # index, ...): the client's to fix.
         exc = BadRequest(f"the request holds a value PostgreSQL cannot take: {exc}")
     unit.answer.set_exception(exc)

@@ -54,6 +54,11 @@ def bearer_token(request: web.Request) -> str | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
+    try:
+        # aiohttp keeps undecodable header bytes as surrogates: not a key we ever issued.
+        token.encode()
+    except UnicodeEncodeError:
+        return None
     return token.strip()
 
 

@@ -7,13 +7,13 @@ retry.py. What relay implements is described by openapi.json, served as it is.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 from sqlalchemy import text
 
 from relay.api import destinations, logs, retry, tenants
@@ -23,7 +23,7 @@ from relay.api.rawjson import member_span
 from relay.api.validation import read_json, validate
 from relay.appkeys import DISPATCHER, ENGINE, HEAD_REVISION, METRICS, PUBLISHER, SETTINGS
 from relay.db.migrate import current_revision
-from relay.errors import NotFound
+from relay.errors import BadRequest, NotFound
 from relay.publish import Event, check_topic, new_event_id
 
 PREFIX = "/api/v1"
@@ -35,12 +35,37 @@ class PublishBody(BaseModel):
 
     id: Annotated[StrictStr, Field(min_length=1, max_length=255)] | None = None
     tenant_id: Annotated[StrictStr, Field(min_length=1, max_length=255)]
-    topic: StrictStr | None = None
+    # Bounded: topics are indexed, and a btree entry has a size limit.
+    topic: Annotated[StrictStr, Field(max_length=255)] | None = None
     eligible_for_retry: StrictBool = True
-    destination_id: Annotated[StrictStr, Field(min_length=1)] | None = None
+    destination_id: Annotated[StrictStr, Field(min_length=1, max_length=255)] | None = None
     metadata: dict[StrictStr, StrictStr] | None = None
     time: datetime | None = None
     data: dict[str, Any]
+
+    @field_validator("id", "tenant_id", "topic", "destination_id")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        # PostgreSQL text cannot hold NUL; say so here, naming the field.
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL (\\u0000)")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _no_nul_in_metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value and any("\x00" in k or "\x00" in v for k, v in value.items()):
+            raise ValueError("keys and values must not contain NUL (\\u0000)")
+        return value
+
+    @field_validator("time")
+    @classmethod
+    def _storable_offset(cls, value: datetime | None) -> datetime | None:
+        offset = value.utcoffset() if value is not None else None
+        if offset is not None and abs(offset) >= timedelta(hours=16):
+            # PostgreSQL refuses offsets of 16 hours or more.
+            raise ValueError("time zone offset must be less than 16 hours")
+        return value
 
 
 @routes.post(PREFIX + "/publish")
@@ -49,7 +74,12 @@ async def publish_event(request: web.Request) -> web.Response:
     body = validate(PublishBody, await read_json(request))
     # Store `data` as the producer's exact bytes (spacing, number spelling, key order);
     # the body already parsed, so the span is valid JSON.
-    raw_data = member_span(await request.read(), "data") or orjson.dumps(body.data)
+    try:
+        raw_data = member_span(await request.read(), "data") or orjson.dumps(body.data)
+    except RecursionError:
+        # The C JSON scanner recurses per level and meets Python's recursion limit before
+        # orjson's own limit of 1024 levels.
+        raise BadRequest("data is nested too deeply") from None
     event = Event(
         tenant_id=body.tenant_id,
         topic=body.topic or "",

@@ -30,7 +30,9 @@ PREFIX = "/publish"
 routes = web.RouteTableDef()
 
 # {domain}/{topic}#{action}; a published topic is concrete, so no wildcards.
-TOPIC = re.compile(r"[^\s/#*]+(?:/[^\s/#*]+)+#[^\s/#*]+")
+TOPIC = re.compile(r"[^\s/#*\x00]+(?:/[^\s/#*\x00]+)+#[^\s/#*\x00]+")
+# Topics are indexed, and a btree entry has a size limit.
+MAX_TOPIC = 255
 POD_EXAMPLE = "https://user.example.com/profile/card#me"
 NO_RECIPIENT = "No recipient found"
 
@@ -94,6 +96,8 @@ def parse_event(raw: object) -> PodEvent:
     topic = raw.get("topic")
     if topic is None or topic == "":
         raise BadRequest("No topic found")
+    if isinstance(topic, str) and len(topic) > MAX_TOPIC:
+        raise BadRequest(f"topic must be at most {MAX_TOPIC} characters")
     if not isinstance(topic, str) or not TOPIC.fullmatch(topic):
         raise BadRequest(
             "topic must have the form {domain}/{topic}#{action}, such as realestate/contact#add"

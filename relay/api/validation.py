@@ -38,6 +38,8 @@ def field_problems(exc: ValidationError) -> list[str]:
             problems.append(f"{loc} must be true or false")
         elif kind == "string_too_short":
             problems.append(f"{loc} must not be empty")
+        elif kind == "value_error":
+            problems.append(f"{loc} {err['ctx']['error']}")
         elif kind.startswith("datetime"):
             problems.append(f"{loc} must be an RFC 3339 date-time")
         else:

@@ -30,7 +30,11 @@ def redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def create_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> AsyncEngine:
+def create_engine(
+    url: str, *, pool_size: int = 10, command_timeout: float | None = 30, **kwargs: Any
+) -> AsyncEngine:
+    """The pool for relay's SQL. ``command_timeout=None`` for migrations, whose index
+    builds on a large table may rightly take minutes."""
     return create_async_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
@@ -38,7 +42,7 @@ def create_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> AsyncEngin
         # A connection that died with a server restart is replaced, not handed out.
         pool_pre_ping=True,
         pool_timeout=10,
-        connect_args={"timeout": 5, "command_timeout": 30},
+        connect_args={"timeout": 5, "command_timeout": command_timeout},
         **kwargs,
     )
 

@@ -113,6 +113,17 @@ async def test_no_matching_destination_stores_event_without_outbox_rows(
             {"tenant_id": "acme", "topic": "order.created", "data": {}, "metadata": {"k": 1}},
             "metadata.k must be a string",
         ),
+        # Values the model accepts but PostgreSQL would refuse: caught first, by name.
+        ({"tenant_id": "acme", "topic": "t" * 9000, "data": {}}, "topic: string should have"),
+        ({"tenant_id": "acme", "topic": "a\x00b", "data": {}}, "topic must not contain NUL"),
+        (
+            {"tenant_id": "acme", "data": {}, "metadata": {"k": "v\x00"}},
+            "metadata keys and values must not contain NUL",
+        ),
+        (
+            {"tenant_id": "acme", "data": {}, "time": "2026-01-01T00:00:00+16:00"},
+            "time time zone offset must be less than 16 hours",
+        ),
     ],
 )
 async def test_bad_publish_body_is_422_naming_the_field_and_writes_nothing(
@@ -122,9 +133,41 @@ async def test_bad_publish_body_is_422_naming_the_field_and_writes_nothing(
     status, answer = await publish(http, server, body)
     assert status == 422
     assert answer["status"] == 422
-    assert problem in answer["data"]
+    assert any(problem in line for line in answer["data"]), answer["data"]
     assert await db.fetchval("SELECT count(*) FROM relay.events") == 0
     assert await db.fetchval("SELECT count(*) FROM relay.deliveries") == 0
+
+
+async def test_deeply_nested_data_is_400_and_writes_nothing(
+    start_relay: Any, http: Any, receiver: Any, db: Any, database_url: str
+) -> None:
+    """orjson takes 1024 levels; the exact-bytes scanner runs out of Python's recursion
+    limit before that. Either way the producer gets a 400, never a 500."""
+    server = await start_relay(make_settings(database_url, tenants=tenant_with(receiver.url())))
+    for depth in (1000, 1100):
+        body = b'{"tenant_id":"acme","data":{"a":' + b"[" * depth + b"]" * depth + b"}}"
+        status, answer = await publish(http, server, None, data=body)
+        assert status == 400, answer
+        assert answer["status"] == 400
+    assert await db.fetchval("SELECT count(*) FROM relay.events") == 0
+
+
+async def test_an_authorization_header_that_is_not_utf8_is_401(
+    start_relay: Any, receiver: Any, database_url: str
+) -> None:
+    server = await start_relay(make_settings(database_url, tenants=tenant_with(receiver.url())))
+    body = b'{"tenant_id":"acme","data":{}}'
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
 
 
 async def test_non_json_body_is_400(
