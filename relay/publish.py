@@ -204,7 +204,10 @@ async def write(conn: asyncpg.Connection, plans: Sequence[Planned]) -> list[Publ
         ((p.event.tenant_id, p.id, d) for p in first.values() for d in p.destination_ids),
         key=lambda r: (r[0], r[2]),
     )
-    seqs = await publishing.write_events(conn, [_row(p) for p in first.values()], deliveries)
+    # Events in key order too: two groups that share ids (a producer's retries racing)
+    # then take their unique-index locks in the same order and cannot deadlock.
+    rows = [_row(p) for p in sorted(first.values(), key=lambda p: p.key)]
+    seqs = await publishing.write_events(conn, rows, deliveries)
     winners = {id(p) for p in first.values() if p.key in seqs}
     # Published before this call (or concurrently): ask the database. A repeat of an id
     # this call wrote is answered as the database would (its rows, in destination order).

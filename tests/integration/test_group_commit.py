@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from relay.appkeys import PUBLISHER
+from relay.errors import BadRequest
+from relay.publish import Event
 from tests.support.relay import admin_headers, make_settings
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -92,12 +94,31 @@ async def test_a_publish_whose_commit_fails_gets_no_202(server: Any, http: Any, 
 
 
 async def test_one_bad_event_does_not_fail_its_neighbours(server: Any, http: Any, db: Any) -> None:
-    bodies = [order(f"evt-{n:03d}") for n in range(CONCURRENT)]
-    # Valid JSON and valid for relay, but PostgreSQL's jsonb refuses a NUL character.
+    # A value PostgreSQL refuses (jsonb cannot hold a NUL character) that no request check
+    # catches: the HTTP models refuse NUL by name now, so the bad events are handed to the
+    # same group-commit writer directly, in the same burst as the good HTTP publishes.
     bad = {n for n in range(0, CONCURRENT, 15)}
-    for n in bad:
-        bodies[n] = order(f"evt-{n:03d}", metadata={"note": "nul \u0000 here"})
-    answers = await publish_all(http, server, bodies)
+
+    async def bad_publish(n: int) -> tuple[int, Any]:
+        event = Event(
+            tenant_id="acme",
+            topic="order.created",
+            data=b"{}",
+            id=f"evt-{n:03d}",
+            metadata={"note": "nul \x00 here"},
+        )
+        try:
+            await server.app[PUBLISHER].publish([event])
+        except BadRequest as exc:
+            return 400, {"message": exc.message}
+        return 202, {}
+
+    answers = await asyncio.gather(
+        *(
+            bad_publish(n) if n in bad else post(http, server, order(f"evt-{n:03d}"))
+            for n in range(CONCURRENT)
+        )
+    )
     for n, (status, body) in enumerate(answers):
         if n in bad:
             assert status == 400, body
