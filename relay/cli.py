@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -162,6 +163,7 @@ def _serve(settings: Settings, database_url: str, command: str) -> int:
         redacted(database_url),
     )
     _install_uvloop()
+    _tune_gc()
     web.run_app(
         app,
         host=settings.server.host,
@@ -279,12 +281,34 @@ async def _dispatch_only(settings: Settings, database_url: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runner.setup()
+    _tune_gc()
     log.info("relay dispatch running (database %s)", redacted(database_url))
     try:
         await stop.wait()
         log.info("stopping: finishing in-flight deliveries")
     finally:
         await runner.cleanup()
+
+
+# Young-generation size for the cyclic garbage collector in long-running servers (the
+# default is 700). Every HTTP request and delivery leaves a few reference cycles (aiohttp's
+# request/response objects), and with hundreds of deliveries in flight each collection of
+# a 700-object generation finds mostly live objects, scans them and promotes them, so
+# older generations fill and full collections follow: with the default, the collector
+# took a quarter of a dispatcher's CPU time (~35 of ~150 us per delivery). Collections
+# still run; only less often, each reclaiming more garbage for the same fixed cost. The
+# garbage waiting for one is bounded by this count (a few MB at most).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def _tune_gc() -> None:
+    """Once the server has started: move everything allocated so far (modules, config,
+    the app) out of the collector's sight, since it lives as long as the process, and
+    collect young objects less often (see GC_YOUNG_THRESHOLD)."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _install_uvloop() -> None:
