@@ -152,7 +152,11 @@ class Dispatcher:
         connector = aiohttp.TCPConnector(
             limit=self.settings.concurrency, ttl_dns_cache=60, resolver=self._resolver
         )
-        self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+        # No cookie jar: a receiver's Set-Cookie must never ride along on later deliveries
+        # (possibly another tenant's destination on the same host).
+        self._session = aiohttp.ClientSession(
+            connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
+        )
         self.last_loop_at = time.monotonic()
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="relay-claim"),

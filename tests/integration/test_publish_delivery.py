@@ -75,6 +75,24 @@ async def test_publish_is_delivered_signed_and_recorded(
     assert attempt["duration_ms"] >= 0
 
 
+async def test_a_receivers_cookie_is_not_sent_back(
+    start_relay: Any, http: Any, receiver: Any, database_url: str
+) -> None:
+    """A relay is no browser: a Set-Cookie from one receiver must not ride along on later
+    deliveries (which may be another tenant's, on the same host)."""
+    receiver.reply = lambda n, path: Reply(headers={"Set-Cookie": "session=secret; Path=/"})
+    # A host name: aiohttp's default jar ignores cookies from bare IP addresses anyway.
+    url = receiver.url().replace("127.0.0.1", "localhost")
+    server = await start_relay(make_settings(database_url, tenants=tenant_with(url)))
+    for _ in range(2):
+        status, _body = await publish(
+            http, server, {"tenant_id": "acme", "topic": "order.created", "data": {}}
+        )
+        assert status == 202
+        await receiver.wait_for(len(receiver.requests) + 1)
+    assert [r.headers.get("Cookie") for r in receiver.requests] == [None, None]
+
+
 async def test_no_matching_destination_stores_event_without_outbox_rows(
     start_relay: Any, http: Any, receiver: Any, db: Any, database_url: str
 ) -> None:
