@@ -360,6 +360,10 @@ def summarize_profile(name: str) -> str:
     return "\n".join(rows)
 
 
+TRIVIAL_2 = "trivial aiohttp 202, 2 processes"
+RELAY_2 = "relay api, 2 processes (server.workers = 2)"
+
+
 async def bench_publish(b: Bench) -> None:
     print("1. publish throughput", flush=True)
     seconds = 1 if b.quick else 8
@@ -385,10 +389,21 @@ async def bench_publish(b: Bench) -> None:
             url,
         ],
         "relay api": lambda port: [RELAY, "--config", str(b.config(url, 1)), "api"],
+        # Both again with two processes on the port (relay: server.workers = 2).
+        TRIVIAL_2: lambda port: [
+            PY,
+            str(BENCH / "servers.py"),
+            "trivial",
+            "--port",
+            str(port),
+            "--processes",
+            "2",
+        ],
+        RELAY_2: lambda port: [RELAY, "--config", str(b.config(url, 1)), "api"],
     }
     for name, command in servers.items():
         port = free_port()
-        env = {"RELAY_PORT": str(port)}
+        env = {"RELAY_PORT": str(port), "RELAY_WORKERS": "2" if name == RELAY_2 else "1"}
         with process(command(port), env=env, log=name.replace(" ", "_")) as proc:
             wait_port(port, proc)
             wrk(port, 1)  # warm-up
@@ -397,7 +412,7 @@ async def bench_publish(b: Bench) -> None:
                 before = await count_events(url)
                 run = wrk(port, seconds)
                 stored = await count_events(url) - before
-                if name != "trivial aiohttp 202" and stored < run["ok"]:
+                if not name.startswith("trivial") and stored < run["ok"]:
                     raise RuntimeError(f"{name}: {run['ok']} 202s but {stored} events stored")
                 runs.append(run)
             if name == "relay api" and not b.quick:
@@ -426,6 +441,18 @@ async def bench_publish(b: Bench) -> None:
                 rps,
             )
         )
+        if name == RELAY_2:
+            b.add(
+                Figure(
+                    "publish",
+                    f"{RELAY_2} vs the same ceiling with 2 processes",
+                    median(rps),
+                    "req/s",
+                    TRIVIAL_2,
+                    median([r["rps"] for r in results[TRIVIAL_2]]),
+                    rps,
+                )
+            )
         if name == "relay api":
             b.add(
                 Figure(

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import uuid
 
 import asyncpg
@@ -65,14 +67,36 @@ def main() -> None:
     parser.add_argument("kind", choices=["trivial", "naive"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dsn")
+    # N processes on the port (SO_REUSEPORT), as relay's server.workers: the fair ceiling
+    # for a relay that runs that many.
+    parser.add_argument("--processes", type=int, default=1)
     args = parser.parse_args()
+    copies = []
+    if args.processes > 1:
+        argv = [a for a in sys.argv[1:] if a not in ("--processes", str(args.processes))]
+        copies = [
+            subprocess.Popen([sys.executable, __file__, *argv, "--processes", "0"])
+            for _ in range(args.processes - 1)
+        ]
     if args.kind == "trivial":
         app = web.Application()
         app.router.add_post("/api/v1/publish", trivial)
     else:
         app = naive_app(args.dsn)
     uvloop.install()
-    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None)
+    try:
+        web.run_app(
+            app,
+            host="127.0.0.1",
+            port=args.port,
+            reuse_port=args.processes != 1 or None,
+            print=None,
+            access_log=None,
+        )
+    finally:
+        for copy in copies:
+            copy.terminate()
+            copy.wait()
 
 
 if __name__ == "__main__":

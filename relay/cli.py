@@ -106,6 +106,7 @@ def _timestamp(value: str) -> datetime:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logs.setup(args.log_level or "INFO")
     try:
@@ -141,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "dispatch":
             return _run(_dispatch_only(settings, database_url))
-        return _serve(settings, database_url, command)
+        return _serve(settings, database_url, command, argv)
     except (DatabaseUnreachable, NotMigrated) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 1
@@ -151,16 +152,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _serve(settings: Settings, database_url: str, command: str) -> int:
+def _serve(settings: Settings, database_url: str, command: str, argv: Sequence[str]) -> int:
+    from relay import workers
     from relay.app import create_app
 
     app = create_app(settings, database_url, api=True, dispatcher=command == "serve")
+    copies = 0 if workers.is_copy() else settings.server.workers - 1
+    if copies:
+        grace = settings.delivery.shutdown_grace_seconds + 10
+        app.cleanup_ctx.append(workers.Workers(copies, argv, database_url, grace).run)
+    if workers.is_copy():
+        app.cleanup_ctx.append(workers.orphan_guard)
     log.info(
-        "relay %s on http://%s:%d (database %s)",
+        "relay %s on http://%s:%d (database %s)%s",
         command,
         settings.server.host,
         settings.server.port,
         redacted(database_url),
+        f", {copies + 1} processes" if copies else "",
     )
     _install_uvloop()
     _tune_gc()
@@ -168,6 +177,8 @@ def _serve(settings: Settings, database_url: str, command: str) -> int:
         app,
         host=settings.server.host,
         port=settings.server.port,
+        # Several processes on one port: the kernel spreads the connections.
+        reuse_port=True if copies or workers.is_copy() else None,
         print=None,
         access_log=None,
         shutdown_timeout=settings.delivery.shutdown_grace_seconds + 5,

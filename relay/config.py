@@ -57,6 +57,14 @@ class ServerSettings(_Strict):
     max_body_bytes: Annotated[int, Field(gt=0)] = 1_048_576
     # Secret for tenant JWTs; defaults to one derived from the admin key.
     jwt_secret: str | None = None
+    # HTTP processes sharing the port (SO_REUSEPORT); see relay/workers.py.
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+
+    @model_validator(mode="after")
+    def _workers_need_a_fixed_port(self) -> ServerSettings:
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("workers > 1 needs a fixed port (port = 0 picks one per process)")
+        return self
 
 
 class DatabaseSettings(_Strict):
@@ -308,6 +316,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "RELAY_DATABASE_STARTUP_WAIT_SECONDS": ("database", "startup_wait_seconds"),
     "RELAY_HOST": ("server", "host"),
     "RELAY_PORT": ("server", "port"),
+    "RELAY_WORKERS": ("server", "workers"),
     "RELAY_ADMIN_API_KEY": ("server", "admin_api_key"),
     "RELAY_PUBLIC_URL": ("server", "public_url"),
     "RELAY_DISPATCH_LEASE_SECONDS": ("delivery", "lease_seconds"),

@@ -193,3 +193,73 @@ async def test_serve_waits_for_a_database_that_starts_late(tmp_path: Path) -> No
         assert b"database unreachable" in output
     finally:
         await asyncio.to_thread(pg.cleanup)
+
+
+async def test_workers_share_the_port_restart_and_stop_together(
+    tmp_path: Path, database_url: str
+) -> None:
+    """server.workers = 3: three processes answer on one port; a copy that dies is started
+    again; SIGTERM to the first stops them all, and it exits 0."""
+    port = free_port()
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f'[server]\nport = {port}\nadmin_api_key = "k"\nworkers = 3\n[[tenants]]\nid = "t"\n'
+    )
+    env = {**os.environ, "RELAY_CONFIG": str(config), "RELAY_DATABASE_URL": database_url}
+    process = await asyncio.create_subprocess_exec(
+        *RELAY, "api", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+    def copies() -> list[int]:
+        """The first process's children (the copies), from /proc."""
+        children = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(stat[1]) == process.pid:
+                    children.append(int(entry.name))
+        return children
+
+    try:
+        async with aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{port}"
+            await _wait_healthy(http, base)
+            async with asyncio.timeout(30):
+                while len(copies()) < 2:
+                    await asyncio.sleep(0.2)
+            ids = set()
+            for n in range(30):
+                async with http.post(
+                    f"{base}/api/v1/publish",
+                    json={"tenant_id": "t", "id": f"e{n}", "topic": "x", "data": {}},
+                    headers={"Authorization": "Bearer k", "Connection": "close"},
+                ) as resp:
+                    assert resp.status == 202
+                    ids.add((await resp.json())["id"])
+            assert len(ids) == 30
+
+            first = copies()
+            os.kill(first[0], signal.SIGKILL)
+            async with asyncio.timeout(30):
+                while True:
+                    now = copies()
+                    if len(now) == 2 and first[0] not in now:
+                        break
+                    await asyncio.sleep(0.2)
+            await _wait_healthy(http, base)
+        survivors = copies()
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, output.decode()[-2000:]
+    assert b"exited with -9; starting it again" in output
+    # The first process waited for its copies: none is left running.
+    assert not [pid for pid in survivors if _running(pid)]
+
+
+def _running(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
