@@ -1,8 +1,8 @@
 """More than one HTTP process on one port: `server.workers` (or `RELAY_WORKERS`).
 
-One Python process uses one core at most. Where that is the limit (more cores, a disk
-that commits fast; on the 2-core bench machine commit latency is the limit instead, see
-bench/RESULTS.md), more processes help. With ``workers = N`` the process started by the
+One Python process uses one core at most. Where that is the limit (more cores), more
+processes help; on the 2-core bench machine they gain little or nothing (see
+bench/RESULTS.md). With ``workers = N`` the process started by the
 user runs N-1 copies of itself, all listening on the same port with SO_REUSEPORT, so the
 kernel spreads connections over them. Each copy is an ordinary relay process: its own
 pool, group commit and (for ``serve``) dispatcher; relay never assumes it is alone, so
