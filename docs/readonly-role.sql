@@ -8,7 +8,9 @@
 --
 -- The views (docs/sql.md) run with their owner's rights, so the role needs no access to
 -- the tables behind them: it cannot read secrets, payloads or anything else, and it
--- cannot write. Run it again after upgrades that add views: it is idempotent.
+-- cannot write. One thing it does see: destination_health.url, the destinations' URLs.
+-- If yours carry credentials (a token in the query string), leave destination_health out
+-- of the GRANT below. Run it again after upgrades that add views: it is idempotent.
 
 \set ON_ERROR_STOP on
 \if :{?role}
