@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy import text
@@ -142,15 +143,22 @@ async def run_group_commit(app: web.Application) -> AsyncIterator[None]:
         await publisher.stop()
 
 
-async def run_housekeeping(app: web.Application) -> AsyncIterator[None]:
-    """Strays on deleted destinations, and retention (see relay.ops.housekeeping_loop)."""
-    task = asyncio.create_task(housekeeping_loop(app[ENGINE], app[SETTINGS].retention))
+@contextlib.asynccontextmanager
+async def background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run ``coro`` as a task for as long as the block lasts; then cancel and await it."""
+    task = asyncio.create_task(coro)
     try:
         yield
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def run_housekeeping(app: web.Application) -> AsyncIterator[None]:
+    """Strays on deleted destinations, and retention (see relay.ops.housekeeping_loop)."""
+    async with background(housekeeping_loop(app[ENGINE], app[SETTINGS].retention)):
+        yield
 
 
 def create_app(

@@ -313,9 +313,9 @@ GC_YOUNG_THRESHOLD = 50_000
 
 
 def _tune_gc() -> None:
-    """Once the server has started: move everything allocated so far (modules, config,
-    the app) out of the collector's sight, since it lives as long as the process, and
-    collect young objects less often (see GC_YOUNG_THRESHOLD)."""
+    """Before serving: move everything allocated so far (modules, config, the app) out of
+    the collector's sight, since it lives as long as the process, and collect young
+    objects less often (see GC_YOUNG_THRESHOLD)."""
     gc.collect()
     gc.freeze()
     _, older, oldest = gc.get_threshold()

@@ -17,7 +17,6 @@ all (each finishes its in-flight work) before it exits. A copy whose parent disa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -26,6 +25,8 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
+
+from relay.app import background
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,10 @@ class Workers:
         waited for, before this process stops its own parts."""
         for number in range(1, self.count + 1):
             self._start(number)
-        task = asyncio.create_task(self._watch())
         try:
-            yield
+            async with background(self._watch()):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await asyncio.to_thread(self._stop)
 
     async def _watch(self) -> None:
@@ -109,10 +107,5 @@ async def orphan_guard(app: web.Application) -> AsyncIterator[None]:
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
 
-    task = asyncio.create_task(watch())
-    try:
+    async with background(watch()):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
