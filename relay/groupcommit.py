@@ -7,6 +7,12 @@ once), and only then answers the waiting handlers. So a 202 still means "committ
 while two round trips and one commit are shared by everything that arrived meanwhile.
 A few writers run at once: while one commits, the next batch fills up.
 
+Routing reads come from a cache of the tenants' routes (RouteCache), so a group is
+usually one round trip: the write itself. It stays exact across processes: the write
+names the route version the cache holds, and inserts nothing if another process (or
+the config sync, or an operator in psql) has changed a tenant or destination since; the
+writer then reads the routes again and writes once more.
+
 A unit is all or nothing (the pod API's copies of one request). A unit that fails
 validation gets its error and is left out; the rest of the group goes on. If the group's
 statement fails anyway (a value PostgreSQL refuses, a trigger, a deadlock), each unit
@@ -27,12 +33,17 @@ from dataclasses import dataclass, replace
 
 import asyncpg
 
+from relay.db import publishing
 from relay.db.engine import asyncpg_url, is_connection_failure
-from relay.db.publishing import sqlstate
+from relay.db.publishing import DestinationRoute, StaleRoutes, sqlstate
 from relay.errors import BadRequest, RelayError
-from relay.publish import Event, Planned, Published, new_event_id, plan, write
+from relay.publish import Event, Planned, Published, new_event_id, plan_routed, write
 
 log = logging.getLogger(__name__)
+
+# Writes in a row that found the routes changed before the group gives up (503). Each
+# retry reads the routes afresh; only a storm of tenant/destination changes gets here.
+STALE_RETRIES = 5
 
 
 @dataclass(slots=True)
@@ -50,6 +61,7 @@ class GroupCommit:
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._pool: asyncpg.Pool | None = None
+        self.routes = RouteCache()
         # Transactions committed and events they carried (tests, and how well it groups).
         self.transactions = 0
         self.events = 0
@@ -147,18 +159,76 @@ class GroupCommit:
         COMMITTED), and one statement is already all or nothing."""
         assert self._pool is not None
         events = [event for unit in units for event in unit.events]
+        tenant_ids = {e.tenant_id for e in events}
         async with self._pool.acquire() as conn:
-            plans = iter(await plan(conn, events))
-            per_unit = [[next(plans) for _ in unit.events] for unit in units]
-            errors = [next((p for p in u if isinstance(p, RelayError)), None) for u in per_unit]
-            valid = [p for u, e in zip(per_unit, errors, strict=True) if e is None for p in u]
-            written = iter(await write(conn, [p for p in valid if isinstance(p, Planned)]))
+            for _ in range(STALE_RETRIES):
+                version, tenants, fresh = await self.routes.lookup(conn, tenant_ids)
+                plans = iter(plan_routed(tenants, events))
+                per_unit = [[next(plans) for _ in unit.events] for unit in units]
+                errors = [next((p for p in u if isinstance(p, RelayError)), None) for u in per_unit]
+                if not fresh and any(errors):
+                    # An error read from the cache (no such tenant, say) is answered only
+                    # from routes read now: nothing is written to check them against.
+                    self.routes.clear()
+                    continue
+                valid = [p for u, e in zip(per_unit, errors, strict=True) if e is None for p in u]
+                try:
+                    planned = [p for p in valid if isinstance(p, Planned)]
+                    written = iter(await write(conn, planned, route_version=version))
+                except StaleRoutes:
+                    self.routes.clear()
+                    continue
+                break
+            else:
+                raise ConnectionError("tenants and destinations keep changing; try again")
         self.transactions += 1
         self.events += len(valid)
         return [
             error if error is not None else [next(written) for _ in unit.events]
             for unit, error in zip(units, errors, strict=True)
         ]
+
+
+class RouteCache:
+    """Tenants' routes as of one route version (relay.route_version), read on demand.
+
+    Everything cached was read under ``version``; reading a tenant under a newer version
+    drops the rest. Callers pass the version to the write, which checks it in the same
+    snapshot as its inserts, so a cached route is never used once the change that made
+    it stale has committed.
+    """
+
+    def __init__(self, max_tenants: int = 10_000) -> None:
+        self.version: int | None = None
+        # Tenant id -> its live destinations, or None: no such live tenant.
+        self._tenants: dict[str, list[DestinationRoute] | None] = {}
+        self._max_tenants = max_tenants
+        self.reads = 0
+
+    def clear(self) -> None:
+        self.version = None
+        self._tenants.clear()
+
+    async def lookup(
+        self, conn: asyncpg.Connection, tenant_ids: set[str]
+    ) -> tuple[int, dict[str, list[DestinationRoute] | None], bool]:
+        """(version, tenant id -> routes or None, whether all were read just now)."""
+        fresh = False
+        while missing := sorted(tenant_ids - self._tenants.keys()):
+            routes = await publishing.tenant_routes(conn, missing)
+            self.reads += 1
+            fresh = len(missing) == len(tenant_ids)
+            if routes.version != self.version:
+                # What is cached was read under another version: it goes. If the group
+                # needed some of it, the loop reads every tenant of the group again.
+                self._tenants.clear()
+                self.version = routes.version
+            elif len(self._tenants) + len(missing) > self._max_tenants:
+                self._tenants.clear()
+            for tenant_id in missing:
+                self._tenants[tenant_id] = routes.tenants.get(tenant_id)
+        assert self.version is not None
+        return self.version, {t: self._tenants[t] for t in tenant_ids}, fresh
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

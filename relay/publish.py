@@ -143,7 +143,17 @@ async def plan(
     conn: asyncpg.Connection, events: Sequence[Event], *, topics: Sequence[str] = ()
 ) -> list[Planned | RelayError]:
     """Validate and route each event (reads only: one query for all the tenants)."""
-    tenants = await publishing.tenant_routes(conn, sorted({e.tenant_id for e in events}))
+    routes = await publishing.tenant_routes(conn, sorted({e.tenant_id for e in events}))
+    return plan_routed(routes.tenants, events, topics=topics)
+
+
+def plan_routed(
+    tenants: Mapping[str, Sequence[DestinationRoute] | None],
+    events: Sequence[Event],
+    *,
+    topics: Sequence[str] = (),
+) -> list[Planned | RelayError]:
+    """``plan`` with the tenants' routes at hand (a missing or None tenant: not found)."""
     plans: list[Planned | RelayError] = []
     for event in events:
         try:
@@ -189,9 +199,14 @@ def route_event(
     return [d for d in chosen if routing.filter_matches(filters.get(d), subject)]
 
 
-async def write(conn: asyncpg.Connection, plans: Sequence[Planned]) -> list[Published]:
+async def write(
+    conn: asyncpg.Connection, plans: Sequence[Planned], *, route_version: int | None = None
+) -> list[Published]:
     """Write planned events and their outbox rows: one statement for all of them, so on
     an autocommit connection the whole group is one round trip and one commit.
+
+    ``route_version``: the version of the routes the plans were made with (cached
+    routes); if the routes have changed since, StaleRoutes is raised and nothing written.
 
     An id already published for its tenant (earlier, or earlier in ``plans``) is a
     duplicate: nothing is written and the first publish's destinations are answered.
@@ -207,7 +222,7 @@ async def write(conn: asyncpg.Connection, plans: Sequence[Planned]) -> list[Publ
     # Events in key order too: two groups that share ids (a producer's retries racing)
     # then take their unique-index locks in the same order and cannot deadlock.
     rows = [_row(p) for p in sorted(first.values(), key=lambda p: p.key)]
-    seqs = await publishing.write_events(conn, rows, deliveries)
+    seqs = await publishing.write_events(conn, rows, deliveries, route_version)
     winners = {id(p) for p in first.values() if p.key in seqs}
     # Published before this call (or concurrently): ask the database. A repeat of an id
     # this call wrote is answered as the database would (its rows, in destination order).

@@ -30,7 +30,8 @@ async def route_pending(conn: asyncpg.Connection, limit: int = 500) -> int:
         events = await publishing.claim_unrouted(conn, limit)
         if not events:
             return 0
-        tenants = await publishing.tenant_routes(conn, sorted({e.tenant_id for e in events}))
+        routes = await publishing.tenant_routes(conn, sorted({e.tenant_id for e in events}))
+        tenants = routes.tenants
         rows: list[tuple[int, str, str]] = []
         for e in events:
             destinations = tenants.get(e.tenant_id)

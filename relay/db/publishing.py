@@ -26,14 +26,20 @@ from relay.db.outbox import NOTIFY_CHANNEL
 ROUTE_CHANNEL = "relay_route"
 
 # Live tenants among the given ids, each with its live destinations (none: one row of
-# NULLs) and their filters, in creation order (the order destination_ids come back in).
+# NULLs) and their filters, in creation order (the order destination_ids come back in);
+# and the route version they were read at (one row of NULLs but the version if no tenant
+# is found), from the same snapshot.
 TENANT_ROUTES = """
-    SELECT t.id AS tenant_id, d.id, d.topics, d.disabled_at IS NULL AS enabled,
-           NULLIF(d.filter, '{}'::jsonb)::text AS filter
-    FROM relay.tenants t
-    LEFT JOIN relay.destinations d ON d.tenant_id = t.id AND d.deleted_at IS NULL
-    WHERE t.id = ANY($1::text[]) AND t.deleted_at IS NULL
-    ORDER BY t.id, d.created_at, d.id
+    SELECT v.version, r.tenant_id, r.id, r.topics, r.enabled, r.filter
+    FROM relay.route_version v
+    LEFT JOIN (
+        SELECT t.id AS tenant_id, d.id, d.topics, d.disabled_at IS NULL AS enabled,
+               NULLIF(d.filter, '{}'::jsonb)::text AS filter, d.created_at
+        FROM relay.tenants t
+        LEFT JOIN relay.destinations d ON d.tenant_id = t.id AND d.deleted_at IS NULL
+        WHERE t.id = ANY($1::text[]) AND t.deleted_at IS NULL
+    ) r ON true
+    ORDER BY r.tenant_id, r.created_at, r.id
 """
 
 # Events and their outbox rows in one statement: on an autocommit connection, one round
@@ -43,8 +49,13 @@ TENANT_ROUTES = """
 # The wake-up is sent on commit, once, and only when rows were queued.
 # Rows cross as one JSON document each ($1 events, $2 deliveries): one text value to
 # encode instead of an array per column, which costs the driver per element.
+# $3: the route version the deliveries were routed at, or NULL. When the routes have
+# changed since (relay.route_version moved), nothing is written; one more row (seq NULL)
+# answers the version seen, so the caller can tell "stale" from "all repeats".
 WRITE_EVENTS = f"""
-    WITH inserted AS (
+    WITH current AS (
+        SELECT version FROM relay.route_version
+    ), inserted AS (
         INSERT INTO relay.events
             (tenant_id, id, topic, data, body, metadata, eligible_for_retry, destination_id,
              time)
@@ -53,6 +64,7 @@ WRITE_EVENTS = f"""
         FROM json_to_recordset($1::json) AS e(
             tenant_id text, id text, topic text, data text, body text, metadata text,
             eligible_for_retry boolean, destination_id text, time timestamptz)
+        WHERE $3::bigint IS NULL OR $3::bigint = (SELECT version FROM current)
         ON CONFLICT (tenant_id, id) DO NOTHING
         RETURNING seq, tenant_id, id
     ), queued AS (
@@ -68,7 +80,9 @@ WRITE_EVENTS = f"""
         SELECT pg_notify('{NOTIFY_CHANNEL}', '')
         FROM (SELECT 1 FROM queued LIMIT 1) AS any_queued
     )
-    SELECT seq, tenant_id, id, (SELECT count(*) FROM woken) AS woken FROM inserted
+    SELECT seq, tenant_id, id FROM inserted
+    UNION ALL
+    SELECT NULL, NULL, version::text FROM current WHERE (SELECT count(*) FROM woken) >= 0
 """
 
 # The destinations an already-published event went to (an idempotent repeat answers them).
@@ -104,6 +118,10 @@ MARK_ROUTED = """
 """
 
 
+class StaleRoutes(Exception):
+    """The routes a write was planned with changed before it: nothing was written."""
+
+
 @dataclass(frozen=True, slots=True)
 class DestinationRoute:
     id: str
@@ -137,28 +155,38 @@ class Unrouted:
     destination_id: str | None
 
 
-async def tenant_routes(
-    conn: asyncpg.Connection, tenant_ids: Sequence[str]
-) -> dict[str, list[DestinationRoute]]:
-    """Live tenant id -> its live destinations; a missing or deleted tenant is absent."""
+@dataclass(frozen=True, slots=True)
+class Routes:
+    # relay.route_version when these were read.
+    version: int
+    # Live tenant id -> its live destinations; a missing or deleted tenant is absent.
+    tenants: dict[str, list[DestinationRoute]]
+
+
+async def tenant_routes(conn: asyncpg.Connection, tenant_ids: Sequence[str]) -> Routes:
     found: dict[str, list[DestinationRoute]] = {}
-    for r in await conn.fetch(TENANT_ROUTES, list(tenant_ids)):
+    rows = await conn.fetch(TENANT_ROUTES, list(tenant_ids))
+    for r in rows:
+        if r["tenant_id"] is None:
+            continue
         routes = found.setdefault(r["tenant_id"], [])
         if r["id"] is not None:
             routes.append(DestinationRoute(r["id"], r["topics"], r["enabled"], r["filter"]))
-    return found
+    return Routes(rows[0]["version"], found)
 
 
 async def write_events(
     conn: asyncpg.Connection,
     events: Sequence[NewEvent],
     deliveries: Sequence[tuple[str, str, str]],
+    route_version: int | None = None,
 ) -> dict[tuple[str, str], int]:
     """Insert events, and outbox rows (tenant_id, event id, destination_id) for those that
     were new, in one statement; (tenant_id, id) -> seq for the new events (not repeats).
 
     ``deliveries`` must be in lock order (tenant, destination), as the dispatcher's health
-    update takes them: concurrent writers then cannot deadlock."""
+    update takes them: concurrent writers then cannot deadlock. With ``route_version``,
+    raises StaleRoutes (having written nothing) if the routes have changed since."""
     if not events:
         return {}
     rows = await conn.fetch(
@@ -169,8 +197,12 @@ async def write_events(
         orjson.dumps(
             [{"tenant_id": t, "id": i, "destination_id": d} for t, i, d in deliveries]
         ).decode(),
+        route_version,
     )
-    return {(r["tenant_id"], r["id"]): r["seq"] for r in rows}
+    seen = next(int(r["id"]) for r in rows if r["seq"] is None)
+    if route_version is not None and seen != route_version:
+        raise StaleRoutes(f"routes changed since read (version {route_version} -> {seen})")
+    return {(r["tenant_id"], r["id"]): r["seq"] for r in rows if r["seq"] is not None}
 
 
 def _event_json(e: NewEvent) -> dict[str, object]:
