@@ -225,7 +225,7 @@ async def write(
     seqs = await publishing.write_events(conn, rows, deliveries, route_version)
     winners = {id(p) for p in first.values() if p.key in seqs}
     # Published before this call (or concurrently): ask the database. A repeat of an id
-    # this call wrote is answered as the database would (its rows, in destination order).
+    # this call wrote gets the same answer as its first publish.
     earlier = [key for key, p in first.items() if id(p) not in winners]
     existing = await publishing.event_destinations(conn, earlier)
     answers: list[Published] = []
@@ -233,7 +233,7 @@ async def write(
         if id(p) in winners:
             answers.append(Published(p.id, False, p.destination_ids))
         elif p.key in seqs:
-            answers.append(Published(p.id, True, sorted(first[p.key].destination_ids)))
+            answers.append(Published(p.id, True, first[p.key].destination_ids))
         else:
             answers.append(Published(p.id, True, existing.get(p.key, [])))
     return answers

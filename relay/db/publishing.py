@@ -85,13 +85,15 @@ WRITE_EVENTS = f"""
     SELECT NULL, NULL, version::text FROM current WHERE (SELECT count(*) FROM woken) >= 0
 """
 
-# The destinations an already-published event went to (an idempotent repeat answers them).
+# The destinations an already-published event went to (an idempotent repeat answers
+# them), in the order the first answer gave them: the destinations' creation order.
 EVENT_DESTINATIONS = """
     SELECT e.tenant_id, e.id, d.destination_id
     FROM unnest($1::text[], $2::text[]) AS k(tenant_id, id)
     JOIN relay.events e ON e.tenant_id = k.tenant_id AND e.id = k.id
     JOIN relay.deliveries d ON d.event_seq = e.seq
-    ORDER BY d.id
+    LEFT JOIN relay.destinations t ON t.tenant_id = d.tenant_id AND t.id = d.destination_id
+    ORDER BY t.created_at, d.destination_id
 """
 
 INSERT_DELIVERIES = """

@@ -1,5 +1,6 @@
 """Group commit on the HTTP publish path: concurrent publishes share transactions, a 202
-is sent only after its event's commit, and one bad event does not fail its neighbours."""
+is sent only after its event's commit, one bad event does not fail its neighbours, and a
+repeated id gets the first publish's answer."""
 
 from __future__ import annotations
 
@@ -128,3 +129,26 @@ async def test_one_bad_event_does_not_fail_its_neighbours(server: Any, http: Any
     assert await db.fetchval("SELECT count(*) FROM relay.events") == CONCURRENT - len(bad)
     # At least one bad event shared a group with good ones, which were then written alone.
     assert server.app[PUBLISHER].split_groups >= 1
+
+
+async def test_a_repeat_is_answered_as_the_first_publish_was(
+    server: Any, http: Any, db: Any
+) -> None:
+    # Two more destinations, created one after the other in an order that is not
+    # alphabetical: answers list destinations in creation order.
+    for name in ("zeta", "alpha"):
+        await db.execute(
+            "INSERT INTO relay.destinations (tenant_id, id, topics, url, secret)"
+            " VALUES ('acme', $1, '{*}', 'https://example.com/hook', $2)",
+            name,
+            SECRET,
+        )
+    status, first = await post(http, server, order("evt-order"))
+    assert (status, first["destination_ids"]) == (202, ["orders", "zeta", "alpha"])
+    # Again later (answered from the database), and twice in one burst (one group).
+    answers = [await post(http, server, order("evt-order"))]
+    answers += await publish_all(http, server, [order("evt-burst"), order("evt-burst")])
+    assert [status for status, _ in answers] == [202, 202, 202]
+    assert answers[0][1] == first | {"duplicate": True}
+    burst = sorted((body for _, body in answers[1:]), key=lambda b: b["duplicate"])
+    assert [b["destination_ids"] for b in burst] == [["orders", "zeta", "alpha"]] * 2
