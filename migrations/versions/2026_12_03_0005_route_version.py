@@ -4,11 +4,11 @@ Foreign keys dropped: deliveries -> events, deliveries -> destinations, attempts
 deliveries. relay writes these rows itself (a delivery's event_seq comes from the event
 inserted by the same statement; an attempt belongs to the delivery its transaction
 updates), so the checks guarded only against a bug in relay or a row written by hand, at
-a price on every row: an index probe and a row lock on the parent. The lock on a shared destination row made
-concurrent publishers create MultiXacts; and a check planned while its parent table was
-still small (a new install) kept a sequential scan, so each publish got slower as events
-grew until autovacuum analysed the table. The relationships stay documented in
-docs/sql.md, and the indexes that serve them stay.
+a price on every row: an index probe and a row lock on the parent. The lock on a shared
+destination row made concurrent publishers create MultiXacts; and a check planned while
+its parent table was still small (a new install) kept a sequential scan, so each publish
+got slower as events grew until autovacuum analysed the table. The relationships stay
+documented in docs/sql.md, and the indexes that serve them stay.
 
 relay.route_version: one row whose version goes up, at commit, with every change to
 tenants or destinations that routing reads. A publisher caches routes under the version
