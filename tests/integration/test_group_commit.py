@@ -149,7 +149,8 @@ async def test_a_repeat_is_answered_as_the_first_publish_was(
         await db.execute(ADD_DESTINATION, "acme", name, SECRET)
     status, first = await post(http, server, order("evt-order"))
     assert (status, first["destination_ids"]) == (202, ["orders", "zeta", "alpha"])
-    # Again later (answered from the database), and twice in one burst (one group).
+    # Again later (answered from the database), and twice in one burst (as a rule in one
+    # group, where the repeat is answered from the first; else from the database).
     answers = [await post(http, server, order("evt-order"))]
     answers += await publish_all(http, server, [order("evt-burst"), order("evt-burst")])
     assert [status for status, _ in answers] == [202, 202, 202]
