@@ -16,7 +16,8 @@ import pytest
 from relay.appkeys import PUBLISHER
 from relay.errors import BadRequest
 from relay.publish import Event
-from tests.support.relay import admin_headers, make_settings
+from tests.support.relay import make_settings
+from tests.support.relay import post_publish as post
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 CONCURRENT = 60
@@ -37,13 +38,6 @@ async def server(start_relay: Any, database_url: str, receiver: Any) -> Any:
     ]
     # No dispatcher: these tests are about what publish commits, not about delivery.
     return await start_relay(make_settings(database_url, tenants=tenants), dispatcher=False)
-
-
-async def post(http: Any, server: Any, body: Any) -> tuple[int, Any]:
-    async with http.post(
-        server.make_url("/api/v1/publish"), json=body, headers=admin_headers()
-    ) as resp:
-        return resp.status, await resp.json()
 
 
 def order(event_id: str, **extra: Any) -> dict[str, Any]:

@@ -10,7 +10,8 @@ import pytest
 from standardwebhooks import Webhook
 
 from tests.support.receiver import Reply
-from tests.support.relay import admin_headers, make_settings
+from tests.support.relay import make_settings
+from tests.support.relay import post_publish as publish
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -25,13 +26,6 @@ def tenant_with(receiver_url: str, **dest: Any) -> list[dict[str, Any]]:
             ],
         }
     ]
-
-
-async def publish(http: Any, server: Any, body: Any, **kwargs: Any) -> tuple[int, Any]:
-    async with http.post(
-        server.make_url("/api/v1/publish"), headers=admin_headers(), **({"json": body} | kwargs)
-    ) as resp:
-        return resp.status, await resp.json()
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0) -> None:

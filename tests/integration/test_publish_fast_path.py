@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.relay import admin_headers, make_settings
+from tests.support.relay import make_settings
+from tests.support.relay import post_publish as post
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -29,13 +30,6 @@ async def server(start_relay: Any, database_url: str, db: Any, receiver: Any) ->
         {"id": "quiet"},
     ]
     return await start_relay(make_settings(database_url, tenants=tenants), dispatcher=False)
-
-
-async def post(http: Any, server: Any, body: Any) -> tuple[int, Any]:
-    async with http.post(
-        server.make_url("/api/v1/publish"), json=body, headers=admin_headers()
-    ) as resp:
-        return resp.status, await resp.json()
 
 
 async def test_a_time_without_offset_is_utc(server: Any, http: Any, db: Any) -> None:

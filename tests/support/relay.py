@@ -36,3 +36,11 @@ def make_settings(database_url: str, **sections: Any) -> Settings:
 
 def admin_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+async def post_publish(http: Any, server: Any, body: Any, **kwargs: Any) -> tuple[int, Any]:
+    """POST /api/v1/publish with the admin key; the status and the JSON answer."""
+    async with http.post(
+        server.make_url("/api/v1/publish"), headers=admin_headers(), **({"json": body} | kwargs)
+    ) as resp:
+        return resp.status, await resp.json()
