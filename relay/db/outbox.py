@@ -310,8 +310,7 @@ def claim_parameters(
     busy = [(key, count) for key, count in (in_flight or {}).items() if count > 0]
     return {
         "limit": limit,
-        # Room for the window to drop rows of destinations near their cap.
-        "scan": limit * 4,
+        "scan": claim_scan(limit, per_destination, [count for _, count in busy]),
         "per_destination": per_destination,
         "lease_seconds": lease_seconds,
         "token": token,
@@ -319,6 +318,20 @@ def claim_parameters(
         "busy_destinations": [d for (_, d), _ in busy],
         "busy_counts": [c for _, c in busy],
     }
+
+
+def claim_scan(limit: int, per_destination: int, busy_counts: Sequence[int]) -> int:
+    """How many due rows CLAIM_DUE locks to pick ``limit``. Pure.
+
+    The window drops a row only for a destination that would pass its cap; destinations
+    already at the cap are skipped before the scan. If no destination can pass it within
+    ``limit`` rows, ``limit`` is enough: every row locked beyond the ones claimed is a
+    wasted lock, and a WAL record. Otherwise the scan leaves room for dropped rows."""
+    # The least room left under the cap among destinations the scan may meet.
+    room = min(
+        [per_destination, *(per_destination - c for c in busy_counts if c < per_destination)]
+    )
+    return limit if room >= limit else limit * 4
 
 
 # The dispatcher's hot statements also run on a plain asyncpg connection: no pool
