@@ -35,7 +35,7 @@ MAX_DETAIL = 500
 _BASE_HEADERS = {"content-type": "application/json", "user-agent": USER_AGENT}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per attempt: not frozen, as outbox.Claimed
 class Outcome:
     success: bool
     started_at: datetime
@@ -181,6 +181,8 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
             break
         chunks.append(chunk)
         size += len(chunk)
+        if response.content.at_eof():
+            break  # the whole body is in (as a rule in one chunk): no read to learn it
     return b"".join(chunks)
 
 

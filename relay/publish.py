@@ -35,7 +35,9 @@ from relay.errors import NotFound, RelayError, ValidationFailed
 Connection: TypeAlias = AsyncConnection | asyncpg.Connection
 
 
-@dataclass(frozen=True, slots=True)
+# The publish path's values are built for every event: not frozen (a frozen dataclass
+# sets each field through object.__setattr__, about 3x slower). Never mutated.
+@dataclass(slots=True)
 class Event:
     tenant_id: str
     topic: str
@@ -50,7 +52,7 @@ class Event:
     body: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Published:
     id: str
     duplicate: bool
@@ -60,7 +62,7 @@ class Published:
         return {"id": self.id, "duplicate": self.duplicate, "destination_ids": self.destination_ids}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Planned:
     """A valid event with its id and the destinations it goes to; nothing written yet."""
 

@@ -264,7 +264,9 @@ UPDATE_HEALTH = text("""
 """)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, and this
+# one is built for every delivery (22 fields: 4.8 us frozen, 1.5 us not). Never mutated.
+@dataclass(slots=True)
 class Claimed:
     """A delivery this dispatcher holds, with what it needs to send it."""
 
@@ -442,7 +444,7 @@ async def release_claimed(conn: AsyncConnection, ids: Sequence[int], token: uuid
         await conn.execute(RELEASE_CLAIMED, {"ids": list(ids), "token": token})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per attempt: not frozen, as Claimed
 class Recorded:
     """An attempt's outcome and the delivery's next state, ready to be written."""
 

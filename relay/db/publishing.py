@@ -133,7 +133,7 @@ class DestinationRoute:
     filter: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per event: not frozen, as relay.publish.Event
 class NewEvent:
     tenant_id: str
     id: str
