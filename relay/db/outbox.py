@@ -51,7 +51,7 @@ CLAIM_DUE = text("""
                              CAST(:busy_counts AS int[]))
             AS b(tenant_id, destination_id, in_flight)
     ), candidates AS (
-        SELECT d.id, d.tenant_id, d.destination_id, d.next_attempt_at
+        SELECT d.id, d.tenant_id, d.destination_id, d.next_attempt_at, d.manual
         FROM relay.deliveries d
         WHERE d.status = 'pending' AND d.next_attempt_at <= now()
           AND NOT EXISTS (
@@ -66,8 +66,8 @@ CLAIM_DUE = text("""
         LIMIT :scan
         FOR UPDATE OF d SKIP LOCKED
     ), due AS (
-        SELECT id FROM (
-            SELECT c.id, c.next_attempt_at,
+        SELECT id, manual FROM (
+            SELECT c.id, c.next_attempt_at, c.manual,
                    COALESCE(b.in_flight, 0) + row_number() OVER (
                        PARTITION BY c.tenant_id, c.destination_id
                        ORDER BY c.next_attempt_at, c.id) AS slot
@@ -78,8 +78,6 @@ CLAIM_DUE = text("""
         WHERE slot <= :per_destination
         ORDER BY next_attempt_at
         LIMIT :limit
-    ), claimed AS (
-        SELECT d.id, d.manual FROM relay.deliveries d JOIN due USING (id)
     )
     UPDATE relay.deliveries d
     SET status = 'delivering',
@@ -88,11 +86,11 @@ CLAIM_DUE = text("""
         claim_token = :token,
         lease_expires_at = now() + make_interval(secs => :lease_seconds),
         updated_at = now()
-    FROM claimed, relay.events e, relay.destinations t
-    WHERE d.id = claimed.id AND e.seq = d.event_seq
+    FROM due, relay.events e, relay.destinations t
+    WHERE d.id = due.id AND e.seq = d.event_seq
       AND t.tenant_id = d.tenant_id AND t.id = d.destination_id
     RETURNING d.id, d.attempts, d.tenant_id, d.destination_id,
-              claimed.manual, e.seq AS event_seq, e.id AS event_id, e.topic,
+              due.manual, e.seq AS event_seq, e.id AS event_id, e.topic,
               COALESCE(e.body, e.data)::text AS body,
               e.metadata::text AS metadata, e.eligible_for_retry, e.time,
               e.created_at AS published_at,
