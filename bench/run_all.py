@@ -796,21 +796,24 @@ async def bench_latency(b: Bench) -> None:
 # --- 4. scale --------------------------------------------------------------------------------
 
 
-async def claim_cost(url: str, samples: int) -> list[float]:
-    """Milliseconds for relay's claim statement (batch 200) with the pending backlog due;
-    each claim is rolled back so every sample sees the same table."""
-    engine = create_engine(url, pool_size=1)
-    times = []
+async def claim_cost(urls: list[str], samples: int) -> list[list[float]]:
+    """Milliseconds for relay's claim statement (batch 200) with the pending backlog due,
+    on each database in turn (interleaved, so drifting load hits them alike); each claim
+    is rolled back so every sample sees the same table. The first two of each are warm-up."""
+    engines = [create_engine(url, pool_size=1) for url in urls]
+    times: list[list[float]] = [[] for _ in urls]
     try:
         for _ in range(samples + 2):
-            async with engine.connect() as conn:
-                start = time.perf_counter()
-                await outbox.claim_due(conn, limit=200, lease_seconds=60, token=uuid.uuid4())
-                times.append((time.perf_counter() - start) * 1000)
-                await conn.rollback()
+            for engine, own in zip(engines, times, strict=True):
+                async with engine.connect() as conn:
+                    start = time.perf_counter()
+                    await outbox.claim_due(conn, limit=200, lease_seconds=60, token=uuid.uuid4())
+                    own.append((time.perf_counter() - start) * 1000)
+                    await conn.rollback()
     finally:
-        await engine.dispose()
-    return times[2:]
+        for engine in engines:
+            await engine.dispose()
+    return [own[2:] for own in times]
 
 
 async def bench_scale(b: Bench) -> None:
@@ -818,8 +821,7 @@ async def bench_scale(b: Bench) -> None:
     sizes = [10_000, 50_000] if b.quick else [100_000, 1_000_000]
     seconds = 1 if b.quick else 5
     print(f"4. scale (history {sizes}, {pending:,} pending)", flush=True)
-    rps_by_size: dict[int, list[float]] = {}
-    claim_by_size: dict[int, list[float]] = {}
+    urls: list[str] = []
     for size in sizes:
         url = await b.fresh_db()
         start = time.monotonic()
@@ -828,16 +830,28 @@ async def bench_scale(b: Bench) -> None:
             f"  seeded {size:,} delivered + {pending:,} pending in {time.monotonic() - start:.0f}s",
             flush=True,
         )
-        claim_by_size[size] = await claim_cost(url, 5 if b.quick else 20)
-        port = free_port()
-        with process(
-            [RELAY, "--config", str(b.config(url, 1)), "api"],
-            env={"RELAY_PORT": str(port)},
-            log="relay_api_scale",
-        ) as proc:
+        urls.append(url)
+    # Both sizes are measured side by side, sample by sample and run by run: measured
+    # minutes apart, the machine's drifting load showed up as a difference between them.
+    claims = await claim_cost(urls, 5 if b.quick else 20)
+    claim_by_size = dict(zip(sizes, claims, strict=True))
+    rps_by_size: dict[int, list[float]] = {size: [] for size in sizes}
+    with contextlib.ExitStack() as stack:
+        ports: dict[int, int] = {}
+        for size, url in zip(sizes, urls, strict=True):
+            port = ports[size] = free_port()
+            proc = stack.enter_context(
+                process(
+                    [RELAY, "--config", str(b.config(url, 1)), "api"],
+                    env={"RELAY_PORT": str(port)},
+                    log="relay_api_scale",
+                )
+            )
             wait_port(port, proc)
             wrk(port, 1)
-            rps_by_size[size] = [wrk(port, seconds)["rps"] for _ in range(b.runs)]
+        for _ in range(b.runs):
+            for size in sizes:
+                rps_by_size[size].append(wrk(ports[size], seconds)["rps"])
     small, large = sizes
     b.add(
         Figure(
