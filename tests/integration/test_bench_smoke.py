@@ -94,7 +94,8 @@ async def test_seeding_gives_history_and_claimable_backlog(db: Any, database_url
     assert counts == {"pending": 50, "delivered": 20}
     assert await db.fetchval("SELECT count(*) FROM relay.attempts") == 20
     # The claim-cost probe rolls back: the backlog is still there afterwards.
-    assert len(await run_all.claim_cost(database_url, samples=2)) == 2
+    (samples,) = await run_all.claim_cost([database_url], samples=2)
+    assert len(samples) == 2
     assert await db.fetchval("SELECT count(*) FROM relay.deliveries WHERE status = 'pending'") == 50
 
 
