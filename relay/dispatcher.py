@@ -15,8 +15,8 @@
   one transaction instead of one of its own. Destination health (consecutive failures,
   410 Gone, auto-disable) is updated in the same transaction.
 - Every loop survives the database going away: it logs, waits and tries again.
-- Stopping: no more claims, in-flight deliveries get a grace period, the rest are
-  released untried, and every outcome we have is written.
+- Stopping: no more claims, in-flight deliveries get a grace period, the rest go back to
+  pending with an ``interrupted`` attempt row each, and every outcome we have is written.
 """
 
 from __future__ import annotations
@@ -167,7 +167,8 @@ class Dispatcher:
 
     async def stop(self) -> None:
         """Stop claiming, let in-flight deliveries finish within the grace period,
-        give back what did not finish, and write every outcome we have."""
+        give back what did not finish (each with an ``interrupted`` attempt row), and
+        write every outcome we have."""
         self._stopping.set()
         self._wake.set()
         if self._timer is not None:
@@ -319,8 +320,9 @@ class Dispatcher:
                 allowed_networks=self.allowed_networks,
             )
         except asyncio.CancelledError:
-            # Shutdown cut this attempt short: hand the row back untried.
-            await asyncio.shield(self._release([claimed.id]))
+            # Shutdown cut this attempt short. The request may have reached the receiver:
+            # the try becomes an attempt row and the delivery goes back to pending.
+            await asyncio.shield(self._release_interrupted([claimed.id]))
             raise
         except Exception as exc:  # a bug: record it as a failed try, not a stuck row
             log.exception("delivery %d failed unexpectedly", claimed.id)
@@ -339,11 +341,13 @@ class Dispatcher:
             self._unjudged[claimed.destination] += 1
         self._outcomes.put_nowait(decide(claimed, outcome, self.policy))
 
-    async def _release(self, ids: list[int]) -> None:
+    async def _release_interrupted(self, ids: list[int]) -> None:
         try:
             async with self.engine.begin() as conn:
-                await outbox.release_claimed(conn, ids, self.token)
-            self.stats.released_on_stop += len(ids)
+                released = await outbox.release_interrupted(conn, ids, self.token)
+            # Not `+= await ...`: that reads the count before awaiting, and the tasks
+            # cut short at once would overwrite each other's.
+            self.stats.released_on_stop += released
         except Exception as exc:  # the lease will expire and return them anyway
             log.warning("could not release %d claimed deliveries: %s", len(ids), _brief(exc))
         for id in ids:

@@ -116,51 +116,68 @@ EXTEND_LEASES = text("""
     bindparam("lease_seconds", type_=Float),
 )
 
+# A try that was cut short becomes an attempt row, so "what happened to event X?" shows
+# it, and its delivery goes back to pending. The request may or may not have reached the
+# receiver, which dedupes on webhook-id. The claim stamped updated_at, so it tells when
+# the lost try started. `picked` (a CTE each statement below defines) selects the rows,
+# locked, with id and claimed_at.
+_RETURN_AS_ATTEMPT = """
+    released AS (
+        UPDATE relay.deliveries d
+        SET status = 'pending', claim_token = NULL, lease_expires_at = NULL,
+            next_attempt_at = now(), last_error = :code, updated_at = now()
+        FROM picked
+        WHERE d.id = picked.id
+        RETURNING d.id, d.event_seq, d.tenant_id, d.destination_id, d.attempts,
+                  picked.claimed_at
+    )
+    INSERT INTO relay.attempts
+        (delivery_id, event_seq, tenant_id, destination_id, number, status, error_code,
+         error_detail, duration_ms, started_at)
+    SELECT id, event_seq, tenant_id, destination_id, attempts, 'failed', :code, :detail,
+           LEAST(extract(epoch FROM now() - claimed_at) * 1000, 2147483647)::int,
+           claimed_at
+    FROM released
+    RETURNING delivery_id
+"""
+
 # A dispatcher that died (or lost the database for longer than its lease) gives its rows
-# back. The lost try becomes an attempt row, so "what happened to event X?" shows it; the
-# request may or may not have reached the receiver, which dedupes on webhook-id. The
-# claim stamped updated_at, so it tells when the lost try started.
-RELEASE_EXPIRED = text("""
-    WITH expired AS (
+# back when any dispatcher finds their lease run out.
+RELEASE_EXPIRED = text(
+    """
+    WITH picked AS (
         SELECT id, updated_at AS claimed_at FROM relay.deliveries
         WHERE status = 'delivering' AND lease_expires_at < now()
         ORDER BY lease_expires_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
-    ), released AS (
-        UPDATE relay.deliveries d
-        SET status = 'pending', claim_token = NULL, lease_expires_at = NULL,
-            next_attempt_at = now(), last_error = 'lease_expired', updated_at = now()
-        FROM expired
-        WHERE d.id = expired.id
-        RETURNING d.id, d.event_seq, d.tenant_id, d.destination_id, d.attempts,
-                  expired.claimed_at
-    )
-    INSERT INTO relay.attempts
-        (delivery_id, event_seq, tenant_id, destination_id, number, status, error_code,
-         error_detail, duration_ms, started_at)
-    SELECT id, event_seq, tenant_id, destination_id, attempts, 'failed', 'lease_expired',
-           :detail,
-           LEAST(extract(epoch FROM now() - claimed_at) * 1000, 2147483647)::int,
-           claimed_at
-    FROM released
-    RETURNING delivery_id
-""")
+    ),"""
+    + _RETURN_AS_ATTEMPT
+)
 
 LEASE_EXPIRED_DETAIL = (
     "the dispatcher holding this delivery stopped (or lost the database) before recording "
     "an outcome; the request may have reached the receiver, and it will be sent again"
 )
 
-# Give back claimed rows that were never attempted (shutdown); their try did not happen.
-RELEASE_CLAIMED = text("""
-    UPDATE relay.deliveries
-    SET status = 'pending', claim_token = NULL, lease_expires_at = NULL,
-        attempts = attempts - 1, updated_at = now()
-    WHERE id = ANY(:ids) AND claim_token = :token AND status = 'delivering'
-""").bindparams(
+# A stopping dispatcher gives back the tries its grace period cut short (still ours).
+RELEASE_INTERRUPTED = text(
+    """
+    WITH picked AS (
+        SELECT id, updated_at AS claimed_at FROM relay.deliveries
+        WHERE id = ANY(:ids) AND claim_token = :token AND status = 'delivering'
+        ORDER BY id
+        FOR UPDATE
+    ),"""
+    + _RETURN_AS_ATTEMPT
+).bindparams(
     bindparam("ids", type_=ARRAY(BigInteger)),
     bindparam("token", type_=UUID(as_uuid=True)),
+)
+
+INTERRUPTED_DETAIL = (
+    "relay stopped before the receiver answered (the shutdown grace period ran out); the "
+    "request may have reached the receiver, and it will be sent again"
 )
 
 # Record a batch of outcomes in one statement. Every attempt becomes a row, even when
@@ -433,13 +450,22 @@ async def extend_leases(
 
 async def release_expired(conn: AsyncConnection, limit: int = 1000) -> int:
     """Return rows whose lease ran out to pending, with a ``lease_expired`` attempt each."""
-    result = await conn.execute(RELEASE_EXPIRED, {"limit": limit, "detail": LEASE_EXPIRED_DETAIL})
+    result = await conn.execute(
+        RELEASE_EXPIRED, {"limit": limit, "code": "lease_expired", "detail": LEASE_EXPIRED_DETAIL}
+    )
     return len(result.all())
 
 
-async def release_claimed(conn: AsyncConnection, ids: Sequence[int], token: uuid.UUID) -> None:
-    if ids:
-        await conn.execute(RELEASE_CLAIMED, {"ids": list(ids), "token": token})
+async def release_interrupted(conn: AsyncConnection, ids: Sequence[int], token: uuid.UUID) -> int:
+    """Return rows we hold whose try was cut short (shutdown) to pending, with an
+    ``interrupted`` attempt each; how many."""
+    if not ids:
+        return 0
+    result = await conn.execute(
+        RELEASE_INTERRUPTED,
+        {"ids": list(ids), "token": token, "code": "interrupted", "detail": INTERRUPTED_DETAIL},
+    )
+    return len(result.all())
 
 
 @dataclass(slots=True)  # one per attempt: not frozen, as Claimed

@@ -301,8 +301,44 @@ async def test_sigterm_past_the_grace_period_releases_what_is_in_flight(
 
     process.proc.send_signal(signal.SIGTERM)
     assert await process.exited(timeout=10) == 0, process.log
-    # The cut-short tries are given back untried: pending, attempt count restored.
+    # The five requests reached the receiver, so each cut-short try is an attempt row:
+    # failed, "interrupted", and its delivery pending again (attempt 1 spent).
     assert await by_status(db)() == {"pending": 20}
-    assert await db.fetchval("SELECT max(attempts) FROM relay.deliveries") == 0
-    assert await db.fetchval("SELECT count(*) FROM relay.attempts") == 0
+    attempts = await db.fetch(
+        "SELECT a.number, a.status, a.error_code, a.http_status, a.duration_ms, "
+        "d.attempts, d.last_error, d.claim_token, d.next_attempt_at <= now() AS due "
+        "FROM relay.attempts a JOIN relay.deliveries d ON d.id = a.delivery_id"
+    )
+    assert len(attempts) == 5
+    for row in attempts:
+        assert (row["number"], row["status"], row["error_code"], row["http_status"]) == (
+            1,
+            "failed",
+            "interrupted",
+            None,
+        )
+        assert (row["attempts"], row["last_error"], row["claim_token"], row["due"]) == (
+            1,
+            "interrupted",
+            None,
+            True,
+        )
+        assert row["duration_ms"] >= 400  # from the claim until the grace period ran out
     assert process.stats()["released_on_stop"] == 5
+
+    # The next dispatcher sends them again, as attempt 2, under the same webhook-id.
+    receiver.reply = lambda n, path: Reply()
+    again = await dispatchers("dispatch", config)
+
+    async def all_delivered() -> bool:
+        return (await by_status(db)()).get("delivered", 0) == 20
+
+    await wait_until(all_delivered, timeout=30)
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM relay.attempts WHERE number = 2 AND status = 'success'"
+        )
+        == 5
+    )
+    again.proc.send_signal(signal.SIGTERM)
+    assert await again.exited(timeout=15) == 0, again.log
