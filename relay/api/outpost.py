@@ -1,8 +1,9 @@
 """The Outpost-compatible API under /api/v1 (contract: Hookdeck Outpost's OpenAPI).
 
 This module holds publish, health, topics, destination types and the OpenAPI document,
-and composes the rest: tenants.py, destinations.py, logs.py (events and attempts) and
-retry.py. What relay implements is described by openapi.json, served as it is.
+and composes the rest: tenants.py, destinations.py, logs.py (events and attempts),
+aggregates.py (metrics) and retry.py. What relay implements is described by openapi.json,
+served as it is.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 from sqlalchemy import text
 
-from relay.api import destinations, logs, retry, tenants
+from relay.api import aggregates, destinations, logs, retry, tenants
 from relay.api.auth import authenticate, require_admin
 from relay.api.errors import json_response
 from relay.api.rawjson import member_span
@@ -200,3 +201,4 @@ def setup(app: web.Application) -> None:
     app.add_routes(destinations.routes)
     app.add_routes(logs.routes)
     app.add_routes(retry.routes)
+    app.add_routes(aggregates.routes)

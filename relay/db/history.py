@@ -146,7 +146,7 @@ class TimeRange:
     lt: datetime | None = None
 
 
-class _Where:
+class Where:
     """Collects the conditions (and their typed parameters) a query actually uses."""
 
     def __init__(self) -> None:
@@ -157,8 +157,12 @@ class _Where:
     def add(self, condition: str, **params: tuple[Any, Any]) -> None:
         self.conditions.append(condition)
         for name, (value, type_) in params.items():
-            self.params[name] = value
-            self.types[name] = type_
+            self.bind(name, value, type_)
+
+    def bind(self, name: str, value: Any, type_: Any) -> None:
+        """A parameter the statement uses outside the conditions (a LIMIT, say)."""
+        self.params[name] = value
+        self.types[name] = type_
 
     def any_of(self, column: str, name: str, values: Sequence[str]) -> None:
         if len(values) == 1:
@@ -246,8 +250,8 @@ def _event(row: Row[Any]) -> EventRow:
     )
 
 
-def _event_where(f: EventFilter) -> _Where:
-    where = _Where()
+def _event_where(f: EventFilter) -> Where:
+    where = Where()
     where.any_of("e.tenant_id", "tenant_ids", f.tenant_ids)
     where.any_of("e.id", "ids", f.ids)
     where.any_of("e.topic", "topics", f.topics)
@@ -370,8 +374,8 @@ def _attempt(row: Row[Any]) -> AttemptRow:
     )
 
 
-def _attempt_where(f: AttemptFilter) -> _Where:
-    where = _Where()
+def _attempt_where(f: AttemptFilter) -> Where:
+    where = Where()
     where.any_of("a.tenant_id", "tenant_ids", f.tenant_ids)
     where.any_of("a.destination_id", "destination_ids", f.destination_ids)
     where.any_of("e.id", "event_ids", f.event_ids)
@@ -382,7 +386,7 @@ def _attempt_where(f: AttemptFilter) -> _Where:
     return where
 
 
-def _attempts_sql(where: _Where, order: str, with_data: bool) -> Any:
+def _attempts_sql(where: Where, order: str, with_data: bool) -> Any:
     data = "e.data::text" if with_data else "NULL::text"
     return where.statement(ATTEMPTS.format(data=data, where=where.sql(), order=order))
 

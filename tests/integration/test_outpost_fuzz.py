@@ -87,7 +87,10 @@ def query_values(
     name = param["name"]
     schema = resolve(param.get("schema", {}), spec)
     if param.get("style") == "deepObject":
-        ops = st.lists(st.sampled_from(["gte", "lte", "gt", "lt", "eq"]), max_size=2, unique=True)
+        # The object's own keys (time[gte] for listings, time[start] for metrics), and
+        # one it does not have.
+        keys = list(schema.get("properties", {})) or ["gte", "lte", "gt", "lt"]
+        ops = st.lists(st.sampled_from([*keys, "eq"]), max_size=len(keys) + 1, unique=True)
         return ops.flatmap(
             lambda chosen: st.tuples(
                 *[DATES.map(lambda v, o=o: (f"{name}[{o}]", v)) for o in chosen]

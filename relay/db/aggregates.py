@@ -1,0 +1,223 @@
+"""Aggregates over history, for Outpost's metrics API (GET /metrics/events, /attempts).
+
+Nothing is precomputed: each query is one GROUP BY over relay.events (events, joined to
+relay.deliveries when a destination is asked about) or relay.attempts (joined to
+relay.events when a topic is), bounded by a time range the indexes on ``events.time``
+and ``attempts.started_at`` serve. Buckets are in UTC; weeks start on Monday. Only
+buckets with rows are returned.
+
+Dimension and measure names come from the fixed tables below, never from the request;
+values are bound parameters.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import Boolean, Integer
+
+from relay.db.history import TimeRange, Where
+
+# Rows a query returns at most; one more tells it was truncated.
+ROW_LIMIT = 100_000
+
+# --- granularity ---------------------------------------------------------------------
+
+_GRANULARITY = re.compile(r"^([1-9][0-9]*)([smhdwM])$")
+_UNIT_MAX = {"s": 60, "m": 60, "h": 24, "d": 31, "w": 4, "M": 12}
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True, slots=True)
+class Granularity:
+    count: int
+    unit: str  # s m h d w M
+
+    @property
+    def text(self) -> str:
+        return f"{self.count}{self.unit}"
+
+
+def parse_granularity(text: str) -> Granularity:
+    """``<number><unit>``: s (1-60), m (1-60), h (1-24), d (1-31), w (1-4), M (1-12). Pure;
+    ValueError says what is wrong."""
+    match = _GRANULARITY.match(text)
+    if match is None:
+        raise ValueError(f"must be <number><unit> with unit s, m, h, d, w or M (got {text!r})")
+    count, unit = int(match.group(1)), match.group(2)
+    if count > _UNIT_MAX[unit]:
+        raise ValueError(f"{unit} takes 1 to {_UNIT_MAX[unit]} (got {text!r})")
+    return Granularity(count, unit)
+
+
+def bucket_sql(column: str, g: Granularity) -> str:
+    """The SQL expression for the start of the bucket ``column`` falls in. Pure."""
+    if g.unit == "M":
+        # Months since 1970-01 (UTC), floored to a multiple of the count, computed on a
+        # timestamp without time zone so the session's zone plays no part.
+        utc = f"({column} AT TIME ZONE 'UTC')"
+        months = (
+            f"((extract(year FROM {utc})::int - 1970) * 12 + extract(month FROM {utc})::int - 1)"
+            f" / {g.count} * {g.count}"
+        )
+        return f"((timestamp '1970-01-01' + make_interval(months => {months})) AT TIME ZONE 'UTC')"
+    # 1970-01-05 was a Monday: week buckets start on Mondays, the others at 00:00 UTC.
+    origin = "1970-01-05 00:00:00+00" if g.unit == "w" else "1970-01-01 00:00:00+00"
+    seconds = g.count * _UNIT_SECONDS[g.unit]
+    return f"date_bin(interval '{seconds} seconds', {column}, timestamptz '{origin}')"
+
+
+def bucket_seconds(
+    start: datetime, g: Granularity | None, window: tuple[datetime, datetime]
+) -> float:
+    """How long a bucket starting at ``start`` lasts (the rate measures' divisor); without
+    a granularity, the whole window. Pure."""
+    if g is None:
+        return (window[1] - window[0]).total_seconds()
+    if g.unit != "M":
+        return float(g.count * _UNIT_SECONDS[g.unit])
+    year, month, days = start.year, start.month, 0
+    for _ in range(g.count):
+        days += calendar.monthrange(year, month)[1]
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return float(days * 86400)
+
+
+# --- queries -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    start: datetime
+    end: datetime
+    granularity: Granularity | None = None
+    dimensions: Sequence[str] = ()
+    # Dimension name -> the values it must take (already validated for its type).
+    filters: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    time_bucket: datetime | None
+    dimensions: dict[str, str]
+    # Every aggregate this kind of query computes; the API picks the requested ones.
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    buckets: list[Bucket]
+    truncated: bool
+
+
+EVENT_DIMENSIONS = {
+    "tenant_id": "e.tenant_id",
+    "topic": "e.topic",
+    "destination_id": "d.destination_id",
+}
+
+ATTEMPT_DIMENSIONS = {
+    "tenant_id": "a.tenant_id",
+    "destination_id": "a.destination_id",
+    # relay has webhook destinations only.
+    "destination_type": "'webhook'",
+    "topic": "e.topic",
+    "status": "a.status",
+    # As the attempts API spells an attempt's code: the HTTP status, else the error code.
+    "code": "COALESCE(a.http_status::text, a.error_code, '')",
+    "manual": "CASE WHEN a.manual THEN 'true' ELSE 'false' END",
+    "attempt_number": "a.number::text",
+}
+
+_ATTEMPT_AGGREGATES = """
+    count(*) AS count,
+    count(*) FILTER (WHERE a.status = 'success') AS successful_count,
+    count(*) FILTER (WHERE a.status = 'failed') AS failed_count,
+    count(*) FILTER (WHERE a.number = 1) AS first_attempt_count,
+    count(*) FILTER (WHERE a.number > 1) AS retry_count,
+    count(*) FILTER (WHERE a.manual) AS manual_retry_count,
+    avg(a.number)::float8 AS avg_attempt_number"""
+
+
+async def event_metrics(conn: AsyncConnection, q: Query) -> Result:
+    """Events published in the window (by event time); with a destination dimension or
+    filter, each (event, destination it was routed to) counts once."""
+    by_destination = "destination_id" in q.dimensions or "destination_id" in q.filters
+    source = "relay.events e"
+    if by_destination:
+        source += " JOIN relay.deliveries d ON d.event_seq = e.seq"
+    where = Where()
+    where.time("e.time", TimeRange(gte=q.start, lt=q.end))
+    for name, values in q.filters.items():
+        where.any_of(EVENT_DIMENSIONS[name], f"f_{name}", values)
+    return await _aggregate(conn, q, source, "e.time", EVENT_DIMENSIONS, "count(*) AS count", where)
+
+
+async def attempt_metrics(conn: AsyncConnection, q: Query) -> Result:
+    """Delivery attempts started in the window."""
+    source = "relay.attempts a"
+    if "topic" in q.dimensions or "topic" in q.filters:
+        source += " JOIN relay.events e ON e.seq = a.event_seq"
+    where = Where()
+    where.time("a.started_at", TimeRange(gte=q.start, lt=q.end))
+    for name, values in q.filters.items():
+        if name == "destination_type":
+            if "webhook" not in values:
+                return Result([], False)
+        elif name == "manual":
+            where.add(
+                "a.manual = ANY(:f_manual)",
+                f_manual=([v == "true" for v in values], ARRAY(Boolean)),
+            )
+        elif name == "attempt_number":
+            numbers = [int(v) for v in values]
+            where.add(
+                "a.number = ANY(:f_attempt_number)", f_attempt_number=(numbers, ARRAY(Integer))
+            )
+        else:
+            where.any_of(ATTEMPT_DIMENSIONS[name], f"f_{name}", values)
+    return await _aggregate(
+        conn, q, source, "a.started_at", ATTEMPT_DIMENSIONS, _ATTEMPT_AGGREGATES, where
+    )
+
+
+async def _aggregate(
+    conn: AsyncConnection,
+    q: Query,
+    source: str,
+    time_column: str,
+    dimensions: Mapping[str, str],
+    aggregates: str,
+    where: Where,
+) -> Result:
+    keys: list[str] = []
+    if q.granularity is not None:
+        keys.append(f"{bucket_sql(time_column, q.granularity)} AS time_bucket")
+    keys += [f"{dimensions[name]} AS dim_{i}" for i, name in enumerate(q.dimensions)]
+    positions = ", ".join(str(n) for n in range(1, len(keys) + 1))
+    grouping = f"GROUP BY {positions} ORDER BY {positions}" if keys else ""
+    where.bind("row_limit", ROW_LIMIT + 1, Integer)
+    sql = f"""
+        SELECT {", ".join([*keys, aggregates])}
+        FROM {source}
+        WHERE {where.sql()}
+        {grouping}
+        LIMIT :row_limit
+    """
+    rows = (await conn.execute(where.statement(sql), where.params)).mappings().all()
+    buckets = []
+    for row in rows[:ROW_LIMIT]:
+        values = dict(row)
+        time_bucket = values.pop("time_bucket", None)
+        dims = {name: values.pop(f"dim_{i}") for i, name in enumerate(q.dimensions)}
+        if q.granularity is None and not q.dimensions and values["count"] == 0:
+            continue  # an aggregate without GROUP BY has a row even when nothing matched
+        buckets.append(Bucket(time_bucket, dims, values))
+    return Result(buckets, truncated=len(rows) > ROW_LIMIT)
