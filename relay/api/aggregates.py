@@ -4,7 +4,8 @@ Counts over history by time bucket and dimension (relay/db/aggregates.py does th
 Parameters as Outpost's clients send them: ``time[start]`` / ``time[end]`` (deepObject),
 ``measures`` and ``dimensions`` repeated or in bracket notation, ``filters[<name>]``
 likewise. A tenant token sees its own tenant only, and may not ask for ``tenant_id`` as a
-dimension or filter (403, as Outpost answers).
+dimension or filter (403, as Outpost answers). Rates are per second of the part of each
+bucket inside the window (of the whole window without a granularity).
 
 Not the Prometheus endpoint: that is ``GET /metrics`` (relay/api/metrics.py).
 """
@@ -48,7 +49,7 @@ ATTEMPT_MEASURES = (
 # Rate measures: the count they divide by the bucket's length in seconds.
 RATES = {"rate": "count", "successful_rate": "successful_count", "failed_rate": "failed_count"}
 
-_FILTER_KEY = re.compile(r"^filters\[([^\]]*)\](?:\[\d*\])?$")
+_FILTER_KEY = re.compile(r"filters\[([^\]]*)\](?:\[\d*\])?")
 
 
 @routes.get(PREFIX + "/metrics/events")
@@ -147,13 +148,15 @@ def _filters(request: web.Request, allowed: Sequence[str]) -> dict[str, list[str
     for key, value in request.query.items():
         if not key.startswith("filters"):
             continue
-        match = _FILTER_KEY.match(key)
+        match = _FILTER_KEY.fullmatch(key)
         if match is None or match.group(1) not in allowed:
             raise BadRequest(
                 f"{key} is not a filter here; filters[<name>] takes one of {', '.join(allowed)}",
                 data=[key],
             )
         name = match.group(1)
+        if not value:
+            continue  # as params.multi: an empty value asks for nothing
         _check_filter_value(key, name, value)
         values = found.setdefault(name, [])
         if value not in values:

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.types import Boolean, Integer
+from sqlalchemy.types import Boolean, Integer, Text
 
 from relay.db.history import TimeRange, Where
 
@@ -30,7 +30,7 @@ ROW_LIMIT = 100_000
 
 # --- granularity ---------------------------------------------------------------------
 
-_GRANULARITY = re.compile(r"^([1-9][0-9]*)([smhdwM])$")
+_GRANULARITY = re.compile(r"([1-9][0-9]*)([smhdwM])")
 _UNIT_MAX = {"s": 60, "m": 60, "h": 24, "d": 31, "w": 4, "M": 12}
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -48,7 +48,7 @@ class Granularity:
 def parse_granularity(text: str) -> Granularity:
     """``<number><unit>``: s (1-60), m (1-60), h (1-24), d (1-31), w (1-4), M (1-12). Pure;
     ValueError says what is wrong."""
-    match = _GRANULARITY.match(text)
+    match = _GRANULARITY.fullmatch(text)
     if match is None:
         raise ValueError(f"must be <number><unit> with unit s, m, h, d, w or M (got {text!r})")
     count, unit = int(match.group(1)), match.group(2)
@@ -63,10 +63,11 @@ def bucket_sql(column: str, g: Granularity) -> str:
         # Months since 1970-01 (UTC), floored to a multiple of the count, computed on a
         # timestamp without time zone so the session's zone plays no part.
         utc = f"({column} AT TIME ZONE 'UTC')"
-        months = (
+        since = (
             f"((extract(year FROM {utc})::int - 1970) * 12 + extract(month FROM {utc})::int - 1)"
-            f" / {g.count} * {g.count}"
         )
+        # floor(), not integer division, which rounds toward zero before 1970.
+        months = f"floor({since}::numeric / {g.count})::int * {g.count}"
         return f"((timestamp '1970-01-01' + make_interval(months => {months})) AT TIME ZONE 'UTC')"
     # 1970-01-05 was a Monday: week buckets start on Mondays, the others at 00:00 UTC.
     origin = "1970-01-05 00:00:00+00" if g.unit == "w" else "1970-01-01 00:00:00+00"
@@ -77,17 +78,22 @@ def bucket_sql(column: str, g: Granularity) -> str:
 def bucket_seconds(
     start: datetime, g: Granularity | None, window: tuple[datetime, datetime]
 ) -> float:
-    """How long a bucket starting at ``start`` lasts (the rate measures' divisor); without
+    """The rate measures' divisor: how much of the window the bucket starting at ``start``
+    covers (a bucket cut by either end of the window counts only its part inside); without
     a granularity, the whole window. Pure."""
     if g is None:
         return (window[1] - window[0]).total_seconds()
     if g.unit != "M":
-        return float(g.count * _UNIT_SECONDS[g.unit])
-    year, month, days = start.year, start.month, 0
-    for _ in range(g.count):
-        days += calendar.monthrange(year, month)[1]
-        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return float(days * 86400)
+        length = float(g.count * _UNIT_SECONDS[g.unit])
+    else:
+        year, month, days = start.year, start.month, 0
+        for _ in range(g.count):
+            days += calendar.monthrange(year, month)[1]
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+        length = float(days * 86400)
+    inside_from = max(start, window[0])
+    inside_to = min(start.timestamp() + length, window[1].timestamp())
+    return max(inside_to - inside_from.timestamp(), 0.0)
 
 
 # --- queries -------------------------------------------------------------------------
@@ -147,16 +153,23 @@ _ATTEMPT_AGGREGATES = """
 
 
 async def event_metrics(conn: AsyncConnection, q: Query) -> Result:
-    """Events published in the window (by event time); with a destination dimension or
-    filter, each (event, destination it was routed to) counts once."""
-    by_destination = "destination_id" in q.dimensions or "destination_id" in q.filters
+    """Events published in the window (by event time). With destination_id as a
+    dimension, each (event, destination it was routed to) counts once; as a filter alone,
+    each event routed to any of them counts once (as the /events listing filters)."""
     source = "relay.events e"
-    if by_destination:
+    if "destination_id" in q.dimensions:
         source += " JOIN relay.deliveries d ON d.event_seq = e.seq"
     where = Where()
     where.time("e.time", TimeRange(gte=q.start, lt=q.end))
     for name, values in q.filters.items():
-        where.any_of(EVENT_DIMENSIONS[name], f"f_{name}", values)
+        if name == "destination_id" and "destination_id" not in q.dimensions:
+            where.add(
+                "EXISTS (SELECT 1 FROM relay.deliveries d WHERE d.event_seq = e.seq"
+                " AND d.destination_id = ANY(:f_destination_id))",
+                f_destination_id=(list(values), ARRAY(Text)),
+            )
+        else:
+            where.any_of(EVENT_DIMENSIONS[name], f"f_{name}", values)
     return await _aggregate(conn, q, source, "e.time", EVENT_DIMENSIONS, "count(*) AS count", where)
 
 
@@ -199,7 +212,10 @@ async def _aggregate(
 ) -> Result:
     keys: list[str] = []
     if q.granularity is not None:
-        keys.append(f"{bucket_sql(time_column, q.granularity)} AS time_bucket")
+        # Clamped: a bucket starting before year 1 (an event dated then) cannot be read
+        # back into Python.
+        bucket = bucket_sql(time_column, q.granularity)
+        keys.append(f"GREATEST({bucket}, timestamptz '0001-01-01 00:00:00+00') AS time_bucket")
     keys += [f"{dimensions[name]} AS dim_{i}" for i, name in enumerate(q.dimensions)]
     positions = ", ".join(str(n) for n in range(1, len(keys) + 1))
     grouping = f"GROUP BY {positions} ORDER BY {positions}" if keys else ""

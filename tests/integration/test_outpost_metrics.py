@@ -112,6 +112,16 @@ async def test_event_counts_by_topic_and_destination(sdk: Outpost, history: dict
         ("globex", history["globex/ok"]): {"count": 1},
     }
 
+    # As a filter alone, an event routed to both destinations counts once (as /events).
+    either = await sdk.metrics.get_event_metrics_async(
+        request={
+            "time": window(),
+            "measures": "count",
+            "filters[destination_id]": [history["acme/ok"], history["acme/bad"]],
+        }
+    )
+    assert [p.metrics for p in either.data or []] == [{"count": 5}]
+
     # Nothing in another window.
     long_ago = {"start": datetime(2020, 1, 1, tzinfo=UTC), "end": datetime(2020, 1, 2, tzinfo=UTC)}
     empty = await sdk.metrics.get_event_metrics_async(
@@ -281,6 +291,8 @@ async def test_bad_parameters_are_400s_that_name_them(
         ("1M", "2026-03-31T23:00:00Z", "2026-03-01T00:00:00Z"),
         ("3M", "2026-05-15T00:00:00Z", "2026-04-01T00:00:00Z"),
         ("12M", "2026-05-15T00:00:00Z", "2026-01-01T00:00:00Z"),
+        # Before 1970 the month count is negative: still floored, not rounded to zero.
+        ("3M", "1969-11-15T00:00:00Z", "1969-10-01T00:00:00Z"),
     ],
 )
 async def test_buckets_are_utc_and_weeks_start_on_monday(
@@ -295,3 +307,25 @@ async def test_buckets_are_utc_and_weeks_start_on_monday(
         datetime.fromisoformat(at),
     )
     assert found == datetime.fromisoformat(bucket)
+
+
+async def test_an_event_dated_in_year_one_gets_a_bucket_not_a_500(
+    sdk: Outpost, relay: Any, http: Any
+) -> None:
+    await sdk.tenants.upsert_async(tenant_id="acme")
+    await sdk.publish_async(
+        request={"tenant_id": "acme", "data": {}, "time": datetime(1, 1, 2, tzinfo=UTC)}
+    )
+    query = (
+        "time[start]=0001-01-01T00:00:00Z&time[end]=0001-02-01T00:00:00Z"
+        "&measures=count&granularity=3w"
+    )
+    async with http.get(
+        relay.make_url(f"/api/v1/metrics/events?{query}"), headers=admin_headers()
+    ) as resp:
+        body = await resp.json()
+    assert resp.status == 200, body
+    # date_bin puts it in a bucket that starts before year 1: clamped to the year's start.
+    assert [(p["time_bucket"], p["metrics"]) for p in body["data"]] == [
+        ("0001-01-01T00:00:00Z", {"count": 1})
+    ]
