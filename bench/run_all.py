@@ -666,6 +666,15 @@ async def bench_delivery(b: Bench) -> None:
                         if proc.returncode != 0:
                             raise RuntimeError("PgQueuer failed; see bench/out/pgqueuer.log")
                     results["PgQueuer"].append(rate)
+    # Each round ran relay, the loop and PgQueuer back to back: their ratios round by round
+    # show how much of a median ratio is the machine's drift.
+    for other in ("minimal batched loop", "PgQueuer"):
+        if results[other]:
+            pairs = zip(results["relay dispatch"], results[other], strict=True)
+            b.notes.append(
+                f"delivery: relay dispatch / {other}, round by round: "
+                + ", ".join(f"{r / o:.2f}x" for r, o in pairs)
+            )
     loop = median(results["minimal batched loop"])
     relay_runs = results["relay dispatch"]
     b.add(
