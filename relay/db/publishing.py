@@ -82,7 +82,10 @@ WRITE_EVENTS = f"""
     )
     SELECT seq, tenant_id, id FROM inserted
     UNION ALL
-    SELECT NULL, NULL, version::text FROM current WHERE (SELECT count(*) FROM woken) >= 0
+    SELECT NULL, NULL, version::text FROM current
+    -- Always true; it is there to read woken, which PostgreSQL would otherwise skip (a
+    -- SELECT CTE that nothing reads is never run).
+    WHERE (SELECT count(*) FROM woken) >= 0
 """
 
 # The destinations an already-published event went to (an idempotent repeat answers
