@@ -48,6 +48,9 @@ class Metrics:
             ["api"],
             registry=self.registry,
         )
+        # Bound once: labels() looks the child up on every call, and these run per publish.
+        self.published_outpost = self.published.labels("outpost")
+        self.published_pod = self.published.labels("pod")
         self.deliveries = Counter(
             "relay_deliveries",
             "Deliveries that reached a final state in this process: delivered or failed "

@@ -192,8 +192,7 @@ def route_event(
 
     The one routing rule for HTTP, Python and SQL publishes (the router calls it too).
     """
-    candidates = [routing.Candidate(d.id, d.topics, d.enabled) for d in destinations]
-    chosen = routing.route(candidates, topic, destination_id)
+    chosen = routing.route(destinations, topic, destination_id)
     filters = {d.id: orjson.loads(d.filter) for d in destinations if d.filter and d.id in chosen}
     if not filters:
         return chosen

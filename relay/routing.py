@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import Protocol
 
 
 def topic_matches(pattern: str, topic: str) -> bool:
@@ -39,13 +39,15 @@ def any_topic_matches(patterns: Iterable[str], topic: str) -> bool:
     return any(topic_matches(pattern, topic) for pattern in patterns)
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A destination as routing sees it."""
+class Candidate(Protocol):
+    """A destination as routing sees it (relay.db.publishing.DestinationRoute is one)."""
 
-    id: str
-    topics: Sequence[str]
-    enabled: bool
+    @property
+    def id(self) -> str: ...
+    @property
+    def topics(self) -> Sequence[str]: ...
+    @property
+    def enabled(self) -> bool: ...
 
 
 def route(

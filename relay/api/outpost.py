@@ -98,7 +98,7 @@ async def publish_event(request: web.Request) -> web.Response:
     (result,) = await request.app[PUBLISHER].publish([event])
     # The transaction has committed: only now is the event acknowledged.
     if not result.duplicate:
-        request.app[METRICS].published.labels("outpost").inc()
+        request.app[METRICS].published_outpost.inc()
     return json_response(result.as_json(), status=202)
 
 

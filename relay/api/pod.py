@@ -240,7 +240,7 @@ async def publish_to_pods(request: web.Request) -> web.Response:
     await request.app[PUBLISHER].publish(written)
     # Committed: the events and their outbox rows are durable.
     # One event row per receiving tenant, as in relay.events.
-    request.app[METRICS].published.labels("pod").inc(len(written))
+    request.app[METRICS].published_pod.inc(len(written))
     urls = [event_url(base, event_id) for event_id in ids]
     payload: object = [{"id": url} for url in urls] if is_array else {"id": urls[0]}
     return json_response(payload, status=201, headers={"Location": urls[0]})
