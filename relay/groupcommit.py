@@ -2,10 +2,9 @@
 
 Each request's events are a unit; handlers submit units and wait. A writer takes every
 unit queued, routes them together (one read), writes every event and outbox row with
-one statement on an autocommit connection, and only then answers the waiting handlers
-and pokes the Waker (relay/wakeup.py), which NOTIFYs the dispatchers after the commit.
-So a 202 still means "committed", while two round trips and one commit are shared by
-everything that arrived meanwhile.
+one statement on an autocommit connection (its implicit commit NOTIFYs the dispatchers
+once), and only then answers the waiting handlers. So a 202 still means "committed",
+while two round trips and one commit are shared by everything that arrived meanwhile.
 A few writers run at once: while one commits, the next batch fills up.
 
 Routing reads come from a cache of the tenants' routes (RouteCache), so a group is
@@ -39,7 +38,6 @@ from relay.db.engine import asyncpg_url, is_connection_failure
 from relay.db.publishing import DestinationRoute, StaleRoutes, sqlstate
 from relay.errors import BadRequest, RelayError
 from relay.publish import Event, Planned, Published, new_event_id, plan_routed, write
-from relay.wakeup import Waker
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +61,6 @@ class GroupCommit:
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._pool: asyncpg.Pool | None = None
-        self.waker: Waker | None = None
         self.routes = RouteCache()
         # Transactions committed and events they carried (tests, and how well it groups).
         self.transactions = 0
@@ -73,18 +70,15 @@ class GroupCommit:
 
     async def start(self) -> None:
         # min_size=0: nothing to connect at start, and a dead connection is simply replaced.
-        # One connection more than writers: the Waker's.
         self._pool = asyncpg.create_pool(
             asyncpg_url(self._url),
             min_size=0,
-            max_size=self._writers + 1,
+            max_size=self._writers,
             timeout=5,
             command_timeout=30,
             reset=_keep_session,
         )
         await self._pool
-        self.waker = Waker(self._pool)
-        self.waker.start()
         self._tasks = [asyncio.create_task(self._writer()) for _ in range(self._writers)]
 
     async def stop(self) -> None:
@@ -97,8 +91,6 @@ class GroupCommit:
             if not unit.answer.done():
                 unit.answer.set_exception(ConnectionError("relay is shutting down"))
         self._queue.clear()
-        if self.waker is not None:
-            await self.waker.stop()
         if self._pool is not None:
             await self._pool.close()
 
@@ -182,19 +174,15 @@ class GroupCommit:
                 valid = [p for u, e in zip(per_unit, errors, strict=True) if e is None for p in u]
                 try:
                     planned = [p for p in valid if isinstance(p, Planned)]
-                    published = await write(conn, planned, route_version=version, notify=False)
+                    written = iter(await write(conn, planned, route_version=version))
                 except StaleRoutes:
                     self.routes.clear()
                     continue
                 break
             else:
                 raise ConnectionError("tenants and destinations keep changing; try again")
-        # Committed (autocommit). Dispatchers are woken only if outbox rows were queued.
-        if self.waker is not None and any(p.destination_ids and not p.duplicate for p in published):
-            self.waker.poke()
         self.transactions += 1
         self.events += len(valid)
-        written = iter(published)
         return [
             error if error is not None else [next(written) for _ in unit.events]
             for unit, error in zip(units, errors, strict=True)

@@ -201,18 +201,13 @@ def route_event(
 
 
 async def write(
-    conn: asyncpg.Connection,
-    plans: Sequence[Planned],
-    *,
-    route_version: int | None = None,
-    notify: bool = True,
+    conn: asyncpg.Connection, plans: Sequence[Planned], *, route_version: int | None = None
 ) -> list[Published]:
     """Write planned events and their outbox rows: one statement for all of them, so on
     an autocommit connection the whole group is one round trip and one commit.
 
     ``route_version``: the version of the routes the plans were made with (cached
     routes); if the routes have changed since, StaleRoutes is raised and nothing written.
-    ``notify``: wake the dispatchers on commit (else the caller does, after it).
 
     An id already published for its tenant (earlier, or earlier in ``plans``) is a
     duplicate: nothing is written and the first publish's destinations are answered.
@@ -228,7 +223,7 @@ async def write(
     # Events in key order too: two groups that share ids (a producer's retries racing)
     # then take their unique-index locks in the same order and cannot deadlock.
     rows = [_row(p) for p in sorted(first.values(), key=lambda p: p.key)]
-    seqs = await publishing.write_events(conn, rows, deliveries, route_version, notify=notify)
+    seqs = await publishing.write_events(conn, rows, deliveries, route_version)
     winners = {id(p) for p in first.values() if p.key in seqs}
     # Published before this call (or concurrently): ask the database. A repeat of an id
     # this call wrote gets the same answer as its first publish.

@@ -46,10 +46,7 @@ TENANT_ROUTES = """
 # trip and one implicit transaction for a whole group (no BEGIN, no COMMIT). routed_at
 # defaults to now(): these events are routed as they are written. The deliveries go to
 # the events that were new, in the order given (lock order); a repeat id inserts nothing.
-# With $4 true, the wake-up is sent on commit, once, and only when rows were queued.
-# (Group commit passes false and wakes the dispatchers itself after the commit: a
-# transaction that NOTIFYs holds a database-wide lock from its commit until the commit
-# is flushed, so notifying writers commit one at a time. See relay/wakeup.py.)
+# The wake-up is sent on commit, once, and only when rows were queued.
 # Rows cross as one JSON document each ($1 events, $2 deliveries): one text value to
 # encode instead of an array per column, which costs the driver per element.
 # $3: the route version the deliveries were routed at, or NULL. When the routes have
@@ -82,7 +79,6 @@ WRITE_EVENTS = f"""
     ), woken AS (
         SELECT pg_notify('{NOTIFY_CHANNEL}', '')
         FROM (SELECT 1 FROM queued LIMIT 1) AS any_queued
-        WHERE $4::boolean
     )
     SELECT seq, tenant_id, id FROM inserted
     UNION ALL
@@ -189,17 +185,13 @@ async def write_events(
     events: Sequence[NewEvent],
     deliveries: Sequence[tuple[str, str, str]],
     route_version: int | None = None,
-    *,
-    notify: bool = True,
 ) -> dict[tuple[str, str], int]:
     """Insert events, and outbox rows (tenant_id, event id, destination_id) for those that
     were new, in one statement; (tenant_id, id) -> seq for the new events (not repeats).
 
     ``deliveries`` must be in lock order (tenant, destination), as the dispatcher's health
     update takes them: concurrent writers then cannot deadlock. With ``route_version``,
-    raises StaleRoutes (having written nothing) if the routes have changed since.
-    ``notify``: wake the dispatchers on commit if outbox rows were queued; a caller that
-    passes False wakes them itself once the transaction has committed."""
+    raises StaleRoutes (having written nothing) if the routes have changed since."""
     if not events:
         return {}
     rows = await conn.fetch(
@@ -211,7 +203,6 @@ async def write_events(
             [{"tenant_id": t, "id": i, "destination_id": d} for t, i, d in deliveries]
         ).decode(),
         route_version,
-        notify,
     )
     seen = next(int(r["id"]) for r in rows if r["seq"] is None)
     if route_version is not None and seen != route_version:
