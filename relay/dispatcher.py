@@ -348,6 +348,8 @@ class Dispatcher:
             # Not `+= await ...`: that reads the count before awaiting, and the tasks
             # cut short at once would overwrite each other's.
             self.stats.released_on_stop += released
+            if self.metrics is not None:
+                self.metrics.attempts.labels("interrupted").inc(released)
         except Exception as exc:  # the lease will expire and return them anyway
             log.warning("could not release %d claimed deliveries: %s", len(ids), _brief(exc))
         for id in ids:
@@ -497,6 +499,9 @@ class Dispatcher:
             self.lease_upkeep_at = time.monotonic()
             if released:
                 self.stats.released_expired += released
+                if self.metrics is not None:
+                    # Each became a failed attempt row; the counter agrees with the table.
+                    self.metrics.attempts.labels("lease_expired").inc(released)
                 log.warning(
                     "released %d deliveries whose lease expired (a dispatcher stopped "
                     "without recording them); they will be sent again",

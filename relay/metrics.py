@@ -60,8 +60,9 @@ class Metrics:
         )
         self.attempts = Counter(
             "relay_attempts",
-            "Delivery attempts made by this process, by outcome (success, http_4xx, "
-            "http_5xx, timeout, connection_refused, ...).",
+            "Delivery attempts recorded by this process, by outcome (success, http_4xx, "
+            "http_5xx, timeout, connection_refused, ...; lease_expired and interrupted for "
+            "tries cut short, as in relay.attempts).",
             ["outcome"],
             registry=self.registry,
         )

@@ -7,6 +7,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay.appkeys import METRICS
 from tests.support.receiver import Reply
 from tests.support.relay import admin_headers, make_settings
 
@@ -102,3 +103,45 @@ async def test_metrics_match_the_database(
         "WHERE status = 'pending'"
     )
     assert abs(m[("relay_outbox_oldest_pending_age_seconds", ())] - float(oldest)) < 1.0
+
+
+async def test_tries_cut_short_are_counted_as_their_attempt_rows_say(
+    start_relay: Any, http: Any, receiver: Any, database_url: str, db: Any
+) -> None:
+    """A lease another dispatcher let expire, and a try this one's shutdown cut short:
+    each becomes a failed attempt row, and relay_attempts_total counts it alike."""
+    receiver.reply = lambda n, path: Reply(delay=30)
+    tenants = [{"id": "acme", "destinations": [{"id": "slow", "url": receiver.url()}]}]
+    settings = make_settings(
+        database_url,
+        tenants=tenants,
+        delivery={"lease_seconds": 0.4, "shutdown_grace_seconds": 0.2},
+    )
+    api = await start_relay(settings, dispatcher=False)
+    for n in range(2):
+        body = {"id": f"e{n}", "tenant_id": "acme", "data": {"n": n}}
+        async with http.post(
+            api.make_url("/api/v1/publish"), json=body, headers=admin_headers()
+        ) as resp:
+            assert resp.status == 202
+    # e0 was claimed by a dispatcher that died: its lease ran out a minute ago.
+    await db.execute(
+        """UPDATE relay.deliveries d SET status = 'delivering', attempts = 1,
+               claim_token = gen_random_uuid(), lease_expires_at = now() - interval '1 minute'
+           FROM relay.events e WHERE e.seq = d.event_seq AND e.id = 'e0'"""
+    )
+
+    server = await start_relay(settings)
+    await receiver.wait_for(2, timeout=15)  # e1, and e0 once released
+    m = await scrape(http, server)
+    assert m[("relay_attempts_total", (("outcome", "lease_expired"),))] == 1
+    await server.close()  # both in flight: the grace period cuts them short
+
+    codes = dict(
+        await db.fetch("SELECT error_code, count(*) FROM relay.attempts GROUP BY error_code")
+    )
+    assert codes == {"lease_expired": 1, "interrupted": 2}
+    # The server is closed: read its registry directly.
+    registry = server.app[METRICS].registry
+    for code, count in codes.items():
+        assert registry.get_sample_value("relay_attempts_total", {"outcome": code}) == count
