@@ -139,7 +139,8 @@ ATTEMPT_DIMENSIONS = {
     # As the attempts API spells an attempt's code: the HTTP status, else the error code.
     "code": "COALESCE(a.http_status::text, a.error_code, '')",
     "manual": "CASE WHEN a.manual THEN 'true' ELSE 'false' END",
-    "attempt_number": "a.number::text",
+    # Grouped and ordered as the number it is (2 before 10); answered as text.
+    "attempt_number": "a.number",
 }
 
 _ATTEMPT_AGGREGATES = """
@@ -232,7 +233,7 @@ async def _aggregate(
     for row in rows[:ROW_LIMIT]:
         values = dict(row)
         time_bucket = values.pop("time_bucket", None)
-        dims = {name: values.pop(f"dim_{i}") for i, name in enumerate(q.dimensions)}
+        dims = {name: str(values.pop(f"dim_{i}")) for i, name in enumerate(q.dimensions)}
         if q.granularity is None and not q.dimensions and values["count"] == 0:
             continue  # an aggregate without GROUP BY has a row even when nothing matched
         buckets.append(Bucket(time_bucket, dims, values))

@@ -329,3 +329,23 @@ async def test_an_event_dated_in_year_one_gets_a_bucket_not_a_500(
     assert [(p["time_bucket"], p["metrics"]) for p in body["data"]] == [
         ("0001-01-01T00:00:00Z", {"count": 1})
     ]
+
+
+async def test_attempt_numbers_group_in_numeric_order(
+    sdk: Outpost, history: dict[str, str], db: Any
+) -> None:
+    # Later tries of one of the history's deliveries: 2 and 10 (as text, 10 sorts first).
+    await db.execute(
+        """
+        INSERT INTO relay.attempts
+            (delivery_id, event_seq, tenant_id, destination_id, number, status, duration_ms,
+             started_at)
+        SELECT delivery_id, event_seq, tenant_id, destination_id, n, 'failed', 1, started_at
+        FROM (SELECT * FROM relay.attempts ORDER BY id LIMIT 1) a, unnest('{10, 2}'::int[]) n
+        """
+    )
+    result = await sdk.metrics.get_attempt_metrics_async(
+        request={"time": window(), "measures": "count", "dimensions": ["attempt_number"]}
+    )
+    points = [(p.dimensions or {}).get("attempt_number") for p in result.data or []]
+    assert points == ["1", "2", "10"]
