@@ -862,6 +862,11 @@ async def bench_scale(b: Bench) -> None:
             for size in sizes:
                 rps_by_size[size].append(wrk(ports[size], seconds)["rps"])
     small, large = sizes
+    pairs = zip(rps_by_size[large], rps_by_size[small], strict=True)
+    b.notes.append(
+        f"scale: publish with {large:,} / with {small:,} rows of history, round by round: "
+        + ", ".join(f"{a:,.0f} / {b_:,.0f} = {a / b_:.2f}x" for a, b_ in pairs)
+    )
     b.add(
         Figure(
             "scale",

@@ -107,3 +107,20 @@ def test_profile_summary_groups_samples_by_package(tmp_path: Path, monkeypatch: 
     )
     summary = run_all.summarize_profile("p")
     assert "| aiohttp | 75% |" in summary and "| relay | 25% |" in summary
+
+
+@pytest.mark.slow
+def test_cpu_cost_drains_and_reports_per_delivery() -> None:
+    """bench/cpu_cost.py, the experiment tool the analysis quotes: a tiny drain of each."""
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "cpu_cost.py"), "delivery", "--rounds", "1", "--total", "300"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    for worker in ("relay", "loop"):
+        reports = [line for line in lines if line.startswith(f"round 0 {worker} ")]
+        assert len(reports) == 1 and "µs/delivery" in reports[0], result.stdout
+    assert any("WAL records per delivery" in line for line in lines)
