@@ -3,6 +3,9 @@
 Tenant tokens are what Outpost issues: HS256, ``iss`` "outpost", ``sub`` the tenant id,
 valid for 24 hours. They are signed with ``server.jwt_secret``, or with a key derived
 from the admin key when that is unset (rotating the admin key then revokes them all).
+relay adds one claim, ``relay_tenant``: when the tenant was created, in microseconds, so
+that a token never outlives its tenant, even one deleted and re-created within the
+second it was issued in.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import hmac
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import jwt
 from aiohttp import web
@@ -83,7 +87,20 @@ def jwt_key(settings: Settings) -> bytes | None:
     return None
 
 
-def issue_tenant_token(settings: Settings, tenant_id: str, now: float | None = None) -> str:
+# The claim naming the tenant's incarnation (its created_at, microseconds since 1970).
+INCARNATION = "relay_tenant"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def incarnation(created_at: datetime) -> int:
+    """A tenant's creation time as exact integer microseconds (no float rounding)."""
+    return (created_at - _EPOCH) // timedelta(microseconds=1)
+
+
+def issue_tenant_token(
+    settings: Settings, tenant_id: str, created_at: datetime, now: float | None = None
+) -> str:
+    """A token for the tenant created at ``created_at`` (its current incarnation)."""
     key = jwt_key(settings)
     if key is None:
         raise Unauthorized("no admin API key or jwt_secret is configured")
@@ -93,11 +110,27 @@ def issue_tenant_token(settings: Settings, tenant_id: str, now: float | None = N
         "sub": tenant_id,
         "iat": issued,
         "exp": issued + TOKEN_LIFETIME_SECONDS,
+        INCARNATION: incarnation(created_at),
     }
     return jwt.encode(claims, key, algorithm=ALGORITHM)
 
 
-def _tenant_from_token(settings: Settings, token: str) -> tuple[str, int] | None:
+@dataclass(frozen=True, slots=True)
+class _TokenClaims:
+    tenant_id: str
+    issued: int
+    # None in tokens from relay versions before the claim existed.
+    incarnation: int | None
+
+    def fits(self, created_at: datetime) -> bool:
+        """Was this token issued for the tenant incarnation created at ``created_at``?"""
+        if self.incarnation is not None:
+            return self.incarnation == incarnation(created_at)
+        # Older tokens: issued no earlier than the incarnation's second.
+        return self.issued >= int(created_at.timestamp())
+
+
+def _tenant_from_token(settings: Settings, token: str) -> _TokenClaims | None:
     key = jwt_key(settings)
     if key is None or token.count(".") != 2:
         return None
@@ -111,10 +144,12 @@ def _tenant_from_token(settings: Settings, token: str) -> tuple[str, int] | None
         )
     except jwt.PyJWTError:
         return None
-    subject, issued = claims.get("sub"), claims.get("iat")
+    subject, issued, created = claims.get("sub"), claims.get("iat"), claims.get(INCARNATION)
     if not isinstance(subject, str) or not subject or not isinstance(issued, int):
         return None
-    return subject, issued
+    if created is not None and not isinstance(created, int):
+        return None
+    return _TokenClaims(subject, issued, created)
 
 
 async def authenticate(request: web.Request) -> Caller:
@@ -134,12 +169,11 @@ async def authenticate(request: web.Request) -> Caller:
     decoded = _tenant_from_token(settings, token)
     if decoded is None:
         raise Unauthorized("invalid API key or tenant token")
-    tenant_id, issued = decoded
     async with request.app[ENGINE].connect() as conn:
-        created = await live_tenant_created_at(conn, tenant_id)
-    if created is None or issued < int(created.timestamp()):
+        created = await live_tenant_created_at(conn, decoded.tenant_id)
+    if created is None or not decoded.fits(created):
         raise Unauthorized("this tenant token is no longer valid: its tenant was deleted")
-    return Caller(tenant_id)
+    return Caller(decoded.tenant_id)
 
 
 def require_admin(request: web.Request) -> None:

@@ -134,7 +134,8 @@ async def tenant_token(request: web.Request) -> web.Response:
     require_admin(request)
     tenant_id = request.match_info["tenant_id"]
     async with request.app[ENGINE].connect() as conn:
-        if await admin.get_tenant(conn, tenant_id) is None:
-            raise NotFound(f"tenant {tenant_id!r} not found")
-    token = issue_tenant_token(request.app[SETTINGS], tenant_id)
+        tenant = await admin.get_tenant(conn, tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id!r} not found")
+    token = issue_tenant_token(request.app[SETTINGS], tenant_id, tenant.created_at)
     return json_response({"token": token, "tenant_id": tenant_id})
