@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import pytest
 
 from relay.appkeys import PUBLISHER
 from relay.errors import BadRequest
-from relay.publish import Event
+from relay.publish import Event, Published, publish_many
 from tests.support.relay import make_settings
 from tests.support.relay import post_publish as post
 
@@ -231,3 +232,50 @@ async def test_an_unknown_tenant_is_not_remembered_past_its_creation(
     await db.execute("UPDATE relay.tenants SET deleted_at = now() WHERE id = 'newco'")
     status, _ = await publish_to(http, server, "newco")
     assert status == 404
+
+
+async def test_overlapping_ids_in_any_order_cannot_deadlock(
+    server: Any, database_url: str, db: Any
+) -> None:
+    """Two transactions publishing the same ids wait on each other in one order only.
+
+    A holds X and then asks for Y; B asks for Y and X, in that order. Written as given, B
+    would hold Y while it waits for X, and A's Y would wait for B: a deadlock, one of
+    them aborted. relay writes a group's events in key order, so B waits for X first and
+    holds nothing A needs."""
+    a, b = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        a_tx, b_tx = a.transaction(), b.transaction()
+        await a_tx.start()
+        await b_tx.start()
+        [first] = await publish_many(a, [event("evt-x")])
+        assert isinstance(first, Published) and not first.duplicate
+        racing = asyncio.create_task(publish_many(b, [event("evt-y"), event("evt-x")]))
+        await waiting_for_a_lock(db, b.get_server_pid())
+        [second] = await asyncio.wait_for(publish_many(a, [event("evt-y")]), timeout=5)
+        assert isinstance(second, Published) and not second.duplicate
+        await a_tx.commit()
+        answers = await asyncio.wait_for(racing, timeout=5)
+        await b_tx.commit()
+    finally:
+        await a.close()
+        await b.close()
+    assert [(p.id, p.duplicate) for p in answers if isinstance(p, Published)] == [
+        ("evt-y", True),
+        ("evt-x", True),
+    ]
+    assert await db.fetchval("SELECT count(*) FROM relay.events") == 2
+
+
+def event(event_id: str) -> Event:
+    return Event(tenant_id="acme", topic="order.created", data=b"{}", id=event_id)
+
+
+async def waiting_for_a_lock(db: Any, pid: int) -> None:
+    for _ in range(200):
+        if await db.fetchval(
+            "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid
+        ):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("B never waited for A's row")
