@@ -116,6 +116,8 @@ class Dispatcher:
         # Claimed and not yet recorded or released: the rows whose lease we keep alive.
         self._held: dict[int, outbox.Claimed] = {}
         self._in_flight: dict[int, asyncio.Task[None]] = {}
+        # Deliveries whose try the shutdown cut short, to hand back in one statement.
+        self._interrupted: list[int] = []
         self._per_destination: Counter[tuple[str, str]] = Counter()
         # Deliveries finished since the last claim, and how many wake the claim loop.
         self._freed = 0
@@ -187,6 +189,8 @@ class Dispatcher:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+            if self._interrupted:
+                await self._release_interrupted(self._interrupted)
         # Everything that finished is queued; drain the recorder before stopping it. The
         # lease loop keeps running meanwhile, so the rows stay ours until written.
         try:
@@ -321,8 +325,9 @@ class Dispatcher:
             )
         except asyncio.CancelledError:
             # Shutdown cut this attempt short. The request may have reached the receiver:
-            # the try becomes an attempt row and the delivery goes back to pending.
-            await asyncio.shield(self._release_interrupted([claimed.id]))
+            # stop() turns the try into an attempt row and the delivery back to pending,
+            # all the cut-short ones in one statement.
+            self._interrupted.append(claimed.id)
             raise
         except Exception as exc:  # a bug: record it as a failed try, not a stuck row
             log.exception("delivery %d failed unexpectedly", claimed.id)
@@ -345,8 +350,6 @@ class Dispatcher:
         try:
             async with self.engine.begin() as conn:
                 released = await outbox.release_interrupted(conn, ids, self.token)
-            # Not `+= await ...`: that reads the count before awaiting, and the tasks
-            # cut short at once would overwrite each other's.
             self.stats.released_on_stop += released
             if self.metrics is not None:
                 self.metrics.attempts.labels("interrupted").inc(released)
