@@ -60,6 +60,17 @@ class ServerSettings(_Strict):
     # HTTP processes sharing the port (SO_REUSEPORT); see relay/workers.py.
     workers: Annotated[int, Field(ge=1, le=64)] = 1
 
+    @field_validator("public_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        # It prefixes the pod API's Location headers and event ids: a base URL only.
+        if value and re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value) is None:
+            raise ValueError(
+                f"{value!r} is not a base URL such as https://relay.example.com "
+                "(http:// or https://, a host, an optional path; no query or fragment)"
+            )
+        return value or None
+
     @model_validator(mode="after")
     def _workers_need_a_fixed_port(self) -> ServerSettings:
         if self.workers > 1 and self.port == 0:

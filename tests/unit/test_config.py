@@ -107,6 +107,8 @@ def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
             "not a CIDR",
         ),
         ("[[tenants]]\nid = 'a'\n[[tenants]]\nid = 'a'\n", "(top level)", "declared twice"),
+        ("[server]\npublic_url = 'relay.example.com'\n", "server.public_url", "base URL"),
+        ("[server]\npublic_url = 'https://x/?a=1'\n", "server.public_url", "no query"),
     ],
 )
 def test_invalid_values_name_the_file_and_the_key(
