@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import subprocess
 import time
@@ -202,19 +201,8 @@ async def drain(
     old: str | None,
 ) -> None:
     if name == "loop":
-        url = await b.fresh_db(migrate=False)
+        url = await bench.seed_minimal_loop(b, total)
         conn = await asyncpg.connect(url)
-        await conn.execute(
-            "CREATE TABLE bench_jobs (id bigserial PRIMARY KEY, "
-            "status text NOT NULL DEFAULT 'pending', payload text NOT NULL)"
-        )
-        await conn.execute("CREATE INDEX ON bench_jobs (id) WHERE status = 'pending'")
-        payload = json.dumps({"customer": "c-1", "pad": "x" * bench.PAYLOAD_PAD})
-        await conn.execute(
-            f"INSERT INTO bench_jobs (payload) SELECT $1 FROM generate_series(1, {total})",
-            payload,
-        )
-        await conn.execute("VACUUM ANALYZE bench_jobs")
         hook = f"http://127.0.0.1:{receiver_port}/hook"
         command = [bench.PY, str(bench.BENCH / "minimal_loop.py"), "--dsn", url, "--url", hook]
     else:

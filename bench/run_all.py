@@ -246,6 +246,24 @@ async def seed_relay(url: str, receiver_port: int, pending: int, delivered: int 
     await conn.close()
 
 
+async def seed_minimal_loop(b: Bench, total: int) -> str:
+    """A fresh database with the minimal loop's table and ``total`` pending jobs."""
+    url = await b.fresh_db(migrate=False)
+    conn = await asyncpg.connect(url)
+    await conn.execute(
+        "CREATE TABLE bench_jobs (id bigserial PRIMARY KEY, "
+        "status text NOT NULL DEFAULT 'pending', payload text NOT NULL)"
+    )
+    await conn.execute("CREATE INDEX ON bench_jobs (id) WHERE status = 'pending'")
+    payload = json.dumps({"customer": "c-1", "pad": "x" * PAYLOAD_PAD})
+    await conn.execute(
+        f"INSERT INTO bench_jobs (payload) SELECT $1 FROM generate_series(1, {total})", payload
+    )
+    await conn.execute("VACUUM ANALYZE bench_jobs")
+    await conn.close()
+    return url
+
+
 # --- 1. publish ------------------------------------------------------------------------------
 
 
@@ -604,20 +622,7 @@ async def bench_delivery(b: Bench) -> None:
                 results["relay dispatch"].append(rate)
 
                 # The bench's own minimal loop.
-                url = await b.fresh_db(migrate=False)
-                conn = await asyncpg.connect(url)
-                await conn.execute(
-                    "CREATE TABLE bench_jobs (id bigserial PRIMARY KEY, "
-                    "status text NOT NULL DEFAULT 'pending', payload text NOT NULL)"
-                )
-                await conn.execute("CREATE INDEX ON bench_jobs (id) WHERE status = 'pending'")
-                payload = json.dumps({"customer": "c-1", "pad": "x" * PAYLOAD_PAD})
-                await conn.execute(
-                    f"INSERT INTO bench_jobs (payload) SELECT $1 FROM generate_series(1, {total})",
-                    payload,
-                )
-                await conn.execute("VACUUM ANALYZE bench_jobs")
-                await conn.close()
+                url = await seed_minimal_loop(b, total)
                 with process(
                     [
                         PY,
