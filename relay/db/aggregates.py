@@ -233,8 +233,13 @@ async def _aggregate(
     for row in rows[:ROW_LIMIT]:
         values = dict(row)
         time_bucket = values.pop("time_bucket", None)
-        dims = {name: str(values.pop(f"dim_{i}")) for i, name in enumerate(q.dimensions)}
+        dims = {name: _text(values.pop(f"dim_{i}")) for i, name in enumerate(q.dimensions)}
         if q.granularity is None and not q.dimensions and values["count"] == 0:
             continue  # an aggregate without GROUP BY has a row even when nothing matched
         buckets.append(Bucket(time_bucket, dims, values))
     return Result(buckets, truncated=len(rows) > ROW_LIMIT)
+
+
+def _text(value: Any) -> Any:
+    """Dimension values are strings in the contract (attempt_number is grouped as a number)."""
+    return value if value is None or isinstance(value, str) else str(value)
