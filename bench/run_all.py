@@ -183,6 +183,7 @@ class Bench:
             'topics = "*"',
             f'secret = "{SECRET}"',
         ]
+        OUT.mkdir(exist_ok=True)
         path = OUT / f"relay-{uuid.uuid4().hex[:8]}.toml"
         path.write_text("\n".join(lines) + "\n")
         return path
