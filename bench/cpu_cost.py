@@ -50,6 +50,15 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / TICK
 
 
+def cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    """User + system CPU of each process still running."""
+    found: dict[int, float] = {}
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            found[pid] = cpu_seconds([pid])
+    return found
+
+
 def postgres_pids() -> list[int]:
     out = subprocess.run(["pgrep", "-u", "embedded_postgres"], capture_output=True, text=True)
     return [int(pid) for pid in out.stdout.split()]
@@ -215,9 +224,15 @@ async def drain(
         command = [*relay_command(old if name == "old" else None), "--config", config, "dispatch"]
     start: dict[str, float] = {}
     exited_cpu: list[float] = []
+    # PostgreSQL's processes, last CPU reading of each: a backend exits with its client
+    # (the loop exits when it is done), so its time is read while the drain runs.
+    pg_start: dict[int, float] = {}
+    pg_seen: dict[int, float] = {}
     with bench.process(command, log=f"cpu-{name}") as proc:
 
         async def finished() -> bool:
+            if pg_start:
+                pg_seen.update(cpu_by_pid(postgres_pids()))
             if name != "loop":
                 return not await conn.fetchval(
                     "SELECT EXISTS (SELECT 1 FROM relay.deliveries "
@@ -233,20 +248,20 @@ async def drain(
 
         def on_start() -> None:
             start["worker"] = cpu_seconds([proc.pid])
-            start["pg"] = cpu_seconds(postgres_pids())
+            pg_start.update(cpu_by_pid(postgres_pids()))
             start["receiver"] = cpu_seconds([receiver.pid])
 
         rate = await bench.timed_drain(http, receiver_port, total, finished, 300, on_start)
         worker = exited_cpu[0] if exited_cpu else cpu_seconds([proc.pid])
+        pg_seen.update(cpu_by_pid(postgres_pids()))
+    pg = sum(cpu - pg_start.get(pid, 0.0) for pid, cpu in pg_seen.items())
     per = 1e6 / total
     line = (
         f"round {round_} {name:6s} {rate:7.0f}/s  worker {per * (worker - start['worker']):6.1f} "
-        f"µs/delivery  PostgreSQL {per * (cpu_seconds(postgres_pids()) - start['pg']):6.1f}  "
+        f"µs/delivery  PostgreSQL {per * pg:6.1f}  "
         f"receiver {per * (cpu_seconds([receiver.pid]) - start['receiver']):6.1f}"
     )
-    if name == "loop":
-        line += "  (the loop's own backend has exited: its PostgreSQL time is not counted)"
-    else:
+    if name != "loop":
         rows = await conn.fetch(
             "SELECT calls, total_exec_time::numeric * 1000 / $1 AS us, "
             "wal_records::numeric / $1 AS wal, "
