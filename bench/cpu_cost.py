@@ -14,7 +14,8 @@ of PostgreSQL's client backends during relay's runs (what the group-commit write
 
 delivery: 50k-delivery drains by `relay dispatch` (and --old's) and by the bench's
 minimal loop, alternating; CPU per delivery of the worker, PostgreSQL and the receiver,
-and pg_stat_statements' time and WAL records per delivery for relay's statements.
+how long relay's main thread and the receiver's ran and waited for a core, and
+pg_stat_statements' time and WAL records per delivery for relay's statements.
 
 Nothing here is asserted; it prints. Same PostgreSQL settings as bench/run.
 """
@@ -228,6 +229,10 @@ async def drain(
     # (the loop exits when it is done), so its time is read while the drain runs.
     pg_start: dict[int, float] = {}
     pg_seen: dict[int, float] = {}
+    # Main threads: (seconds ran, seconds waited for a core) at the start, then the share
+    # of the drain. The loop's is gone once it exits: only relay's and the receiver's.
+    sched: dict[str, tuple[float, float]] = {}
+    shares: list[str] = []
     with bench.process(command, log=f"cpu-{name}") as proc:
 
         async def finished() -> bool:
@@ -250,16 +255,28 @@ async def drain(
             start["worker"] = cpu_seconds([proc.pid])
             pg_start.update(cpu_by_pid(postgres_pids()))
             start["receiver"] = cpu_seconds([receiver.pid])
+            start["clock"] = time.monotonic()
+            sched["worker"], sched["receiver"] = schedstat(proc.pid), schedstat(receiver.pid)
 
         rate = await bench.timed_drain(http, receiver_port, total, finished, 300, on_start)
         worker = exited_cpu[0] if exited_cpu else cpu_seconds([proc.pid])
         pg_seen.update(cpu_by_pid(postgres_pids()))
+        span = time.monotonic() - start["clock"]
+        for who, pid in (("worker", proc.pid), ("receiver", receiver.pid)):
+            if who == "worker" and name == "loop":
+                continue
+            ran, waited = schedstat(pid)
+            shares.append(
+                f"{who} main thread on CPU {(ran - sched[who][0]) / span:.0%}, "
+                f"waiting for one {(waited - sched[who][1]) / span:.0%}"
+            )
     pg = sum(cpu - pg_start.get(pid, 0.0) for pid, cpu in pg_seen.items())
     per = 1e6 / total
     line = (
         f"round {round_} {name:6s} {rate:7.0f}/s  worker {per * (worker - start['worker']):6.1f} "
         f"µs/delivery  PostgreSQL {per * pg:6.1f}  "
         f"receiver {per * (cpu_seconds([receiver.pid]) - start['receiver']):6.1f}"
+        f"\n    {'; '.join(shares)}"
     )
     if name != "loop":
         rows = await conn.fetch(
