@@ -20,7 +20,7 @@ pg_stat_statements' time and WAL records per delivery for relay's statements.
 Nothing here is asserted; it prints. Same PostgreSQL settings as bench/run.
 """
 
-# ruff: noqa: ASYNC222, ASYNC230
+# ruff: noqa: ASYNC222
 # (a measuring script: it reads /proc and reaps its worker from async code on purpose)
 from __future__ import annotations
 
@@ -94,13 +94,13 @@ def relay_command(old: str | None) -> list[str]:
     return [bench.PY, "-c", code]
 
 
-async def start_postgres() -> bench.PgServer:
+def start_postgres() -> bench.PgServer:
     pg = bench.PgServer()
-    pg.init()
-    with open(pg.data / "postgresql.conf", "a") as conf:
-        conf.writelines(f"{k} = '{v}'\n" for k, v in bench.PG_SETTINGS.items())
-        conf.write("shared_preload_libraries = 'pg_stat_statements'\n")
-    pg.start()
+    try:
+        bench.start_postgres(pg, shared_preload_libraries="pg_stat_statements")
+    except BaseException:
+        pg.cleanup()
+        raise
     return pg
 
 
@@ -123,7 +123,7 @@ async def sample_waits(url: str, stop: asyncio.Event, waits: Counter[str]) -> No
 
 
 async def publish(args: argparse.Namespace) -> None:
-    pg = await start_postgres()
+    pg = start_postgres()
     try:
         b = bench.Bench(pg, False, 1)
         url = await b.fresh_db()
@@ -183,7 +183,7 @@ async def publish(args: argparse.Namespace) -> None:
 
 
 async def delivery(args: argparse.Namespace) -> None:
-    pg = await start_postgres()
+    pg = start_postgres()
     b = bench.Bench(pg, False, 1)
     total = args.total
     workers = ["relay", *(["old"] if args.old else []), "loop"]

@@ -11,7 +11,7 @@ generator is wrk (Debian package) with bench/publish.lua; the latency client is 
 process (aiohttp), separate from the servers. Timings are reported, never asserted.
 """
 
-# ruff: noqa: ASYNC109, ASYNC221, ASYNC230, ASYNC240
+# ruff: noqa: ASYNC109, ASYNC221, ASYNC240
 # (a benchmark driver: it blocks on purpose while processes run)
 from __future__ import annotations
 
@@ -75,6 +75,14 @@ PG_SETTINGS = {
 
 
 # --- plumbing -----------------------------------------------------------------------------
+
+
+def start_postgres(pg: PgServer, **extra: str) -> None:
+    """Initialise and start the throwaway server with PG_SETTINGS (plus ``extra``)."""
+    pg.init()
+    with open(pg.data / "postgresql.conf", "a") as conf:
+        conf.writelines(f"{k} = '{v}'\n" for k, v in {**PG_SETTINGS, **extra}.items())
+    pg.start()
 
 
 def free_port() -> int:
@@ -1012,10 +1020,7 @@ async def main_async(args: argparse.Namespace) -> None:
     OUT.mkdir(exist_ok=True)
     pg = PgServer()
     try:
-        pg.init()
-        with open(pg.data / "postgresql.conf", "a") as conf:
-            conf.writelines(f"{k} = '{v}'\n" for k, v in PG_SETTINGS.items())
-        pg.start()
+        start_postgres(pg)
         conn = await asyncpg.connect(pg.url("postgres"))
         pg_version = await conn.fetchval("SHOW server_version")
         await conn.close()
