@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -76,14 +77,24 @@ class Planned:
 
 
 def new_event_id() -> str:
-    """``evt_`` and a random (version 4) UUID in hex, as ``uuid.uuid4().hex`` spells it.
+    """``evt_`` and a version 7 UUID in hex (``time_ordered_hex``)."""
+    return "evt_" + time_ordered_hex()
 
-    Built from the bytes directly: this runs on every publish without an id, and the
-    UUID class costs several times more."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return "evt_" + raw.hex()
+
+def time_ordered_hex() -> str:
+    """A version 7 UUID (RFC 9562) in hex: 48 bits of Unix milliseconds, then 74 random
+    bits. As unique as a version 4 UUID within a millisecond, and ordered by time.
+
+    Time-ordered on purpose: an event's id is a key of two btree indexes (``(tenant_id,
+    id)`` and ``id``). Random ids land on random leaf pages, so as history grows each
+    publish dirties pages all over those indexes (and, the first time after a checkpoint,
+    writes each of them whole to the WAL); ids that grow with time are appended near the
+    right edge. Built from the bytes directly: this runs on every publish without an id,
+    and the UUID class costs several times more."""
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
+    raw[6] = (raw[6] & 0x0F) | 0x70  # version 7
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 9562 variant
+    return raw.hex()
 
 
 def check_topic(topic: str, catalogue: Sequence[str]) -> None:

@@ -9,7 +9,6 @@ and the exact error bodies are the pod publish docs' (``{"error": "..."}``).
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ from relay.appkeys import ENGINE, METRICS, PUBLISHER, SETTINGS
 from relay.config import PublisherConfig
 from relay.db import pods
 from relay.errors import BadRequest, Forbidden, NotFound, RelayError, Unauthorized
-from relay.publish import Event
+from relay.publish import Event, time_ordered_hex
 
 PREFIX = "/publish"
 routes = web.RouteTableDef()
@@ -223,7 +222,7 @@ async def publish_to_pods(request: web.Request) -> web.Response:
     publisher = authenticate(request)
     events, is_array = parse_body(await _read_payload(request))
     base = base_url(request)
-    ids = [uuid.uuid4().hex for _ in events]
+    ids = [time_ordered_hex() for _ in events]
     time = _now()
     async with request.app[ENGINE].connect() as conn:
         targets = dict.fromkeys(pod for event in events for pod in event.targets)
