@@ -155,9 +155,28 @@ def valid_plans(plans: Sequence[Planned | RelayError]) -> list[Planned]:
 async def plan(
     conn: asyncpg.Connection, events: Sequence[Event], *, topics: Sequence[str] = ()
 ) -> list[Planned | RelayError]:
-    """Validate and route each event (reads only: one query for all the tenants)."""
+    """Validate and route each event (reads only: one query for all the tenants).
+
+    Unlike the HTTP handlers, which parsed what they pass on, a Python caller serialized
+    ``data`` and ``body`` itself: each must be one JSON value, since the write embeds
+    them in its statement as they are."""
     routes = await publishing.tenant_routes(conn, sorted({e.tenant_id for e in events}))
-    return plan_routed(routes.tenants, events, topics=topics)
+    return [
+        _not_one_json_value(event) or plan_routed(routes.tenants, [event], topics=topics)[0]
+        for event in events
+    ]
+
+
+def _not_one_json_value(event: Event) -> ValidationFailed | None:
+    for name, value in (("data", event.data), ("body", event.body)):
+        if value is None:
+            continue
+        try:
+            # orjson, as the HTTP handlers parse bodies: the same JSON is accepted.
+            orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            return ValidationFailed([f"{name} must be one serialized JSON value: {exc}"])
+    return None
 
 
 def plan_routed(
@@ -257,9 +276,9 @@ def _row(p: Planned) -> publishing.NewEvent:
         tenant_id=e.tenant_id,
         id=p.id,
         topic=e.topic,
-        data=e.data.decode(),
-        body=e.body.decode() if e.body is not None else None,
-        metadata=orjson.dumps(dict(e.metadata)).decode(),
+        data=e.data,
+        body=e.body,
+        metadata=dict(e.metadata),
         eligible_for_retry=e.eligible_for_retry,
         destination_id=e.destination_id,
         time=e.time,

@@ -69,6 +69,27 @@ class PublishBody(BaseModel):
         return value
 
 
+def exact_data(raw: bytes, data: dict[str, Any]) -> bytes:
+    """The bytes the producer sent as ``data`` in ``raw`` (a body that parsed as JSON).
+
+    Most producers send compact JSON, which orjson writes back byte for byte: finding
+    that after the key is a search, where the scan for the member walks the whole body.
+    Otherwise the scan finds the producer's spelling. Either way the result is ``data``
+    as JSON. At worst it is ``data`` in compact form: when ``data`` itself is spaced out
+    and an equal value, written compactly, follows another key spelled to end that way
+    (a nested ``"data"``, or a key ending in an escaped quote and ``data``)."""
+    try:
+        compact: bytes | None = orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        compact = None  # deeper than orjson writes (254 levels); the scan reads it
+    if compact is not None and b'"data":' + compact in raw:
+        return compact
+    span = member_span(raw, "data") or compact
+    if span is None:  # not reached: the body parsed, so the scan finds `data`
+        raise BadRequest("data could not be read")
+    return span
+
+
 @routes.post(PREFIX + "/publish")
 async def publish_event(request: web.Request) -> web.Response:
     require_admin(request)
@@ -76,7 +97,7 @@ async def publish_event(request: web.Request) -> web.Response:
     # Store `data` as the producer's exact bytes (spacing, number spelling, key order);
     # the body already parsed, so the span is valid JSON.
     try:
-        raw_data = member_span(await request.read(), "data") or orjson.dumps(body.data)
+        raw_data = exact_data(await request.read(), body.data)
     except RecursionError:
         # The C JSON scanner recurses per level and meets Python's recursion limit before
         # orjson's own limit of 1024 levels.

@@ -110,6 +110,19 @@ async def test_sqlalchemy_errors_leave_the_transaction_usable(
                     conn,
                     Event(tenant_id="acme", topic="order.paid", data=b"{}", destination_id="nope"),
                 )
+            # data is the caller's serialization, embedded in the write as it is: it must
+            # be one JSON value. Text that would close the event's JSON object and open
+            # another must not become a second event.
+            for data in (b"{not json", b'{}, "topic": "order.paid"}, {"tenant_id": "acme"'):
+                with pytest.raises(ValidationFailed, match="data must be one serialized JSON"):
+                    await publish(
+                        conn, Event(tenant_id="acme", topic="order.paid", data=data, id="evt-bad")
+                    )
+            with pytest.raises(ValidationFailed, match="body must be one serialized JSON"):
+                await publish(
+                    conn,
+                    Event(tenant_id="acme", topic="order.paid", data=b"{}", body=b"[1,", id="b"),
+                )
             # relay's own errors are raised before any write: the transaction goes on.
             await conn.execute(text("INSERT INTO public.orders VALUES ('o-2', 20)"))
             await publish(conn, order_event("evt-after-errors"))
@@ -118,6 +131,7 @@ async def test_sqlalchemy_errors_leave_the_transaction_usable(
     assert await count(db, "SELECT count(*) FROM public.orders") == 2
     [request] = await receiver.wait_for(1)
     assert request.headers["webhook-id"] == "evt-after-errors"
+    assert await count(db, "SELECT count(*) FROM relay.events") == 1
 
 
 async def test_same_id_twice_is_a_duplicate(relay: Any, database_url: str, db: Any) -> None:

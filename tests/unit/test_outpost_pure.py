@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay.api.outpost import exact_data
 from relay.api.rawjson import member_span
 from relay.db.history import BadCursor, Cursor, Position, decode_cursor, encode_cursor
 from relay.routing import filter_matches, filter_problems, topic_matches
@@ -115,6 +116,31 @@ def test_member_span_takes_the_last_duplicate_and_reads_escaped_keys() -> None:
     assert member_span(b'{"data": 1, "\\u0064ata" : [ 2 ] }', "data") == b"[ 2 ]"
     assert member_span(b'{"x": "\\"data\\": 3"}', "data") is None
     assert member_span(b"[1]", "data") is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.text(max_size=5), JSON, max_size=4),
+    st.dictionaries(st.text(max_size=5), JSON, max_size=4),
+    st.sampled_from([(",", ":"), (", ", ": ")]),
+    st.booleans(),
+)
+def test_exact_data_is_the_bytes_sent_compact_or_not(
+    others: dict[str, Any], data: dict[str, Any], separators: tuple[str, str], ascii_only: bool
+) -> None:
+    others = {k: v for k, v in others.items() if k != "data"}
+    body = json.dumps(others | {"data": data}, separators=separators, ensure_ascii=ascii_only)
+    sent = json.dumps(data, separators=separators, ensure_ascii=ascii_only).encode()
+    assert exact_data(body.encode(), orjson.loads(body)["data"]) == sent
+
+
+def test_exact_data_at_worst_is_data_in_compact_form() -> None:
+    body = b'{"x\\"data":{"a":1},"data": {"a": 1}}'
+    assert exact_data(body, orjson.loads(body)["data"]) == b'{"a":1}'
+    body = b'{"x":{"data":{"a":1}},"data": {"a": 1}}'
+    assert exact_data(body, orjson.loads(body)["data"]) == b'{"a":1}'
+    body = b'{"data": {"a": 1}}'
+    assert exact_data(body, orjson.loads(body)["data"]) == b'{"a": 1}'
 
 
 def test_cursors_round_trip_and_refuse_strangers() -> None:
