@@ -83,7 +83,8 @@ def new_event_id() -> str:
 
 def time_ordered_hex() -> str:
     """A version 7 UUID (RFC 9562) in hex: 48 bits of Unix milliseconds, then 74 random
-    bits. As unique as a version 4 UUID within a millisecond, and ordered by time.
+    bits. Unique in practice (74 random bits within each millisecond), and ordered by
+    time.
 
     Time-ordered on purpose: an event's id is a key of two btree indexes (``(tenant_id,
     id)`` and ``id``). Random ids land on random leaf pages, so as history grows each
