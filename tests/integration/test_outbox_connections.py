@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from relay.db import outbox
 from relay.db.engine import asyncpg_url, create_engine
@@ -114,3 +115,45 @@ async def test_raw_record_reports_a_410_disable(db: Any, database_url: str) -> N
         await raw.close()
     assert [(d.tenant_id, d.destination_id) for d in disabled] == [("acme", "orders")]
     assert await db.fetchval("SELECT disabled_at IS NOT NULL FROM relay.destinations")
+
+
+async def test_the_claim_walks_the_due_index_however_the_planner_misjudges_the_joins(
+    db: Any,
+) -> None:
+    # The planner has no statistics for a handful of destinations (autovacuum never
+    # analyzes a table that small), and a dispatcher's in-flight list names the one busy
+    # destination. Written as joins, those two filters were estimated to leave a couple
+    # of the due rows, so PostgreSQL sorted the whole backlog to claim 200: a second per
+    # claim at a million pending (each connection's first five claims are planned with
+    # their values). The claim must read the due index in order and stop at its limit.
+    await seed(db, pending=20_000)
+    await db.execute("ANALYZE relay.deliveries")
+    claim = outbox._compiled(outbox.CLAIM_DUE)
+    for in_flight in ({}, {("acme", "orders"): 3}):
+        params = outbox.claim_parameters(
+            limit=200, lease_seconds=30, token=uuid.uuid4(), in_flight=in_flight
+        )
+        # EXPLAIN with the values: the plan a prepared statement's first runs get.
+        [plan] = orjson.loads(
+            await db.fetchval(
+                "EXPLAIN (FORMAT JSON) " + claim.sql, *(params[name] for name in claim.names)
+            )
+        )
+        scans = [
+            (node["Node Type"], node.get("Index Name"))
+            for node in _nodes(plan["Plan"])
+            if node.get("Relation Name") == "deliveries"
+        ]
+        assert ("Index Scan", "ix_deliveries_due") in scans, scans
+        assert not any(kind == "Seq Scan" for kind, _ in scans), scans
+        locked_from = [
+            child["Node Type"]
+            for node in _nodes(plan["Plan"])
+            if node.get("Node Type") == "LockRows"
+            for child in node["Plans"]
+        ]
+        assert locked_from == ["Index Scan"], locked_from
+
+
+def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(n for child in node.get("Plans", []) for n in _nodes(child))]
