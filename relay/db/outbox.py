@@ -191,6 +191,14 @@ INTERRUPTED_DETAIL = (
 # Record a batch of outcomes in one statement. Every attempt becomes a row, even when
 # the lease was lost meanwhile (the HTTP call did happen); the delivery's state changes
 # only if we still hold it (claim token matches).
+#
+# `status IS NOT DISTINCT FROM 'delivering'` is the same test as `=` (status is never
+# NULL), written so that PostgreSQL cannot answer it from the partial indexes on
+# 'delivering' rows. With `=`, the generic plan (from a prepared statement's sixth run)
+# scanned every row in flight, all dispatchers', and for each of them every outcome of
+# the batch: statistics read while few rows were in flight make that scan look like
+# one row. At 2,000 rows in flight a batch of 200 took 185-305 ms; by key, 12-20 ms. Each
+# row is found by its primary key instead.
 RECORD_OUTCOMES = text("""
     WITH o AS (
         SELECT * FROM unnest(
@@ -214,7 +222,8 @@ RECORD_OUTCOMES = text("""
                               THEN COALESCE(o.error_code, 'http_' || o.http_status) END,
             updated_at = now()
         FROM o
-        WHERE d.id = o.delivery_id AND d.claim_token = o.token AND d.status = 'delivering'
+        WHERE d.id = o.delivery_id AND d.claim_token = o.token
+          AND d.status IS NOT DISTINCT FROM 'delivering'
         RETURNING d.id
     )
     INSERT INTO relay.attempts

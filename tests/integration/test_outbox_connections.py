@@ -155,5 +155,58 @@ async def test_the_claim_walks_the_due_index_however_the_planner_misjudges_the_j
         assert locked_from == ["Index Scan"], locked_from
 
 
+# RECORD_OUTCOMES' parameters, by name, as PREPARE spells their types.
+OUTCOME_TYPES = {
+    "delivery_id": "bigint[]",
+    "token": "uuid[]",
+    "event_seq": "bigint[]",
+    "tenant_id": "text[]",
+    "destination_id": "text[]",
+    "number": "int[]",
+    "attempt_status": "text[]",
+    "http_status": "int[]",
+    "error_code": "text[]",
+    "error_detail": "text[]",
+    "response_body": "text[]",
+    "response_headers": "text[]",
+    "duration_ms": "int[]",
+    "started_at": "timestamptz[]",
+    "next_status": "text[]",
+    "delay_seconds": "float8[]",
+    "manual": "boolean[]",
+}
+
+
+async def test_recording_finds_each_delivery_by_its_key_however_many_are_in_flight(
+    db: Any,
+) -> None:
+    # Statistics read while nothing was in flight, then 1,000 of 20,000 rows held by
+    # dispatchers. A prepared statement runs a generic plan from its sixth run on; in it
+    # the update must find each delivery by its primary key, not scan every row in
+    # flight and, for each, the whole batch of outcomes.
+    await seed(db, pending=20_000)
+    await db.execute("ANALYZE relay.deliveries")
+    await outbox.claim_due(db, limit=1_000, lease_seconds=300, token=uuid.uuid4())
+    record = outbox._compiled(outbox.RECORD_OUTCOMES)
+    types = ", ".join(OUTCOME_TYPES[name] for name in record.names)
+    await db.execute(f"PREPARE record_outcomes ({types}) AS {record.sql}")
+    await db.execute("SET plan_cache_mode = force_generic_plan")
+    nulls = ", ".join("NULL" for _ in record.names)  # a generic plan ignores the values
+    [plan] = orjson.loads(
+        await db.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE record_outcomes({nulls})")
+    )
+    [update] = [
+        node
+        for node in _nodes(plan["Plan"])
+        if node.get("Operation") == "Update" and node.get("Relation Name") == "deliveries"
+    ]
+    scans = [
+        (node["Node Type"], node.get("Index Name"))
+        for node in _nodes(update)[1:]
+        if node.get("Relation Name") == "deliveries"
+    ]
+    assert scans == [("Index Scan", "pk_deliveries")], scans
+
+
 def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
     return [node, *(n for child in node.get("Plans", []) for n in _nodes(child))]
