@@ -168,17 +168,39 @@ async def health(conn: AsyncConnection) -> list[dict[str, Any]]:
 # Deliveries can become pending for a destination that is already deleted (an attempt in
 # flight during the DELETE is recorded as a retry; a publish races the DELETE). The claim
 # never takes them; this ends them, so they do not sit in the backlog forever.
+# It starts from the deleted destinations and looks each one's pending rows up in an index
+# by destination, so a round costs what the strays cost. Written as a join,
+# the planner (no statistics for a handful of destinations) walked the whole pending
+# backlog instead, in every dispatcher every minute, once any destination was deleted.
+# OFFSET 0 keeps the look-up per destination (a subquery with one is not merged into a
+# join), and = ANY(ARRAY(...)) updates the rows found by key.
 FAIL_DELETED_DESTINATIONS = text("""
     UPDATE relay.deliveries d
     SET status = 'failed', last_error = 'destination deleted', next_attempt_at = now(),
         updated_at = now()
-    FROM relay.destinations t
-    WHERE t.deleted_at IS NOT NULL
-      AND d.tenant_id = t.tenant_id AND d.destination_id = t.id AND d.status = 'pending'
+    WHERE d.status = 'pending' AND d.id = ANY(ARRAY(
+        SELECT stray.id
+        FROM relay.destinations t
+        CROSS JOIN LATERAL (
+            SELECT s.id FROM relay.deliveries s
+            WHERE s.tenant_id = t.tenant_id AND s.destination_id = t.id
+              AND s.status = 'pending'
+            OFFSET 0
+        ) stray
+        WHERE t.deleted_at IS NOT NULL
+    ))
 """)
 
 
+# The plan's estimate is one destination's share of the whole table for each deleted
+# destination, which soon passes jit_above_cost where the server has JIT (Debian's and
+# most managed PostgreSQL): compiling then took 240 ms for a statement that runs in 0.2.
+NO_JIT = text("SET LOCAL jit = off")
+
+
 async def fail_deleted_destinations(conn: AsyncConnection) -> int:
+    """End the pending deliveries of deleted destinations (in the caller's transaction)."""
+    await conn.execute(NO_JIT)
     return (await conn.execute(FAIL_DELETED_DESTINATIONS)).rowcount
 
 

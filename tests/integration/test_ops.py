@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from tests.support.receiver import Reply
 from tests.support.relay import admin_headers, make_settings
 
@@ -269,3 +271,56 @@ async def test_deliveries_stranded_on_a_deleted_destination_are_ended_not_replay
         )
         == 1
     )
+
+
+async def test_ending_strays_looks_up_the_deleted_destinations_not_the_backlog(
+    db: Any, database_url: str
+) -> None:
+    # Every dispatcher runs this each minute. A live destination with 20,000 pending, a
+    # deleted one with two strays, and (as autovacuum leaves a table of a few rows) no
+    # statistics for destinations: the rows must be found per deleted destination, never
+    # by walking the pending backlog.
+    from relay.db import ops
+    from relay.db.engine import create_engine
+
+    await db.execute("INSERT INTO relay.tenants (id) VALUES ('acme')")
+    await db.execute(
+        """INSERT INTO relay.destinations (tenant_id, id, topics, url, secret, deleted_at)
+           VALUES ('acme', 'live', '{*}', 'http://127.0.0.1:9/a', 'whsec_x', NULL),
+                  ('acme', 'gone', '{*}', 'http://127.0.0.1:9/b', 'whsec_x', now())"""
+    )
+    await db.execute(
+        """WITH e AS (
+               INSERT INTO relay.events (tenant_id, id, data)
+               SELECT 'acme', 'evt-' || g, '{}' FROM generate_series(1, 20002) g
+               RETURNING seq)
+           INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id)
+           SELECT seq, 'acme', CASE WHEN seq % 10000 = 0 THEN 'gone' ELSE 'live' END FROM e"""
+    )
+    await db.execute("ANALYZE relay.deliveries")
+    [plan] = orjson.loads(
+        await db.fetchval("EXPLAIN (FORMAT JSON) " + str(ops.FAIL_DELETED_DESTINATIONS))
+    )
+    nodes = _nodes(plan["Plan"])
+    scans = {node["Node Type"] for node in nodes if node.get("Relation Name") == "deliveries"}
+    assert "Seq Scan" not in scans, scans
+    # One look-up by destination (either index keyed by it), then the rows by key.
+    indexes = {node["Index Name"] for node in nodes if "Index Name" in node}
+    by_destination = {"ix_deliveries_destination", "ix_deliveries_active_destination"}
+    assert len(indexes & by_destination) == 1, indexes
+    assert indexes - by_destination == {"pk_deliveries"}, indexes
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            assert await ops.fail_deleted_destinations(conn) == 2
+    finally:
+        await engine.dispose()
+    counts = await db.fetch(
+        "SELECT destination_id, status, count(*) FROM relay.deliveries GROUP BY 1, 2 ORDER BY 1"
+    )
+    assert [tuple(r) for r in counts] == [("gone", "failed", 2), ("live", "pending", 20_000)]
+
+
+def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [node, *(n for child in node.get("Plans", []) for n in _nodes(child))]
