@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from tests.support.plans import plan_nodes
 from tests.support.receiver import Reply
 from tests.support.relay import admin_headers, make_settings
 
@@ -301,7 +302,7 @@ async def test_ending_strays_looks_up_the_deleted_destinations_not_the_backlog(
     [plan] = orjson.loads(
         await db.fetchval("EXPLAIN (FORMAT JSON) " + str(ops.FAIL_DELETED_DESTINATIONS))
     )
-    nodes = _nodes(plan["Plan"])
+    nodes = plan_nodes(plan["Plan"])
     scans = {node["Node Type"] for node in nodes if node.get("Relation Name") == "deliveries"}
     assert "Seq Scan" not in scans, scans
     # One look-up by destination (either index keyed by it), then the rows by key.
@@ -320,7 +321,3 @@ async def test_ending_strays_looks_up_the_deleted_destinations_not_the_backlog(
         "SELECT destination_id, status, count(*) FROM relay.deliveries GROUP BY 1, 2 ORDER BY 1"
     )
     assert [tuple(r) for r in counts] == [("gone", "failed", 2), ("live", "pending", 20_000)]
-
-
-def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
-    return [node, *(n for child in node.get("Plans", []) for n in _nodes(child))]

@@ -13,6 +13,7 @@ import orjson
 
 from relay.db import outbox
 from relay.db.engine import asyncpg_url, create_engine
+from tests.support.plans import plan_nodes
 
 
 async def seed(db: Any, pending: int) -> None:
@@ -141,14 +142,14 @@ async def test_the_claim_walks_the_due_index_however_the_planner_misjudges_the_j
         )
         scans = [
             (node["Node Type"], node.get("Index Name"))
-            for node in _nodes(plan["Plan"])
+            for node in plan_nodes(plan["Plan"])
             if node.get("Relation Name") == "deliveries"
         ]
         assert ("Index Scan", "ix_deliveries_due") in scans, scans
         assert not any(kind == "Seq Scan" for kind, _ in scans), scans
         locked_from = [
             child["Node Type"]
-            for node in _nodes(plan["Plan"])
+            for node in plan_nodes(plan["Plan"])
             if node.get("Node Type") == "LockRows"
             for child in node["Plans"]
         ]
@@ -197,16 +198,12 @@ async def test_recording_finds_each_delivery_by_its_key_however_many_are_in_flig
     )
     [update] = [
         node
-        for node in _nodes(plan["Plan"])
+        for node in plan_nodes(plan["Plan"])
         if node.get("Operation") == "Update" and node.get("Relation Name") == "deliveries"
     ]
     scans = [
         (node["Node Type"], node.get("Index Name"))
-        for node in _nodes(update)[1:]
+        for node in plan_nodes(update)[1:]
         if node.get("Relation Name") == "deliveries"
     ]
     assert scans == [("Index Scan", "pk_deliveries")], scans
-
-
-def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
-    return [node, *(n for child in node.get("Plans", []) for n in _nodes(child))]
