@@ -239,12 +239,22 @@ async def test_prune_spares_an_event_replayed_while_it_runs(
     assert [tuple(r) for r in kept] == [("bad", "pending", 2), ("good", "delivered", 1)]
 
 
-async def test_deliveries_stranded_on_a_deleted_destination_are_ended_not_replayed(
-    start_relay: Any, http: Any, receiver: Any, database_url: str, db: Any, tmp_path: Path
-) -> None:
+async def end_strays(database_url: str) -> int:
+    """One housekeeping round's ending of deliveries stranded on deleted destinations."""
     from relay.db import ops
     from relay.db.engine import create_engine
 
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            return await ops.fail_deleted_destinations(conn)
+    finally:
+        await engine.dispose()
+
+
+async def test_deliveries_stranded_on_a_deleted_destination_are_ended_not_replayed(
+    start_relay: Any, http: Any, receiver: Any, database_url: str, db: Any, tmp_path: Path
+) -> None:
     server, _ = await fill(start_relay, http, receiver, database_url, db)
     await server.close()
     await db.execute("UPDATE relay.destinations SET deleted_at = now() WHERE id = 'bad'")
@@ -255,12 +265,7 @@ async def test_deliveries_stranded_on_a_deleted_destination_are_ended_not_replay
     )
     dry = await asyncio.to_thread(relay_cli, database_url, tmp_path, "replay", "--dry-run")
     assert "dry run: 0 deliveries" in dry.stdout  # bad's failed ones are not replayable
-    engine = create_engine(database_url, pool_size=1)
-    try:
-        async with engine.begin() as conn:
-            assert await ops.fail_deleted_destinations(conn) == 1
-    finally:
-        await engine.dispose()
+    assert await end_strays(database_url) == 1
     stranded = await db.fetch(
         "SELECT status, last_error FROM relay.deliveries WHERE destination_id = 'bad' "
         "AND status NOT IN ('failed')"
@@ -282,7 +287,6 @@ async def test_ending_strays_looks_up_the_deleted_destinations_not_the_backlog(
     # statistics for destinations: the rows must be found per deleted destination, never
     # by walking the pending backlog.
     from relay.db import ops
-    from relay.db.engine import create_engine
 
     await db.execute("INSERT INTO relay.tenants (id) VALUES ('acme')")
     await db.execute(
@@ -311,12 +315,7 @@ async def test_ending_strays_looks_up_the_deleted_destinations_not_the_backlog(
     assert len(indexes & by_destination) == 1, indexes
     assert indexes - by_destination == {"pk_deliveries"}, indexes
 
-    engine = create_engine(database_url, pool_size=1)
-    try:
-        async with engine.begin() as conn:
-            assert await ops.fail_deleted_destinations(conn) == 2
-    finally:
-        await engine.dispose()
+    assert await end_strays(database_url) == 2
     counts = await db.fetch(
         "SELECT destination_id, status, count(*) FROM relay.deliveries GROUP BY 1, 2 ORDER BY 1"
     )
