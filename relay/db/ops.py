@@ -194,8 +194,8 @@ FAIL_DELETED_DESTINATIONS = text("""
 
 # The plan's estimate is one destination's share of the whole table for each deleted
 # destination, which soon passes jit_above_cost on a server built with JIT (Debian's
-# PostgreSQL is, with jit on): compiling then took 240 ms of a statement whose plan ran
-# in 0.14 ms.
+# packages are, and jit is on by default): compiling then took 240 ms of a statement
+# whose plan ran in 0.14 ms.
 NO_JIT = text("SET LOCAL jit = off")
 
 
