@@ -162,8 +162,10 @@ async def plan(
     ``data`` and ``body`` itself: each must be one JSON value, since the write embeds
     them in its statement as they are."""
     routes = await publishing.tenant_routes(conn, sorted({e.tenant_id for e in events}))
+    # The JSON check first: routing parses data when a destination has a filter.
     return [
-        _not_one_json_value(event) or plan_routed(routes.tenants, [event], topics=topics)[0]
+        _not_one_json_value(event)
+        or _plan_or_error(event, routes.tenants.get(event.tenant_id), topics)
         for event in events
     ]
 
@@ -187,13 +189,16 @@ def plan_routed(
     topics: Sequence[str] = (),
 ) -> list[Planned | RelayError]:
     """``plan`` with the tenants' routes at hand (a missing or None tenant: not found)."""
-    plans: list[Planned | RelayError] = []
-    for event in events:
-        try:
-            plans.append(_plan(event, tenants.get(event.tenant_id), topics))
-        except RelayError as exc:
-            plans.append(exc)
-    return plans
+    return [_plan_or_error(event, tenants.get(event.tenant_id), topics) for event in events]
+
+
+def _plan_or_error(
+    event: Event, destinations: Sequence[DestinationRoute] | None, topics: Sequence[str]
+) -> Planned | RelayError:
+    try:
+        return _plan(event, destinations, topics)
+    except RelayError as exc:
+        return exc
 
 
 def _plan(
