@@ -6,6 +6,8 @@ multicast and other non-global addresses. The check runs on the addresses DNS re
 inside the HTTP client's resolver, so the connection goes to exactly the address that
 was checked (no second lookup for a rebinding DNS server to answer differently).
 IP literals skip aiohttp's resolver, so ``refusal_for_url`` checks those before the call.
+An IPv6 address that carries an IPv4 address (IPv4-mapped or -compatible, 6to4, Teredo,
+NAT64) is refused when the IPv4 address inside would be.
 """
 
 from __future__ import annotations
@@ -26,6 +28,19 @@ ALWAYS_BLOCKED = (
     ipaddress.ip_network("169.254.169.254/32"),  # cloud metadata (also link-local)
     ipaddress.ip_network("fd00:ec2::254/128"),  # AWS metadata over IPv6
     ipaddress.ip_network("100.64.0.0/10"),  # carrier-grade NAT, often internal
+)
+# IPv6 prefixes whose last 32 bits are the IPv4 address a NAT64 translator forwards to:
+# the well-known prefix (RFC 6052) and the local-use range (RFC 8215), read as /96s.
+NAT64_PREFIXES = (
+    ipaddress.IPv6Network("64:ff9b::/96"),
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+)
+# Deprecated IPv4-compatible addresses, ::a.b.c.d (RFC 4291).
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+HINT = (
+    "open its range with delivery.allow_private_networks or RELAY_ALLOW_PRIVATE_NETWORKS "
+    "to deliver there"
 )
 
 
@@ -56,36 +71,74 @@ def _kind(address: Address) -> str | None:
     return None
 
 
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """The IPv4 addresses an IPv6 address carries, each after a phrase naming its form."""
+    if ip.sixtofour is not None:
+        return [("6to4 for", ip.sixtofour)]
+    if ip.teredo is not None:
+        server, client = ip.teredo
+        return [("Teredo via server", server), ("Teredo for client", client)]
+    last32 = ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    if any(ip in net for net in NAT64_PREFIXES):
+        return [("NAT64 for", last32)]
+    if ip in IPV4_COMPATIBLE and int(ip) > 1:  # :: and ::1 are themselves, not IPv4
+        return [("IPv4-compatible for", last32)]
+    return []
+
+
+def _opened(ip: Address, allowed: Sequence[Network]) -> bool:
+    return any(ip in net for net in allowed if net.version == ip.version)
+
+
+def why_refused(ip: Address, allowed: Sequence[Network] = ()) -> str | None:
+    """Why ``ip`` is refused (the fact, without the fix), or None when it may be reached."""
+    if _opened(ip, allowed):
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            # ::ffff:127.0.0.1 is 127.0.0.1 to the kernel: judge the IPv4 address inside.
+            return why_refused(ip.ipv4_mapped, allowed)
+        carried = embedded_ipv4(ip)
+        for phrase, ipv4 in carried:
+            kind = None if _opened(ipv4, allowed) else _kind(ipv4)
+            if kind is not None:
+                return f"{ip} is {phrase} {ipv4}, which is not a public address ({kind})"
+        # An allowed IPv4 range also opens the IPv6 forms that carry its addresses, as it
+        # always opened ::ffff:127.0.0.1: whoever opened 127.0.0.0/8 for a local receiver
+        # trusts the hosts there however they are spelt; making them list each IPv6 form
+        # again would add no safety, only surprise.
+        if carried and all(_opened(ipv4, allowed) for _, ipv4 in carried):
+            return None
+    kind = _kind(ip)
+    return None if kind is None else f"{ip} is not a public address ({kind})"
+
+
 def refusal(address: str | Address, allowed: Sequence[Network] = ()) -> str | None:
     """Why a connection to ``address`` is refused, or None when it may be reached. Pure."""
     try:
         ip = ipaddress.ip_address(address) if isinstance(address, str) else address
     except ValueError:
         return f"{address!r} is not an IP address"
-    # ::ffff:127.0.0.1 is 127.0.0.1 to the kernel: judge the IPv4 address inside.
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if any(ip in net for net in allowed if net.version == ip.version):
-        return None
-    kind = _kind(ip)
-    if kind is None:
-        return None
-    return (
-        f"{ip} is not a public address ({kind}); open its range with "
-        "delivery.allow_private_networks or RELAY_ALLOW_PRIVATE_NETWORKS to deliver there"
-    )
+    why = why_refused(ip, allowed)
+    return None if why is None else f"{why}; {HINT}"
 
 
-def refusal_for_url(url: str, allowed: Sequence[Network] = ()) -> str | None:
-    """The refusal for a URL whose host is an IP literal (those bypass the resolver)."""
+def literal_host(url: str) -> Address | None:
+    """The URL's host when it is an IP literal; None for a name or no host."""
     host = URL(url).host
     if host is None:
         return None
     try:
-        ip = ipaddress.ip_address(host)
+        return ipaddress.ip_address(host)
     except ValueError:
-        return None  # a name: the resolver judges what it resolves to
-    return refusal(ip, allowed)
+        return None
+
+
+def refusal_for_url(url: str, allowed: Sequence[Network] = ()) -> str | None:
+    """The refusal for a URL whose host is an IP literal (those bypass the resolver)."""
+    ip = literal_host(url)
+    # A name: the resolver judges what it resolves to.
+    return None if ip is None else refusal(ip, allowed)
 
 
 class GuardedResolver(AbstractResolver):

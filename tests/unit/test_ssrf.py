@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
 import pytest
@@ -53,10 +54,51 @@ def test_allowlist_opens_exactly_its_ranges() -> None:
     assert ssrf.refusal("169.254.169.254", allowed) is not None
 
 
+@pytest.mark.parametrize(
+    ("address", "form", "kind"),
+    [
+        ("2002:7f00:1::", "6to4 for 127.0.0.1", "loopback"),
+        ("2002:a00:1::1", "6to4 for 10.0.0.1", "private"),
+        ("2002:a9fe:a9fe::", "6to4 for 169.254.169.254", "cloud metadata"),
+        ("::127.0.0.1", "IPv4-compatible for 127.0.0.1", "loopback"),
+        ("::a9fe:a9fe", "IPv4-compatible for 169.254.169.254", "cloud metadata"),
+        ("64:ff9b::127.0.0.1", "NAT64 for 127.0.0.1", "loopback"),
+        ("64:ff9b::192.168.0.1", "NAT64 for 192.168.0.1", "private"),
+        ("64:ff9b:1:2::10.1.2.3", "NAT64 for 10.1.2.3", "private"),
+        # Teredo: the server is the 2nd and 3rd groups, the client the last 32 bits inverted.
+        ("2001:0:7f00:1::", "Teredo via server 127.0.0.1", "loopback"),
+        ("2001:0:5db8:d70e::f5ff:fffe", "Teredo for client 10.0.0.1", "private"),
+    ],
+)
+def test_ipv4_inside_ipv6_is_judged_and_named(address: str, form: str, kind: str) -> None:
+    reason = ssrf.refusal(address)
+    assert reason is not None
+    assert f"{ipaddress.ip_address(address)} is {form}, " in reason
+    assert kind in reason
+    assert "allow_private_networks" in reason
+
+
+def test_an_allowed_range_opens_the_ipv4_it_holds_in_every_ipv6_form() -> None:
+    allowed = ssrf.parse_networks(["127.0.0.0/8"])
+    for address in ("2002:7f00:1::", "::127.0.0.1", "64:ff9b::127.0.0.1", "64:ff9b:1::7f00:1"):
+        assert ssrf.refusal(address, allowed) is None, address
+    # The loopback client is opened, the metadata server is not.
+    assert ssrf.refusal("2001:0:a9fe:a9fe::80ff:fffe", allowed) is not None
+    assert ssrf.refusal("2002:a00:1::", allowed) is not None
+
+
+def test_an_allowed_ipv6_range_opens_its_addresses_whatever_they_carry() -> None:
+    allowed = ssrf.parse_networks(["2002:7f00::/24", "::ffff:0:0/96"])
+    assert ssrf.refusal("2002:7f00:1::", allowed) is None
+    assert ssrf.refusal("::ffff:127.0.0.1", allowed) is None
+    assert ssrf.refusal("2002:a00:1::", allowed) is not None
+
+
 def test_ip_literal_urls_are_judged_names_are_left_to_the_resolver() -> None:
     assert ssrf.refusal_for_url("http://127.0.0.1:8080/hook") is not None
     assert ssrf.refusal_for_url("http://[::1]/hook") is not None
     assert ssrf.refusal_for_url("http://169.254.169.254/latest/meta-data") is not None
+    assert ssrf.refusal_for_url("http://[2002:7f00:1::]:8080/hook") is not None
     assert ssrf.refusal_for_url("https://93.184.215.14/") is None
     assert ssrf.refusal_for_url("https://example.com/hook") is None
 
