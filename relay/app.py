@@ -38,6 +38,7 @@ from relay.groupcommit import GroupCommit
 from relay.metrics import Metrics
 from relay.ops import housekeeping_loop
 from relay.router import Router
+from relay.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ async def run_dispatcher(app: web.Application) -> AsyncIterator[None]:
         app[ENGINE], app[DATABASE_URL], app[SETTINGS].delivery, metrics=app[METRICS]
     )
     app[DISPATCHER] = dispatcher
+    app[METRICS].supervisors.append(dispatcher.supervisor)
     await dispatcher.start()
     try:
         yield
@@ -125,6 +127,7 @@ async def run_dispatcher(app: web.Application) -> AsyncIterator[None]:
 async def run_router(app: web.Application) -> AsyncIterator[None]:
     """Route what the relay.publish() SQL function wrote (relay/router.py)."""
     router = Router(app[DATABASE_URL], poll_interval=app[SETTINGS].delivery.poll_interval_seconds)
+    app[METRICS].supervisors.append(router.supervisor)
     await router.start()
     try:
         yield
@@ -135,6 +138,7 @@ async def run_router(app: web.Application) -> AsyncIterator[None]:
 async def run_group_commit(app: web.Application) -> AsyncIterator[None]:
     """The publish handlers' writer (relay/groupcommit.py), with its own small pool."""
     publisher = GroupCommit(app[DATABASE_URL])
+    app[METRICS].supervisors.append(publisher.supervisor)
     await publisher.start()
     app[PUBLISHER] = publisher
     try:
@@ -157,8 +161,14 @@ async def background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
 
 async def run_housekeeping(app: web.Application) -> AsyncIterator[None]:
     """Strays on deleted destinations, and retention (see relay.ops.housekeeping_loop)."""
-    async with background(housekeeping_loop(app[ENGINE], app[SETTINGS].retention)):
+    supervisor = Supervisor("housekeeping")
+    app[METRICS].supervisors.append(supervisor)
+    engine, retention = app[ENGINE], app[SETTINGS].retention
+    supervisor.start("rounds", lambda loop: housekeeping_loop(engine, retention, loop))
+    try:
         yield
+    finally:
+        await supervisor.stop()
 
 
 def create_app(

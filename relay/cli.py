@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "dispatch":
             return _run(_dispatch_only(settings, database_url))
         return _serve(settings, database_url, command, argv)
-    except (DatabaseUnreachable, NotMigrated) as exc:
+    except (DatabaseUnreachable, NotMigrated, HealthPortTaken) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 1
     except DBAPIError as exc:
@@ -182,6 +182,10 @@ def _serve(settings: Settings, database_url: str, command: str, argv: Sequence[s
         print=None,
         access_log=None,
         shutdown_timeout=settings.delivery.shutdown_grace_seconds + 5,
+        # aiohttp has no header-read timeout of its own, but its keep-alive timer runs
+        # from when a connection opens or its last response went out until the next
+        # request's headers are complete: a client trickling headers is closed then.
+        keepalive_timeout=settings.server.header_timeout_seconds,
     )
     return 0
 
@@ -286,19 +290,47 @@ async def _dispatch_only(settings: Settings, database_url: str) -> None:
     from relay.app import create_app
 
     app = create_app(settings, database_url, api=False, dispatcher=True)
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runner.setup()
+    try:
+        health = await _health_site(runner, settings)
+    except OSError as exc:
+        await runner.cleanup()
+        raise HealthPortTaken(
+            f"cannot serve /healthz on {settings.server.host}:{settings.server.health_port} "
+            f"({exc.strerror or exc}); give each dispatcher on this machine its own "
+            "server.health_port (or RELAY_HEALTH_PORT), or 0 to turn the endpoint off"
+        ) from exc
     _tune_gc()
-    log.info("relay dispatch running (database %s)", redacted(database_url))
+    log.info(
+        "relay dispatch running (database %s)%s",
+        redacted(database_url),
+        f"; /healthz and /metrics on http://{health}" if health else "",
+    )
     try:
         await stop.wait()
         log.info("stopping: finishing in-flight deliveries")
     finally:
         await runner.cleanup()
+
+
+class HealthPortTaken(RuntimeError):
+    """`relay dispatch` could not listen on its health port."""
+
+
+async def _health_site(runner: web.AppRunner, settings: Settings) -> str | None:
+    """Serve the dispatcher's /healthz and /metrics (liveness for systemd, Kubernetes,
+    ...); where, as host:port, or None when turned off."""
+    port = settings.server.health_port
+    if not port:
+        return None
+    site = web.TCPSite(runner, settings.server.host, port)
+    await site.start()
+    return f"{settings.server.host}:{port}"
 
 
 # Young-generation size for the cyclic garbage collector in long-running servers (the

@@ -59,6 +59,19 @@ class ServerSettings(_Strict):
     jwt_secret: str | None = None
     # HTTP processes sharing the port (SO_REUSEPORT); see relay/workers.py.
     workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # `relay dispatch` serves GET /healthz (liveness: every loop making progress) and
+    # GET /metrics on host:health_port; 0 turns it off. Each dispatcher on one machine
+    # needs a port of its own. (`relay serve` and `relay api` serve both on `port`.)
+    health_port: Annotated[int, Field(ge=0, le=65535)] = 3334
+    # Items one pod API request may carry (a JSON array); more is a 413. Each item costs
+    # memory and database work before the request is answered.
+    max_publish_items: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    # Seconds a connection may take to send a request's headers, counted from when it
+    # opens or its previous response went out (so also how long an idle keep-alive
+    # connection stays open); then it is closed. Bounds slow-header (slowloris) clients.
+    header_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # Seconds a request body may take to arrive once relay reads it; then a 408.
+    body_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
     @field_validator("public_url")
     @classmethod
@@ -328,6 +341,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "RELAY_HOST": ("server", "host"),
     "RELAY_PORT": ("server", "port"),
     "RELAY_WORKERS": ("server", "workers"),
+    "RELAY_HEALTH_PORT": ("server", "health_port"),
     "RELAY_ADMIN_API_KEY": ("server", "admin_api_key"),
     "RELAY_PUBLIC_URL": ("server", "public_url"),
     "RELAY_DISPATCH_LEASE_SECONDS": ("delivery", "lease_seconds"),

@@ -14,7 +14,12 @@
 - Outcomes are written in batches by one recorder task, so a delivery costs a share of
   one transaction instead of one of its own. Destination health (consecutive failures,
   410 Gone, auto-disable) is updated in the same transaction.
-- Every loop survives the database going away: it logs, waits and tries again.
+- Every loop survives the database going away: it logs, waits and tries again. The
+  loops run under a Supervisor (relay/supervise.py): a loop that crashes is logged with
+  its traceback at once and started again, and health reports a loop that crashed or
+  stopped making progress.
+- A row this process cannot even read back from its claim is quarantined alone: failed,
+  with an ``unprocessable`` attempt row; its neighbours in the batch are delivered.
 - Stopping: no more claims, in-flight deliveries get a grace period, the rest go back to
   pending with an ``interrupted`` attempt row each, and every outcome we have is written.
 """
@@ -29,7 +34,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
@@ -43,6 +48,7 @@ from relay.db.engine import connect_raw, is_connection_failure
 from relay.delivery import Outcome, deliver
 from relay.metrics import Metrics, attempt_outcome
 from relay.retry import RetryPolicy, next_delay
+from relay.supervise import Loop, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -131,21 +137,28 @@ class Dispatcher:
         # stops at its threshold instead of a few tries past it).
         self._unjudged: Counter[tuple[str, str]] = Counter()
         self._outcomes: asyncio.Queue[outbox.Recorded] = asyncio.Queue()
+        # The batch the recorder is writing: kept until written, so a recorder that
+        # crashes and is restarted writes it again (attempt rows are idempotent).
+        self._recording: list[outbox.Recorded] = []
         self._wake_times: list[float] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        # When the armed timer fires. Kept here: uvloop's call_at returns a plain Handle,
+        # with no when(), for a time less than a millisecond away.
+        self._timer_due: float | None = None
         self._session: aiohttp.ClientSession | None = None
         self._resolver: ssrf.GuardedResolver | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self.supervisor = Supervisor("dispatcher")
         # The claim loop and the recorder each keep a connection of their own (outside the
         # pool): their statements are the hot path.
         self._claim_conn: asyncpg.Connection | None = None
         self._record_conn: asyncpg.Connection | None = None
-        self.last_loop_at = 0.0
         self.listening = False
         # How many times a LISTEN connection was (re)established.
         self.listen_connections = 0
         # When the lease loop last reached the database (monotonic clock).
         self.lease_upkeep_at = 0.0
+        # Rows quarantined because they could not be read back from a claim.
+        self.quarantined = 0
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -159,25 +172,28 @@ class Dispatcher:
         self._session = aiohttp.ClientSession(
             connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
         )
-        self.last_loop_at = time.monotonic()
-        self._tasks = [
-            asyncio.create_task(self._claim_loop(), name="relay-claim"),
-            asyncio.create_task(self._record_loop(), name="relay-record"),
-            asyncio.create_task(self._listen_loop(), name="relay-listen"),
-            asyncio.create_task(self._lease_loop(), name="relay-lease"),
-        ]
+        # Stall bounds. A claim loop turns at least every poll interval. Outcomes must be
+        # written, and leases renewed, well within a lease: past it, another dispatcher
+        # sends the delivery again.
+        lease = self.settings.lease_seconds
+        s = self.supervisor
+        s.start("claim", self._claim_loop, stall_after=self.settings.poll_interval_seconds * 5 + 30)
+        s.start("record", self._record_loop, stall_after=max(lease / 2, 1.0))
+        s.start("lease", self._lease_loop, stall_after=max(lease / 2, 1.0))
+        # NOTIFY is only a hint (polling is the truth): a lost LISTEN is not a stall.
+        s.start("listen", self._listen_loop)
 
     async def stop(self) -> None:
         """Stop claiming, let in-flight deliveries finish within the grace period,
         give back what did not finish (each with an ``interrupted`` attempt row), and
         write every outcome we have."""
+        self.supervisor.draining = True
         self._stopping.set()
         self._wake.set()
         if self._timer is not None:
             self._timer.cancel()
-        claim_task, record_task, *others = self._tasks
         with contextlib.suppress(asyncio.CancelledError):
-            await claim_task
+            await self.supervisor.task("claim")
         pending = list(self._in_flight.values())
         if pending:
             log.info(
@@ -203,9 +219,7 @@ class Dispatcher:
                 "and they will be sent again",
                 self._outcomes.qsize(),
             )
-        for task in (record_task, *others):
-            task.cancel()
-        await asyncio.gather(record_task, *others, return_exceptions=True)
+        await self.supervisor.stop("record", "lease", "listen")
         for conn in (self._claim_conn, self._record_conn):
             if conn is not None:
                 with contextlib.suppress(Exception):
@@ -219,10 +233,8 @@ class Dispatcher:
 
     @property
     def healthy(self) -> bool:
-        """All loops alive, and the claim loop turned recently (or we are stopping)."""
-        if any(task.done() for task in self._tasks) and not self._stopping.is_set():
-            return False
-        return time.monotonic() - self.last_loop_at < self.settings.poll_interval_seconds * 5 + 30
+        """Every loop running and making progress (or we are stopping)."""
+        return self._stopping.is_set() or self.supervisor.healthy
 
     def wake(self) -> None:
         self._wake.set()
@@ -234,14 +246,14 @@ class Dispatcher:
 
     # --- claim -> deliver --------------------------------------------------------------
 
-    async def _claim_loop(self) -> None:
+    async def _claim_loop(self, loop: Loop) -> None:
         while not self._stopping.is_set():
-            self.last_loop_at = time.monotonic()
             free = self.settings.concurrency - len(self._in_flight)
             self._wake.clear()
             if free <= 0:
                 # Finished deliveries wake us once enough slots are free (see _spawn).
-                await self._wait(self._wake.wait())
+                with loop.idle():
+                    await self._wait(self._wake.wait())
                 continue
             self._freed = 0
             try:
@@ -256,20 +268,56 @@ class Dispatcher:
                 )
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # database down: wait a poll interval and try again
+            except Exception as exc:
                 _discard(self._claim_conn)
                 self._claim_conn = None
-                log.warning("claim failed (%s); retrying", _brief(exc))
+                if is_connection_failure(exc):  # database down: wait a poll interval
+                    log.warning("claim failed (%s); retrying", _brief(exc))
+                else:
+                    # The claim may have committed and then failed to return its rows
+                    # (a value the driver cannot read): take them one at a time.
+                    log.exception("claim failed; taking its rows one at a time")
+                    await self._claim_one_by_one()
                 await self._wait(self._stopping.wait())
                 continue
             self.stats.claimed += len(batch)
             for claimed in batch:
                 self._held[claimed.id] = claimed
                 self._spawn(claimed)
+            loop.beat()
             if not batch:
                 # Nothing due (or only for destinations at their cap): sleep until woken
                 # (NOTIFY, a retry timer, a finished delivery) or the next poll.
-                await self._wait(self._wake.wait())
+                with loop.idle():
+                    await self._wait(self._wake.wait())
+
+    async def _claim_one_by_one(self) -> None:
+        """Rows we claimed but do not hold: read each alone; one that cannot be read is
+        quarantined (failed, with an ``unprocessable`` attempt row) instead of being
+        released at lease expiry and claimed again with its neighbours, forever."""
+        try:
+            conn = self._claim_conn = await self._connected(self._claim_conn)
+            for id in await outbox.claimed_ids(conn, self.token, exclude=list(self._held)):
+                try:
+                    claimed = await outbox.claimed_row(conn, id, self.token)
+                except Exception as exc:
+                    if is_connection_failure(exc):
+                        raise
+                    self.quarantined += await outbox.quarantine(
+                        conn, id, self.token, code="unprocessable", detail=_brief(exc)
+                    )
+                    log.error("delivery %d cannot be read (%s); quarantined", id, _brief(exc))
+                    continue
+                if claimed is not None:
+                    self.stats.claimed += 1
+                    self._held[claimed.id] = claimed
+                    self._spawn(claimed)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # their leases expire and they come back to us
+            _discard(self._claim_conn)
+            self._claim_conn = None
+            log.warning("could not take claimed rows one at a time (%s)", _brief(exc))
 
     def _busy(self) -> dict[tuple[str, str], int]:
         """In-flight counts per destination; one awaiting judgement counts as full."""
@@ -360,41 +408,58 @@ class Dispatcher:
 
     # --- record --------------------------------------------------------------------------
 
-    async def _record_loop(self) -> None:
+    async def _record_loop(self, loop: Loop) -> None:
         while True:
-            first = await self._outcomes.get()
-            batch = [first]
-            while len(batch) < RECORD_BATCH and not self._outcomes.empty():
-                batch.append(self._outcomes.get_nowait())
-            disabled = await self._write(batch)
-            if self.metrics is not None:
-                _count_attempts(self.metrics, batch)
-            for recorded in batch:
-                self._held.pop(recorded.claimed.id, None)
-                if recorded.next_status == "pending":
-                    self._wake_in(recorded.delay_seconds)
-                if self._affects_health(recorded.attempt_status == "failed", recorded.http_status):
-                    key = recorded.claimed.destination
-                    self._unjudged[key] -= 1
-                    if self._unjudged[key] <= 0:
-                        del self._unjudged[key]
-                        self._wake.set()
-                self._outcomes.task_done()
-            for d in disabled:
-                log.warning(
-                    "destination %s/%s disabled: %s", d.tenant_id, d.destination_id, d.reason
-                )
+            if not self._recording:
+                with loop.idle():
+                    first = await self._outcomes.get()
+                batch = [first]
+                while len(batch) < RECORD_BATCH and not self._outcomes.empty():
+                    batch.append(self._outcomes.get_nowait())
+                self._recording = batch
+            batch = self._recording
+            disabled, dropped = await self._write(batch)
+            self._recording = []
+            try:
+                self._recorded(batch, disabled)
+            finally:
+                for _ in batch:
+                    self._outcomes.task_done()
+            if not dropped:  # an outcome that could not be written is no progress
+                loop.beat()
 
-    async def _write(self, batch: list[outbox.Recorded]) -> list[outbox.Disabled]:
+    def _recorded(self, batch: list[outbox.Recorded], disabled: list[outbox.Disabled]) -> None:
+        """A batch is written: its rows are no longer ours, retries get a wake-up."""
+        if self.metrics is not None:
+            _count_attempts(self.metrics, batch)
+        retries = []
+        for recorded in batch:
+            self._held.pop(recorded.claimed.id, None)
+            if recorded.next_status == "pending":
+                retries.append(recorded.delay_seconds)
+            if self._affects_health(recorded.attempt_status == "failed", recorded.http_status):
+                key = recorded.claimed.destination
+                self._unjudged[key] -= 1
+                if self._unjudged[key] <= 0:
+                    del self._unjudged[key]
+                    self._wake.set()
+        for d in disabled:
+            log.warning("destination %s/%s disabled: %s", d.tenant_id, d.destination_id, d.reason)
+        if retries:
+            self._wake_in(retries)
+
+    async def _write(self, batch: list[outbox.Recorded]) -> tuple[list[outbox.Disabled], int]:
+        """Write a batch, retrying; (destinations it disabled, outcomes dropped)."""
         delay = 0.1
         failures = 0
         while True:
             try:
                 conn = self._record_conn = await self._connected(self._record_conn)
                 async with conn.transaction():
-                    return await outbox.record_outcomes(
+                    disabled = await outbox.record_outcomes(
                         conn, batch, auto_disable_after=self.settings.auto_disable_after_failures
                     )
+                return disabled, 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -402,30 +467,60 @@ class Dispatcher:
                 self._record_conn = None
                 failures += 1
                 if not is_connection_failure(exc) and failures >= SPLIT_AFTER_FAILURES:
-                    if len(batch) > 1:
-                        disabled: list[outbox.Disabled] = []
-                        for recorded in batch:
-                            disabled += await self._write([recorded])
-                        return disabled
-                    log.error(
-                        "dropping the outcome of delivery %d, which cannot be written (%s); "
-                        "its lease will expire and it will be sent again",
-                        batch[0].claimed.id,
-                        _brief(exc),
-                    )
-                    return []
-                # Keep the outcomes and try again; if this outlasts the lease, another
-                # dispatcher redelivers (at-least-once) and these attempt rows still land.
+                    if len(batch) == 1:
+                        return await self._write_stripped(batch[0], exc)
+                    # One unwritable row must not hold up the others: one at a time.
+                    disabled, dropped = [], 0
+                    for recorded in batch:
+                        one_disabled, one_dropped = await self._write([recorded])
+                        disabled += one_disabled
+                        dropped += one_dropped
+                    return disabled, dropped
+                # Keep the outcomes and try again. If the commit happened and only its
+                # answer was lost, writing the batch again adds nothing (record_outcomes
+                # is idempotent); if this outlasts the lease, another dispatcher
+                # redelivers (at-least-once) and these attempt rows still land.
                 log.warning("recording %d outcomes failed (%s); retrying", len(batch), _brief(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _wake_in(self, delay: float) -> None:
-        """Wake the claim loop when a retry falls due (a heap of times, one timer)."""
-        if delay >= self.settings.poll_interval_seconds * 50:
-            return  # far off: polling finds it
-        loop = asyncio.get_running_loop()
-        heapq.heappush(self._wake_times, loop.time() + delay)
+    async def _write_stripped(
+        self, recorded: outbox.Recorded, exc: Exception
+    ) -> tuple[list[outbox.Disabled], int]:
+        """One outcome PostgreSQL refuses: write it without what the receiver sent (its
+        body and headers, the likely culprits), so the delivery still ends as it did."""
+        stripped = replace(
+            recorded,
+            response_body=None,
+            response_headers=None,
+            error_detail=f"the receiver's answer could not be stored: {_brief(exc)}",
+        )
+        try:
+            conn = self._record_conn = await self._connected(self._record_conn)
+            async with conn.transaction():
+                disabled = await outbox.record_outcomes(
+                    conn, [stripped], auto_disable_after=self.settings.auto_disable_after_failures
+                )
+            return disabled, 0
+        except asyncio.CancelledError:
+            raise
+        except Exception as again:
+            _discard(self._record_conn)
+            self._record_conn = None
+            log.error(
+                "dropping the outcome of delivery %d, which cannot be written (%s); "
+                "its lease will expire and it will be sent again",
+                recorded.claimed.id,
+                _brief(again),
+            )
+            return [], 1
+
+    def _wake_in(self, delays: list[float]) -> None:
+        """Wake the claim loop when retries fall due (a heap of times, one timer)."""
+        now = asyncio.get_running_loop().time()
+        for delay in delays:
+            if delay < self.settings.poll_interval_seconds * 50:  # far off: polling finds it
+                heapq.heappush(self._wake_times, now + delay)
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -435,23 +530,26 @@ class Dispatcher:
         now = loop.time()
         while self._wake_times and self._wake_times[0] <= now:
             heapq.heappop(self._wake_times)
+            # Due already: no timer needed for it.
+            self._wake.set()
         if not self._wake_times:
             return
         due = self._wake_times[0]
         if self._timer is not None:
-            if self._timer.when() == due:
+            if self._timer_due == due:
                 return
             self._timer.cancel()
         self._timer = loop.call_at(due, self._timer_fired)
+        self._timer_due = due
 
     def _timer_fired(self) -> None:
-        self._timer = None
+        self._timer = self._timer_due = None
         self._wake.set()
         self._arm_timer()
 
     # --- wake-ups and leases -------------------------------------------------------------
 
-    async def _listen_loop(self) -> None:
+    async def _listen_loop(self, loop: Loop) -> None:
         """Hold a LISTEN connection; reconnect whenever it drops."""
         while True:
             conn = None
@@ -462,6 +560,7 @@ class Dispatcher:
                 await conn.add_listener(outbox.NOTIFY_CHANNEL, lambda *_: self._wake.set())
                 self.listening = True
                 self.listen_connections += 1
+                loop.beat()
                 log.debug("listening on %s", outbox.NOTIFY_CHANNEL)
                 # Work may have arrived while we were not listening.
                 self._wake.set()
@@ -471,6 +570,7 @@ class Dispatcher:
                     if not lost.is_set():
                         # Notices a dead socket that never said goodbye.
                         await conn.execute("SELECT 1", timeout=10)
+                        loop.beat()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -482,7 +582,7 @@ class Dispatcher:
                         await asyncio.wait_for(conn.close(), timeout=2)
             await asyncio.sleep(1)
 
-    async def _lease_loop(self) -> None:
+    async def _lease_loop(self, loop: Loop) -> None:
         """Keep our own leases alive; give back rows whose holder is gone."""
         interval = max(min(self.settings.lease_seconds / 4, 15.0), 0.1)
         while True:
@@ -500,6 +600,7 @@ class Dispatcher:
                 log.warning("lease upkeep failed (%s); retrying", _brief(exc))
                 continue
             self.lease_upkeep_at = time.monotonic()
+            loop.beat()
             if released:
                 self.stats.released_expired += released
                 if self.metrics is not None:

@@ -26,7 +26,6 @@ failure can never write an event twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -38,6 +37,7 @@ from relay.db.engine import asyncpg_url, is_connection_failure
 from relay.db.publishing import DestinationRoute, StaleRoutes, sqlstate
 from relay.errors import BadRequest, RelayError
 from relay.publish import Event, Planned, Published, new_event_id, plan_routed, write
+from relay.supervise import Loop, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class GroupCommit:
         self._max_events = max_events
         self._queue: list[_Unit] = []
         self._ready = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.supervisor = Supervisor("publisher")
         self._pool: asyncpg.Pool | None = None
         self.routes = RouteCache()
         # Transactions committed and events they carried (tests, and how well it groups).
@@ -79,14 +79,12 @@ class GroupCommit:
             reset=_keep_session,
         )
         await self._pool
-        self._tasks = [asyncio.create_task(self._writer()) for _ in range(self._writers)]
+        for n in range(self._writers):
+            # A group commits within the pool's command timeout (30 s), or fails.
+            self.supervisor.start(f"writer-{n}", self._writer, stall_after=60)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.supervisor.stop()
         for unit in self._queue:
             if not unit.answer.done():
                 unit.answer.set_exception(ConnectionError("relay is shutting down"))
@@ -115,17 +113,20 @@ class GroupCommit:
             self._ready.clear()
         return taken
 
-    async def _writer(self) -> None:
+    async def _writer(self, loop: Loop) -> None:
         while True:
-            await self._ready.wait()
+            with loop.idle():
+                await self._ready.wait()
             units = self._take()
             try:
                 await self._commit(units)
             except BaseException:
-                # Stopped mid-transaction: nobody may wait forever (nor get a 202).
+                # Stopped (or crashed) mid-transaction: nobody may wait forever, nor get a
+                # 202 for what may not have committed.
                 for unit in units:
                     _fail(unit, ConnectionError("relay is shutting down"))
                 raise
+            loop.beat()
 
     async def _commit(self, units: list[_Unit]) -> None:
         if not units:

@@ -11,8 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from relay.supervise import Supervisor
 
 # Publish-to-delivery latency buckets, seconds: from a few milliseconds (the
 # LISTEN/NOTIFY path) to hours (retries on the default schedule).
@@ -68,6 +70,10 @@ class Metrics:
         )
         self.backlog = BacklogCollector()
         self.registry.register(self.backlog)
+        # This process's supervised loops (dispatcher, router, publisher, ...): their
+        # health, last progress and restarts, read at scrape time; /healthz reads them too.
+        self.supervisors: list[Supervisor] = []
+        self.registry.register(LoopCollector(self.supervisors))
         self.latency = Histogram(
             "relay_delivery_latency_seconds",
             "From publish (commit) to the successful attempt's answer.",
@@ -139,3 +145,38 @@ class BacklogCollector(Collector):
             "In-flight deliveries whose lease ran out.",
             value=sum(r.expired_leases for r in self.rows),
         )
+
+
+class LoopCollector(Collector):
+    """Each supervised loop: healthy or not, when it last made progress, its restarts."""
+
+    def __init__(self, supervisors: list[Supervisor]) -> None:
+        self.supervisors = supervisors
+
+    def collect(self) -> Iterable[Metric]:
+        healthy = GaugeMetricFamily(
+            "relay_loop_healthy",
+            "1 when the background loop is running and made progress recently (or is idle).",
+            labels=["loop"],
+        )
+        last = GaugeMetricFamily(
+            "relay_loop_last_success_timestamp_seconds",
+            "Unix time of the loop's last progress (a claim, a batch written, a lease renewed).",
+            labels=["loop"],
+        )
+        restarts = CounterMetricFamily(
+            "relay_loop_restarts",
+            "Times the loop crashed and was started again.",
+            labels=["loop"],
+        )
+        for supervisor in self.supervisors:
+            for name, status in supervisor.health().items():
+                loop = supervisor.loops[name]
+                label = [f"{supervisor.owner}.{name}"]
+                healthy.add_metric(label, 1.0 if status == "healthy" else 0.0)
+                if loop.last_success is not None:
+                    last.add_metric(label, loop.last_success)
+                restarts.add_metric(label, loop.restarts)
+        yield healthy
+        yield last
+        yield restarts

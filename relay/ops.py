@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.config import RetentionSettings
 from relay.db import ops
+from relay.supervise import Loop
 
 log = logging.getLogger(__name__)
 
@@ -161,24 +162,25 @@ async def prune(
 
 
 async def housekeeping_loop(
-    engine: AsyncEngine, settings: RetentionSettings, interval: float = 60.0
+    engine: AsyncEngine, settings: RetentionSettings, loop: Loop, interval: float = 60.0
 ) -> None:
     """Run in dispatcher processes: end deliveries stranded on deleted destinations, and
     prune finished history when retention is configured (one process at a time)."""
     max_age = timedelta(days=settings.max_age_days)
     last_prune = float("-inf")
-    loop = asyncio.get_running_loop()
+    clock = asyncio.get_running_loop()
     while True:
         try:
             async with engine.begin() as conn:
                 ended = await ops.fail_deleted_destinations(conn)
             if ended:
                 log.info("ended %d deliveries to deleted destinations", ended)
-            if settings.max_age_days and loop.time() - last_prune >= settings.interval_seconds:
-                last_prune = loop.time()
+            if settings.max_age_days and clock.time() - last_prune >= settings.interval_seconds:
+                last_prune = clock.time()
                 pruned = await prune(engine, max_age, None, batch_size=settings.batch_size)
                 if pruned.events:
                     log.info("retention removed %d events older than %s", pruned.events, max_age)
+            loop.beat()
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -18,8 +18,9 @@ import asyncpg
 import orjson
 
 from relay.db import publishing
-from relay.db.engine import connect_raw
+from relay.db.engine import connect_raw, is_connection_failure
 from relay.publish import route_event
+from relay.supervise import Loop, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +59,16 @@ class Router:
         self._poll_interval = poll_interval
         self._batch = batch
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor("router")
         self.routed = 0
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self.supervisor.start("route", self._run, stall_after=self._poll_interval * 5 + 30)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.supervisor.stop()
 
-    async def _run(self) -> None:
+    async def _run(self, loop: Loop) -> None:
         """Hold one connection (LISTEN, and the routing transactions); reconnect on loss."""
         while True:
             conn = None
@@ -81,11 +79,15 @@ class Router:
                     self._wake.clear()
                     while (taken := await route_pending(conn, self._batch)) > 0:
                         self.routed += taken
-                    with contextlib.suppress(TimeoutError):
+                        loop.beat()
+                    loop.beat()
+                    with contextlib.suppress(TimeoutError), loop.idle():
                         await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if not is_connection_failure(exc):
+                    raise  # not the database going away: the supervisor logs it
                 log.info("router connection lost (%s); reconnecting", type(exc).__name__)
             finally:
                 if conn is not None:

@@ -138,13 +138,20 @@ async def healthz(request: web.Request) -> web.Response:
     dispatcher = request.app.get(DISPATCHER)
     if dispatcher is not None:
         workers["dispatcher"] = {"status": "healthy" if dispatcher.healthy else "failed"}
+    # Every background loop of this process: running, and making progress (or idle).
+    # Only the status is told, as in Outpost; the log says why (and /metrics, when).
+    for supervisor in request.app[METRICS].supervisors:
+        for name, status in supervisor.health().items():
+            healthy = status == "healthy" or supervisor.draining
+            workers[f"{supervisor.owner}-{name}"] = {"status": "healthy" if healthy else "failed"}
     ok = all(w["status"] == "healthy" for w in workers.values())
     payload = {
         "status": "healthy" if ok else "failed",
         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "workers": workers,
     }
-    return json_response(payload, status=200 if ok else 503)
+    retry = None if ok else {"Retry-After": RETRY_AFTER_SECONDS}
+    return json_response(payload, status=200 if ok else 503, headers=retry)
 
 
 @routes.get(PREFIX + "/topics")

@@ -55,7 +55,21 @@ NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
 # backlog instead of reading ix_deliveries_due in order: a second per claim at a million
 # pending (for the first claims of a connection, planned with their values). Opaque
 # filters get a default estimate, and the ordered index scan with its limit wins.
-CLAIM_DUE = text("""
+# What a delivery needs, from a claimed row joined to its event (e) and destination (t).
+# Only values the driver reads back whatever the producer sent: text, numbers, booleans
+# and relay's own timestamps (the event's `time`, the producer's, is not needed here).
+_CLAIMED = """
+    d.id, d.attempts, d.tenant_id, d.destination_id,
+    {manual} AS manual, e.seq AS event_seq, e.id AS event_id, e.topic,
+    COALESCE(e.body, e.data)::text AS body,
+    e.metadata::text AS metadata, e.eligible_for_retry,
+    e.created_at AS published_at,
+    t.url, t.custom_headers::text AS custom_headers, t.secret, t.previous_secret,
+    t.previous_secret_invalid_at > now() AS previous_secret_valid,
+    t.signature_mode, t.timeout_seconds, t.delivery_metadata::text AS delivery_metadata
+"""
+
+CLAIM_DUE = text(f"""
     WITH busy AS (
         SELECT * FROM unnest(CAST(:busy_tenants AS text[]), CAST(:busy_destinations AS text[]),
                              CAST(:busy_counts AS int[]))
@@ -97,14 +111,7 @@ CLAIM_DUE = text("""
     FROM due, relay.events e, relay.destinations t
     WHERE d.id = due.id AND e.seq = d.event_seq
       AND t.tenant_id = d.tenant_id AND t.id = d.destination_id
-    RETURNING d.id, d.attempts, d.tenant_id, d.destination_id,
-              due.manual, e.seq AS event_seq, e.id AS event_id, e.topic,
-              COALESCE(e.body, e.data)::text AS body,
-              e.metadata::text AS metadata, e.eligible_for_retry, e.time,
-              e.created_at AS published_at,
-              t.url, t.custom_headers::text AS custom_headers, t.secret, t.previous_secret,
-              t.previous_secret_invalid_at > now() AS previous_secret_valid,
-              t.signature_mode, t.timeout_seconds, t.delivery_metadata::text AS delivery_metadata
+    RETURNING {_CLAIMED.format(manual="due.manual")}
 """).bindparams(
     bindparam("busy_tenants", type_=ARRAY(Text)),
     bindparam("busy_destinations", type_=ARRAY(Text)),
@@ -132,7 +139,7 @@ EXTEND_LEASES = text("""
 _RETURN_AS_ATTEMPT = """
     released AS (
         UPDATE relay.deliveries d
-        SET status = 'pending', claim_token = NULL, lease_expires_at = NULL,
+        SET status = {status}, claim_token = NULL, lease_expires_at = NULL,
             next_attempt_at = now(), last_error = :code, updated_at = now()
         FROM picked
         WHERE d.id = picked.id
@@ -160,7 +167,7 @@ RELEASE_EXPIRED = text(
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ),"""
-    + _RETURN_AS_ATTEMPT
+    + _RETURN_AS_ATTEMPT.format(status="'pending'")
 )
 
 LEASE_EXPIRED_DETAIL = (
@@ -177,11 +184,46 @@ RELEASE_INTERRUPTED = text(
         ORDER BY id
         FOR UPDATE
     ),"""
-    + _RETURN_AS_ATTEMPT
+    + _RETURN_AS_ATTEMPT.format(status="'pending'")
 ).bindparams(
     bindparam("ids", type_=ARRAY(BigInteger)),
     bindparam("token", type_=UUID(as_uuid=True)),
 )
+
+# --- rows a claim could not return -----------------------------------------------------
+# A claim commits before its rows reach us; if the driver then fails to read one of them,
+# the whole batch is lost to this dispatcher though it holds every row. These statements
+# find such rows (ours, in flight, not held), read them one at a time, and end the one
+# that cannot be read, so it does not come back with its neighbours after every lease.
+
+CLAIMED_IDS = text("""
+    SELECT id FROM relay.deliveries
+    WHERE claim_token = :token AND status = 'delivering' AND NOT (id = ANY(:held))
+    ORDER BY id
+""").bindparams(
+    bindparam("token", type_=UUID(as_uuid=True)),
+    bindparam("held", type_=ARRAY(BigInteger)),
+)
+
+CLAIMED_ROW = text(f"""
+    SELECT {_CLAIMED.format(manual="d.manual")}
+    FROM relay.deliveries d
+    JOIN relay.events e ON e.seq = d.event_seq
+    JOIN relay.destinations t ON t.tenant_id = d.tenant_id AND t.id = d.destination_id
+    WHERE d.id = :id AND d.claim_token = :token AND d.status = 'delivering'
+""").bindparams(bindparam("token", type_=UUID(as_uuid=True)))
+
+# Quarantine: the delivery fails for good, with an attempt row saying why. An operator
+# can replay it once the cause is fixed.
+QUARANTINE = text(
+    """
+    WITH picked AS (
+        SELECT id, updated_at AS claimed_at FROM relay.deliveries
+        WHERE id = :id AND claim_token = :token AND status = 'delivering'
+        FOR UPDATE
+    ),"""
+    + _RETURN_AS_ATTEMPT.format(status="'failed'")
+).bindparams(bindparam("token", type_=UUID(as_uuid=True)))
 
 INTERRUPTED_DETAIL = (
     "relay stopped before the receiver answered (the shutdown grace period ran out); the "
@@ -190,7 +232,15 @@ INTERRUPTED_DETAIL = (
 
 # Record a batch of outcomes in one statement. Every attempt becomes a row, even when
 # the lease was lost meanwhile (the HTTP call did happen); the delivery's state changes
-# only if we still hold it (claim token matches).
+# only if we still hold it (claim token and attempt number match).
+#
+# Idempotent: when a commit's answer is lost, the recorder cannot tell whether the batch
+# was written and writes it again. An attempt is known by its delivery, number and start
+# time (the dispatcher's clock, microseconds, the same in every try of one batch); one
+# that is already there is not inserted again, and a delivery already moved on is not
+# touched (its claim token is gone, or its attempt number has moved on with a new claim
+# by this same dispatcher). RETURNING names the attempts inserted now, so destination
+# health counts each failure once.
 #
 # `status IS NOT DISTINCT FROM 'delivering'` is the same test as `=` (status is never
 # NULL), written so that PostgreSQL cannot answer it from the partial indexes on
@@ -222,7 +272,7 @@ RECORD_OUTCOMES = text("""
                               THEN COALESCE(o.error_code, 'http_' || o.http_status) END,
             updated_at = now()
         FROM o
-        WHERE d.id = o.delivery_id AND d.claim_token = o.token
+        WHERE d.id = o.delivery_id AND d.claim_token = o.token AND d.attempts = o.number
           AND d.status IS NOT DISTINCT FROM 'delivering'
         RETURNING d.id
     )
@@ -234,6 +284,11 @@ RECORD_OUTCOMES = text("""
            o.attempt_status, o.http_status, o.error_code, o.error_detail, o.response_body,
            CAST(o.response_headers AS jsonb), o.duration_ms, o.started_at, o.manual
     FROM o
+    WHERE NOT EXISTS (
+        SELECT 1 FROM relay.attempts x
+        WHERE x.delivery_id = o.delivery_id AND x.number = o.number
+          AND x.started_at = o.started_at)
+    RETURNING delivery_id, number
 """).bindparams(
     bindparam("delivery_id", type_=ARRAY(BigInteger)),
     bindparam("token", type_=ARRAY(UUID(as_uuid=True))),
@@ -315,7 +370,6 @@ class Claimed:
     body: str
     metadata: str
     eligible_for_retry: bool
-    time: datetime
     # When the event was committed (for publish-to-delivery latency).
     published_at: datetime
     url: str
@@ -424,33 +478,53 @@ async def claim_due(
         in_flight=in_flight,
     )
     rows = await _fetch(conn, CLAIM_DUE, params)
-    return [
-        Claimed(
-            id=r["id"],
-            attempt=r["attempts"],
-            token=token,
-            manual=r["manual"],
-            tenant_id=r["tenant_id"],
-            destination_id=r["destination_id"],
-            event_seq=r["event_seq"],
-            event_id=r["event_id"],
-            topic=r["topic"],
-            body=r["body"],
-            metadata=r["metadata"],
-            eligible_for_retry=r["eligible_for_retry"],
-            time=r["time"],
-            published_at=r["published_at"],
-            url=r["url"],
-            custom_headers=r["custom_headers"],
-            secret=r["secret"],
-            previous_secret=r["previous_secret"],
-            previous_secret_valid=bool(r["previous_secret_valid"]),
-            signature_mode=r["signature_mode"],
-            timeout_seconds=r["timeout_seconds"],
-            delivery_metadata=r["delivery_metadata"],
-        )
-        for r in rows
-    ]
+    return [_claimed(r, token) for r in rows]
+
+
+def _claimed(r: Mapping[str, Any], token: uuid.UUID) -> Claimed:
+    return Claimed(
+        id=r["id"],
+        attempt=r["attempts"],
+        token=token,
+        manual=r["manual"],
+        tenant_id=r["tenant_id"],
+        destination_id=r["destination_id"],
+        event_seq=r["event_seq"],
+        event_id=r["event_id"],
+        topic=r["topic"],
+        body=r["body"],
+        metadata=r["metadata"],
+        eligible_for_retry=r["eligible_for_retry"],
+        published_at=r["published_at"],
+        url=r["url"],
+        custom_headers=r["custom_headers"],
+        secret=r["secret"],
+        previous_secret=r["previous_secret"],
+        previous_secret_valid=bool(r["previous_secret_valid"]),
+        signature_mode=r["signature_mode"],
+        timeout_seconds=r["timeout_seconds"],
+        delivery_metadata=r["delivery_metadata"],
+    )
+
+
+async def claimed_ids(conn: Connection, token: uuid.UUID, *, exclude: Sequence[int]) -> list[int]:
+    """Rows this dispatcher (``token``) has claimed and does not hold."""
+    rows = await _fetch(conn, CLAIMED_IDS, {"token": token, "held": list(exclude)})
+    return [r["id"] for r in rows]
+
+
+async def claimed_row(conn: Connection, id: int, token: uuid.UUID) -> Claimed | None:
+    """One claimed row, read alone (None if it is no longer ours)."""
+    rows = await _fetch(conn, CLAIMED_ROW, {"id": id, "token": token})
+    return _claimed(rows[0], token) if rows else None
+
+
+async def quarantine(conn: Connection, id: int, token: uuid.UUID, *, code: str, detail: str) -> int:
+    """End a claimed delivery relay cannot process: failed, with an attempt row."""
+    rows = await _fetch(
+        conn, QUARANTINE, {"id": id, "token": token, "code": code, "detail": detail}
+    )
+    return len(rows)
 
 
 async def extend_leases(
@@ -568,8 +642,14 @@ async def record_outcomes(
         "delay_seconds": [r.delay_seconds for r in batch],
         "manual": [r.claimed.manual for r in batch],
     }
-    await _fetch(conn, RECORD_OUTCOMES, columns)
+    inserted = {
+        (r["delivery_id"], r["number"]) for r in await _fetch(conn, RECORD_OUTCOMES, columns)
+    }
+    if len(inserted) < len(batch):  # some were written before (a retried batch)
+        batch = [r for r in batch if (r.claimed.id, r.claimed.attempt) in inserted]
     changes = health_changes(batch)
+    if not changes:
+        return []
     rows = await _fetch(
         conn,
         UPDATE_HEALTH,

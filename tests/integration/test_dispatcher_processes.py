@@ -7,6 +7,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -47,16 +48,31 @@ def write_config(path: Path, receiver: Receiver, destinations: list[str], **deli
     return path
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class Dispatch:
     """One ``relay dispatch`` process, its output in a log file."""
 
-    def __init__(self, name: str, config: Path, database_url: str, tmp: Path) -> None:
+    def __init__(
+        self, name: str, config: Path, database_url: str, tmp: Path, **env_overrides: str
+    ) -> None:
         self.name = name
         self.log_path = tmp / f"{name}.log"
-        env = os.environ | {
-            "RELAY_DATABASE_URL": database_url,
-            "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", "/tmp"),
-        }
+        # Each dispatcher on this machine serves /healthz on a port of its own.
+        self.health_port = free_port()
+        env = (
+            os.environ
+            | {
+                "RELAY_DATABASE_URL": database_url,
+                "RELAY_HEALTH_PORT": str(self.health_port),
+                "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", "/tmp"),
+            }
+            | env_overrides
+        )
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [
@@ -74,6 +90,10 @@ class Dispatch:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
+
+    @property
+    def health_url(self) -> str:
+        return f"http://127.0.0.1:{self.health_port}/healthz"
 
     @property
     def log(self) -> str:
@@ -107,8 +127,8 @@ async def dispatchers(database_url: str, tmp_path: Path) -> AsyncIterator[Any]:
     """``start(name, config)`` runs a dispatcher process; all are killed after the test."""
     started: list[Dispatch] = []
 
-    async def start(name: str, config: Path) -> Dispatch:
-        process = Dispatch(name, config, database_url, tmp_path)
+    async def start(name: str, config: Path, **env: str) -> Dispatch:
+        process = Dispatch(name, config, database_url, tmp_path, **env)
         started.append(process)
         await process.ready()
         return process

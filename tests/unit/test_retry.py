@@ -32,7 +32,6 @@ def claimed(attempt: int = 1, *, eligible: bool = True, dest: str = "d") -> Clai
         body="{}",
         metadata="{}",
         eligible_for_retry=eligible,
-        time=NOW,
         published_at=NOW,
         url="https://example.com/hook",
         custom_headers="{}",

@@ -90,7 +90,6 @@ def _claimed(**changes: object) -> Claimed:
         body=BODY.decode(),
         metadata=orjson.dumps({"source": "crm", "Region": "eu"}).decode(),
         eligible_for_retry=True,
-        time=datetime.now(UTC),
         published_at=datetime.now(UTC),
         url="https://example.com/hook",
         custom_headers=orjson.dumps(
