@@ -19,7 +19,7 @@ from sqlalchemy import text
 
 from relay.api import aggregates, destinations, logs, retry, tenants
 from relay.api.auth import authenticate, require_admin
-from relay.api.errors import json_response
+from relay.api.errors import RETRY_AFTER_SECONDS, json_response
 from relay.api.rawjson import member_span
 from relay.api.validation import read_json, validate
 from relay.appkeys import DISPATCHER, ENGINE, HEAD_REVISION, METRICS, PUBLISHER, SETTINGS
