@@ -57,7 +57,8 @@ def is_connection_failure(exc: BaseException) -> bool:
 
     Covers a refused or timed-out connect, a connection the server closed (restart,
     ``pg_terminate_backend``), a server still starting up or shutting down, and an
-    exhausted pool."""
+    exhausted pool. Both forms count: asyncpg's own exception (relay's raw asyncpg pools)
+    and SQLAlchemy's wrapping of it (``orig`` is the dialect's, whose cause is asyncpg's)."""
     if isinstance(exc, PoolTimeout | InterfaceError | ConnectionError | OSError):
         return True
     if isinstance(exc, asyncio.TimeoutError):
@@ -67,8 +68,23 @@ def is_connection_failure(exc: BaseException) -> bool:
             return True
         orig = getattr(exc, "orig", None)
         causes = [orig, getattr(orig, "__cause__", None)]
-        return any(isinstance(c, _DISCONNECTS) for c in causes if c is not None)
-    return isinstance(exc, _DISCONNECTS)
+        return any(_lost_connection(c) for c in causes if c is not None)
+    return _lost_connection(exc)
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    if isinstance(exc, _DISCONNECTS):
+        return True
+    # asyncpg's protocol state machine refusing a step, such as "cannot switch to state
+    # 12; another operation (2) is in progress": the server's FATAL error (a shutdown,
+    # pg_terminate_backend) was read while the connection sat idle, but not yet its
+    # close, and asyncpg aborts the connection on the spot. Its subclasses are another
+    # matter: ProtocolError and OutdatedSchemaCacheError concern decoding one result on
+    # a connection that still works; TargetServerAttributeNotMatched is a connect that
+    # found no server of the wanted kind (target_session_attrs, during a failover).
+    if type(exc) is asyncpg.InternalClientError:
+        return True
+    return isinstance(exc, asyncpg.TargetServerAttributeNotMatched)
 
 
 _DISCONNECTS = (
