@@ -20,13 +20,21 @@ def identify(publishers: Sequence[PublisherConfig], presented_key: str) -> Publi
     Every key is compared, in constant time, even after a match: neither the key nor its
     position in the list leaks through response timing.
     """
-    presented = presented_key.encode()
+    presented = _exact_bytes(presented_key)
     found = None
     for publisher in publishers:
-        key = (publisher.key or "").encode()
+        key = _exact_bytes(publisher.key or "")
         if hmac.compare_digest(presented, key) and key:
             found = publisher
     return found
+
+
+def _exact_bytes(text: str) -> bytes:
+    # aiohttp keeps a header's undecodable bytes as lone surrogates (and os.environ does
+    # the same for a key read from the environment); plain UTF-8 cannot encode them.
+    # "surrogatepass" encodes every string, each to different bytes, so such a key is
+    # compared like any other instead of failing the request.
+    return text.encode("utf-8", "surrogatepass")
 
 
 def grant_covers(grant: GrantConfig, recipient: str, topic: str) -> bool:
