@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -96,6 +96,42 @@ def time_ordered_hex() -> str:
     raw[6] = (raw[6] & 0x0F) | 0x70  # version 7
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 9562 variant
     return raw.hex()
+
+
+# How deep an event's `data` may nest: orjson's limit for writing JSON (a deeper value
+# cannot be written back by the APIs that answer with it). Deeper data is refused at
+# publish, naming the field, rather than accepted and unreadable later.
+MAX_DATA_DEPTH = 254
+TOO_DEEP = f"nests deeper than {MAX_DATA_DEPTH} levels, relay's limit"
+
+# The instants PostgreSQL and Python can both hold: an event's time must be one of these,
+# or it could be stored but never read back.
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+TIME_RANGE = "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z (in UTC)"
+
+
+def data_json(value: Any) -> bytes | None:
+    """``value`` serialized compactly, or None when it nests deeper than MAX_DATA_DEPTH."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        # The only way a parsed JSON value fails to serialize: too deep.
+        return None
+
+
+def time_problem(value: datetime | None) -> str | None:
+    """Why an event's time cannot be stored and read back, or None. A time without an
+    offset is UTC, as relay stores it."""
+    if value is None:
+        return None
+    try:
+        in_utc = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:
+        return TIME_RANGE
+    if not EARLIEST <= in_utc <= LATEST:
+        return TIME_RANGE
+    return None
 
 
 def check_topic(topic: str, catalogue: Sequence[str]) -> None:
@@ -176,9 +212,11 @@ def _not_one_json_value(event: Event) -> ValidationFailed | None:
             continue
         try:
             # orjson, as the HTTP handlers parse bodies: the same JSON is accepted.
-            orjson.loads(value)
+            parsed = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
             return ValidationFailed([f"{name} must be one serialized JSON value: {exc}"])
+        if data_json(parsed) is None:
+            return ValidationFailed([f"{name} {TOO_DEEP}"])
     return None
 
 
@@ -205,6 +243,9 @@ def _plan(
     event: Event, destinations: Sequence[DestinationRoute] | None, topics: Sequence[str]
 ) -> Planned:
     check_topic(event.topic, topics)
+    problem = time_problem(event.time)
+    if problem is not None:
+        raise ValidationFailed([f"time {problem}"])
     if destinations is None:
         raise NotFound(f"tenant {event.tenant_id!r} not found")
     if event.destination_id is not None:

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Annotated, Any
 
-import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 from sqlalchemy import text
@@ -24,8 +23,8 @@ from relay.api.rawjson import member_span
 from relay.api.validation import read_json, validate
 from relay.appkeys import DISPATCHER, ENGINE, HEAD_REVISION, METRICS, PUBLISHER, SETTINGS
 from relay.db.migrate import current_revision
-from relay.errors import BadRequest, NotFound
-from relay.publish import Event, check_topic, new_event_id
+from relay.errors import NotFound, ValidationFailed
+from relay.publish import TOO_DEEP, Event, check_topic, data_json, new_event_id, time_problem
 
 PREFIX = "/api/v1"
 routes = web.RouteTableDef()
@@ -61,11 +60,15 @@ class PublishBody(BaseModel):
 
     @field_validator("time")
     @classmethod
-    def _storable_offset(cls, value: datetime | None) -> datetime | None:
+    def _storable_time(cls, value: datetime | None) -> datetime | None:
         offset = value.utcoffset() if value is not None else None
         if offset is not None and abs(offset) >= timedelta(hours=16):
             # PostgreSQL refuses offsets of 16 hours or more.
             raise ValueError("time zone offset must be less than 16 hours")
+        # An instant outside years 1-9999 in UTC would be stored and never read back.
+        problem = time_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
 
@@ -78,16 +81,12 @@ def exact_data(raw: bytes, data: dict[str, Any]) -> bytes:
     as JSON. At worst it is ``data`` in compact form: when ``data`` itself is spaced out
     and an equal value, written compactly, follows another key spelled to end that way
     (a nested ``"data"``, or a key ending in an escaped quote and ``data``)."""
-    try:
-        compact: bytes | None = orjson.dumps(data)
-    except orjson.JSONEncodeError:
-        compact = None  # deeper than orjson writes (254 levels); the scan reads it
-    if compact is not None and b'"data":' + compact in raw:
+    compact = data_json(data)
+    if compact is None:
+        raise ValidationFailed([f"data {TOO_DEEP}"])
+    if b'"data":' + compact in raw:
         return compact
-    span = member_span(raw, "data") or compact
-    if span is None:  # not reached: the body parsed, so the scan finds `data`
-        raise BadRequest("data could not be read")
-    return span
+    return member_span(raw, "data") or compact
 
 
 @routes.post(PREFIX + "/publish")
@@ -96,12 +95,7 @@ async def publish_event(request: web.Request) -> web.Response:
     body = validate(PublishBody, await read_json(request))
     # Store `data` as the producer's exact bytes (spacing, number spelling, key order);
     # the body already parsed, so the span is valid JSON.
-    try:
-        raw_data = exact_data(await request.read(), body.data)
-    except RecursionError:
-        # The C JSON scanner recurses per level and meets Python's recursion limit before
-        # orjson's own limit of 1024 levels.
-        raise BadRequest("data is nested too deeply") from None
+    raw_data = exact_data(await request.read(), body.data)
     event = Event(
         tenant_id=body.tenant_id,
         topic=body.topic or "",

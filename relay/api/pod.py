@@ -12,18 +12,18 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 from aiohttp import web
 
 from relay import grants
 from relay.api.errors import json_response, use_error_shape
+from relay.api.rawjson import member_span
 from relay.appkeys import ENGINE, METRICS, PUBLISHER, SETTINGS
 from relay.config import PublisherConfig
 from relay.db import pods
 from relay.errors import BadRequest, Forbidden, NotFound, RelayError, Unauthorized
-from relay.publish import Event, time_ordered_hex
+from relay.publish import TOO_DEEP, Event, data_json, time_ordered_hex
 
 PREFIX = "/publish"
 routes = web.RouteTableDef()
@@ -50,7 +50,9 @@ class PodEvent:
     recipient: str | list[str]
     source: str | None
     topic: str
-    data: dict[str, Any]
+    # `data`, serialized once: the parsed object is not kept (a long array of them is
+    # most of a request's memory), and the envelope embeds these bytes as they are.
+    data: bytes
 
     @property
     def targets(self) -> list[str]:
@@ -107,10 +109,19 @@ def parse_event(raw: object) -> PodEvent:
         raise BadRequest("No data found")
     if not isinstance(data, dict):
         raise BadRequest("data must be a JSON object")
-    return PodEvent(recipient=recipient, source=source, topic=topic, data=data)
+    serialized = data_json(data)
+    if serialized is None:
+        raise BadRequest(f"data {TOO_DEEP}")
+    return PodEvent(recipient=recipient, source=source, topic=topic, data=serialized)
 
 
-def parse_body(payload: object) -> tuple[list[PodEvent], bool]:
+class TooManyItems(RelayError):
+    """too many events in one request"""
+
+    status = 413
+
+
+def parse_body(payload: object, max_items: int) -> tuple[list[PodEvent], bool]:
     """The request's events and whether they came as an array; every item is validated."""
     if isinstance(payload, dict):
         return [parse_event(payload)], False
@@ -118,6 +129,12 @@ def parse_body(payload: object) -> tuple[list[PodEvent], bool]:
         raise BadRequest("request body must be a JSON event object or an array of them")
     if not payload:
         raise BadRequest("the array is empty; send at least one event")
+    if len(payload) > max_items:
+        # Checked before any item: the work a request may cost is bounded up front.
+        raise TooManyItems(
+            f"the array holds {len(payload)} events; at most {max_items} per request "
+            "(server.max_publish_items): split it"
+        )
     events = []
     for index, item in enumerate(payload):
         try:
@@ -200,15 +217,16 @@ def copies(
         "recipient": event.recipient,
         "source": event.source,
         "time": time.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "data": event.data,
+        "data": orjson.Fragment(event.data),
     }
+    body = orjson.dumps(envelope)
     return [
         Event(
             tenant_id=tenant_id,
             id=event_id,
             topic=event.topic,
-            data=orjson.dumps(event.data),
-            body=orjson.dumps(envelope),
+            data=event.data,
+            body=body,
             metadata={"publisher": publisher},
             time=time,
         )
@@ -220,7 +238,8 @@ def copies(
 @routes.post(PREFIX)
 async def publish_to_pods(request: web.Request) -> web.Response:
     publisher = authenticate(request)
-    events, is_array = parse_body(await _read_payload(request))
+    settings = request.app[SETTINGS].server
+    events, is_array = parse_body(await _read_payload(request), settings.max_publish_items)
     base = base_url(request)
     ids = [time_ordered_hex() for _ in events]
     time = _now()
@@ -254,7 +273,13 @@ async def published_event(request: web.Request) -> web.Response:
     if found is None:
         # Someone else's event is not found either: ids are not for probing.
         raise NotFound(f"Event {event_id} not found")
-    return json_response(found.body | {"deliveries": [d.as_json() for d in found.deliveries]})
+    envelope = orjson.loads(found.body)
+    # `data` as stored, not parsed and written again: data may nest as deep as relay
+    # accepts, which puts the envelope one level deeper than orjson writes.
+    span = member_span(found.body.encode(), "data")
+    if span is not None:
+        envelope["data"] = orjson.Fragment(span)
+    return json_response(envelope | {"deliveries": [d.as_json() for d in found.deliveries]})
 
 
 def setup(app: web.Application) -> None:

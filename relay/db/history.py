@@ -214,7 +214,8 @@ class EventRow:
     eligible_for_retry: bool
     destination_id: str | None
     metadata: dict[str, str]
-    data: Any
+    # The stored JSON text as an orjson.Fragment: written into answers as it is.
+    data: orjson.Fragment
     matched_destination_ids: list[str]
 
     @property
@@ -244,8 +245,9 @@ def _event(row: Row[Any]) -> EventRow:
         eligible_for_retry=row.eligible_for_retry,
         destination_id=row.destination_id,
         metadata=dict(row.metadata or {}),
-        # Parsed by orjson, which keeps the producer's key order.
-        data=orjson.loads(row.data),
+        # As stored (the producer's bytes), not parsed: it goes out as it came in, at
+        # any depth PostgreSQL accepted, with key order and number spelling kept.
+        data=orjson.Fragment(row.data),
         matched_destination_ids=list(row.matched_destination_ids),
     )
 
@@ -329,7 +331,8 @@ class AttemptRow:
     event_time: datetime
     eligible_for_retry: bool
     event_metadata: dict[str, str]
-    event_data: Any
+    # As EventRow.data, when asked for.
+    event_data: orjson.Fragment | None
 
     @property
     def position(self) -> Position:
@@ -370,7 +373,7 @@ def _attempt(row: Row[Any]) -> AttemptRow:
         event_time=row.event_time,
         eligible_for_retry=row.eligible_for_retry,
         event_metadata=dict(row.event_metadata or {}),
-        event_data=None if row.event_data is None else orjson.loads(row.event_data),
+        event_data=None if row.event_data is None else orjson.Fragment(row.event_data),
     )
 
 

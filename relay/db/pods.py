@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -73,8 +72,9 @@ class DeliveryState:
 
 @dataclass(frozen=True, slots=True)
 class PublishedEvent:
-    # What receivers get: the envelope (id, topic, recipient, source, time, data).
-    body: dict[str, Any]
+    # What receivers get: the envelope (id, topic, recipient, source, time, data), as
+    # stored JSON text.
+    body: str
     tenant_ids: list[str]
     deliveries: list[DeliveryState]
 
@@ -88,7 +88,7 @@ async def published_event(
         return None
     rows = await conn.execute(EVENT_DELIVERIES, {"seqs": [c.seq for c in copies]})
     return PublishedEvent(
-        body=orjson.loads(copies[0].body),
+        body=copies[0].body,
         tenant_ids=[c.tenant_id for c in copies],
         deliveries=[
             DeliveryState(r.tenant_id, r.destination_id, r.status, r.attempts, r.last_error)

@@ -116,6 +116,13 @@ events = Table(
     Column("routed_at", TS, server_default=NOW),
     # Idempotency is durable: a repeat of (tenant, id) is refused by this constraint.
     UniqueConstraint("tenant_id", "id"),
+    # Instants both PostgreSQL and Python hold (migration 0006): one outside would be
+    # stored and never read back.
+    CheckConstraint(
+        "time >= '0001-01-01 00:00:00+00'::timestamptz "
+        "AND time <= '9999-12-31 23:59:59.999999+00'::timestamptz",
+        name="time_range",
+    ),
     Index("ix_events_tenant_id_time", "tenant_id", text("time DESC"), text("seq DESC")),
     Index("ix_events_time", text("time DESC"), text("seq DESC")),
     # Retention (relay prune) goes by arrival, which the producer cannot backdate.
