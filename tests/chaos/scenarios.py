@@ -1,0 +1,510 @@
+"""The chaos scenarios. Each runs relay's CLI processes against a Harness, disrupts them
+under load, and returns the Report of tests/chaos/invariants.py plus its own checks.
+
+``long=False`` is the fast size the pytest suite runs (a few hundred events, seconds of
+disruption); ``long=True`` is the size ``python -m tests.chaos --long`` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from tests.chaos import poison as poisons
+from tests.chaos.harness import (
+    POD_RARE_TOPIC,
+    POD_TOPIC,
+    RARE_TOPIC,
+    TENANT,
+    TOPIC,
+    Harness,
+    Published,
+    SlowClient,
+    Window,
+)
+from tests.chaos.invariants import Report, conclude
+
+# The failing and hanging destinations get only the "rare" quarter of the events.
+RARE = [RARE_TOPIC, POD_RARE_TOPIC.split("#")[0]]
+EVERYTHING = "*"
+
+
+@dataclass(frozen=True)
+class Size:
+    seconds: float  # how long the producers publish
+    rate: float  # Outpost events per second (the pod producer publishes a third of that)
+    down: float  # how long a disruption lasts
+    drain: float  # how long the backlog may take to drain afterwards
+
+
+FAST = Size(seconds=12, rate=15, down=3, drain=45)
+LONG = Size(seconds=60, rate=40, down=20, drain=150)
+
+
+def size(long: bool, **changes: Any) -> Size:
+    return replace(LONG if long else FAST, **changes)
+
+
+async def setup(
+    h: Harness,
+    receivers: list[tuple[str, str, list[str] | str]],
+    commands: list[str],
+    delivery: dict[str, Any] | None = None,
+) -> None:
+    for name, behaviour, topics in receivers:
+        await h.receiver(name, behaviour, topics)
+    h.configure(delivery)
+    await h.start(*commands)
+
+
+async def load(
+    h: Harness,
+    sz: Size,
+    disruption: Callable[[], Awaitable[float]] | None = None,
+    at: float = 1 / 3,
+) -> tuple[float, float | None]:
+    """Publish for ``sz.seconds`` through both APIs; ``at`` that fraction of the way in,
+    run the disruption, which returns when it ended. (production end, disruption end)"""
+    h.producer("outpost", sz.rate)
+    h.producer("pod", sz.rate / 3)
+    started = time.time()
+    production = asyncio.create_task(h.produce(sz.seconds))
+    ended = None
+    try:
+        if disruption is not None:
+            await asyncio.sleep(sz.seconds * at)
+            ended = await disruption()
+    finally:
+        await production
+    return started + sz.seconds, ended
+
+
+# --- processes killed ----------------------------------------------------------------
+
+
+async def dispatcher_kill9(h: Harness, long: bool) -> Report:
+    """kill -9 of one of two dispatchers mid-load (with deliveries in flight to a slow
+    receiver); it is restarted at once, and the rows it held are sent again once their
+    lease runs out. Fast: ``lease_seconds = 5``, since the default 60 s lease would make
+    the test wait a minute for the takeover; long: the default lease."""
+    started = time.time()
+    sz = size(long)
+    await setup(
+        h,
+        [("ok", "ok", EVERYTHING), ("slow", "slow", EVERYTHING)],
+        ["api", "dispatch", "dispatch"],
+        {} if long else {"lease_seconds": 5},
+    )
+    victim = h.dispatch_processes()[0]
+
+    async def kill() -> float:
+        window = Window("dispatcher killed", time.time())
+        h.windows.append(window)
+        victim.kill9()
+        victim.start()
+        assert h.http is not None
+        await victim.ready(h.http)
+        window.end = time.time()
+        return window.end
+
+    production_end, disruption_end = await load(h, sz, kill)
+    return await conclude(
+        h,
+        started=started,
+        production_end=production_end,
+        disruption_end=disruption_end,
+        drain=sz.drain + (60 if long else 5),
+    )
+
+
+async def api_kill9(h: Harness, long: bool) -> Report:
+    """kill -9 of the API process mid-load, restarted after a moment; producers retry
+    what was not acknowledged (Outpost requests with the same id)."""
+    started = time.time()
+    sz = size(long, down=10 if long else 1)
+    await setup(h, [("ok", "ok", EVERYTHING)], ["api", "dispatch"])
+    api = h.api_processes()[0]
+
+    async def kill() -> float:
+        window = Window("api down", time.time())
+        h.windows.append(window)
+        api.kill9()
+        await asyncio.sleep(sz.down)
+        api.start()
+        assert h.http is not None
+        await api.ready(h.http)
+        window.end = time.time()
+        return window.end
+
+    production_end, disruption_end = await load(h, sz, kill)
+    report = await conclude(
+        h,
+        started=started,
+        production_end=production_end,
+        disruption_end=disruption_end,
+        drain=sz.drain,
+    )
+    cut = sum(1 for p in h.producers for a in p.answers if a.status is None)
+    report.notes.append(f"publish tries unanswered while the API was down (retried): {cut}")
+    return report
+
+
+async def three_dispatchers(h: Harness, long: bool) -> Report:
+    """Three dispatcher processes share one API's load; every one of them takes part."""
+    started = time.time()
+    sz = size(long)
+    await setup(
+        h,
+        [("ok", "ok", EVERYTHING), ("slow", "slow", EVERYTHING)],
+        ["api", "dispatch", "dispatch", "dispatch"],
+    )
+    production_end, _ = await load(h, sz)
+    report = await conclude(h, started=started, production_end=production_end, drain=sz.drain)
+    shares = {p.name: p.stats().get("delivered", 0) for p in h.dispatch_processes()}
+    report.notes.append(f"delivered by each dispatcher: {shares}")
+    idle = [name for name, n in shares.items() if n == 0]
+    if idle:
+        report.violations.append(f"dispatchers that delivered nothing: {idle} ({shares})")
+    return report
+
+
+# --- PostgreSQL stopped ----------------------------------------------------------------
+
+
+async def _database_stop(h: Harness, long: bool, mode: str) -> Report:
+    started = time.time()
+    sz = size(long)
+    await setup(h, [("ok", "ok", EVERYTHING), ("slow", "slow", EVERYTHING)], ["serve"])
+
+    async def stop() -> float:
+        window = Window("database down", time.time())
+        h.windows.append(window)
+        await h.pg_stop(mode)
+        await asyncio.sleep(sz.down)
+        await h.pg_start()
+        window.end = time.time()
+        return window.end
+
+    production_end, disruption_end = await load(h, sz, stop)
+    return await conclude(
+        h,
+        started=started,
+        production_end=production_end,
+        disruption_end=disruption_end,
+        drain=sz.drain,
+    )
+
+
+async def postgres_fast_stop(h: Harness, long: bool) -> Report:
+    """PostgreSQL stopped with ``pg_ctl -m fast`` under load (sessions are terminated),
+    down a while, started again; `relay serve` answers 503 meanwhile and carries on."""
+    return await _database_stop(h, long, "fast")
+
+
+async def postgres_immediate_stop(h: Harness, long: bool) -> Report:
+    """PostgreSQL crashed (``pg_ctl -m immediate``: no clean shutdown, recovery at start)
+    under load, down a while, started again."""
+    return await _database_stop(h, long, "immediate")
+
+
+# --- destinations that misbehave -----------------------------------------------------
+
+
+async def bad_destinations(h: Harness, long: bool) -> Report:
+    """Destinations that answer 500, hang, are slow, or fail now and then, alongside a
+    healthy one, in one `relay serve`. The healthy one keeps being delivered promptly;
+    the failing ones are retried and every try recorded. Fast: a retry schedule of 1 s
+    and 2 s (``retry.base_seconds = 1``, ``max_retries = 2``), since the default's first
+    retry comes after 30 s; long: the default schedule."""
+    started = time.time()
+    sz = size(long)
+    retry = {} if long else {"retry": {"base_seconds": 1.0, "max_retries": 2}}
+    first_retry = 30.0 if long else 1.0
+    await setup(
+        h,
+        [
+            ("ok", "ok", EVERYTHING),
+            ("slow", "slow", EVERYTHING),
+            ("flaky", "flaky", EVERYTHING),
+            ("failing", "failing", RARE),
+            ("hanging", "hanging", RARE),
+        ],
+        ["serve"],
+        retry,
+    )
+    production_end, _ = await load(h, sz)
+    # Long: flaky events wait out the default first retry (30 s).
+    report = await conclude(
+        h, started=started, production_end=production_end, drain=sz.drain + first_retry
+    )
+
+    # The healthy destination, promptly: acknowledgement to arrival.
+    ok = next(r for r in h.receivers if r.name == "ok")
+    latencies = sorted(
+        max(0.0, ok.first_ok[e.event_id] - e.acked_at)
+        for e in h.acked().values()
+        if e.event_id in ok.first_ok
+    )
+    if latencies:
+        p95 = latencies[int(len(latencies) * 0.95)]
+        report.notes.append(
+            f"ok destination latency: median {statistics.median(latencies):.3f}s "
+            f"p95 {p95:.3f}s max {latencies[-1]:.3f}s"
+        )
+        if p95 > 1.0 or latencies[-1] > 5.0:
+            report.violations.append(
+                f"the healthy destination was not delivered promptly next to failing ones: "
+                f"p95 {p95:.2f}s (bound 1 s), max {latencies[-1]:.2f}s (bound 5 s)"
+            )
+    report.violations += await _retried_and_recorded(h, first_retry)
+    return report
+
+
+async def _retried_and_recorded(h: Harness, first_retry: float) -> list[str]:
+    """Failing and hanging destinations: every try is an attempt row with its cause, and
+    a failed delivery is tried again once its retry falls due."""
+    problems: list[str] = []
+    rare = {e.event_id for e in h.acked().values() if e.topic.split("#")[0] in RARE}
+    conn = await asyncpg.connect(h.database_url, timeout=30)
+    try:
+        rows = await conn.fetch(
+            """
+            SELECT d.destination_id, e.id AS event_id, d.status,
+                   array_agg(a.number ORDER BY a.id) FILTER (WHERE a.id IS NOT NULL) AS numbers,
+                   array_agg(coalesce(a.error_code, 'http_' || a.http_status, a.status)
+                             ORDER BY a.id) FILTER (WHERE a.id IS NOT NULL) AS outcomes,
+                   array_agg(a.duration_ms ORDER BY a.id) FILTER (WHERE a.id IS NOT NULL)
+                       AS durations,
+                   extract(epoch FROM min(a.started_at))::float8 AS first_try
+            FROM relay.deliveries d JOIN relay.events e ON e.seq = d.event_seq
+            LEFT JOIN relay.attempts a ON a.delivery_id = d.id
+            WHERE d.destination_id IN ('failing', 'hanging')
+            GROUP BY d.destination_id, e.id, d.status
+            """
+        )
+    finally:
+        await conn.close()
+    # A delivery first tried this long before relay stopped must have been tried again.
+    due_by = {"failing": first_retry * 1.1 + 5, "hanging": 5 + first_retry * 1.1 + 5}
+    for dest in ("failing", "hanging"):
+        mine = [r for r in rows if r["destination_id"] == dest and r["event_id"] in rare]
+        routed = {r["event_id"] for r in mine}
+        if routed != rare:
+            problems.append(f"{dest}: {len(rare - routed)} rare events have no delivery row")
+        expected_code = "http_500" if dest == "failing" else "timeout"
+        tried = [r for r in mine if r["numbers"]]
+        wrong = [
+            f"{r['event_id']}: {r['outcomes']}"
+            for r in tried
+            if any(o not in (expected_code, "lease_expired", "interrupted") for o in r["outcomes"])
+        ]
+        if wrong:
+            problems.append(f"{dest}: attempts recorded with an unexpected outcome: {wrong[:3]}")
+        if dest == "failing":
+            untried = [r["event_id"] for r in mine if not r["numbers"]]
+            if untried:
+                problems.append(f"failing: {len(untried)} deliveries never tried: {untried[:3]}")
+        else:
+            timeouts = [
+                d
+                for r in tried
+                for d, o in zip(r["durations"], r["outcomes"], strict=True)
+                if o == "timeout"
+            ]
+            if not timeouts or min(timeouts) < 4500:
+                problems.append(
+                    f"hanging: timeouts should take the default 5 s; recorded: {timeouts[:5]}"
+                )
+        stale = [
+            f"{r['event_id']} ({r['status']}, tries {r['numbers']})"
+            for r in tried
+            if len(r["numbers"]) < 2 and r["first_try"] < h.stopped_at - due_by[dest]
+        ]
+        if dest == "hanging":
+            # Its retries queue behind first tries for its 32 slots: ask for one at least.
+            if tried and stale and all(len(r["numbers"]) < 2 for r in tried):
+                problems.append(f"hanging: no delivery was ever retried, e.g. {stale[:3]}")
+        elif stale:
+            problems.append(
+                f"{dest}: {len(stale)} failed deliveries never retried though due "
+                f"(first try over {due_by[dest]:.0f}s before relay stopped): {stale[:3]}"
+            )
+    return problems
+
+
+# --- hostile clients -----------------------------------------------------------------
+
+
+async def poison_inputs(h: Harness, long: bool) -> Report:
+    """Poison requests on both publish APIs (tests/chaos/poison.py) interleaved with
+    normal traffic: each poison request gets a 4xx JSON answer, never a 5xx; normal
+    traffic is all delivered; every accepted event is readable through
+    ``GET /api/v1/events/{id}`` and ``GET /api/v1/events?tenant_id=...``."""
+    started = time.time()
+    sz = size(long)
+    await setup(h, [("ok", "ok", EVERYTHING)], ["api", "dispatch"])
+    catalogue = poisons.catalogue() * (3 if long else 1)
+    results: list[poisons.PoisonResult] = []
+
+    async def send_all() -> None:
+        gap = sz.seconds / (len(catalogue) + 1)
+        tasks = []
+        for n, poison in enumerate(catalogue):
+            await asyncio.sleep(gap)
+            event_id = f"{h.name}-poison-{n:03d}"
+            tasks.append(asyncio.create_task(poisons.send(h.port, poison, event_id)))
+        results.extend(await asyncio.gather(*tasks))
+
+    sender = asyncio.create_task(send_all())
+    production_end, _ = await load(h, sz)
+    await sender
+
+    violations: list[str] = []
+    extra: dict[str, Published] = {}
+    for result in results:
+        violations += poisons.problems(result)
+        if result.poison.expect == "no-5xx":
+            topic = TOPIC if result.poison.api == "outpost" else POD_TOPIC
+            for event_id in result.accepted_ids:
+                extra[event_id] = Published(event_id, topic, result.at, "poison")
+    answered = sorted(
+        {f"{r.poison.name} -> {r.status}" for r in results}, key=lambda s: s.split(" -> ")[0]
+    )
+    notes = ["poison answers: " + "; ".join(answered)]
+    readable = sorted(set(h.acked()) | set(extra))
+
+    async def live() -> list[str]:
+        return await _readable(h, readable)
+
+    return await conclude(
+        h,
+        started=started,
+        production_end=production_end,
+        drain=sz.drain,
+        extra_acked=extra,
+        live=live,
+        violations=violations,
+        notes=notes,
+    )
+
+
+async def _readable(h: Harness, event_ids: list[str]) -> list[str]:
+    """Every accepted event answers 200 on GET /api/v1/events/{id}, and every page of
+    GET /api/v1/events?tenant_id=... answers 200."""
+    http = h.http
+    assert http is not None
+    headers = {"Authorization": "Bearer " + poisons.ADMIN_KEY}
+    failures: list[str] = []
+    semaphore = asyncio.Semaphore(8)
+
+    async def one(event_id: str) -> None:
+        async with (
+            semaphore,
+            http.get(
+                f"{h.base_url}/api/v1/events/{event_id}",
+                params={"tenant_id": TENANT},
+                headers=headers,
+            ) as resp,
+        ):
+            if resp.status != 200:
+                failures.append(f"GET /api/v1/events/{event_id} -> {resp.status}")
+
+    await asyncio.gather(*(one(e) for e in event_ids))
+    problems = []
+    if failures:
+        problems.append(f"{len(failures)} accepted events not readable: {failures[:3]}")
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params = {"tenant_id": TENANT, "limit": "1000"} | ({"next": cursor} if cursor else {})
+        async with http.get(f"{h.base_url}/api/v1/events", params=params, headers=headers) as resp:
+            pages += 1
+            if resp.status != 200:
+                body = (await resp.text())[:200]
+                problems.append(f"GET /api/v1/events page {pages} -> {resp.status} {body}")
+                break
+            cursor = (await resp.json())["pagination"]["next"]
+        if not cursor:
+            break
+    return problems
+
+
+# A request whose headers or body trickle in must not hold its connection forever: relay
+# must end it (close it, or answer 408) within this long of its opening. Common servers
+# allow 20-60 s (Apache's mod_reqtimeout 20-40 s, nginx 60 s); relay's defaults must fit.
+SLOW_CLIENT_LIMIT = 35.0
+
+
+async def slow_clients(h: Harness, long: bool) -> Report:
+    """Over a hundred connections trickle their headers or their body one byte every
+    2 s while normal traffic is served by `relay serve`. Normal requests keep being
+    answered promptly, and the server ends every trickling connection within
+    SLOW_CLIENT_LIMIT seconds."""
+    started = time.time()
+    trickle = SLOW_CLIENT_LIMIT + 5
+    sz = size(long, seconds=trickle + 10, rate=20) if long else size(long, seconds=trickle, rate=5)
+    count = 400 if long else 120
+    await setup(h, [("ok", "ok", EVERYTHING)], ["serve"])
+    clients = [SlowClient(i, "headers" if i % 2 else "body") for i in range(count)]
+    until = time.time() + 2 + trickle
+
+    async def trickling() -> None:
+        await asyncio.sleep(2)
+        await asyncio.gather(*(c.run(h.port, 2.0, until) for c in clients))
+
+    slow = asyncio.create_task(trickling())
+    production_end, _ = await load(h, sz)
+    await slow
+
+    violations = []
+    notes = []
+    lingering = [
+        c for c in clients if c.ended_at is None or c.ended_at - c.opened_at > SLOW_CLIENT_LIMIT + 1
+    ]
+    hows = sorted({c.how for c in clients if c.how})
+    notes.append(f"slow connections ended by the server: {count - len(lingering)}/{count} {hows}")
+    if lingering:
+        modes = {m: sum(1 for c in lingering if c.mode == m) for m in ("headers", "body")}
+        violations.append(
+            f"{len(lingering)} of {count} trickling connections were still open "
+            f"{SLOW_CLIENT_LIMIT:.0f}s after they opened ({modes}): no header/body read timeout"
+        )
+    waits = sorted(e.acked_at - e.sent_at for e in h.acked().values())
+    if waits:
+        p99 = waits[int(len(waits) * 0.99)]
+        notes.append(f"publish latency: median {statistics.median(waits):.3f}s p99 {p99:.3f}s")
+        if p99 > 1.0:
+            violations.append(f"normal publishes slowed by slow clients: p99 {p99:.2f}s")
+    return await conclude(
+        h,
+        started=started,
+        production_end=production_end,
+        drain=sz.drain,
+        violations=violations,
+        notes=notes,
+    )
+
+
+SCENARIOS: dict[str, Callable[[Harness, bool], Awaitable[Report]]] = {
+    "dispatcher_kill9": dispatcher_kill9,
+    "api_kill9": api_kill9,
+    "three_dispatchers": three_dispatchers,
+    "postgres_fast_stop": postgres_fast_stop,
+    "postgres_immediate_stop": postgres_immediate_stop,
+    "bad_destinations": bad_destinations,
+    "poison_inputs": poison_inputs,
+    "slow_clients": slow_clients,
+}
+
+
+async def run(name: str, *, long: bool, workdir: Path) -> Report:
+    """One scenario from start to end, in a Harness of its own (PostgreSQL included)."""
+    async with Harness(name, workdir) as h:
+        return await SCENARIOS[name](h, long)
