@@ -102,7 +102,8 @@ class Supervisor:
         stall_after: float | None = None,
     ) -> Loop:
         """Run ``run(loop)`` until stopped, restarting it whenever it ends."""
-        loop = Loop(name, stall_after)
+        # Running from now on: the task starts at the next turn of the event loop.
+        loop = Loop(name, stall_after, running=True)
         self.loops[name] = loop
         self._tasks[name] = asyncio.create_task(self._keep(loop, run), name=f"relay-{name}")
         return loop

@@ -132,3 +132,151 @@ async def test_dispatch_reports_unhealthy_while_its_recorder_cannot_write(
     assert "attempts are refused by the test" in process.log
     process.proc.send_signal(signal.SIGTERM)
     assert await process.exited(timeout=20) == 0, process.log
+
+
+async def test_a_batch_whose_commit_answer_was_lost_is_not_recorded_twice(
+    receiver: Receiver, db: Any, database_url: str
+) -> None:
+    """Defect 7: the recorder retries a batch when its commit fails, but a commit can
+    succeed with its answer lost (a network drop, PostgreSQL stopping at that moment).
+    The retry then added a second attempt row per outcome (679 success rows for 677
+    deliveries after an immediate stop) and counted each failure twice. Here a proxy
+    between the dispatcher and PostgreSQL drops the connection where the server's answer
+    to the recorder's COMMIT would arrive."""
+    from relay.db.engine import create_engine
+    from relay.db.sync import sync_config
+    from relay.dispatcher import Dispatcher
+    from tests.support.pgproxy import PgProxy
+    from tests.support.relay import make_settings
+
+    receiver.reply = lambda n, path: Reply(status=500)
+    settings = make_settings(
+        database_url,
+        tenants=[{"id": "acme", "destinations": [{"id": "orders", "url": receiver.url()}]}],
+        delivery={"retry": {"schedule_seconds": []}},  # no retries: one attempt each
+    )
+    engine = create_engine(database_url, pool_size=2)
+    proxy = await PgProxy(database_url).start()
+    dispatcher = None
+    try:
+        async with engine.begin() as conn:
+            await sync_config(conn, settings)
+        # The claim loop, recorder and LISTEN connect through the proxy; the claim is a
+        # statement of its own (no COMMIT), so the first COMMIT is the recorder's.
+        proxy.lose_next_commit_answer()
+        dispatcher = Dispatcher(engine, proxy.url, settings.delivery)
+        await dispatcher.start()
+        await publish_many(database_url, 20)
+
+        async def all_failed() -> bool:
+            return (await by_status(db)()).get("failed", 0) == 20
+
+        await wait_until(all_failed, timeout=30)
+        await asyncio.sleep(0.5)  # a second write of the batch would land by now
+        assert proxy.commit_answers_lost == 1
+        assert await db.fetchval("SELECT count(*) FROM relay.attempts") == 20
+        # Each failure counted once in the destination's health.
+        assert await db.fetchval("SELECT consecutive_failures FROM relay.destinations") == 20
+    finally:
+        if dispatcher is not None:
+            await dispatcher.stop()
+        await proxy.close()
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "owner, name",
+    [
+        ("dispatcher", "claim"),
+        ("dispatcher", "record"),
+        ("dispatcher", "lease"),
+        ("router", "route"),
+        ("publisher", "writer"),
+    ],
+)
+async def test_a_loop_that_crashes_is_logged_restarted_and_reported(
+    start_relay: Any,
+    http: Any,
+    receiver: Receiver,
+    db: Any,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    owner: str,
+    name: str,
+) -> None:
+    """Kill one loop (an unexpected exception where it reports progress): the crash is
+    logged with its traceback at once, /healthz says so until the loop runs again, the
+    loop is restarted, and delivery goes on."""
+    from relay import supervise
+    from relay.appkeys import METRICS
+    from tests.support.relay import admin_headers, make_settings
+
+    # A restart a second away: long enough for /healthz to be seen failing.
+    monkeypatch.setattr(supervise, "FIRST_BACKOFF", 1.0)
+    settings = make_settings(
+        database_url,
+        tenants=[{"id": "acme", "destinations": [{"id": "orders", "url": receiver.url()}]}],
+        delivery={"lease_seconds": 1},
+    )
+    server = await start_relay(settings)
+    supervisor = next(s for s in server.app[METRICS].supervisors if s.owner == owner)
+    loops = [loop for key, loop in supervisor.loops.items() if key.startswith(name)]
+    crashed = asyncio.Event()
+
+    def crash_once(beat: Any) -> Any:
+        def beat_or_crash() -> None:
+            if not crashed.is_set():
+                crashed.set()
+                raise RuntimeError("injected by the test")
+            beat()
+
+        return beat_or_crash
+
+    for loop in loops:
+        loop.beat = crash_once(loop.beat)
+
+    async def publish(event_id: str) -> None:
+        body = {"tenant_id": "acme", "topic": "t", "id": event_id, "data": {}}
+        async with http.post(
+            server.make_url("/api/v1/publish"), json=body, headers=admin_headers()
+        ) as resp:
+            assert resp.status == 202
+
+    await publish("before")
+    await asyncio.wait_for(crashed.wait(), timeout=10)
+    async with http.get(server.make_url("/healthz")) as resp:
+        assert resp.status == 503
+        assert resp.headers["Retry-After"]
+        workers = (await resp.json())["workers"]
+        assert "failed" in {w["status"] for k, w in workers.items() if k.startswith(owner)}
+    crash_logs = [r for r in caplog.records if "loop crashed; restarting it" in r.getMessage()]
+    assert len(crash_logs) == 1 and crash_logs[0].exc_info is not None
+
+    async def restarted() -> bool:
+        return sum(loop.restarts for loop in loops) == 1 and all(loop.running for loop in loops)
+
+    await wait_until(restarted, timeout=10)
+    await publish("after")
+
+    async def delivered() -> bool:
+        return (await by_status(db)()).get("delivered", 0) == 2
+
+    await wait_until(delivered, timeout=15)
+
+    async def healthy() -> bool:
+        async with http.get(server.make_url("/healthz")) as resp:
+            return resp.status == 200
+
+    await wait_until(healthy, timeout=10)
+    async with http.get(server.make_url("/metrics")) as resp:
+        metrics = await resp.text()
+    label = f"{owner}.{name}" if name != "writer" else None
+    restarts = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("relay_loop_restarts_total") and line.endswith(" 1.0")
+    ]
+    assert len(restarts) == 1, restarts
+    if label is not None:
+        assert f'loop="{label}"' in restarts[0]
