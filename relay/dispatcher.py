@@ -18,8 +18,8 @@
   loops run under a Supervisor (relay/supervise.py): a loop that crashes is logged with
   its traceback at once and started again, and health reports a loop that crashed or
   stopped making progress.
-- A row this process cannot even read back from its claim is quarantined alone: failed,
-  with an ``unprocessable`` attempt row; its neighbours in the batch are delivered.
+- A row that cannot be read fails a whole claim; it is found and quarantined alone:
+  failed, with an ``unprocessable`` attempt row, while its neighbours are delivered.
 - Stopping: no more claims, in-flight deliveries get a grace period, the rest go back to
   pending with an ``interrupted`` attempt row each, and every outcome we have is written.
 """
@@ -58,10 +58,18 @@ RECORD_BATCH = 500
 SPLIT_AFTER_FAILURES = 3
 
 
+# Failures no retry can change: the SSRF guard refuses the destination's address until
+# its configuration changes. Retrying them on the schedule only delays the verdict; the
+# delivery fails at once, and a replay sends it once the range is opened.
+PERMANENT_ERRORS = frozenset({"blocked_address"})
+
+
 def decide(claimed: outbox.Claimed, outcome: Outcome, policy: RetryPolicy) -> outbox.Recorded:
     """The delivery's next state after this attempt. Pure (jitter aside: see retry.py)."""
     if outcome.success:
         next_status, delay = "delivered", 0.0
+    elif outcome.error_code in PERMANENT_ERRORS:
+        next_status, delay = "failed", 0.0
     else:
         retry_in = next_delay(
             policy,
@@ -274,9 +282,9 @@ class Dispatcher:
                 if is_connection_failure(exc):  # database down: wait a poll interval
                     log.warning("claim failed (%s); retrying", _brief(exc))
                 else:
-                    # The claim may have committed and then failed to return its rows
-                    # (a value the driver cannot read): take them one at a time.
-                    log.exception("claim failed; taking its rows one at a time")
+                    # A row that cannot be read fails the whole claim, on the server or
+                    # in the driver once the claim committed: find it, set it aside.
+                    log.exception("claim failed; looking at its rows one at a time")
                     await self._claim_one_by_one()
                 await self._wait(self._stopping.wait())
                 continue
@@ -292,32 +300,38 @@ class Dispatcher:
                     await self._wait(self._wake.wait())
 
     async def _claim_one_by_one(self) -> None:
-        """Rows we claimed but do not hold: read each alone; one that cannot be read is
-        quarantined (failed, with an ``unprocessable`` attempt row) instead of being
-        released at lease expiry and claimed again with its neighbours, forever."""
+        """After a claim failed for a reason other than the database going away: read
+        the rows it may have been about, one at a time (relay/db/outbox.py, "rows relay
+        cannot process"). A row that cannot be read is quarantined (failed, with an
+        ``unprocessable`` attempt row) instead of failing every claim, or coming back
+        with its neighbours after every lease, forever. Rows we claimed that read fine
+        are delivered; due rows that read fine are left to the next claim."""
         try:
             conn = self._claim_conn = await self._connected(self._claim_conn)
-            for id in await outbox.claimed_ids(conn, self.token, exclude=list(self._held)):
+            ours = await outbox.claimed_ids(conn, self.token, exclude=list(self._held))
+            due = await outbox.due_ids(conn, limit=self.settings.batch_size)
+            for id in dict.fromkeys([*ours, *due]):
                 try:
-                    claimed = await outbox.claimed_row(conn, id, self.token)
+                    claimed = await outbox.read_one(conn, id, self.token)
                 except Exception as exc:
                     if is_connection_failure(exc):
                         raise
-                    self.quarantined += await outbox.quarantine(
+                    if await outbox.quarantine(
                         conn, id, self.token, code="unprocessable", detail=_brief(exc)
-                    )
-                    log.error("delivery %d cannot be read (%s); quarantined", id, _brief(exc))
+                    ):
+                        self.quarantined += 1
+                        log.error("delivery %d cannot be read (%s); quarantined", id, _brief(exc))
                     continue
-                if claimed is not None:
+                if claimed is not None and id in ours:
                     self.stats.claimed += 1
                     self._held[claimed.id] = claimed
                     self._spawn(claimed)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # their leases expire and they come back to us
+        except Exception as exc:  # the next failed claim tries again
             _discard(self._claim_conn)
             self._claim_conn = None
-            log.warning("could not take claimed rows one at a time (%s)", _brief(exc))
+            log.warning("could not look at the claim's rows one at a time (%s)", _brief(exc))
 
     def _busy(self) -> dict[tuple[str, str], int]:
         """In-flight counts per destination; one awaiting judgement counts as full."""

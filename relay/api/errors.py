@@ -2,7 +2,9 @@
 
 relay's own errors carry their status. aiohttp's HTTP exceptions (404 for an unknown
 route, 405, 413) are reshaped into the same body. A lost database connection is a 503
-with Retry-After. Anything else is logged and answered with a bare 500.
+with Retry-After. Anything else is logged and answered with a bare 500. (Here a
+ConnectionError cannot say whose connection failed, so the client's own, lost while it
+sends its body, is told apart where bodies are read: relay.api.validation.read_body.)
 
 An API with its own error body (the pod API's ``{"error"}``) registers a shape for its
 path prefix with ``use_error_shape``; everything else keeps Outpost's.

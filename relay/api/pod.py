@@ -19,6 +19,7 @@ from aiohttp import web
 from relay import grants
 from relay.api.errors import json_response, use_error_shape
 from relay.api.rawjson import member_span
+from relay.api.validation import read_body
 from relay.appkeys import ENGINE, METRICS, PUBLISHER, SETTINGS
 from relay.config import PublisherConfig
 from relay.db import pods
@@ -198,7 +199,7 @@ def _now() -> datetime:
 async def _read_payload(request: web.Request) -> object:
     if request.content_type != "application/json":
         raise UnsupportedMediaType()
-    raw = await request.read()  # past server.max_body_bytes: 413
+    raw = await read_body(request)  # 413 past server.max_body_bytes, 408 if too slow
     if not raw.strip():
         raise BadRequest("request body is empty; send a JSON event or an array of them")
     try:

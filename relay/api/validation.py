@@ -1,20 +1,63 @@
-"""Request bodies: parse JSON and validate it into a model, with one message per bad field."""
+"""Request bodies: read them (the one place that does), parse JSON and validate it into a
+model, with one message per bad field."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from relay.errors import BadRequest, ValidationFailed
+from relay.appkeys import SETTINGS
+from relay.errors import BadRequest, RelayError, ValidationFailed
+
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
 
+class BodyTimeout(RelayError):
+    """request body not received in time"""
+
+    status = 408
+
+
+class ClientGone(RelayError):
+    """the client disconnected while sending the request body"""
+
+    # Nothing reaches the client any more; the status is for the record only.
+    status = 400
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request body, within server.body_timeout_seconds (408 after), at most
+    server.max_body_bytes (413 past it).
+
+    A failure here is the client's side of the connection, never the database's: a
+    client that goes away mid-body is only worth a debug line."""
+    seconds = request.app[SETTINGS].server.body_timeout_seconds
+    try:
+        async with asyncio.timeout(seconds):
+            return await request.read()
+    except TimeoutError:
+        # Before OSError: TimeoutError is one.
+        log.info("request body from %s not received within %gs", request.remote, seconds)
+        raise BodyTimeout(f"request body not received within {seconds:g} seconds") from None
+    except OSError as exc:
+        # The connection was lost (aiohttp sets ConnectionResetError on the payload).
+        log.debug("client %s disconnected while sending its body: %r", request.remote, exc)
+        raise ClientGone() from None
+    except web.RequestPayloadError as exc:
+        # Bytes that do not decode as the headers say (Content-Encoding, chunking).
+        reason = getattr(exc.__cause__, "message", None) or "it is malformed"
+        raise BadRequest(f"request body could not be read: {reason}") from None
+
+
 async def read_json(request: web.Request) -> Any:
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw:
         raise BadRequest("request body is empty; send a JSON object")
     try:

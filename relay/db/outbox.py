@@ -139,7 +139,7 @@ EXTEND_LEASES = text("""
 _RETURN_AS_ATTEMPT = """
     released AS (
         UPDATE relay.deliveries d
-        SET status = {status}, claim_token = NULL, lease_expires_at = NULL,
+        SET status = 'pending', claim_token = NULL, lease_expires_at = NULL,
             next_attempt_at = now(), last_error = :code, updated_at = now()
         FROM picked
         WHERE d.id = picked.id
@@ -167,7 +167,7 @@ RELEASE_EXPIRED = text(
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ),"""
-    + _RETURN_AS_ATTEMPT.format(status="'pending'")
+    + _RETURN_AS_ATTEMPT
 )
 
 LEASE_EXPIRED_DETAIL = (
@@ -184,17 +184,25 @@ RELEASE_INTERRUPTED = text(
         ORDER BY id
         FOR UPDATE
     ),"""
-    + _RETURN_AS_ATTEMPT.format(status="'pending'")
+    + _RETURN_AS_ATTEMPT
 ).bindparams(
     bindparam("ids", type_=ARRAY(BigInteger)),
     bindparam("token", type_=UUID(as_uuid=True)),
 )
 
-# --- rows a claim could not return -----------------------------------------------------
-# A claim commits before its rows reach us; if the driver then fails to read one of them,
-# the whole batch is lost to this dispatcher though it holds every row. These statements
-# find such rows (ours, in flight, not held), read them one at a time, and end the one
-# that cannot be read, so it does not come back with its neighbours after every lease.
+INTERRUPTED_DETAIL = (
+    "relay stopped before the receiver answered (the shutdown grace period ran out); the "
+    "request may have reached the receiver, and it will be sent again"
+)
+
+# --- rows relay cannot process ----------------------------------------------------------
+# A claim fails as a whole when one of its rows cannot be read: on the server (a value
+# that cannot be converted to the connection's encoding, in a SQL_ASCII database), or in
+# the driver after the claim committed (then every row of the batch is ours, and lost to
+# us). Either way that row would come back with its neighbours at every claim or every
+# lease, forever. So after such a failure the dispatcher looks at the rows one at a time:
+# the ones it claimed and does not hold, and the due ones; each is read alone, and the one
+# that cannot be read is quarantined, so it no longer holds up the others.
 
 CLAIMED_IDS = text("""
     SELECT id FROM relay.deliveries
@@ -205,30 +213,47 @@ CLAIMED_IDS = text("""
     bindparam("held", type_=ARRAY(BigInteger)),
 )
 
-CLAIMED_ROW = text(f"""
+DUE_IDS = text("""
+    SELECT id FROM relay.deliveries
+    WHERE status = 'pending' AND next_attempt_at <= now()
+    ORDER BY next_attempt_at
+    LIMIT :limit
+""")
+
+# One delivery as a claim returns it (whatever its state): can it be read at all?
+READ_ONE = text(f"""
     SELECT {_CLAIMED.format(manual="d.manual")}
     FROM relay.deliveries d
     JOIN relay.events e ON e.seq = d.event_seq
     JOIN relay.destinations t ON t.tenant_id = d.tenant_id AND t.id = d.destination_id
-    WHERE d.id = :id AND d.claim_token = :token AND d.status = 'delivering'
-""").bindparams(bindparam("token", type_=UUID(as_uuid=True)))
+    WHERE d.id = :id
+""")
 
-# Quarantine: the delivery fails for good, with an attempt row saying why. An operator
-# can replay it once the cause is fixed.
-QUARANTINE = text(
-    """
+# Quarantine: the delivery fails for good, with an attempt row saying why (a pending one
+# spends an attempt on it). An operator can replay it once the cause is fixed.
+QUARANTINE = text("""
     WITH picked AS (
-        SELECT id, updated_at AS claimed_at FROM relay.deliveries
-        WHERE id = :id AND claim_token = :token AND status = 'delivering'
+        SELECT id, status = 'pending' AS was_pending FROM relay.deliveries
+        WHERE id = :id
+          AND (status = 'pending' OR (status = 'delivering' AND claim_token = :token))
         FOR UPDATE
-    ),"""
-    + _RETURN_AS_ATTEMPT.format(status="'failed'")
-).bindparams(bindparam("token", type_=UUID(as_uuid=True)))
-
-INTERRUPTED_DETAIL = (
-    "relay stopped before the receiver answered (the shutdown grace period ran out); the "
-    "request may have reached the receiver, and it will be sent again"
-)
+    ), ended AS (
+        UPDATE relay.deliveries d
+        SET status = 'failed', claim_token = NULL, lease_expires_at = NULL,
+            attempts = d.attempts + CASE WHEN picked.was_pending THEN 1 ELSE 0 END,
+            last_error = :code, updated_at = now()
+        FROM picked
+        WHERE d.id = picked.id
+        RETURNING d.id, d.event_seq, d.tenant_id, d.destination_id, d.attempts
+    )
+    INSERT INTO relay.attempts
+        (delivery_id, event_seq, tenant_id, destination_id, number, status, error_code,
+         error_detail, duration_ms, started_at)
+    SELECT id, event_seq, tenant_id, destination_id, attempts, 'failed', :code, :detail, 0,
+           now()
+    FROM ended
+    RETURNING delivery_id
+""").bindparams(bindparam("token", type_=UUID(as_uuid=True)))
 
 # Record a batch of outcomes in one statement. Every attempt becomes a row, even when
 # the lease was lost meanwhile (the HTTP call did happen); the delivery's state changes
@@ -513,14 +538,21 @@ async def claimed_ids(conn: Connection, token: uuid.UUID, *, exclude: Sequence[i
     return [r["id"] for r in rows]
 
 
-async def claimed_row(conn: Connection, id: int, token: uuid.UUID) -> Claimed | None:
-    """One claimed row, read alone (None if it is no longer ours)."""
-    rows = await _fetch(conn, CLAIMED_ROW, {"id": id, "token": token})
+async def due_ids(conn: Connection, *, limit: int) -> list[int]:
+    """The pending deliveries a claim would look at first."""
+    return [r["id"] for r in await _fetch(conn, DUE_IDS, {"limit": limit})]
+
+
+async def read_one(conn: Connection, id: int, token: uuid.UUID) -> Claimed | None:
+    """One delivery read alone, as a claim returns it (None if it is gone). Raises
+    whatever reading it raises: that is what this is for."""
+    rows = await _fetch(conn, READ_ONE, {"id": id})
     return _claimed(rows[0], token) if rows else None
 
 
 async def quarantine(conn: Connection, id: int, token: uuid.UUID, *, code: str, detail: str) -> int:
-    """End a claimed delivery relay cannot process: failed, with an attempt row."""
+    """End a delivery relay cannot process (pending, or claimed by ``token``): failed,
+    with an attempt row; 1 if it was ended here."""
     rows = await _fetch(
         conn, QUARANTINE, {"id": id, "token": token, "code": code, "detail": detail}
     )

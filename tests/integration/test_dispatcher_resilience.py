@@ -280,3 +280,78 @@ async def test_a_loop_that_crashes_is_logged_restarted_and_reported(
     assert len(restarts) == 1, restarts
     if label is not None:
         assert f'loop="{label}"' in restarts[0]
+
+
+async def test_a_row_that_cannot_be_read_is_quarantined_alone(
+    pg_server_url: str, receiver: Receiver
+) -> None:
+    """A delivery whose event cannot be read (here: a byte that is not UTF-8, stored in a
+    SQL_ASCII database by another writer) failed every claim it was part of, so nothing
+    behind it was delivered. The dispatcher looks at the rows one at a time, quarantines
+    that one (failed, with an `unprocessable` attempt row) and delivers the others."""
+    import uuid
+
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    from relay.db.engine import asyncpg_url, create_engine
+    from relay.db.migrate import upgrade
+    from relay.db.sync import sync_config
+    from relay.dispatcher import Dispatcher
+    from tests.support.relay import make_settings
+
+    name = f"relay_ascii_{uuid.uuid4().hex[:12]}"
+    url = make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    admin = await asyncpg.connect(asyncpg_url(pg_server_url))
+    await admin.execute(
+        f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'SQL_ASCII' "
+        "LC_COLLATE 'C' LC_CTYPE 'C'"
+    )
+    engine = create_engine(url, pool_size=2)
+    dispatcher = None
+    try:
+        await upgrade(engine)
+        settings = make_settings(
+            url, tenants=[{"id": "acme", "destinations": [{"id": "orders", "url": receiver.url()}]}]
+        )
+        async with engine.begin() as conn:
+            await sync_config(conn, settings)
+        db = await asyncpg.connect(asyncpg_url(url))
+        try:
+            # {"a":"\xff"}: first in line, so in the first claim.
+            await db.execute(
+                """
+                WITH e AS (
+                    INSERT INTO relay.events (tenant_id, id, topic, data)
+                    VALUES ('acme', 'poison', 't',
+                            convert_from('\\x7b2261223a22ff227d'::bytea, 'SQL_ASCII')::json)
+                    RETURNING seq)
+                INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id,
+                                              next_attempt_at)
+                SELECT seq, 'acme', 'orders', now() - interval '1 minute' FROM e
+                """
+            )
+            ids = await publish_many(url, 5)
+            dispatcher = Dispatcher(engine, url, settings.delivery)
+            await dispatcher.start()
+
+            async def settled() -> bool:
+                return await by_status(db)() == {"delivered": 5, "failed": 1}
+
+            await wait_until(settled, timeout=30)
+            story = await db.fetch(
+                "SELECT a.number, a.status, a.error_code, a.error_detail FROM relay.attempts a "
+                "JOIN relay.events e ON e.seq = a.event_seq WHERE e.id = 'poison'"
+            )
+        finally:
+            await db.close()
+        assert [tuple(r)[:3] for r in story] == [(1, "failed", "unprocessable")]
+        assert "UTF8" in story[0]["error_detail"]
+        assert sorted(r.headers["webhook-id"] for r in receiver.requests) == ids
+        assert dispatcher.quarantined == 1
+    finally:
+        if dispatcher is not None:
+            await dispatcher.stop()
+        await engine.dispose()
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
