@@ -355,3 +355,34 @@ async def test_a_row_that_cannot_be_read_is_quarantined_alone(
         await engine.dispose()
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.close()
+
+
+async def test_a_blocked_address_fails_at_once_instead_of_on_the_retry_schedule(
+    start_relay: Any, http: Any, receiver: Receiver, db: Any, database_url: str
+) -> None:
+    """The SSRF guard's refusal does not change on retry: one attempt, then failed
+    (it used to be retried on the whole schedule). A name is judged at delivery, by what
+    it resolves to, so the destination itself was accepted."""
+    from tests.support.relay import admin_headers, make_settings
+
+    url = f"http://localhost:{receiver.port}/hook"
+    settings = make_settings(
+        database_url,
+        tenants=[{"id": "acme", "destinations": [{"id": "orders", "url": url}]}],
+        delivery={"allow_private_networks": []},
+    )
+    server = await start_relay(settings)
+    body = {"tenant_id": "acme", "topic": "t", "id": "e1", "data": {}}
+    async with http.post(
+        server.make_url("/api/v1/publish"), json=body, headers=admin_headers()
+    ) as resp:
+        assert resp.status == 202
+
+    async def failed() -> bool:
+        return (await by_status(db)()).get("failed", 0) == 1
+
+    await wait_until(failed, timeout=10)
+    await asyncio.sleep(1.0)  # the schedule's retries (0.2 s, 0.4 s) would be in by now
+    rows = await db.fetch("SELECT number, error_code FROM relay.attempts")
+    assert [tuple(r) for r in rows] == [(1, "blocked_address")]
+    assert receiver.requests == []
