@@ -7,11 +7,9 @@ reverse order even when startup fails halfway.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 from sqlalchemy import text
@@ -145,18 +143,6 @@ async def run_group_commit(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await publisher.stop()
-
-
-@contextlib.asynccontextmanager
-async def background(coro: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    """Run ``coro`` as a task for as long as the block lasts; then cancel and await it."""
-    task = asyncio.create_task(coro)
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def run_housekeeping(app: web.Application) -> AsyncIterator[None]:

@@ -26,7 +26,8 @@ from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
-from relay.app import background
+from relay.appkeys import METRICS
+from relay.supervise import Loop, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +66,19 @@ class Workers:
         waited for, before this process stops its own parts."""
         for number in range(1, self.count + 1):
             self._start(number)
+        supervisor = Supervisor("workers")
+        app[METRICS].supervisors.append(supervisor)
+        supervisor.start("watch", self._watch)
         try:
-            async with background(self._watch()):
-                yield
+            yield
         finally:
+            await supervisor.stop()
             await asyncio.to_thread(self._stop)
 
-    async def _watch(self) -> None:
+    async def _watch(self, loop: Loop) -> None:
         while True:
-            await asyncio.sleep(1)
+            with loop.idle():
+                await asyncio.sleep(1)
             for number, process in list(self.processes.items()):
                 if process.poll() is not None:
                     log.warning(
@@ -99,13 +104,20 @@ async def orphan_guard(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx for a copy: stop (as on SIGTERM) once the parent is gone."""
     parent = int(os.environ.get(PARENT_ENV, "0"))
 
-    async def watch() -> None:
+    async def watch(loop: Loop) -> None:
         while True:
-            await asyncio.sleep(1)
+            with loop.idle():
+                await asyncio.sleep(1)
             if os.getppid() != parent:
                 log.warning("worker's parent %d is gone; stopping", parent)
                 os.kill(os.getpid(), signal.SIGTERM)
-                return
+                with loop.idle():
+                    await asyncio.sleep(3600)  # until SIGTERM's shutdown stops us
 
-    async with background(watch()):
+    supervisor = Supervisor("worker")
+    app[METRICS].supervisors.append(supervisor)
+    supervisor.start("orphan-guard", watch)
+    try:
         yield
+    finally:
+        await supervisor.stop()
