@@ -22,8 +22,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
-from relay import webhooks
+from relay import ssrf, webhooks
 
 DEFAULT_CONFIG_PATH = Path("config/relay.toml")
 
@@ -324,6 +325,23 @@ class Settings(_Strict):
             keys[publisher.key] = index
         return self
 
+    @model_validator(mode="after")
+    def _destinations_deliverable(self) -> Settings:
+        # Judged here, not in DestinationConfig: it needs delivery.allow_private_networks.
+        allowed = ssrf.parse_networks(self.delivery.allow_private_networks)
+        for t_index, tenant in enumerate(self.tenants):
+            for d_index, dest in enumerate(tenant.destinations):
+                blocked = webhooks.address_problem(dest.url, allowed)
+                if blocked:
+                    raise _at_key(
+                        f"tenants[{t_index}].destinations[{d_index}].url",
+                        blocked,
+                        "add a CIDR holding it to delivery.allow_private_networks (or "
+                        "RELAY_ALLOW_PRIVATE_NETWORKS) if relay should deliver there, "
+                        "or use a public address",
+                    )
+        return self
+
     @property
     def admin_api_key(self) -> str | None:
         return self.server.admin_api_key
@@ -466,6 +484,13 @@ def _resolve_env_references(raw: dict[str, Any], env: Mapping[str, str], source:
             dest["secret"] = env[name]
 
 
+def _at_key(key: str, problem: str, fix: str) -> PydanticCustomError:
+    """A problem found above its key (by a model validator) that still names key and fix."""
+    return PydanticCustomError(
+        "relay_at_key", "{key}: {problem}", {"key": key, "problem": problem, "fix": fix}
+    )
+
+
 def _key_path(loc: tuple[int | str, ...]) -> str:
     path = ""
     for part in loc:
@@ -481,6 +506,10 @@ def _config_error(source: str, exc: ValidationError) -> ConfigError:
     errors = exc.errors(include_url=False)
     lines = []
     for err in errors:
+        if err["type"] == "relay_at_key":
+            ctx = err["ctx"]
+            lines.append((ctx["key"], ctx["problem"], ctx["fix"]))
+            continue
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         # Literal/union branches add type names to the location; drop them.
         loc = tuple(p for p in loc if p not in ("literal['*']", "list[str]", "str"))

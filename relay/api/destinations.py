@@ -8,6 +8,7 @@ shown but not changed here (409 naming the file).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
-from relay import routing, webhooks
+from relay import routing, ssrf, webhooks
 from relay.api import params
 from relay.api.auth import Caller, authenticate
 from relay.api.errors import json_response
@@ -124,10 +125,19 @@ def topic_list(value: str | list[str], catalogue: list[str], problems: list[str]
     return list(dict.fromkeys(value))
 
 
-def check_url(url: str, problems: list[str]) -> None:
+def check_url(url: str, allowed: Sequence[ssrf.Network], problems: list[str]) -> None:
     problem = webhooks.url_problem(url)
     if problem:
         problems.append(f"config.url {problem}")
+        return
+    # Every delivery to it would be refused, so say so now rather than at delivery time.
+    blocked = webhooks.address_problem(url, allowed)
+    if blocked:
+        problems.append(f"config.url is refused by the SSRF guard: {blocked}; {ssrf.HINT}")
+
+
+def allowed_networks(request: web.Request) -> tuple[ssrf.Network, ...]:
+    return ssrf.parse_networks(request.app[SETTINGS].delivery.allow_private_networks)
 
 
 def parse_custom_headers(raw: str | None, problems: list[str]) -> dict[str, str]:
@@ -207,7 +217,7 @@ async def create_destination(request: web.Request) -> web.Response:
     if body.id is not None:
         check_id(body.id, "id")
     topics = topic_list(body.topics, settings.topics, problems)
-    check_url(body.config.url, problems)
+    check_url(body.config.url, allowed_networks(request), problems)
     headers = parse_custom_headers(body.config.custom_headers, problems)
     rule = check_filter(body.filter, problems)
     secret = body.credentials.secret if body.credentials else None
@@ -291,7 +301,11 @@ def _merge_map(current: dict[str, str], patch: dict[str, str | None] | None) -> 
 
 
 def apply_patch(
-    current: admin.Destination, body: DestinationPatch, caller: Caller, catalogue: list[str]
+    current: admin.Destination,
+    body: DestinationPatch,
+    caller: Caller,
+    catalogue: list[str],
+    allowed: Sequence[ssrf.Network],
 ) -> admin.Destination:
     """The destination after a merge-patch (RFC 7396), or a 422 listing every problem."""
     given = body.model_fields_set
@@ -312,7 +326,7 @@ def apply_patch(
             if body.config.url is None:
                 problems.append("config.url must not be null")
             else:
-                check_url(body.config.url, problems)
+                check_url(body.config.url, allowed, problems)
                 changes["url"] = body.config.url
         if "custom_headers" in config_given:
             changes["custom_headers"] = parse_custom_headers(body.config.custom_headers, problems)
@@ -382,7 +396,7 @@ async def update_destination(request: web.Request) -> web.Response:
         current = await _load(request, conn, lock=True)
         _api_owned(request, current)
         updated = await admin.update_destination(
-            conn, apply_patch(current, body, caller, catalogue)
+            conn, apply_patch(current, body, caller, catalogue, allowed_networks(request))
         )
     assert updated is not None
     return json_response(destination_json(updated))
