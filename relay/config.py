@@ -70,7 +70,9 @@ class ServerSettings(_Strict):
     # Seconds a connection may take to send a request's headers, counted from when it
     # opens or its previous response went out (so also how long an idle keep-alive
     # connection stays open); then it is closed. Bounds slow-header (slowloris) clients.
-    header_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # 75 s by default, above the idle timeout of common load balancers (AWS ALB: 60 s),
+    # which would otherwise reuse a connection relay had just closed and answer 502.
+    header_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 75.0
     # Seconds a request body may take to arrive once relay reads it; then a 408.
     body_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
