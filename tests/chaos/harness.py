@@ -5,9 +5,10 @@ relay runs as users run it: ``python -m relay --config <file> api|dispatch|serve
 the default settings (so uvloop, the default retry schedule, lease and concurrency caps).
 The harness sets only what it must: ``RELAY_DATABASE_URL`` (a PgServer it can stop and
 crash), an admin key, a port, the tenant, its destinations and a pod publisher pointing
-at its receivers, and ``delivery.allow_private_networks = ["127.0.0.0/8"]``. A scenario
-that needs more (a short retry schedule or lease, to finish in bounded time) passes it in
-``delivery`` and says why.
+at its receivers, and ``delivery.allow_private_networks = ["127.0.0.0/8"]``; for
+``relay dispatch``, a free health port (several dispatchers share one machine). A
+scenario that needs more to finish in bounded time (a short retry schedule, lease or
+client timeout) passes it in ``delivery`` or ``server`` and says why.
 """
 
 from __future__ import annotations
@@ -166,9 +167,14 @@ class ChaosReceiver:
 
 
 def write_config(
-    path: Path, port: int, receivers: Iterable[ChaosReceiver], delivery: dict[str, Any]
+    path: Path,
+    port: int,
+    receivers: Iterable[ChaosReceiver],
+    delivery: dict[str, Any],
+    server: dict[str, Any] | None = None,
 ) -> Path:
-    """The TOML file: what the harness must set, plus the scenario's ``delivery`` keys."""
+    """The TOML file: what the harness must set, plus the scenario's ``delivery`` and
+    ``server`` keys."""
 
     def value(v: Any) -> str:
         return orjson.dumps(v).decode()
@@ -178,6 +184,7 @@ def write_config(
         'host = "127.0.0.1"',
         f"port = {port}",
         f"admin_api_key = {value(ADMIN_KEY)}",
+        *(f"{k} = {value(v)}" for k, v in (server or {}).items()),
         "",
         "[delivery]",
         'allow_private_networks = ["127.0.0.0/8"]',
@@ -294,7 +301,9 @@ class RelayProcess:
             self.peak_rss = max(self.peak_rss, hwm)
         with contextlib.suppress(OSError):
             maps = Path(f"/proc/{self.pid}/maps").read_text()
-            self.loop = "uvloop" if "uvloop/loop" in maps else "asyncio"
+            # Empty once the process is exiting; uvloop, once loaded, stays the loop.
+            if maps and self.loop != "uvloop":
+                self.loop = "uvloop" if "uvloop/loop" in maps else "asyncio"
 
     async def ready(self, http: aiohttp.ClientSession, timeout: float = 60) -> None:
         async with asyncio.timeout(timeout):
@@ -636,10 +645,12 @@ class Harness:
         await r.start()
         self.receivers.append(r)
 
-    def configure(self, delivery: dict[str, Any] | None = None) -> Path:
+    def configure(
+        self, delivery: dict[str, Any] | None = None, server: dict[str, Any] | None = None
+    ) -> Path:
         self.port = free_port()
         self.config = write_config(
-            self.workdir / "relay.toml", self.port, self.receivers, delivery or {}
+            self.workdir / "relay.toml", self.port, self.receivers, delivery or {}, server
         )
         return self.config
 

@@ -20,4 +20,5 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 async def test_scenario(name: str, tmp_path: Path) -> None:
     report = await run(name, long=False, workdir=tmp_path)
     print(report.details())
-    assert not report.violations, report.details()
+    if report.violations:
+        pytest.fail(report.details(), pytrace=False)
