@@ -544,16 +544,28 @@ async def test_deleted_destination_is_not_delivered_to(
 async def test_private_addresses_are_refused_by_default(
     start_relay: Any, http: Any, receiver: Receiver, db: Any, database_url: str
 ) -> None:
+    # A name is judged at delivery, by what it resolves to. An IP literal the guard
+    # refuses cannot be created in a process that refuses it (test_destination_addresses);
+    # here it was created through an API process whose config opened loopback, and the
+    # dispatcher's config does not.
+    name = dest("name", f"http://localhost:{receiver.port}/name")
+    api = await start_relay(make_settings(database_url, tenants=tenant(name)), dispatcher=False)
+    async with http.post(
+        api.make_url("/api/v1/tenants/acme/destinations"),
+        json={
+            "type": "webhook",
+            "id": "literal",
+            "topics": "*",
+            "config": {"url": receiver.url("/literal")},
+        },
+        headers=admin_headers(),
+    ) as resp:
+        assert resp.status == 201, await resp.text()
     settings = make_settings(
-        database_url,
-        tenants=tenant(
-            dest("literal", receiver.url("/literal")),
-            dest("name", f"http://localhost:{receiver.port}/name"),
-        ),
-        delivery={"allow_private_networks": []},
+        database_url, tenants=tenant(name), delivery={"allow_private_networks": []}
     )
-    server = await start_relay(settings)
-    await publish(http, server, eligible_for_retry=False)
+    await start_relay(settings, api=False)
+    await publish(http, api, eligible_for_retry=False)
 
     await wait_until(all_in(db, "failed", 2))
     assert receiver.requests == []
