@@ -124,3 +124,26 @@ def test_cpu_cost_drains_and_reports_per_delivery() -> None:
         reports = [line for line in lines if line.startswith(f"round 0 {worker} ")]
         assert len(reports) == 1 and "µs/delivery" in reports[0], result.stdout
     assert any("WAL records per delivery" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_record_cost_quick_run_compares_both_and_the_retry_adds_nothing() -> None:
+    """bench/record_cost.py --quick, the analysis's tool for what idempotent recording
+    costs: both variants are timed at both history sizes, and a batch written twice adds
+    attempt rows only with the old statement."""
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "record_cost.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    for label in ("BEGIN..record_outcomes", "BEGIN..COMMIT"):
+        assert out.count(f"new/old {label}: ") == 2, out
+    assert "Anti Join" in out, out
+    retries = [line.strip() for line in out.splitlines() if "written again" in line]
+    assert len(retries) == 4, out
+    for line in retries:
+        expected = "added 0 attempt rows" if line.startswith("new:") else "added 200 attempt rows"
+        assert expected in line, out
