@@ -13,6 +13,7 @@ NAT64) is refused when the IPv4 address inside would be.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable, Sequence
 
@@ -124,14 +125,28 @@ def refusal(address: str | Address, allowed: Sequence[Network] = ()) -> str | No
 
 
 def literal_host(url: str) -> Address | None:
-    """The URL's host when it is an IP literal; None for a name or no host."""
+    """The URL's host when it is an IP literal; None for a name or no host.
+
+    The short and numeric IPv4 forms the C library also takes (``127.1``, ``2130706433``,
+    ``0x7f.1``, ``017700000001``) count as literals: some aiohttp versions pass them to
+    the kernel without asking the resolver, so the guard must judge them here."""
     host = URL(url).host
     if host is None:
         return None
     try:
         return ipaddress.ip_address(host)
     except ValueError:
-        return None
+        pass
+    if _NUMERIC_HOST.fullmatch(host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+# Dotted parts of digits (decimal, octal) or 0x-hex: what inet_aton reads as an address.
+_NUMERIC_HOST = re.compile(r"(?:0[xX][0-9a-fA-F]*|[0-9]+)(?:\.(?:0[xX][0-9a-fA-F]*|[0-9]+)){0,3}")
 
 
 def refusal_for_url(url: str, allowed: Sequence[Network] = ()) -> str | None:

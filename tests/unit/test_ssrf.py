@@ -133,3 +133,12 @@ async def test_resolver_refuses_a_name_that_only_points_inside() -> None:
         ssrf.parse_networks(["169.254.169.254/32"]), inner=FixedResolver("169.254.169.254")
     )
     assert len(await allowed.resolve("metadata.example", 80)) == 1
+
+
+@pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f.1", "017700000001", "10.1"])
+def test_short_and_numeric_ipv4_forms_are_literals_too(host: str) -> None:
+    # The C library reads these as addresses; some aiohttp versions connect to them
+    # without asking the resolver, so they are judged as the address they denote.
+    assert ssrf.refusal_for_url(f"http://{host}:8080/hook") is not None
+    assert ssrf.refusal_for_url("http://134744072/") is None  # 8.8.8.8
+    assert ssrf.literal_host("http://1.2.3.4.5/") is None  # a name, for DNS to answer
