@@ -885,6 +885,9 @@ class PodCase:
 KEY_BYTES = st.binary(max_size=24).map(
     lambda raw: bytes(b for b in raw if 0x21 <= b <= 0x7E or b >= 0x80)
 )
+ODD_KEYS = st.sampled_from(
+    [b"", b"\xff", b"caf\xe9", "café".encode(), KEY.encode() + b"\xff", KEY.encode()[:-1]]
+)
 
 
 # Up to the limit; shrinks toward few copies when the count does not matter.
@@ -900,13 +903,13 @@ def pod_cases(draw: st.DrawFn) -> PodCase:
     else:
         item = pod_items(in_array=True, small=shape == "many")
         items = tuple(draw(st.lists(item, min_size=1, max_size=1 if shape == "many" else 4)))
-    broken = draw(st.sampled_from([None] * 6 + ["key", "content_type", "body"]))
+    broken = draw(st.sampled_from([None] * 6 + ["key", "key", "content_type", "body"]))
     return PodCase(
         items=items,
         as_array=shape != "single",
         spelling=draw(SPELLINGS),
         copies=draw(MANY) if shape == "many" else 1,
-        key=draw(st.none() | KEY_BYTES) if broken == "key" else KEY.encode(),
+        key=draw(st.none() | ODD_KEYS | KEY_BYTES) if broken == "key" else KEY.encode(),
         content_type=draw(st.sampled_from(["text/plain", "application/x-www-form-urlencoded"]))
         if broken == "content_type"
         else draw(st.sampled_from(["application/json", "application/json; charset=utf-8"])),
