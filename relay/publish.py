@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,37 @@ TOO_DEEP = f"nests deeper than {MAX_DATA_DEPTH} levels, relay's limit"
 EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 TIME_RANGE = "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z (in UTC)"
+
+
+# PostgreSQL cannot hold NUL in text, nor take \u0000 from JSON it has to read.
+NUL_IN_DATA = "must not contain NUL (\\u0000) in a string or key: PostgreSQL cannot store it"
+# What an event id and topic may not hold: they travel as HTTP header values
+# (webhook-id, x-outpost-event-id, x-outpost-topic), which cannot carry control characters;
+# such an event could be stored but never delivered.
+CONTROL = re.compile("[\x00-\x1f\x7f]")
+NO_CONTROL = "must not contain control characters (it is sent in an HTTP header)"
+
+
+def holds_nul(serialized: bytes, value: Any) -> bool:
+    """Does a string or key of ``value`` (whose serialization is ``serialized``) hold NUL?
+
+    The search is the cheap part, and finds nothing in almost every event; only then is
+    the value itself walked (an escaped backslash before "u0000" looks the same)."""
+    if b"\\u0000" not in serialized:
+        return False
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            if any("\x00" in key for key in item):
+                return True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def data_json(value: Any) -> bytes | None:
@@ -215,8 +247,11 @@ def _not_one_json_value(event: Event) -> ValidationFailed | None:
             parsed = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
             return ValidationFailed([f"{name} must be one serialized JSON value: {exc}"])
-        if data_json(parsed) is None:
+        serialized = data_json(parsed)
+        if serialized is None:
             return ValidationFailed([f"{name} {TOO_DEEP}"])
+        if holds_nul(serialized, parsed):
+            return ValidationFailed([f"{name} {NUL_IN_DATA}"])
     return None
 
 
@@ -246,6 +281,9 @@ def _plan(
     problem = time_problem(event.time)
     if problem is not None:
         raise ValidationFailed([f"time {problem}"])
+    for name, value in (("id", event.id), ("topic", event.topic)):
+        if value and CONTROL.search(value):
+            raise ValidationFailed([f"{name} {NO_CONTROL}"])
     if destinations is None:
         raise NotFound(f"tenant {event.tenant_id!r} not found")
     if event.destination_id is not None:
@@ -328,7 +366,9 @@ def _row(p: Planned) -> publishing.NewEvent:
         metadata=dict(e.metadata),
         eligible_for_retry=e.eligible_for_retry,
         destination_id=e.destination_id,
-        time=e.time,
+        # As the instant in UTC: PostgreSQL refuses offsets of 16 hours or more, which
+        # RFC 3339 allows (the offset itself is not kept either way).
+        time=e.time.astimezone(UTC) if e.time is not None and e.time.tzinfo else e.time,
     )
 
 

@@ -29,7 +29,7 @@ from relay.db import admin
 from relay.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from relay.signing import generate_secret
 
-PREFIX = "/api/v1/tenants/{tenant_id}/destinations"
+PREFIX = "/api/v1/tenants/{tenant_id:[^/]+}/destinations"
 routes = web.RouteTableDef()
 
 SUPPORTED_TYPES = ("webhook",)
@@ -281,7 +281,7 @@ def _api_owned(request: web.Request, d: admin.Destination) -> None:
         )
 
 
-@routes.get(PREFIX + "/{destination_id}")
+@routes.get(PREFIX + "/{destination_id:[^/]+}")
 async def get_destination(request: web.Request) -> web.Response:
     async with request.app[ENGINE].connect() as conn:
         found = await _load(request, conn, lock=False)
@@ -387,7 +387,7 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
-@routes.patch(PREFIX + "/{destination_id}")
+@routes.patch(PREFIX + "/{destination_id:[^/]+}")
 async def update_destination(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     body = validate(DestinationPatch, await read_json(request))
@@ -412,17 +412,17 @@ async def _set_enabled(request: web.Request, enabled: bool) -> web.Response:
     return json_response(destination_json(updated))
 
 
-@routes.put(PREFIX + "/{destination_id}/enable")
+@routes.put(PREFIX + "/{destination_id:[^/]+}/enable")
 async def enable_destination(request: web.Request) -> web.Response:
     return await _set_enabled(request, True)
 
 
-@routes.put(PREFIX + "/{destination_id}/disable")
+@routes.put(PREFIX + "/{destination_id:[^/]+}/disable")
 async def disable_destination(request: web.Request) -> web.Response:
     return await _set_enabled(request, False)
 
 
-@routes.delete(PREFIX + "/{destination_id}")
+@routes.delete(PREFIX + "/{destination_id:[^/]+}")
 async def delete_destination(request: web.Request) -> web.Response:
     async with request.app[ENGINE].begin() as conn:
         current = await _load(request, conn, lock=True)

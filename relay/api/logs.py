@@ -19,6 +19,8 @@ from relay.db import admin, history
 from relay.errors import NotFound
 
 PREFIX = "/api/v1"
+# Ids in paths are matched with [^/]+: aiohttp's plain {name} refuses braces, which ids may
+# hold (relay takes any id without NUL or control characters).
 routes = web.RouteTableDef()
 
 INCLUDES = ("event", "event.data", "response_data", "destination")
@@ -60,7 +62,7 @@ async def list_events(request: web.Request) -> web.Response:
     )
 
 
-@routes.get(PREFIX + "/events/{event_id}")
+@routes.get(PREFIX + "/events/{event_id:[^/]+}")
 async def get_event(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     event_id = request.match_info["event_id"]
@@ -156,7 +158,7 @@ async def _one_attempt(request: web.Request, f: history.AttemptFilter) -> web.Re
     )
 
 
-@routes.get(PREFIX + "/attempts/{attempt_id}")
+@routes.get(PREFIX + "/attempts/{attempt_id:[^/]+}")
 async def get_attempt(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     tenant = params.single(request, "tenant_id")
@@ -164,7 +166,9 @@ async def get_attempt(request: web.Request) -> web.Response:
     return await _one_attempt(request, f)
 
 
-DESTINATION_ATTEMPTS = PREFIX + "/tenants/{tenant_id}/destinations/{destination_id}/attempts"
+DESTINATION_ATTEMPTS = (
+    PREFIX + "/tenants/{tenant_id:[^/]+}/destinations/{destination_id:[^/]+}/attempts"
+)
 
 
 async def _destination_scope(request: web.Request) -> tuple[str, str]:
@@ -184,7 +188,7 @@ async def list_destination_attempts(request: web.Request) -> web.Response:
     return await _attempt_page(request, _attempt_filter(request, [tenant_id], [destination_id]))
 
 
-@routes.get(DESTINATION_ATTEMPTS + "/{attempt_id}")
+@routes.get(DESTINATION_ATTEMPTS + "/{attempt_id:[^/]+}")
 async def get_destination_attempt(request: web.Request) -> web.Response:
     tenant_id, destination_id = await _destination_scope(request)
     f = history.AttemptFilter(tenant_ids=[tenant_id], destination_ids=[destination_id])

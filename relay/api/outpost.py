@@ -8,7 +8,7 @@ served as it is.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Annotated, Any
 
@@ -24,7 +24,18 @@ from relay.api.validation import read_json, validate
 from relay.appkeys import DISPATCHER, ENGINE, HEAD_REVISION, METRICS, PUBLISHER, SETTINGS
 from relay.db.migrate import current_revision
 from relay.errors import NotFound, ValidationFailed
-from relay.publish import TOO_DEEP, Event, check_topic, data_json, new_event_id, time_problem
+from relay.publish import (
+    CONTROL,
+    NO_CONTROL,
+    NUL_IN_DATA,
+    TOO_DEEP,
+    Event,
+    check_topic,
+    data_json,
+    holds_nul,
+    new_event_id,
+    time_problem,
+)
 
 PREFIX = "/api/v1"
 routes = web.RouteTableDef()
@@ -51,6 +62,13 @@ class PublishBody(BaseModel):
             raise ValueError("must not contain NUL (\\u0000)")
         return value
 
+    @field_validator("id", "topic")
+    @classmethod
+    def _sendable(cls, value: str | None) -> str | None:
+        if value is not None and CONTROL.search(value):
+            raise ValueError(NO_CONTROL)
+        return value
+
     @field_validator("metadata")
     @classmethod
     def _no_nul_in_metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
@@ -61,10 +79,6 @@ class PublishBody(BaseModel):
     @field_validator("time")
     @classmethod
     def _storable_time(cls, value: datetime | None) -> datetime | None:
-        offset = value.utcoffset() if value is not None else None
-        if offset is not None and abs(offset) >= timedelta(hours=16):
-            # PostgreSQL refuses offsets of 16 hours or more.
-            raise ValueError("time zone offset must be less than 16 hours")
         # An instant outside years 1-9999 in UTC would be stored and never read back.
         problem = time_problem(value)
         if problem is not None:
@@ -84,6 +98,8 @@ def exact_data(raw: bytes, data: dict[str, Any]) -> bytes:
     compact = data_json(data)
     if compact is None:
         raise ValidationFailed([f"data {TOO_DEEP}"])
+    if holds_nul(compact, data):
+        raise ValidationFailed([f"data {NUL_IN_DATA}"])
     if b'"data":' + compact in raw:
         return compact
     return member_span(raw, "data") or compact
@@ -199,7 +215,7 @@ async def list_destination_types(request: web.Request) -> web.Response:
     return json_response([WEBHOOK_TYPE])
 
 
-@routes.get(PREFIX + "/destination-types/{type}")
+@routes.get(PREFIX + "/destination-types/{type:[^/]+}")
 async def get_destination_type(request: web.Request) -> web.Response:
     await authenticate(request)
     kind = request.match_info["type"]

@@ -8,6 +8,7 @@ and the exact error bodies are the pod publish docs' (``{"error": "..."}``).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,13 +19,13 @@ from aiohttp import web
 
 from relay import grants
 from relay.api.errors import json_response, use_error_shape
-from relay.api.rawjson import member_span
+from relay.api.rawjson import item_member_spans, member_span
 from relay.api.validation import read_body
 from relay.appkeys import ENGINE, METRICS, PUBLISHER, SETTINGS
 from relay.config import PublisherConfig
 from relay.db import pods
 from relay.errors import BadRequest, Forbidden, NotFound, RelayError, Unauthorized
-from relay.publish import TOO_DEEP, Event, data_json, time_ordered_hex
+from relay.publish import NUL_IN_DATA, TOO_DEEP, Event, data_json, holds_nul, time_ordered_hex
 
 PREFIX = "/publish"
 routes = web.RouteTableDef()
@@ -113,6 +114,8 @@ def parse_event(raw: object) -> PodEvent:
     serialized = data_json(data)
     if serialized is None:
         raise BadRequest(f"data {TOO_DEEP}")
+    if holds_nul(serialized, data):
+        raise BadRequest(f"data {NUL_IN_DATA}")
     return PodEvent(recipient=recipient, source=source, topic=topic, data=serialized)
 
 
@@ -196,16 +199,31 @@ def _now() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-async def _read_payload(request: web.Request) -> object:
+async def _read_payload(request: web.Request) -> tuple[bytes, object]:
+    """The body as sent, and parsed."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType()
     raw = await read_body(request)  # 413 past server.max_body_bytes, 408 if too slow
     if not raw.strip():
         raise BadRequest("request body is empty; send a JSON event or an array of them")
     try:
-        return orjson.loads(raw)
+        return raw, orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def as_sent(raw: bytes, events: list[PodEvent], is_array: bool) -> list[PodEvent]:
+    """Each event with `data` as the producer's bytes, not a serialization of the parsed
+    value: a parser turns integers past 64 bits and numbers past a double's precision
+    into approximations, and receivers must get what was sent. Where the span cannot be
+    found, the compact serialization stays (the same JSON value)."""
+    spans = item_member_spans(raw, "data") if is_array else [member_span(raw, "data")]
+    if spans is None or len(spans) != len(events):
+        return events
+    return [
+        event if span is None else dataclasses.replace(event, data=span)
+        for event, span in zip(events, spans, strict=True)
+    ]
 
 
 def copies(
@@ -240,7 +258,10 @@ def copies(
 async def publish_to_pods(request: web.Request) -> web.Response:
     publisher = authenticate(request)
     settings = request.app[SETTINGS].server
-    events, is_array = parse_body(await _read_payload(request), settings.max_publish_items)
+    raw, parsed = await _read_payload(request)
+    events, is_array = parse_body(parsed, settings.max_publish_items)
+    del parsed  # parsed items are most of a request's memory; each event keeps bytes
+    events = as_sent(raw, events, is_array)
     base = base_url(request)
     ids = [time_ordered_hex() for _ in events]
     time = _now()
@@ -265,7 +286,7 @@ async def publish_to_pods(request: web.Request) -> web.Response:
     return json_response(payload, status=201, headers={"Location": urls[0]})
 
 
-@routes.get(PREFIX + "/{event_id}")
+@routes.get(PREFIX + "/{event_id:[^/]+}")
 async def published_event(request: web.Request) -> web.Response:
     publisher = authenticate(request)
     event_id = request.match_info["event_id"]

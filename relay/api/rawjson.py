@@ -27,36 +27,69 @@ def member_span(raw: bytes, key: str) -> bytes | None:
     keep), or None when ``raw`` is not an object or lacks the key."""
     try:
         text = raw.decode()
-        span = _member_span(text, key)
-    except (ValueError, IndexError, StopIteration):
-        # StopIteration: the scanner found no value where one should start.
+        span, _ = _object_member(text, _skip_ws(text, 0), key)
+    except _UNREADABLE:
         return None
     return None if span is None else text[span[0] : span[1]].encode()
 
 
-def _member_span(text: str, key: str) -> tuple[int, int] | None:
+def item_member_spans(raw: bytes, key: str) -> list[bytes | None] | None:
+    """For a top-level array, the raw value of ``key`` in each item (None for an item that
+    is not an object or lacks it); None when ``raw`` is not an array or cannot be read."""
+    try:
+        text = raw.decode()
+        i = _skip_ws(text, 0)
+        if text[i : i + 1] != "[":
+            return None
+        spans: list[bytes | None] = []
+        i = _skip_ws(text, i + 1)
+        if text[i : i + 1] == "]":
+            return spans
+        while True:
+            if text[i : i + 1] == "{":
+                span, i = _object_member(text, i, key)
+            else:
+                span, (_, i) = None, _scan_value(text, i)
+            spans.append(None if span is None else text[span[0] : span[1]].encode())
+            i = _skip_ws(text, i)
+            if text[i : i + 1] != ",":
+                return spans
+            i = _skip_ws(text, i + 1)
+    except _UNREADABLE:
+        return None
+
+
+# StopIteration: the scanner found no value where one should start. RecursionError: a
+# member nested deeper than Python's recursion limit lets the C scanner go.
+_UNREADABLE = (ValueError, IndexError, StopIteration, RecursionError)
+
+
+def _object_member(text: str, start: int, key: str) -> tuple[tuple[int, int] | None, int]:
+    """In the object starting at ``start``: the span of ``key``'s value (or None), and the
+    index just past the object."""
     ws = _skip_ws
-    i = ws(text, 0)
-    if text[i : i + 1] != "{":
-        return None
-    i = ws(text, i + 1)
+    if text[start : start + 1] != "{":
+        raise ValueError("not an object")
+    i = ws(text, start + 1)
     if text[i : i + 1] == "}":
-        return None
+        return None, i + 1
     found = None
     while True:
         if text[i : i + 1] != '"':
-            return None
+            raise ValueError("not a member name")
         name, i = scanstring(text, i + 1)
         i = ws(text, i)
         if text[i : i + 1] != ":":
-            return None
-        start = ws(text, i + 1)
-        _, end = _scan_value(text, start)
+            raise ValueError("no colon after a member name")
+        value_start = ws(text, i + 1)
+        _, end = _scan_value(text, value_start)
         if name == key:
-            found = (start, end)
+            found = (value_start, end)
         i = ws(text, end)
+        if text[i : i + 1] == "}":
+            return found, i + 1
         if text[i : i + 1] != ",":
-            return found
+            raise ValueError("no comma between members")
         i = ws(text, i + 1)
 
 

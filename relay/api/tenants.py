@@ -52,7 +52,7 @@ class TenantUpsertBody(BaseModel):
     metadata: dict[StrictStr, StrictStr] | None = None
 
 
-@routes.put(PREFIX + "/tenants/{tenant_id}")
+@routes.put(PREFIX + "/tenants/{tenant_id:[^/]+}")
 async def upsert_tenant(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     tenant_id = request.match_info["tenant_id"]
@@ -70,7 +70,7 @@ async def upsert_tenant(request: web.Request) -> web.Response:
     return json_response(tenant_json(tenant), status=201 if created else 200)
 
 
-@routes.get(PREFIX + "/tenants/{tenant_id}")
+@routes.get(PREFIX + "/tenants/{tenant_id:[^/]+}")
 async def get_tenant(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     async with request.app[ENGINE].connect() as conn:
@@ -78,7 +78,7 @@ async def get_tenant(request: web.Request) -> web.Response:
     return json_response(tenant_json(tenant))
 
 
-@routes.delete(PREFIX + "/tenants/{tenant_id}")
+@routes.delete(PREFIX + "/tenants/{tenant_id:[^/]+}")
 async def delete_tenant(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     tenant_id = request.match_info["tenant_id"]
@@ -129,7 +129,7 @@ async def list_tenants(request: web.Request) -> web.Response:
     )
 
 
-@routes.get(PREFIX + "/tenants/{tenant_id}/token")
+@routes.get(PREFIX + "/tenants/{tenant_id:[^/]+}/token")
 async def tenant_token(request: web.Request) -> web.Response:
     require_admin(request)
     tenant_id = request.match_info["tenant_id"]

@@ -186,3 +186,68 @@ async def test_pod_arrays_are_bounded_by_max_publish_items(
     ) as resp:
         assert resp.status == 201
         assert len(await resp.json()) == 50
+
+
+async def test_any_rfc3339_offset_is_taken_and_reads_back_as_the_same_instant(
+    start_relay: Any, http: Any, database_url: str
+) -> None:
+    """RFC 3339 allows offsets up to 23:59; PostgreSQL refuses 16 hours or more. relay
+    stores the instant (in UTC), so every offset works."""
+    server = await start_relay(tenant_settings(database_url), dispatcher=False)
+    body = {"tenant_id": "acme", "data": {}, "id": "e1", "time": "2026-01-01T00:00:00-23:59"}
+    status, answer = await post_publish(http, server, body)
+    assert status == 202, answer
+    async with http.get(server.make_url("/api/v1/events/e1"), headers=admin_headers()) as r:
+        assert (await r.json())["time"] == "2026-01-01T23:59:00Z"
+
+
+async def test_ids_with_braces_and_slashes_can_be_read_back(
+    start_relay: Any, http: Any, database_url: str
+) -> None:
+    """aiohttp's plain {name} route placeholder refuses braces: an event published with
+    id "{" was found by the listing but GET /events/%7B answered 404."""
+    server = await start_relay(tenant_settings(database_url), dispatcher=False)
+    for event_id, path in (("{x}", "%7Bx%7D"), ("a/b", "a%2Fb"), ("50%", "50%25")):
+        status, answer = await post_publish(
+            http, server, {"tenant_id": "acme", "data": {}, "id": event_id}
+        )
+        assert status == 202, answer
+        url = server.make_url("/api/v1/events/").with_path(f"/api/v1/events/{path}", encoded=True)
+        async with http.get(url, headers=admin_headers()) as r:
+            assert r.status == 200, (event_id, await r.text())
+            assert (await r.json())["id"] == event_id
+
+
+async def test_pod_api_keeps_numbers_as_sent_and_refuses_nul_naming_the_item(
+    start_relay: Any, http: Any, receiver: Any, db: asyncpg.Connection, database_url: str
+) -> None:
+    """The pod API stored a serialization of the parsed data: -9223372036854775809 came
+    back as -9.223372036854776e18. Now each item's data is stored as sent."""
+    server = await start_relay(pod_settings(database_url, receiver), dispatcher=False)
+    item = b'{"recipient":"%s","topic":"realestate/contact#add","data":' % USER.encode()
+    data = b'{"big": -9223372036854775809, "pi": 3.14159265358979323846, "e": 1E400}'
+    body = b"[" + item + b'{"n": 1}},\n  ' + item + data + b"}]"
+    async with http.post(server.make_url("/publish/"), data=body, headers=headers()) as resp:
+        assert resp.status == 400  # 1E400 is not a number orjson (or JSON's double) reads
+    data = data.replace(b', "e": 1E400', b"")
+    body = b"[" + item + b'{"n": 1}},\n  ' + item + data + b"}]"
+    async with http.post(server.make_url("/publish/"), data=body, headers=headers()) as resp:
+        assert resp.status == 201, await resp.text()
+        second = (await resp.json())[1]["id"]
+    async with http.get(second, headers={"x-api-key": KEY}) as resp:
+        assert b'"data":' + data in await resp.read()
+    stored = await db.fetchval(
+        "SELECT data::text FROM relay.events WHERE body::text LIKE $1", f"%{second}%"
+    )
+    assert stored == data.decode()
+
+    nul = item + b'{"k": "a\\u0000b"}}'
+    async with http.post(
+        server.make_url("/publish/"), data=b"[" + item + b"{}}," + nul + b"]", headers=headers()
+    ) as resp:
+        assert resp.status == 400
+        assert await resp.json() == {
+            "error": "data must not contain NUL (\\u0000) in a string or key: "
+            "PostgreSQL cannot store it",
+            "index": 1,
+        }

@@ -134,9 +134,13 @@ async def test_no_matching_destination_stores_event_without_outbox_rows(
             "metadata keys and values must not contain NUL",
         ),
         (
-            {"tenant_id": "acme", "data": {}, "time": "2026-01-01T00:00:00+16:00"},
-            "time time zone offset must be less than 16 hours",
+            {"tenant_id": "acme", "data": {}, "time": "0001-01-01T00:00:00+01:00"},
+            "time must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
         ),
+        ({"tenant_id": "acme", "data": {}, "id": "a\nb"}, "id must not contain control"),
+        ({"tenant_id": "acme", "data": {}, "topic": "t\x1f"}, "topic must not contain control"),
+        ({"tenant_id": "acme", "data": {"k": "\x00"}}, "data must not contain NUL"),
+        ({"tenant_id": "acme", "data": {"\x00": 1}}, "data must not contain NUL"),
     ],
 )
 async def test_bad_publish_body_is_422_naming_the_field_and_writes_nothing(

@@ -99,6 +99,16 @@ NO_NUL = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
 WITH_NUL = st.tuples(st.text(NO_NUL, max_size=5), st.text(NO_NUL, max_size=5)).map(
     lambda parts: parts[0] + "\x00" + parts[1]
 )
+# Ids and topics travel in HTTP headers: no control characters (relay refuses them).
+SENDABLE = st.characters(
+    exclude_categories=("Cs",),
+    exclude_characters="".join(map(chr, [*range(0x20), 0x7F])),
+)
+WITH_CONTROL = st.tuples(
+    st.text(SENDABLE, max_size=5),
+    st.sampled_from([*map(chr, range(1, 0x20)), "\x7f"]),
+    st.text(SENDABLE, max_size=5),
+).map("".join)
 WRONG_SCALARS = (
     st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False, allow_infinity=False)
 )
@@ -288,13 +298,13 @@ DAMAGES = [
 VALID = {
     "id": st.just(ABSENT)
     | st.none()
-    | st.text(NO_NUL, min_size=1, max_size=40)
-    | st.text(NO_NUL, min_size=250, max_size=255),
+    | st.text(SENDABLE, min_size=1, max_size=40)
+    | st.text(SENDABLE, min_size=250, max_size=255),
     "tenant_id": st.just(OUR_TENANT),
     "topic": st.just(ABSENT)
     | st.none()
-    | st.text(NO_NUL, max_size=40)
-    | st.text(NO_NUL, min_size=250, max_size=255),
+    | st.text(SENDABLE, max_size=40)
+    | st.text(SENDABLE, min_size=250, max_size=255),
     "eligible_for_retry": st.just(ABSENT) | st.booleans(),
     "metadata": st.just(ABSENT)
     | st.none()
@@ -303,12 +313,20 @@ VALID = {
     "data": DATA,
 }
 INVALID = {
-    "id": st.just("") | WITH_NUL | st.text(NO_NUL, min_size=256, max_size=300) | WRONG_SCALARS,
+    "id": st.just("")
+    | WITH_NUL
+    | WITH_CONTROL
+    | st.text(NO_NUL, min_size=256, max_size=300)
+    | WRONG_SCALARS,
     "tenant_id": st.sampled_from([ABSENT, NO_SUCH_TENANT, "", None])
     | WITH_NUL
     | WRONG_SCALARS
     | CONTAINERS,
-    "topic": WITH_NUL | st.text(NO_NUL, min_size=256, max_size=300) | WRONG_SCALARS | CONTAINERS,
+    "topic": WITH_NUL
+    | WITH_CONTROL
+    | st.text(NO_NUL, min_size=256, max_size=300)
+    | WRONG_SCALARS
+    | CONTAINERS,
     "eligible_for_retry": st.sampled_from([None, "true", "false", 0, 1, [], {}]),
     "metadata": WRONG_SCALARS
     | st.text(max_size=5)
