@@ -32,9 +32,12 @@ TOTAL_BUDGET = 15 * 60.0
 
 def commit() -> str:
     def git(*args: str) -> str:
-        result = subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
-        )
+        try:
+            result = subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
+            )
+        except OSError:  # no git on this machine
+            return ""
         return result.stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
