@@ -509,25 +509,33 @@ class Dispatcher:
             response_headers=None,
             error_detail=f"the receiver's answer could not be stored: {_brief(exc)}",
         )
-        try:
-            conn = self._record_conn = await self._connected(self._record_conn)
-            async with conn.transaction():
-                disabled = await outbox.record_outcomes(
-                    conn, [stripped], auto_disable_after=self.settings.auto_disable_after_failures
+        delay = 0.1
+        while True:
+            try:
+                conn = self._record_conn = await self._connected(self._record_conn)
+                async with conn.transaction():
+                    disabled = await outbox.record_outcomes(
+                        conn,
+                        [stripped],
+                        auto_disable_after=self.settings.auto_disable_after_failures,
+                    )
+                return disabled, 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as again:
+                _discard(self._record_conn)
+                self._record_conn = None
+                if is_connection_failure(again):  # not this outcome's fault: wait, retry
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                log.error(
+                    "dropping the outcome of delivery %d, which cannot be written (%s); "
+                    "its lease will expire and it will be sent again",
+                    recorded.claimed.id,
+                    _brief(again),
                 )
-            return disabled, 0
-        except asyncio.CancelledError:
-            raise
-        except Exception as again:
-            _discard(self._record_conn)
-            self._record_conn = None
-            log.error(
-                "dropping the outcome of delivery %d, which cannot be written (%s); "
-                "its lease will expire and it will be sent again",
-                recorded.claimed.id,
-                _brief(again),
-            )
-            return [], 1
+                return [], 1
 
     def _wake_in(self, delays: list[float]) -> None:
         """Wake the claim loop when retries fall due (a heap of times, one timer)."""
