@@ -35,6 +35,20 @@ NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
 
 # --- dispatch ------------------------------------------------------------------------
 
+# What a delivery needs, from a claimed row joined to its event (e) and destination (t).
+# Only values the driver reads back whatever the producer sent: text, numbers, booleans
+# and relay's own timestamps (the event's `time`, the producer's, is not needed here).
+_CLAIMED = """
+    d.id, d.attempts, d.tenant_id, d.destination_id,
+    {manual} AS manual, e.seq AS event_seq, e.id AS event_id, e.topic,
+    COALESCE(e.body, e.data)::text AS body,
+    e.metadata::text AS metadata, e.eligible_for_retry,
+    e.created_at AS published_at,
+    t.url, t.custom_headers::text AS custom_headers, t.secret, t.previous_secret,
+    t.previous_secret_invalid_at > now() AS previous_secret_valid,
+    t.signature_mode, t.timeout_seconds, t.delivery_metadata::text AS delivery_metadata
+"""
+
 # One statement: pick due rows (skipping those another dispatcher holds, destinations
 # that are disabled or deleted, and destinations already at this dispatcher's cap), stamp
 # them with our token and a lease, and return all a delivery needs. It commits before
@@ -55,20 +69,6 @@ NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
 # backlog instead of reading ix_deliveries_due in order: a second per claim at a million
 # pending (for the first claims of a connection, planned with their values). Opaque
 # filters get a default estimate, and the ordered index scan with its limit wins.
-# What a delivery needs, from a claimed row joined to its event (e) and destination (t).
-# Only values the driver reads back whatever the producer sent: text, numbers, booleans
-# and relay's own timestamps (the event's `time`, the producer's, is not needed here).
-_CLAIMED = """
-    d.id, d.attempts, d.tenant_id, d.destination_id,
-    {manual} AS manual, e.seq AS event_seq, e.id AS event_id, e.topic,
-    COALESCE(e.body, e.data)::text AS body,
-    e.metadata::text AS metadata, e.eligible_for_retry,
-    e.created_at AS published_at,
-    t.url, t.custom_headers::text AS custom_headers, t.secret, t.previous_secret,
-    t.previous_secret_invalid_at > now() AS previous_secret_valid,
-    t.signature_mode, t.timeout_seconds, t.delivery_metadata::text AS delivery_metadata
-"""
-
 CLAIM_DUE = text(f"""
     WITH busy AS (
         SELECT * FROM unnest(CAST(:busy_tenants AS text[]), CAST(:busy_destinations AS text[]),
