@@ -603,6 +603,7 @@ class Harness:
     port: int = 0
     http: aiohttp.ClientSession | None = None
     t0: float = field(default_factory=time.time)
+    notes: list[str] = field(default_factory=list)  # a scenario's figures for the report
     stopped_at: float = 0.0
     _sampler: asyncio.Task[None] | None = None
 

@@ -8,9 +8,9 @@ bounded drain:
    destination is pending and due;
 3. no event reached one destination twice unless a failed try of that delivery
    (``failed``, ``lease_expired``, ``interrupted``) was recorded before the repeat;
-4. producers got no 5xx but 503 (with Retry-After) while the database was down, give or
-   take a moment around the stop and the start; and no request went unanswered except
-   while the API process was down;
+4. producers got no 5xx but 503 (with Retry-After) while the database was down (or its
+   sessions were being terminated), give or take a moment around the stop and the start;
+   and no request went unanswered except while the API process was down;
 5. the API process's peak RSS (VmHWM) stayed under ``API_RSS_BOUND``;
 6. no try is recorded twice (two identical attempt rows).
 
@@ -117,6 +117,7 @@ async def conclude(
 ) -> Report:
     """Drain, check while relay runs (``live``), stop relay (SIGTERM), check the rest."""
     report = Report(h.name, violations=list(violations or []), notes=list(notes or []))
+    report.notes += h.notes
     acked = h.acked() | (extra_acked or {})
     report.acknowledged = len(acked)
     expected = pairs(h, acked)
@@ -338,7 +339,9 @@ def _check_receivers(h: Harness, report: Report) -> None:
 
 
 def _check_producers(h: Harness, report: Report) -> None:
-    db_down = [(w.start, w.end) for w in h.windows if w.what == "database down"]
+    db_down = [
+        (w.start, w.end) for w in h.windows if w.what in ("database down", "sessions terminated")
+    ]
     api_down = [(w.start, w.end) for w in h.windows if w.what == "api down"]
     bad: list[str] = []
     unanswered: list[str] = []

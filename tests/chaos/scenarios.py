@@ -210,8 +210,8 @@ async def _database_stop(h: Harness, long: bool, mode: str) -> Report:
         # A burst of publishes as the server goes down, so that requests meet its
         # connections in every state of their closing.
         assert h.http is not None
-        burst = h.producer("outpost", 150)
-        bursting = asyncio.create_task(burst.run(h.http, 0.4, 30))
+        burst = h.producer("outpost", 300)
+        bursting = asyncio.create_task(burst.run(h.http, 0.5, 30))
         await asyncio.sleep(0.2)
         window = Window("database down", time.time())
         h.windows.append(window)
@@ -231,6 +231,50 @@ async def _database_stop(h: Harness, long: bool, mode: str) -> Report:
         return ended
 
     production_end, disruption_end = await load(h, sz, stops, at=0.2)
+    return await conclude(
+        h,
+        started=started,
+        production_end=production_end,
+        disruption_end=disruption_end,
+        drain=max(sz.drain, lease_drain(lease)),
+    )
+
+
+async def postgres_sessions_killed(h: Harness, long: bool) -> Report:
+    """Every relay session terminated (``pg_terminate_backend``, as a pooler, a failover
+    or an operator does) ten times a second for a while under load; the server stays
+    up. Requests that lose their connection are answered 503 with Retry-After, never
+    500, and relay reconnects. Fast: ``lease_seconds = 10`` (as for the stops)."""
+    started = time.time()
+    sz = size(long, seconds=40, rate=40) if long else size(long, seconds=12, rate=30)
+    lease = 60.0 if long else 10.0
+    await setup(
+        h,
+        [("ok", "ok", EVERYTHING), ("slow", "slow", RARE)],
+        ["serve"],
+        {} if long else {"lease_seconds": lease},
+    )
+
+    async def terminate() -> float:
+        window = Window("sessions terminated", time.time())
+        h.windows.append(window)
+        conn = await asyncpg.connect(h.database_url, timeout=10)
+        killed = 0
+        try:
+            while time.time() - window.start < (20 if long else 5):
+                killed += await conn.fetchval(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                    "FROM pg_stat_activity "
+                    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                )
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+        window.end = time.time()
+        h.notes.append(f"sessions terminated: {killed}")
+        return window.end
+
+    production_end, disruption_end = await load(h, sz, terminate, at=0.25)
     return await conclude(
         h,
         started=started,
@@ -561,6 +605,7 @@ SCENARIOS: dict[str, Callable[[Harness, bool], Awaitable[Report]]] = {
     "three_dispatchers": three_dispatchers,
     "postgres_fast_stop": postgres_fast_stop,
     "postgres_immediate_stop": postgres_immediate_stop,
+    "postgres_sessions_killed": postgres_sessions_killed,
     "bad_destinations": bad_destinations,
     "poison_inputs": poison_inputs,
     "slow_clients": slow_clients,
