@@ -16,6 +16,7 @@ import asyncio
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,9 +56,7 @@ def duplicates_cell(report: Report) -> str:
 def write_results(path: Path, reports: list[Report], long: bool, started: datetime) -> None:
     date = started.strftime("%Y-%m-%d %H:%M UTC")
     head = commit()
-    lines = [
-        "# Chaos results",
-        "",
+    intro = (
         f"Written by `.venv/bin/python -m tests.chaos{' --long' if long else ''}` "
         "(tests/chaos/__main__.py). Every scenario runs relay's CLI processes with their "
         "default settings against a PostgreSQL of its own; tests/chaos/scenarios.py says "
@@ -66,8 +65,10 @@ def write_results(path: Path, reports: list[Report], long: bool, started: dateti
         "are arrivals of an event at a destination that had already answered it 2xx, with "
         "the failure recorded before each; recovery runs from the end of the disruption "
         "(or of the load) until everything acknowledged before it was delivered and "
-        f"recorded. The API's peak RSS must stay under {API_RSS_BOUND / MiB:.0f} MiB.",
-        "",
+        f"recorded. The API's peak RSS must stay under {API_RSS_BOUND / MiB:.0f} MiB."
+    )
+    lines = ["# Chaos results", "", *textwrap.wrap(intro, 90), ""]
+    lines += [
         "| scenario | acknowledged | delivered | lost | duplicates (cause) | 5xx | recovery "
         "| peak API RSS | event loop | violations | date | commit |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -83,7 +84,26 @@ def write_results(path: Path, reports: list[Report], long: bool, started: dateti
             f"| {duplicates_cell(r)} | {fivexx} | {recovery} | {r.api_peak_rss / MiB:.0f} MiB "
             f"| {r.loop} | {violations} | {date} | {head} |"
         )
+    lines += ["", "What each run recorded, and what its recovery time waited for:", ""]
+    for r in reports:
+        kept = [n for n in r.notes if n.startswith(NOTES)]
+        lines.append(f"- **{r.scenario}**: " + "; ".join(kept))
     path.write_text("\n".join(lines) + "\n")
+
+
+# The notes worth keeping in RESULTS.md (the rest are printed with --details).
+NOTES = (
+    "attempts by outcome",
+    "last to recover",
+    "dispatcher killed",
+    "api down",
+    "database down",
+    "sessions terminated",
+    "delivered by each",
+    "ok destination latency",
+    "slow connections",
+    "publish latency",
+)
 
 
 async def main_async(args: argparse.Namespace) -> int:

@@ -514,7 +514,20 @@ async def raw_request(
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         parsed[name.decode("latin-1").strip().lower()] = value.decode("latin-1").strip()
+    if parsed.get("transfer-encoding", "").lower() == "chunked":
+        rest = _unchunk(rest)
     return RawAnswer(status, parsed, rest)
+
+
+def _unchunk(data: bytes) -> bytes:
+    body = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        body, data = body + data[:size], data[size + 2 :]
+    return body
 
 
 # --- slow clients --------------------------------------------------------------------
