@@ -100,12 +100,14 @@ class DispatcherStats:
     failed_attempts: int = 0
     released_expired: int = 0
     released_on_stop: int = 0
+    # Rows a claim had stamped with our token though its answer was lost, taken back.
+    taken_back: int = 0
 
     def __str__(self) -> str:
         return (
             f"claimed={self.claimed} delivered={self.delivered} "
             f"failed_attempts={self.failed_attempts} released_expired={self.released_expired} "
-            f"released_on_stop={self.released_on_stop}"
+            f"released_on_stop={self.released_on_stop} taken_back={self.taken_back}"
         )
 
 
@@ -167,6 +169,8 @@ class Dispatcher:
         self.lease_upkeep_at = 0.0
         # Rows quarantined because they could not be read back from a claim.
         self.quarantined = 0
+        # A claim failed with its connection: it may have committed all the same.
+        self._claim_in_doubt = False
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -266,6 +270,12 @@ class Dispatcher:
             self._freed = 0
             try:
                 self._claim_conn = await self._connected(self._claim_conn)
+                if self._claim_in_doubt:
+                    # The last claim's connection broke: it may have committed, leaving
+                    # rows with our token that we do not hold. Take them now, rather than
+                    # let them sit out a whole lease.
+                    await self._one_by_one(self._claim_conn, due=False)
+                    self._claim_in_doubt = False
                 batch = await outbox.claim_due(
                     self._claim_conn,
                     limit=min(self.settings.batch_size, free),
@@ -281,11 +291,12 @@ class Dispatcher:
                 self._claim_conn = None
                 if is_connection_failure(exc):  # database down: wait a poll interval
                     log.warning("claim failed (%s); retrying", _brief(exc))
+                    self._claim_in_doubt = True
                 else:
                     # A row that cannot be read fails the whole claim, on the server or
                     # in the driver once the claim committed: find it, set it aside.
                     log.exception("claim failed; looking at its rows one at a time")
-                    await self._claim_one_by_one()
+                    await self._look_one_by_one()
                 await self._wait(self._stopping.wait())
                 continue
             self.stats.claimed += len(batch)
@@ -299,39 +310,46 @@ class Dispatcher:
                 with loop.idle():
                     await self._wait(self._wake.wait())
 
-    async def _claim_one_by_one(self) -> None:
+    async def _look_one_by_one(self) -> None:
         """After a claim failed for a reason other than the database going away: read
         the rows it may have been about, one at a time (relay/db/outbox.py, "rows relay
         cannot process"). A row that cannot be read is quarantined (failed, with an
         ``unprocessable`` attempt row) instead of failing every claim, or coming back
-        with its neighbours after every lease, forever. Rows we claimed that read fine
-        are delivered; due rows that read fine are left to the next claim."""
+        with its neighbours after every lease, forever."""
         try:
-            conn = self._claim_conn = await self._connected(self._claim_conn)
-            ours = await outbox.claimed_ids(conn, self.token, exclude=list(self._held))
-            due = await outbox.due_ids(conn, limit=self.settings.batch_size)
-            for id in dict.fromkeys([*ours, *due]):
-                try:
-                    claimed = await outbox.read_one(conn, id, self.token)
-                except Exception as exc:
-                    if is_connection_failure(exc):
-                        raise
-                    if await outbox.quarantine(
-                        conn, id, self.token, code="unprocessable", detail=_brief(exc)
-                    ):
-                        self.quarantined += 1
-                        log.error("delivery %d cannot be read (%s); quarantined", id, _brief(exc))
-                    continue
-                if claimed is not None and id in ours:
-                    self.stats.claimed += 1
-                    self._held[claimed.id] = claimed
-                    self._spawn(claimed)
+            self._claim_conn = await self._connected(self._claim_conn)
+            await self._one_by_one(self._claim_conn, due=True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the next failed claim tries again
             _discard(self._claim_conn)
             self._claim_conn = None
             log.warning("could not look at the claim's rows one at a time (%s)", _brief(exc))
+
+    async def _one_by_one(self, conn: asyncpg.Connection, *, due: bool) -> None:
+        """Read alone each row we claimed and do not hold (and, with ``due``, each row
+        a claim would take first): deliver the ones we claimed, quarantine any that
+        cannot be read, leave due rows that read fine to the next claim. Raises when
+        the database goes away."""
+        ours = await outbox.claimed_ids(conn, self.token, exclude=list(self._held))
+        others = await outbox.due_ids(conn, limit=self.settings.batch_size) if due else []
+        for id in dict.fromkeys([*ours, *others]):
+            try:
+                claimed = await outbox.read_one(conn, id, self.token)
+            except Exception as exc:
+                if is_connection_failure(exc):
+                    raise
+                if await outbox.quarantine(
+                    conn, id, self.token, code="unprocessable", detail=_brief(exc)
+                ):
+                    self.quarantined += 1
+                    log.error("delivery %d cannot be read (%s); quarantined", id, _brief(exc))
+                continue
+            if claimed is not None and id in ours:
+                self.stats.claimed += 1
+                self.stats.taken_back += 1
+                self._held[claimed.id] = claimed
+                self._spawn(claimed)
 
     def _busy(self) -> dict[tuple[str, str], int]:
         """In-flight counts per destination; one awaiting judgement counts as full."""

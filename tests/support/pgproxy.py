@@ -3,18 +3,22 @@
 The server commits, and the client never hears so: the connection drops right where the
 ``CommandComplete`` message for COMMIT would have reached it. That is what a network
 failure or a server crash at the wrong moment looks like to relay, made to happen on
-purpose: ``proxy.lose_next_commit_answer()``.
+purpose: ``proxy.lose_next_commit_answer()``, or ``lose_next_update_answer()`` for an
+UPDATE that commits on its own (a claim).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 
 from sqlalchemy.engine import make_url
 
 # CommandComplete ('C'), length 11, tag "COMMIT\0": the server's answer to COMMIT.
-COMMIT_COMPLETE = b"C\x00\x00\x00\x0bCOMMIT\x00"
+COMMIT_COMPLETE = re.compile(re.escape(b"C\x00\x00\x00\x0bCOMMIT\x00"))
+# CommandComplete of an UPDATE that changed rows (a claim that took some).
+UPDATE_COMPLETE = re.compile(rb"C\x00\x00\x00.UPDATE [1-9]", re.DOTALL)
 
 
 class PgProxy:
@@ -28,8 +32,9 @@ class PgProxy:
         self._target = (url.host or "127.0.0.1", url.port or 5432)
         self._url = url.difference_update_query(["host"])
         self._server: asyncio.Server | None = None
-        self._armed = False
+        self._armed: re.Pattern[bytes] | None = None
         self.commit_answers_lost = 0
+        self.answers_lost = 0
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> PgProxy:
@@ -43,7 +48,11 @@ class PgProxy:
         return self._url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
 
     def lose_next_commit_answer(self) -> None:
-        self._armed = True
+        self._armed = COMMIT_COMPLETE
+
+    def lose_next_update_answer(self) -> None:
+        """The next UPDATE that changes rows (autocommit: it commits) is not answered."""
+        self._armed = UPDATE_COMPLETE
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         if self._socket is not None:
@@ -55,10 +64,12 @@ class PgProxy:
         async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, watch: bool) -> None:
             try:
                 while data := await r.read(65536):
-                    if watch and self._armed and COMMIT_COMPLETE in data:
+                    if watch and self._armed is not None and self._armed.search(data):
                         # The server has committed; its answer goes nowhere.
-                        self._armed = False
-                        self.commit_answers_lost += 1
+                        if self._armed is COMMIT_COMPLETE:
+                            self.commit_answers_lost += 1
+                        self._armed = None
+                        self.answers_lost += 1
                         break
                     w.write(data)
                     await w.drain()
