@@ -181,10 +181,20 @@ def receiving_tenants(
     return list(tenant_ids)
 
 
+# What a Host header may be when event URLs are built from it: a name or an address,
+# and a port. Anything else would end up in event ids and Location headers.
+HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
 def base_url(request: web.Request) -> str:
     configured = request.app[SETTINGS].server.public_url
     if configured:
         return configured.rstrip("/")
+    if not HOST.fullmatch(request.host):
+        raise BadRequest(
+            "the Host header is not a host name and port, and event URLs are built from it "
+            "(or from server.public_url, when set)"
+        )
     return f"{request.scheme}://{request.host}"
 
 

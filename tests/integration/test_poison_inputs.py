@@ -251,3 +251,29 @@ async def test_pod_api_keeps_numbers_as_sent_and_refuses_nul_naming_the_item(
             "PostgreSQL cannot store it",
             "index": 1,
         }
+
+
+async def test_a_host_header_that_is_not_a_host_is_a_400_not_a_500(
+    start_relay: Any, receiver: Any, db: asyncpg.Connection, database_url: str
+) -> None:
+    """The pod API builds event ids from the Host header (without server.public_url); a
+    byte that is not UTF-8 there answered 500, and a path or query went into the ids."""
+    import asyncio
+
+    server = await start_relay(pod_settings(database_url, receiver), dispatcher=False)
+    body = orjson.dumps({"recipient": USER, "topic": "realestate/contact#add", "data": {}})
+    for host in (b"\xff", b"evil.example/x?", b"a b"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"POST /publish/ HTTP/1.1\r\nHost: "
+            + host
+            + b"\r\nx-api-key: "
+            + KEY.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % len(body) + body
+        )
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400"), (host, answer[:200])
+        assert b"the Host header is not a host name" in answer
+    assert await db.fetchval("SELECT count(*) FROM relay.events") == 0
