@@ -59,20 +59,22 @@ def is_connection_failure(exc: BaseException) -> bool:
     ``pg_terminate_backend``), a server still starting up or shutting down, and an
     exhausted pool. Both forms count: asyncpg's own exception (relay's raw asyncpg pools)
     and SQLAlchemy's wrapping of it (``orig`` is the dialect's, whose cause is asyncpg's)."""
-    if isinstance(exc, PoolTimeout | InterfaceError | ConnectionError | OSError):
-        return True
-    if isinstance(exc, asyncio.TimeoutError):
+    if isinstance(exc, PoolTimeout | ConnectionError | OSError | asyncio.TimeoutError):
         return True
     if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
         orig = getattr(exc, "orig", None)
-        causes = [orig, getattr(orig, "__cause__", None)]
-        return any(_lost_connection(c) for c in causes if c is not None)
+        causes = [c for c in (orig, getattr(orig, "__cause__", None)) if c is not None]
+        if any(isinstance(c, _BAD_ARGUMENT) for c in causes):
+            return False
+        if exc.connection_invalidated or isinstance(exc, InterfaceError):
+            return True
+        return any(_lost_connection(c) for c in causes)
     return _lost_connection(exc)
 
 
 def _lost_connection(exc: BaseException) -> bool:
+    if isinstance(exc, _BAD_ARGUMENT):
+        return False
     if isinstance(exc, _DISCONNECTS):
         return True
     # asyncpg's protocol state machine refusing a step, such as "cannot switch to state
@@ -86,6 +88,10 @@ def _lost_connection(exc: BaseException) -> bool:
         return True
     return isinstance(exc, asyncpg.TargetServerAttributeNotMatched)
 
+
+# asyncpg's client-side DataError (an argument it cannot encode) subclasses its
+# InterfaceError, but the connection is fine: a bad value, not something to retry.
+_BAD_ARGUMENT = asyncpg.exceptions._base.DataError
 
 _DISCONNECTS = (
     asyncpg.PostgresConnectionError,

@@ -79,3 +79,11 @@ def test_the_state_switch_error_arrives_wrapped_as_an_internal_error() -> None:
 def test_a_failing_result_on_a_working_connection_is_not_one(bare: Exception) -> None:
     assert not is_connection_failure(bare)
     assert not is_connection_failure(wrapped(bare))
+
+
+def test_an_argument_asyncpg_cannot_encode_is_not_a_lost_connection() -> None:
+    # asyncpg's client-side DataError subclasses its InterfaceError; the connection is
+    # fine, so retrying (a 503) would only fail again.
+    bare = asyncpg.exceptions._base.DataError("invalid input for query argument $1")
+    assert not is_connection_failure(bare)
+    assert not is_connection_failure(wrapped(bare))
