@@ -31,6 +31,9 @@ PODS = "/publish/"
 MiB = 1024 * 1024
 # A pod array this long blows up the API's memory unless the API limits items.
 LONG_POD_ARRAY = 14_000
+# The largest pod array relay accepts by default (server.max_publish_items), filling the
+# default body limit (server.max_body_bytes, 1 MiB): what the API's peak memory is for.
+LARGEST_POD_ARRAY = 1000
 
 
 def nested(levels: int) -> bytes:
@@ -102,6 +105,12 @@ def _long_pod_array(_: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
     # 63 bytes an item: 14,000 of them fit in the default 1 MiB body limit.
     item = {"recipient": SHORT_POD, "topic": "chaos/e#a", "data": {}}
     return _pod(orjson.dumps([item] * LONG_POD_ARRAY))
+
+
+def _largest_pod_array(_: str) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    empty = orjson.dumps([_item(data={"pad": ""})] * LARGEST_POD_ARRAY)
+    pad = (MiB - 256 - len(empty)) // LARGEST_POD_ARRAY
+    return _pod(orjson.dumps([_item(data={"pad": "x" * pad})] * LARGEST_POD_ARRAY))
 
 
 def catalogue() -> list[Poison]:
@@ -236,6 +245,12 @@ def catalogue() -> list[Poison]:
             "4xx",
         ),
         Poison(f"pod array of {LONG_POD_ARRAY:,} items", "pod", _long_pod_array, "4xx"),
+        Poison(
+            f"pod array of {LARGEST_POD_ARRAY:,} items filling 1 MiB (the largest accepted)",
+            "pod",
+            _largest_pod_array,
+            "no-5xx",
+        ),
         Poison(
             "pod wrong types: recipient 5, data string",
             "pod",
