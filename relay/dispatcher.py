@@ -486,17 +486,10 @@ class Dispatcher:
         failures = 0
         while True:
             try:
-                conn = self._record_conn = await self._connected(self._record_conn)
-                async with conn.transaction():
-                    disabled = await outbox.record_outcomes(
-                        conn, batch, auto_disable_after=self.settings.auto_disable_after_failures
-                    )
-                return disabled, 0
+                return await self._write_once(batch), 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                _discard(self._record_conn)
-                self._record_conn = None
                 failures += 1
                 if not is_connection_failure(exc) and failures >= SPLIT_AFTER_FAILURES:
                     if len(batch) == 1:
@@ -530,19 +523,10 @@ class Dispatcher:
         delay = 0.1
         while True:
             try:
-                conn = self._record_conn = await self._connected(self._record_conn)
-                async with conn.transaction():
-                    disabled = await outbox.record_outcomes(
-                        conn,
-                        [stripped],
-                        auto_disable_after=self.settings.auto_disable_after_failures,
-                    )
-                return disabled, 0
+                return await self._write_once([stripped]), 0
             except asyncio.CancelledError:
                 raise
             except Exception as again:
-                _discard(self._record_conn)
-                self._record_conn = None
                 if is_connection_failure(again):  # not this outcome's fault: wait, retry
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
@@ -554,6 +538,20 @@ class Dispatcher:
                     _brief(again),
                 )
                 return [], 1
+
+    async def _write_once(self, batch: list[outbox.Recorded]) -> list[outbox.Disabled]:
+        """One transaction writing ``batch``; on any failure the connection is dropped
+        (its state is unknown) and the error raised."""
+        try:
+            conn = self._record_conn = await self._connected(self._record_conn)
+            async with conn.transaction():
+                return await outbox.record_outcomes(
+                    conn, batch, auto_disable_after=self.settings.auto_disable_after_failures
+                )
+        except BaseException:
+            _discard(self._record_conn)
+            self._record_conn = None
+            raise
 
     def _wake_in(self, delays: list[float]) -> None:
         """Wake the claim loop when retries fall due (a heap of times, one timer)."""
