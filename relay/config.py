@@ -333,7 +333,7 @@ class Settings(_Strict):
         allowed = ssrf.parse_networks(self.delivery.allow_private_networks)
         for t_index, tenant in enumerate(self.tenants):
             for d_index, dest in enumerate(tenant.destinations):
-                blocked = webhooks.address_problem(dest.url, allowed)
+                blocked = ssrf.why_refused_url(dest.url, allowed)
                 if blocked:
                     raise _at_key(
                         f"tenants[{t_index}].destinations[{d_index}].url",

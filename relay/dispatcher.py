@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable
@@ -165,8 +164,6 @@ class Dispatcher:
         self.listening = False
         # How many times a LISTEN connection was (re)established.
         self.listen_connections = 0
-        # When the lease loop last reached the database (monotonic clock).
-        self.lease_upkeep_at = 0.0
         # Rows quarantined because they could not be read back from a claim.
         self.quarantined = 0
         # A claim failed with its connection: it may have committed all the same.
@@ -637,7 +634,6 @@ class Dispatcher:
             except Exception as exc:
                 log.warning("lease upkeep failed (%s); retrying", _brief(exc))
                 continue
-            self.lease_upkeep_at = time.monotonic()
             loop.beat()
             if released:
                 self.stats.released_expired += released

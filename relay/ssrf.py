@@ -149,11 +149,18 @@ def literal_host(url: str) -> Address | None:
 _NUMERIC_HOST = re.compile(r"(?:0[xX][0-9a-fA-F]*|[0-9]+)(?:\.(?:0[xX][0-9a-fA-F]*|[0-9]+)){0,3}")
 
 
+def why_refused_url(url: str, allowed: Sequence[Network] = ()) -> str | None:
+    """Why the guard refuses ``url``'s host when it is an IP literal (the fact, without
+    the fix); None for a host name, which the resolver judges at delivery, by what DNS
+    answers then."""
+    ip = literal_host(url)
+    return None if ip is None else why_refused(ip, allowed)
+
+
 def refusal_for_url(url: str, allowed: Sequence[Network] = ()) -> str | None:
     """The refusal for a URL whose host is an IP literal (those bypass the resolver)."""
-    ip = literal_host(url)
-    # A name: the resolver judges what it resolves to.
-    return None if ip is None else refusal(ip, allowed)
+    why = why_refused_url(url, allowed)
+    return None if why is None else f"{why}; {HINT}"
 
 
 class GuardedResolver(AbstractResolver):

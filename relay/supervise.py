@@ -43,7 +43,6 @@ class Loop:
     # Seconds without progress (while not idle) after which the loop counts as stalled;
     # None: only a crash makes it unhealthy.
     stall_after: float | None
-    started_at: float = field(default_factory=time.monotonic)
     # Monotonic time of the last progress; wall-clock time of the same, for metrics.
     beat_at: float = field(default_factory=time.monotonic)
     last_success: float | None = None
@@ -113,7 +112,7 @@ class Supervisor:
         while True:
             started = time.monotonic()
             loop.running = True
-            loop.started_at = loop.beat_at = started
+            loop.beat_at = started
             try:
                 await run(loop)
             except asyncio.CancelledError:

@@ -4,11 +4,9 @@ by the config file and the API, so both refuse the same things."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 from yarl import URL
-
-from relay import ssrf
 
 # Headers relay sets on every delivery (or the HTTP layer owns): a destination cannot
 # replace them, or signatures and framing would break.
@@ -44,16 +42,6 @@ def url_problem(url: str) -> str | None:
     ):
         return "must be an http:// or https:// URL with a host"
     return None
-
-
-def address_problem(url: str, allowed: Sequence[ssrf.Network]) -> str | None:
-    """Why the SSRF guard refuses ``url``'s host if it is an IP literal, or None.
-
-    A host name is not resolved here: DNS may answer differently at delivery time, where
-    the SSRF guard judges the addresses it resolves to.
-    """
-    ip = ssrf.literal_host(url)
-    return None if ip is None else ssrf.why_refused(ip, allowed)
 
 
 def header_problems(headers: Mapping[str, str]) -> list[str]:

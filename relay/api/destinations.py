@@ -131,7 +131,7 @@ def check_url(url: str, allowed: Sequence[ssrf.Network], problems: list[str]) ->
         problems.append(f"config.url {problem}")
         return
     # Every delivery to it would be refused, so say so now rather than at delivery time.
-    blocked = webhooks.address_problem(url, allowed)
+    blocked = ssrf.why_refused_url(url, allowed)
     if blocked:
         problems.append(f"config.url is refused by the SSRF guard: {blocked}; {ssrf.HINT}")
 
