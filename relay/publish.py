@@ -230,15 +230,23 @@ async def plan(
     ``data`` and ``body`` itself: each must be one JSON value, since the write embeds
     them in its statement as they are."""
     routes = await publishing.tenant_routes(conn, sorted({e.tenant_id for e in events}))
-    # The JSON check first: routing parses data when a destination has a filter.
+    # These checks first: routing parses data when a destination has a filter.
     return [
-        _not_one_json_value(event)
-        or _plan_or_error(event, routes.tenants.get(event.tenant_id), topics)
+        _unwritable(event) or _plan_or_error(event, routes.tenants.get(event.tenant_id), topics)
         for event in events
     ]
 
 
-def _not_one_json_value(event: Event) -> ValidationFailed | None:
+def _unwritable(event: Event) -> ValidationFailed | None:
+    """What the HTTP handlers check while parsing a request (relay/api/outpost.py and
+    pod.py), checked here for a Python caller: every value must be one PostgreSQL can
+    store and relay can read back and send. Not on the HTTP path: done there already."""
+    problem = time_problem(event.time)
+    if problem is not None:
+        return ValidationFailed([f"time {problem}"])
+    for name, text in (("id", event.id), ("topic", event.topic)):
+        if text and CONTROL.search(text):
+            return ValidationFailed([f"{name} {NO_CONTROL}"])
     for name, value in (("data", event.data), ("body", event.body)):
         if value is None:
             continue
@@ -278,12 +286,6 @@ def _plan(
     event: Event, destinations: Sequence[DestinationRoute] | None, topics: Sequence[str]
 ) -> Planned:
     check_topic(event.topic, topics)
-    problem = time_problem(event.time)
-    if problem is not None:
-        raise ValidationFailed([f"time {problem}"])
-    for name, value in (("id", event.id), ("topic", event.topic)):
-        if value and CONTROL.search(value):
-            raise ValidationFailed([f"{name} {NO_CONTROL}"])
     if destinations is None:
         raise NotFound(f"tenant {event.tenant_id!r} not found")
     if event.destination_id is not None:

@@ -30,8 +30,9 @@ from relay.publish import NUL_IN_DATA, TOO_DEEP, Event, data_json, holds_nul, ti
 PREFIX = "/publish"
 routes = web.RouteTableDef()
 
-# {domain}/{topic}#{action}; a published topic is concrete, so no wildcards.
-TOPIC = re.compile(r"[^\s/#*\x00]+(?:/[^\s/#*\x00]+)+#[^\s/#*\x00]+")
+# {domain}/{topic}#{action}; a published topic is concrete, so no wildcards, and no
+# control characters (it may travel as an HTTP header, x-outpost-topic).
+TOPIC = re.compile(r"[^\s/#*\x00-\x1f\x7f]+(?:/[^\s/#*\x00-\x1f\x7f]+)+#[^\s/#*\x00-\x1f\x7f]+")
 # Topics are indexed, and a btree entry has a size limit.
 MAX_TOPIC = 255
 POD_EXAMPLE = "https://user.example.com/profile/card#me"

@@ -277,3 +277,33 @@ async def test_a_host_header_that_is_not_a_host_is_a_400_not_a_500(
         assert answer.startswith(b"HTTP/1.1 400"), (host, answer[:200])
         assert b"the Host header is not a host name" in answer
     assert await db.fetchval("SELECT count(*) FROM relay.events") == 0
+
+
+async def test_ids_and_topics_with_control_characters_are_refused_on_every_path(
+    start_relay: Any,
+    http: Any,
+    receiver: Any,
+    db: asyncpg.Connection,
+    database_url: str,
+) -> None:
+    """An id or topic is sent as an HTTP header (webhook-id, x-outpost-topic); with a
+    control character it was stored and then failed every attempt as invalid_request."""
+    server = await start_relay(pod_settings(database_url, receiver), dispatcher=False)
+    item = {"recipient": USER, "topic": "realestate/contact\x01#add", "data": {}}
+    async with http.post(
+        server.make_url("/publish/"), data=orjson.dumps(item), headers=headers()
+    ) as resp:
+        assert resp.status == 400
+        assert "topic must have the form" in (await resp.json())["error"]
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        for event in (
+            Event("user", "t", b"{}", id="a\x1fb"),
+            Event("user", "t\x7f", b"{}", id="ok"),
+        ):
+            async with engine.begin() as conn:
+                with pytest.raises(ValidationFailed, match="must not contain control"):
+                    await publish(conn, event)
+    finally:
+        await engine.dispose()
+    assert await db.fetchval("SELECT count(*) FROM relay.events") == 0
