@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable
@@ -273,6 +274,7 @@ class Dispatcher:
                     # let them sit out a whole lease.
                     await self._one_by_one(self._claim_conn, due=False)
                     self._claim_in_doubt = False
+                started = time.perf_counter()
                 batch = await outbox.claim_due(
                     self._claim_conn,
                     limit=min(self.settings.batch_size, free),
@@ -296,6 +298,8 @@ class Dispatcher:
                     await self._look_one_by_one()
                 await self._wait(self._stopping.wait())
                 continue
+            if self.metrics is not None:
+                self.metrics.claimed(time.perf_counter() - started, len(batch))
             self.stats.claimed += len(batch)
             for claimed in batch:
                 self._held[claimed.id] = claimed

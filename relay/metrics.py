@@ -38,6 +38,9 @@ LATENCY_BUCKETS = (
     21600,
 )
 
+# Claim statement buckets, seconds: a healthy claim takes well under a millisecond.
+CLAIM_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+
 
 class Metrics:
     """One registry per application, so several apps can live in one process (tests)."""
@@ -80,6 +83,24 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # The claim's cost (relay/db/outbox.py): the statement behind the delivery rate,
+        # and the first to slow down behind a backlog or a pinned snapshot.
+        self.claim_duration = Histogram(
+            "relay_claim_duration_seconds",
+            "Claim statements run by this process's dispatcher, by duration.",
+            buckets=CLAIM_BUCKETS,
+            registry=self.registry,
+        )
+        self.claimed_rows = Counter(
+            "relay_claimed",
+            "Deliveries claimed by this process's dispatcher.",
+            registry=self.registry,
+        )
+
+    def claimed(self, seconds: float, rows: int) -> None:
+        """One claim statement: how long it took and how many deliveries it took."""
+        self.claim_duration.observe(seconds)
+        self.claimed_rows.inc(rows)
 
     def record_attempts(
         self, outcomes: Mapping[str, int], finals: Mapping[str, int], latencies: Iterable[float]
