@@ -51,7 +51,11 @@ class DatabaseUnreachable(RuntimeError):
 
 async def prepare_database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    engine = create_engine(app[DATABASE_URL], pool_size=settings.database.pool_size)
+    engine = create_engine(
+        app[DATABASE_URL],
+        pool_size=settings.database.pool_size,
+        statement_timeout=settings.database.statement_timeout_seconds,
+    )
     app[ENGINE] = engine
     try:
         head = migrate.head_revision()
@@ -60,7 +64,7 @@ async def prepare_database(app: web.Application) -> AsyncIterator[None]:
         await wait_until_reachable(engine, settings.database.startup_wait_seconds)
         # Migrations get an engine of their own with no statement timeout: building an
         # index on a large table may rightly take minutes.
-        migrations = create_engine(app[DATABASE_URL], pool_size=1, command_timeout=None)
+        migrations = create_engine(app[DATABASE_URL], pool_size=1, statement_timeout=0)
         try:
             if settings.database.migrate_on_start:
                 await migrate.upgrade(migrations)

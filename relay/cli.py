@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from relay import logs
 from relay.config import ConfigError, Settings, load_settings
-from relay.db.engine import asyncpg_url, redacted
+from relay.db.engine import IDLE_IN_TRANSACTION_TIMEOUT, asyncpg_url, redacted
 
 log = logging.getLogger("relay")
 
@@ -220,7 +220,9 @@ async def _operate(args: argparse.Namespace, settings: Settings, database_url: s
     from relay.db.migrate import upgrade
     from relay.db.ops import ReplayFilter
 
-    engine = create_engine(database_url, pool_size=2)
+    engine = create_engine(
+        database_url, pool_size=2, statement_timeout=settings.database.statement_timeout_seconds
+    )
     try:
         if settings.database.migrate_on_start:
             await upgrade(engine)
@@ -263,7 +265,7 @@ async def _migrate(database_url: str) -> None:
     from relay.db.engine import create_engine
     from relay.db.migrate import upgrade
 
-    engine = create_engine(database_url, pool_size=1, command_timeout=None)
+    engine = create_engine(database_url, pool_size=1, statement_timeout=0)
     try:
         await upgrade(engine)
     finally:
@@ -282,6 +284,11 @@ def _psql(database_url: str, extra: Sequence[str]) -> int:
     env = dict(os.environ)
     if url.password:
         env["PGPASSWORD"] = str(url.password)
+    # A session left open in BEGIN pins the xmin horizon for everyone (docs/operations.md):
+    # psql sessions get relay's idle-in-transaction timeout too. Yours come after it in
+    # PGOPTIONS, so they win (or SET it to 0 in the session for a long manual change).
+    ours = f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT:g}s"
+    env["PGOPTIONS"] = f"{ours} {env.get('PGOPTIONS', '')}".strip()
     dsn = url.set(password=None).render_as_string(hide_password=False)
     return subprocess.run([executable, dsn, *extra], check=False, env=env).returncode
 

@@ -103,6 +103,15 @@ class DatabaseSettings(_Strict):
     # How long `relay serve|api|dispatch` waits for an unreachable database at start
     # (PostgreSQL started after relay, a managed server failing over) before giving up.
     startup_wait_seconds: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    # Server-side statement timeout for relay's pooled SQL: the API's reads and writes,
+    # lease upkeep, housekeeping and retention, the config sync at start, and the
+    # operator commands (relay stats, replay, prune). A statement cut there is retried or
+    # answered 503, and cannot hold a snapshot longer than this. Never applied to the
+    # dispatcher's claim and recorder, the router or the publish writers, where a
+    # cancelled statement would cost deliveries (relay/db/engine.py), nor to migrations.
+    # Raise it when a large history makes API reads or `relay replay` slower than this
+    # (RELAY_DATABASE_STATEMENT_TIMEOUT_SECONDS=600 relay replay ...); 0 = none.
+    statement_timeout_seconds: Annotated[float, Field(ge=0, le=86400)] = 30.0
 
 
 class RetrySettings(_Strict):
@@ -358,6 +367,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "RELAY_DATABASE_URL": ("database", "url"),
     "RELAY_DATA_DIR": ("database", "data_dir"),
     "RELAY_DATABASE_STARTUP_WAIT_SECONDS": ("database", "startup_wait_seconds"),
+    "RELAY_DATABASE_STATEMENT_TIMEOUT_SECONDS": ("database", "statement_timeout_seconds"),
     "RELAY_HOST": ("server", "host"),
     "RELAY_PORT": ("server", "port"),
     "RELAY_WORKERS": ("server", "workers"),

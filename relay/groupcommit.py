@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 import asyncpg
 
 from relay.db import publishing
-from relay.db.engine import asyncpg_url, is_connection_failure
+from relay.db.engine import asyncpg_url, is_connection_failure, session_settings
 from relay.db.publishing import DestinationRoute, StaleRoutes, sqlstate
 from relay.errors import BadRequest, RelayError
 from relay.publish import Event, Planned, Published, new_event_id, plan_routed, write
@@ -76,6 +76,12 @@ class GroupCommit:
             max_size=self._writers,
             timeout=5,
             command_timeout=30,
+            # No server-side statement timeout, as on the dispatcher's connections
+            # (relay/db/engine.py, connect_raw): a cancelled group would be taken for a
+            # value PostgreSQL refuses and tried again unit by unit, multiplying the load
+            # on a database that is already slow. The client's timeout counts as a lost
+            # connection instead: a 503, and the producer retries.
+            server_settings=session_settings(0),
             reset=_keep_session,
         )
         await self._pool

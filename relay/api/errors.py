@@ -2,9 +2,10 @@
 
 relay's own errors carry their status. aiohttp's HTTP exceptions (404 for an unknown
 route, 405, 413) are reshaped into the same body. A lost database connection is a 503
-with Retry-After. Anything else is logged and answered with a bare 500. (Here a
-ConnectionError cannot say whose connection failed, so the client's own, lost while it
-sends its body, is told apart where bodies are read: relay.api.validation.read_body.)
+with Retry-After, and so is a statement the database cancelled (its statement timeout).
+Anything else is logged and answered with a bare 500. (Here a ConnectionError cannot say
+whose connection failed, so the client's own, lost while it sends its body, is told apart
+where bodies are read: relay.api.validation.read_body.)
 
 An API with its own error body (the pod API's ``{"error"}``) registers a shape for its
 path prefix with ``use_error_shape``; everything else keeps Outpost's.
@@ -21,7 +22,7 @@ from aiohttp import web
 from sqlalchemy.exc import DBAPIError
 
 from relay.appkeys import SETTINGS
-from relay.db.engine import is_connection_failure
+from relay.db.engine import is_connection_failure, statement_cancelled
 from relay.errors import RelayError
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if is_connection_failure(exc):
             log.warning("database unavailable: %s", type(exc).__name__)
             return error_response(503, "the database is unavailable; retry shortly", shape=shape)
+        if statement_cancelled(exc):
+            # database.statement_timeout_seconds (or an operator's pg_cancel_backend): the
+            # database is slow or the request asks for too much; not a bug of relay's.
+            log.warning("database statement cancelled in %s %s", request.method, request.path)
+            return error_response(
+                503,
+                "the database did not answer within the statement timeout; retry shortly, "
+                "or ask for less",
+                shape=shape,
+            )
         refused = unstorable_value(exc)
         if refused is not None:
             return error_response(

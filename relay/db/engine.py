@@ -30,11 +30,66 @@ def redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+# --- session timeouts ----------------------------------------------------------------------
+#
+# A snapshot held by any session pins PostgreSQL's xmin horizon: no dead row newer than it
+# can be removed, and the outbox, whose rows die at the rate deliveries finish, slows
+# (docs/operations.md). relay's own sessions must never be that session.
+
+# Every connection relay opens ends, on the server's side, once it has sat idle inside a
+# transaction this long. relay never waits for anything inside a transaction (no HTTP
+# call, no user input): between two statements of one there is only Python work,
+# microseconds to milliseconds. A minute idle is a process that froze (SIGSTOP, a
+# debugger, a host swapping) or a bug, and its snapshot would hold the horizon back for
+# everyone meanwhile. PostgreSQL then ends the session (FATAL); relay sees a lost
+# connection, reconnects, and retries, as after any lost connection (every write of
+# relay's is safe to retry or was never acknowledged). Not a setting: nothing a user
+# configures changes how long relay idles in a transaction.
+IDLE_IN_TRANSACTION_TIMEOUT = 60.0
+
+# The server-side statement timeout of the SQLAlchemy pool: the API's reads and writes,
+# lease upkeep, housekeeping and retention, the config sync, the operator commands
+# (database.statement_timeout_seconds). A cut statement there is an error that is logged
+# and retried, or answered 503: nothing is lost. It also bounds how long one of those
+# statements can hold a snapshot.
+DEFAULT_STATEMENT_TIMEOUT = 30.0
+
+# The client's own timeout (asyncpg's command_timeout) sits this much above the server's:
+# the server's cancel (a clean error, the connection stays usable) normally comes first;
+# the client's is the backstop for a server or network that stopped answering, and is
+# counted as a lost connection (see is_connection_failure).
+CLIENT_TIMEOUT_MARGIN = 5.0
+
+
+def session_settings(statement_timeout: float) -> dict[str, str]:
+    """Startup parameters for a relay connection (asyncpg ``server_settings``).
+
+    Both are always sent, 0 included: a default set on the role or the database
+    (``ALTER ROLE relay SET statement_timeout``) must not reach the connections where
+    relay chose none."""
+    return {
+        "statement_timeout": _milliseconds(statement_timeout),
+        "idle_in_transaction_session_timeout": _milliseconds(IDLE_IN_TRANSACTION_TIMEOUT),
+    }
+
+
+def _milliseconds(seconds: float) -> str:
+    if seconds <= 0:
+        return "0"
+    return str(max(1, round(seconds * 1000)))
+
+
 def create_engine(
-    url: str, *, pool_size: int = 10, command_timeout: float | None = 30, **kwargs: Any
+    url: str,
+    *,
+    pool_size: int = 10,
+    statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+    **kwargs: Any,
 ) -> AsyncEngine:
-    """The pool for relay's SQL. ``command_timeout=None`` for migrations, whose index
-    builds on a large table may rightly take minutes."""
+    """The pool for relay's SQL. ``statement_timeout=0`` (no timeout, neither the
+    server's nor the client's) for migrations, whose index builds on a large table may
+    rightly take minutes."""
+    command_timeout = statement_timeout + CLIENT_TIMEOUT_MARGIN if statement_timeout > 0 else None
     return create_async_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
@@ -42,14 +97,40 @@ def create_engine(
         # A connection that died with a server restart is replaced, not handed out.
         pool_pre_ping=True,
         pool_timeout=10,
-        connect_args={"timeout": 5, "command_timeout": command_timeout},
+        connect_args={
+            "timeout": 5,
+            "command_timeout": command_timeout,
+            "server_settings": session_settings(statement_timeout),
+        },
         **kwargs,
     )
 
 
 async def connect_raw(url: str, **kwargs: Any) -> asyncpg.Connection:
-    """A plain asyncpg connection (LISTEN needs its own, outside the pool)."""
+    """A plain asyncpg connection: the dispatcher's claim, recorder and LISTEN
+    connections, the router's.
+
+    No server-side statement timeout here, on purpose. These run the hot path, where a
+    statement the server cancels is an ordinary SQL error, and an SQL error means
+    something else: the claim loop takes it for a row it cannot read, looks at the rows
+    one at a time and quarantines the ones that fail again (ending them ``failed``); the
+    recorder takes it for an outcome PostgreSQL refuses, writes it again without the
+    receiver's answer, and then drops it. A slow database would turn into lost outcomes
+    and failed deliveries. Their bound is the client's ``command_timeout`` (the
+    dispatcher sets 30 s), whose expiry relay counts as a lost connection: the connection
+    is dropped and the same work is retried. The idle-in-transaction timeout applies."""
+    kwargs["server_settings"] = session_settings(0) | kwargs.get("server_settings", {})
     return await asyncpg.connect(asyncpg_url(url), timeout=5, **kwargs)
+
+
+def statement_cancelled(exc: BaseException) -> bool:
+    """Did the server cancel the statement (statement_timeout, pg_cancel_backend)?"""
+    for candidate in (exc, getattr(exc, "orig", None)):
+        while candidate is not None:
+            if getattr(candidate, "sqlstate", None) == "57014":
+                return True
+            candidate = candidate.__cause__
+    return False
 
 
 def is_connection_failure(exc: BaseException) -> bool:

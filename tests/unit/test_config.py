@@ -56,6 +56,22 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     assert settings.delivery.allow_private_networks == ["127.0.0.0/8", "10.0.0.0/8"]
 
 
+def test_statement_timeout_defaults_and_comes_from_the_environment(tmp_path: Path) -> None:
+    defaults = load_settings(write(tmp_path, MINIMAL), env={}).database
+    assert defaults.statement_timeout_seconds == 30
+    env = {
+        "RELAY_DATABASE_STATEMENT_TIMEOUT_SECONDS": "600",
+    }
+    database = load_settings(write(tmp_path, MINIMAL), env=env).database
+    assert database.statement_timeout_seconds == 600
+    for name, key in (
+        ("RELAY_DATABASE_STATEMENT_TIMEOUT_SECONDS", "database.statement_timeout_seconds"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            load_settings(write(tmp_path, MINIMAL), env={name: "-1"})
+        assert info.value.key == key and info.value.fix
+
+
 def test_missing_default_file_with_env_only_is_a_valid_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
