@@ -18,6 +18,59 @@ from relay.embedded import psql_path
 SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "readonly-role.sql"
 
 
+async def run_script(database_url: str, *variables: str) -> None:
+    psql = shutil.which("psql") or psql_path()
+    args = [arg for variable in variables for arg in ("-v", variable)]
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [psql, asyncpg_url(database_url), *args, "-f", str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+async def test_reader_sessions_get_statement_and_idle_timeouts(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    group = f"reader_{uuid.uuid4().hex[:8]}"
+    login, later = f"{group}_login", f"{group}_later"
+    await run_script(database_url, f"role={group}")
+    await db.execute(f'CREATE ROLE "{login}" LOGIN IN ROLE "{group}"')
+    # Role settings do not pass through membership: the login has none until the script
+    # runs again, as its header says.
+    await run_script(database_url, f"role={group}")
+    await db.execute(f'CREATE ROLE "{later}" LOGIN IN ROLE "{group}"')
+    await run_script(database_url, f"role={group}", "statement_timeout=5min")
+    try:
+        expected = {
+            group: {"statement_timeout=5min", "idle_in_transaction_session_timeout=60s"},
+            login: {"statement_timeout=5min", "idle_in_transaction_session_timeout=60s"},
+            later: {"statement_timeout=5min", "idle_in_transaction_session_timeout=60s"},
+        }
+        settings = await db.fetch(
+            "SELECT r.rolname, s.setconfig FROM pg_db_role_setting s "
+            "JOIN pg_roles r ON r.oid = s.setrole "
+            "JOIN pg_database d ON d.oid = s.setdatabase AND d.datname = current_database() "
+            "WHERE r.rolname LIKE $1",
+            f"{group}%",
+        )
+        assert {row["rolname"]: set(row["setconfig"]) for row in settings} == expected
+        url = make_url(asyncpg_url(database_url)).set(username=login)
+        reader = await asyncpg.connect(url.render_as_string(hide_password=False))
+        try:
+            assert await reader.fetchval("SHOW statement_timeout") == "5min"
+            assert await reader.fetchval("SHOW idle_in_transaction_session_timeout") == "1min"
+        finally:
+            await reader.close()
+    finally:
+        for role in (later, login):
+            await db.execute(f'DROP ROLE "{role}"')
+        await db.execute(f'DROP OWNED BY "{group}"')
+        await db.execute(f'DROP ROLE "{group}"')
+
+
 async def test_reader_can_select_views_and_nothing_else(
     database_url: str, db: asyncpg.Connection
 ) -> None:
