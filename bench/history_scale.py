@@ -34,6 +34,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from relay.claiming import Claims  # noqa: E402
 from relay.db import outbox  # noqa: E402
 from relay.db.engine import asyncpg_url, create_engine  # noqa: E402
 from relay.db.migrate import upgrade  # noqa: E402
@@ -341,9 +342,11 @@ async def main() -> None:
         for query_name, sql in documented_queries().items():
             await measure(f"docs: {query_name}", bind(sql, **values).rstrip().rstrip(";"))
 
+        claims = Claims(per_destination=10_000)
+        claims.found(await outbox.find_due(conn, {}))
         claim_sql, claim_args = compiled(
-            outbox.CLAIM_DUE,
-            outbox.claim_parameters(limit=200, lease_seconds=60.0, token=uuid.uuid4()),
+            outbox.CLAIM,
+            outbox.claim_parameters(claims.plan({}, 200), lease_seconds=60.0, token=uuid.uuid4()),
         )
         await measure("claim (200 due rows)", claim_sql, *claim_args)
         for label, sql, sql_args in await api_listing_statements(url, values):

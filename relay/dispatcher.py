@@ -5,8 +5,12 @@
   works on a delivery it keeps extending the lease; when a process dies, its leases run
   out and any dispatcher's lease loop returns the rows to pending, with a
   ``lease_expired`` attempt row each.
-- LISTEN/NOTIFY is a hint that work arrived; the poll interval is the truth. A retry
-  also arms a local timer, so a short retry delay is not rounded up to the next poll.
+- Claims read each destination's queue from a cursor, so rows claimed before (dead row
+  versions a held snapshot keeps) are never walked again; which destinations, how many
+  rows of each and from where is relay/claiming.py. LISTEN/NOTIFY is a hint that work
+  arrived (it names the destination); a search every poll interval is the truth. A
+  retry also arms a local timer, so a short retry delay is not rounded up to the next
+  poll.
 - Isolation: at most ``concurrency`` deliveries in flight per process, and at most
   ``per_destination_concurrency`` of them for any one destination (enforced by the claim
   itself), so a hanging receiver holds its own slots and no one else's. Both caps are
@@ -42,6 +46,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay import ssrf
+from relay.claiming import SWEEP_SECONDS, Claims, Destination, Take
 from relay.config import DeliverySettings
 from relay.db import outbox
 from relay.db.engine import connect_raw, is_connection_failure
@@ -150,7 +155,8 @@ class Dispatcher:
         # The batch the recorder is writing: kept until written, so a recorder that
         # crashes and is restarted writes it again (attempt rows are idempotent).
         self._recording: list[outbox.Recorded] = []
-        self._wake_times: list[float] = []
+        # Retries falling due: (when, destination), a heap.
+        self._wake_times: list[tuple[float, Destination]] = []
         self._timer: asyncio.Handle | None = None
         # When the armed timer fires. Kept here: uvloop's call_at returns a plain Handle,
         # with no when(), for a time less than a millisecond away.
@@ -169,6 +175,12 @@ class Dispatcher:
         self.quarantined = 0
         # A claim failed with its connection: it may have committed all the same.
         self._claim_in_doubt = False
+        # What the next claim asks for, and when to search for due work (polling is the
+        # truth) and to forget every cursor (relay/claiming.py).
+        self._claims = Claims(per_destination=settings.per_destination_concurrency)
+        self._plan: list[Take] = []
+        self._search_at = 0.0
+        self._sweep_at = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -274,15 +286,16 @@ class Dispatcher:
                     # let them sit out a whole lease.
                     await self._one_by_one(self._claim_conn, due=False)
                     self._claim_in_doubt = False
+                await self._search(self._claim_conn)
+                self._plan = self._claims.plan(self._busy(), min(self.settings.batch_size, free))
                 started = time.perf_counter()
-                batch = await outbox.claim_due(
+                batch = await outbox.claim(
                     self._claim_conn,
-                    limit=min(self.settings.batch_size, free),
+                    self._plan,
                     lease_seconds=self.settings.lease_seconds,
                     token=self.token,
-                    per_destination=self.settings.per_destination_concurrency,
-                    in_flight=self._busy(),
                 )
+                self._claims.took(self._plan, [(c.destination, c.due_at) for c in batch])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -298,7 +311,7 @@ class Dispatcher:
                     await self._look_one_by_one()
                 await self._wait(self._stopping.wait())
                 continue
-            if self.metrics is not None:
+            if self.metrics is not None and self._plan:
                 self.metrics.claimed(time.perf_counter() - started, len(batch))
             self.stats.claimed += len(batch)
             for claimed in batch:
@@ -310,6 +323,29 @@ class Dispatcher:
                 # (NOTIFY, a retry timer, a finished delivery) or the next poll.
                 with loop.idle():
                     await self._wait(self._wake.wait())
+
+    async def _search(self, conn: asyncpg.Connection) -> None:
+        """Every poll interval (and when a wake-up names no destination), look for
+        destinations with due work; every SWEEP_SECONDS, from each one's head."""
+        now = asyncio.get_running_loop().time()
+        if now >= self._sweep_at:
+            self._claims.forget_cursors()
+            self._sweep_at = now + SWEEP_SECONDS
+            self._search_at = now
+        if now >= self._search_at:
+            self._search_at = now + self.settings.poll_interval_seconds
+            self._claims.found(await outbox.find_due(conn, self._claims.cursors))
+
+    def _notified(self, payload: str) -> None:
+        """A NOTIFY: new rows for the destination it names, or (naming none) rows that
+        may be behind any cursor."""
+        found = outbox.announced(payload)
+        if found is None:
+            self._claims.forget_cursors()
+            self._search_at = 0.0
+        else:
+            self._claims.announce(*found)
+        self._wake.set()
 
     async def _look_one_by_one(self) -> None:
         """After a claim failed for a reason other than the database going away: read
@@ -333,7 +369,7 @@ class Dispatcher:
         cannot be read, leave due rows that read fine to the next claim. Raises when
         the database goes away."""
         ours = await outbox.claimed_ids(conn, self.token, exclude=list(self._held))
-        others = await outbox.due_ids(conn, limit=self.settings.batch_size) if due else []
+        others = await outbox.due_ids(conn, self._plan) if due else []
         for id in dict.fromkeys([*ours, *others]):
             try:
                 claimed = await outbox.read_one(conn, id, self.token)
@@ -352,7 +388,7 @@ class Dispatcher:
                 self._held[claimed.id] = claimed
                 self._spawn(claimed)
 
-    def _busy(self) -> dict[tuple[str, str], int]:
+    def _busy(self) -> dict[Destination, int]:
         """In-flight counts per destination; one awaiting judgement counts as full."""
         busy = dict(self._per_destination)
         for key in self._unjudged:
@@ -469,7 +505,7 @@ class Dispatcher:
         for recorded in batch:
             self._held.pop(recorded.claimed.id, None)
             if recorded.next_status == "pending":
-                retries.append(recorded.delay_seconds)
+                retries.append((recorded.delay_seconds, recorded.claimed.destination))
             if self._affects_health(recorded.attempt_status == "failed", recorded.http_status):
                 key = recorded.claimed.destination
                 self._unjudged[key] -= 1
@@ -554,12 +590,12 @@ class Dispatcher:
             self._record_conn = None
             raise
 
-    def _wake_in(self, delays: list[float]) -> None:
+    def _wake_in(self, retries: list[tuple[float, Destination]]) -> None:
         """Wake the claim loop when retries fall due (a heap of times, one timer)."""
         now = asyncio.get_running_loop().time()
-        for delay in delays:
+        for delay, destination in retries:
             if delay < self.settings.poll_interval_seconds * 50:  # far off: polling finds it
-                heapq.heappush(self._wake_times, now + delay)
+                heapq.heappush(self._wake_times, (now + delay, destination))
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -567,13 +603,14 @@ class Dispatcher:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
-        while self._wake_times and self._wake_times[0] <= now:
-            heapq.heappop(self._wake_times)
-            # Due already: no timer needed for it.
+        while self._wake_times and self._wake_times[0][0] <= now:
+            _, destination = heapq.heappop(self._wake_times)
+            # Due already: no timer needed for it. Its row is ahead of any cursor there.
+            self._claims.announce(destination)
             self._wake.set()
         if not self._wake_times:
             return
-        due = self._wake_times[0]
+        due = self._wake_times[0][0]
         if self._timer is not None:
             if self._timer_due == due:
                 return
@@ -596,13 +633,15 @@ class Dispatcher:
                 conn = await connect_raw(self.database_url)
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(outbox.NOTIFY_CHANNEL, lambda *_: self._wake.set())
+                await conn.add_listener(
+                    outbox.NOTIFY_CHANNEL, lambda _c, _pid, _ch, payload: self._notified(payload)
+                )
                 self.listening = True
                 self.listen_connections += 1
                 loop.beat()
                 log.debug("listening on %s", outbox.NOTIFY_CHANNEL)
-                # Work may have arrived while we were not listening.
-                self._wake.set()
+                # Work may have arrived while we were not listening, behind any cursor.
+                self._notified("")
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), timeout=15)

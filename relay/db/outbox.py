@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.types import BigInteger, Boolean, Float, Integer, Text
 
+from relay.claiming import Claims, Destination, Take
 from relay.db.tables import TS
 
 NOTIFY_CHANNEL = "relay_outbox"
@@ -30,7 +31,33 @@ NOTIFY_CHANNEL = "relay_outbox"
 # Publishing itself is relay/db/publishing.py; admin requeues notify here too.
 
 # NOTIFY is delivered on commit only, and duplicates within a transaction fold into one.
+# With no payload it names no destination: dispatchers forget their cursors and search
+# every destination (relay/claiming.py). Requeues by operators and released leases send
+# it: they are rare, and their rows may land behind any cursor.
 NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+
+# New pending rows announce their destination and their next_attempt_at (now(): the
+# writing transaction's start), in microseconds since the epoch: a dispatcher's cursor on
+# that destination moves back to it. Written by the statements that insert deliveries,
+# from their rows' tenant_id and destination_id. A payload PostgreSQL would refuse (over
+# 8000 bytes, for ids that long) becomes the one that names none.
+ANNOUNCE = f"""pg_notify('{NOTIFY_CHANNEL}',
+    CASE WHEN octet_length(tenant_id) + octet_length(destination_id) < 7000
+         THEN json_build_array(tenant_id, destination_id,
+                               (extract(epoch FROM now()) * 1000000)::bigint)::text
+         ELSE '' END)"""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def announced(payload: str) -> tuple[Destination, datetime] | None:
+    """What a NOTIFY payload names: a destination and the key of its new rows, or None
+    for a wake-up that names none (or one this version cannot read). Pure."""
+    try:
+        tenant_id, destination_id, micros = orjson.loads(payload)
+        return (str(tenant_id), str(destination_id)), _EPOCH + timedelta(microseconds=micros)
+    except (orjson.JSONDecodeError, TypeError, ValueError, OverflowError):
+        return None
 
 
 # --- dispatch ------------------------------------------------------------------------
@@ -49,57 +76,38 @@ _CLAIMED = """
     t.signature_mode, t.timeout_seconds, t.delivery_metadata::text AS delivery_metadata
 """
 
-# One statement: pick due rows (skipping those another dispatcher holds, destinations
-# that are disabled or deleted, and destinations already at this dispatcher's cap), stamp
-# them with our token and a lease, and return all a delivery needs. It commits before
-# any HTTP call.
+# One statement: for each destination asked for (relay/claiming.py decides which, how
+# many rows and from which cursor), take its first due rows from the cursor on, skipping
+# rows another dispatcher holds; stamp them with our token and a lease, and return all a
+# delivery needs, with the row's next_attempt_at (the destination's new cursor). It
+# commits before any HTTP call. Disabled and deleted destinations give nothing: their
+# pending rows stay pending until the destination is enabled again.
 #
-# The scan walks ix_deliveries_due in next_attempt_at order and locks up to :scan rows;
-# the window then keeps at most (cap - in flight) per destination, so one busy destination
-# cannot fill a batch. Locked-but-unpicked rows are unlocked when the claim commits.
-# Pending rows of a disabled destination stay pending (and are stepped over by the scan)
-# until it is enabled again.
-#
-# The two filters are written so that PostgreSQL cannot turn them into joins: a NOT IN
-# over the (uncorrelated) full destinations, hashed once, and a scalar subquery per row
-# (NULL, so false, for a destination that is gone). As joins, they were estimated from
-# statistics that mislead: autovacuum never analyzes a table of a few destinations, and
-# a busy list naming the one destination of all the backlog looks as if it removed all
-# of it. The planner then expected a couple of rows to survive and sorted the whole
-# backlog instead of reading ix_deliveries_due in order: a second per claim at a million
-# pending (for the first claims of a connection, planned with their values). Opaque
-# filters get a default estimate, and the ordered index scan with its limit wins.
-CLAIM_DUE = text(f"""
-    WITH busy AS (
-        SELECT * FROM unnest(CAST(:busy_tenants AS text[]), CAST(:busy_destinations AS text[]),
-                             CAST(:busy_counts AS int[]))
-            AS b(tenant_id, destination_id, in_flight)
-    ), candidates AS (
-        SELECT d.id, d.tenant_id, d.destination_id, d.next_attempt_at, d.manual
-        FROM relay.deliveries d
-        WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-          AND (d.tenant_id, d.destination_id) NOT IN (
-              SELECT b.tenant_id, b.destination_id FROM busy b
-              WHERE b.in_flight >= :per_destination)
-          AND (SELECT t.disabled_at IS NULL AND t.deleted_at IS NULL
-               FROM relay.destinations t
-               WHERE t.tenant_id = d.tenant_id AND t.id = d.destination_id)
-        ORDER BY d.next_attempt_at
-        LIMIT :scan
-        FOR UPDATE OF d SKIP LOCKED
+# Each destination's rows come from one range of ix_deliveries_due, (tenant_id,
+# destination_id, next_attempt_at) over pending rows, read in order from the cursor and
+# stopped at the count: entries behind the cursor (rows claimed before, dead or not) are
+# never visited, and only rows that are claimed are locked.
+CLAIM = text(f"""
+    WITH asked AS (
+        SELECT a.* FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
+                               CAST(:counts AS int[]), CAST(:since AS timestamptz[]))
+            AS a(tenant_id, destination_id, count, since)
+        JOIN relay.destinations t ON t.tenant_id = a.tenant_id AND t.id = a.destination_id
+        WHERE t.disabled_at IS NULL AND t.deleted_at IS NULL
     ), due AS (
-        SELECT id, manual FROM (
-            SELECT c.id, c.next_attempt_at, c.manual,
-                   COALESCE(b.in_flight, 0) + row_number() OVER (
-                       PARTITION BY c.tenant_id, c.destination_id
-                       ORDER BY c.next_attempt_at, c.id) AS slot
-            FROM candidates c
-            LEFT JOIN busy b
-              ON b.tenant_id = c.tenant_id AND b.destination_id = c.destination_id
-        ) ranked
-        WHERE slot <= :per_destination
-        ORDER BY next_attempt_at
-        LIMIT :limit
+        SELECT p.id, p.manual, p.next_attempt_at
+        FROM asked a
+        CROSS JOIN LATERAL (
+            SELECT d.id, d.manual, d.next_attempt_at
+            FROM relay.deliveries d
+            WHERE d.tenant_id = a.tenant_id AND d.destination_id = a.destination_id
+              AND d.status = 'pending'
+              AND d.next_attempt_at >= COALESCE(a.since, '-infinity')
+              AND d.next_attempt_at <= now()
+            ORDER BY d.next_attempt_at
+            LIMIT a.count
+            FOR UPDATE SKIP LOCKED
+        ) p
     )
     UPDATE relay.deliveries d
     SET status = 'delivering',
@@ -111,13 +119,40 @@ CLAIM_DUE = text(f"""
     FROM due, relay.events e, relay.destinations t
     WHERE d.id = due.id AND e.seq = d.event_seq
       AND t.tenant_id = d.tenant_id AND t.id = d.destination_id
-    RETURNING {_CLAIMED.format(manual="due.manual")}
+    RETURNING {_CLAIMED.format(manual="due.manual")}, due.next_attempt_at AS due_at
 """).bindparams(
-    bindparam("busy_tenants", type_=ARRAY(Text)),
-    bindparam("busy_destinations", type_=ARRAY(Text)),
-    bindparam("busy_counts", type_=ARRAY(Integer)),
+    bindparam("tenants", type_=ARRAY(Text)),
+    bindparam("destinations", type_=ARRAY(Text)),
+    bindparam("counts", type_=ARRAY(Integer)),
+    bindparam("since", type_=ARRAY(TS)),
     bindparam("token", type_=UUID(as_uuid=True)),
     bindparam("lease_seconds", type_=Float),
+)
+
+# The periodic search (polling is the truth): which enabled destinations have due rows
+# at or after their cursor (from the head for those without one), and the first one's
+# next_attempt_at. One probe of ix_deliveries_due per destination.
+FIND_DUE = text("""
+    SELECT t.tenant_id, t.id AS destination_id, first.next_attempt_at
+    FROM relay.destinations t
+    LEFT JOIN unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
+                     CAST(:since AS timestamptz[])) AS c(tenant_id, destination_id, since)
+      ON c.tenant_id = t.tenant_id AND c.destination_id = t.id
+    CROSS JOIN LATERAL (
+        SELECT d.next_attempt_at
+        FROM relay.deliveries d
+        WHERE d.tenant_id = t.tenant_id AND d.destination_id = t.id
+          AND d.status = 'pending'
+          AND d.next_attempt_at >= COALESCE(c.since, '-infinity')
+          AND d.next_attempt_at <= now()
+        ORDER BY d.next_attempt_at
+        LIMIT 1
+    ) first
+    WHERE t.disabled_at IS NULL AND t.deleted_at IS NULL
+""").bindparams(
+    bindparam("tenants", type_=ARRAY(Text)),
+    bindparam("destinations", type_=ARRAY(Text)),
+    bindparam("since", type_=ARRAY(TS)),
 )
 
 # A live dispatcher keeps its claims: in-flight rows get a fresh lease while it works.
@@ -213,11 +248,21 @@ CLAIMED_IDS = text("""
     bindparam("held", type_=ARRAY(BigInteger)),
 )
 
+# The rows a claim (its plan) would take first.
 DUE_IDS = text("""
-    SELECT id FROM relay.deliveries
-    WHERE status = 'pending' AND next_attempt_at <= now()
-    ORDER BY next_attempt_at
-    LIMIT :limit
+    SELECT p.id
+    FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
+                CAST(:counts AS int[]), CAST(:since AS timestamptz[]))
+        AS a(tenant_id, destination_id, count, since)
+    CROSS JOIN LATERAL (
+        SELECT d.id FROM relay.deliveries d
+        WHERE d.tenant_id = a.tenant_id AND d.destination_id = a.destination_id
+          AND d.status = 'pending'
+          AND d.next_attempt_at >= COALESCE(a.since, '-infinity')
+          AND d.next_attempt_at <= now()
+        ORDER BY d.next_attempt_at
+        LIMIT a.count
+    ) p
 """)
 
 # One delivery as a claim returns it (whatever its state): can it be read at all?
@@ -405,6 +450,8 @@ class Claimed:
     signature_mode: str
     timeout_seconds: float | None
     delivery_metadata: str
+    # Its next_attempt_at when claimed: its place in its destination's queue.
+    due_at: datetime | None = None
 
     @property
     def destination(self) -> tuple[str, str]:
@@ -412,39 +459,17 @@ class Claimed:
 
 
 def claim_parameters(
-    *,
-    limit: int,
-    lease_seconds: float,
-    token: uuid.UUID,
-    per_destination: int = 10_000,
-    in_flight: Mapping[tuple[str, str], int] | None = None,
+    plan: Sequence[Take], *, lease_seconds: float, token: uuid.UUID
 ) -> dict[str, Any]:
-    """CLAIM_DUE's parameters (also what a benchmark EXPLAINs it with)."""
-    busy = [(key, count) for key, count in (in_flight or {}).items() if count > 0]
+    """CLAIM's parameters (also what a benchmark EXPLAINs it with)."""
     return {
-        "limit": limit,
-        "scan": claim_scan(limit, per_destination, [count for _, count in busy]),
-        "per_destination": per_destination,
+        "tenants": [t.destination[0] for t in plan],
+        "destinations": [t.destination[1] for t in plan],
+        "counts": [t.count for t in plan],
+        "since": [t.since for t in plan],
         "lease_seconds": lease_seconds,
         "token": token,
-        "busy_tenants": [t for (t, _), _ in busy],
-        "busy_destinations": [d for (_, d), _ in busy],
-        "busy_counts": [c for _, c in busy],
     }
-
-
-def claim_scan(limit: int, per_destination: int, busy_counts: Sequence[int]) -> int:
-    """How many due rows CLAIM_DUE locks to pick ``limit``. Pure.
-
-    The window drops a row only for a destination that would pass its cap; destinations
-    already at the cap are skipped before the scan. If no destination can pass it within
-    ``limit`` rows, ``limit`` is enough: every row locked beyond the ones claimed is a
-    wasted lock, and a WAL record. Otherwise the scan leaves room for dropped rows."""
-    # The least room left under the cap among destinations the scan may meet.
-    room = min(
-        [per_destination, *(per_destination - c for c in busy_counts if c < per_destination)]
-    )
-    return limit if room >= limit else limit * 4
 
 
 # The dispatcher's hot statements also run on a plain asyncpg connection: no pool
@@ -484,6 +509,34 @@ async def _fetch(
     return list((await conn.execute(statement, params)).mappings())
 
 
+async def claim(
+    conn: Connection, plan: Sequence[Take], *, lease_seconds: float, token: uuid.UUID
+) -> list[Claimed]:
+    """Claim what ``plan`` asks for (relay/claiming.py); the rows, in no particular order,
+    each with ``due_at``, its place in its destination's queue."""
+    if not plan:
+        return []
+    params = claim_parameters(plan, lease_seconds=lease_seconds, token=token)
+    return [_claimed(r, token) for r in await _fetch(conn, CLAIM, params)]
+
+
+async def find_due(
+    conn: Connection, cursors: Mapping[Destination, datetime]
+) -> list[tuple[Destination, datetime]]:
+    """Enabled destinations with rows due at or after their cursor, and the first one's
+    ``next_attempt_at``."""
+    rows = await _fetch(
+        conn,
+        FIND_DUE,
+        {
+            "tenants": [t for t, _ in cursors],
+            "destinations": [d for _, d in cursors],
+            "since": list(cursors.values()),
+        },
+    )
+    return [((r["tenant_id"], r["destination_id"]), r["next_attempt_at"]) for r in rows]
+
+
 async def claim_due(
     conn: Connection,
     *,
@@ -491,19 +544,16 @@ async def claim_due(
     lease_seconds: float,
     token: uuid.UUID,
     per_destination: int = 10_000,
-    in_flight: Mapping[tuple[str, str], int] | None = None,
+    in_flight: Mapping[Destination, int] | None = None,
 ) -> list[Claimed]:
     """Claim up to ``limit`` due deliveries, at most ``per_destination`` in flight for any
-    (tenant_id, destination_id), counting the ``in_flight`` ones this dispatcher has."""
-    params = claim_parameters(
-        limit=limit,
-        lease_seconds=lease_seconds,
-        token=token,
-        per_destination=per_destination,
-        in_flight=in_flight,
+    destination counting its ``in_flight`` ones: one search, one claim, from each
+    destination's head. For tools and tests; the dispatcher keeps cursors instead."""
+    claims = Claims(per_destination=per_destination)
+    claims.found(await find_due(conn, {}))
+    return await claim(
+        conn, claims.plan(in_flight or {}, limit), lease_seconds=lease_seconds, token=token
     )
-    rows = await _fetch(conn, CLAIM_DUE, params)
-    return [_claimed(r, token) for r in rows]
 
 
 def _claimed(r: Mapping[str, Any], token: uuid.UUID) -> Claimed:
@@ -529,6 +579,7 @@ def _claimed(r: Mapping[str, Any], token: uuid.UUID) -> Claimed:
         signature_mode=r["signature_mode"],
         timeout_seconds=r["timeout_seconds"],
         delivery_metadata=r["delivery_metadata"],
+        due_at=r.get("due_at"),
     )
 
 
@@ -538,9 +589,10 @@ async def claimed_ids(conn: Connection, token: uuid.UUID, *, exclude: Sequence[i
     return [r["id"] for r in rows]
 
 
-async def due_ids(conn: Connection, *, limit: int) -> list[int]:
-    """The pending deliveries a claim would look at first."""
-    return [r["id"] for r in await _fetch(conn, DUE_IDS, {"limit": limit})]
+async def due_ids(conn: Connection, plan: Sequence[Take]) -> list[int]:
+    """The pending deliveries a claim with this plan would look at first."""
+    params = claim_parameters(plan, lease_seconds=0, token=uuid.UUID(int=0))
+    return [r["id"] for r in await _fetch(conn, DUE_IDS, params)]
 
 
 async def read_one(conn: Connection, id: int, token: uuid.UUID) -> Claimed | None:
@@ -576,7 +628,7 @@ async def release_expired(conn: AsyncConnection, limit: int = 1000) -> int:
     result = await conn.execute(
         RELEASE_EXPIRED, {"limit": limit, "code": "lease_expired", "detail": LEASE_EXPIRED_DETAIL}
     )
-    return len(result.all())
+    return await _given_back(conn, len(result.all()))
 
 
 async def release_interrupted(conn: AsyncConnection, ids: Sequence[int], token: uuid.UUID) -> int:
@@ -588,7 +640,14 @@ async def release_interrupted(conn: AsyncConnection, ids: Sequence[int], token: 
         RELEASE_INTERRUPTED,
         {"ids": list(ids), "token": token, "code": "interrupted", "detail": INTERRUPTED_DETAIL},
     )
-    return len(result.all())
+    return await _given_back(conn, len(result.all()))
+
+
+async def _given_back(conn: AsyncConnection, released: int) -> int:
+    """Rows back to pending, now(): behind dispatchers' cursors, maybe. Wake them all."""
+    if released:
+        await conn.execute(NOTIFY)
+    return released
 
 
 @dataclass(slots=True)  # one per attempt: not frozen, as Claimed

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from relay.db.outbox import NOTIFY_CHANNEL
+from relay.db.outbox import ANNOUNCE
 
 # The relay.publish() SQL function notifies this channel; the router listens on it.
 ROUTE_CHANNEL = "relay_route"
@@ -78,10 +78,10 @@ WRITE_EVENTS = f"""
         ) WITH ORDINALITY AS k(tenant_id, id, destination_id, n)
         JOIN inserted ON inserted.tenant_id = k.tenant_id AND inserted.id = k.id
         ORDER BY k.n
-        RETURNING 1
+        RETURNING tenant_id, destination_id
     ), woken AS (
-        SELECT pg_notify('{NOTIFY_CHANNEL}', '')
-        FROM (SELECT 1 FROM queued LIMIT 1) AS any_queued
+        SELECT {ANNOUNCE}
+        FROM (SELECT DISTINCT tenant_id, destination_id FROM queued) AS each_destination
     )
     SELECT seq, tenant_id, id FROM inserted
     UNION ALL
@@ -102,13 +102,15 @@ EVENT_DESTINATIONS = """
     ORDER BY t.created_at, d.destination_id
 """
 
-INSERT_DELIVERIES = """
-    INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id)
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])
+INSERT_DELIVERIES = f"""
+    WITH queued AS (
+        INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id)
+        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])
+        RETURNING tenant_id, destination_id
+    )
+    SELECT {ANNOUNCE}
+    FROM (SELECT DISTINCT tenant_id, destination_id FROM queued) AS each_destination
 """
-
-# NOTIFY is delivered on commit only, and duplicates within a transaction fold into one.
-NOTIFY = f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')"
 
 # Events the SQL function wrote, oldest first; several routers skip each other's rows.
 CLAIM_UNROUTED = """
@@ -243,13 +245,12 @@ async def event_destinations(
 
 
 async def insert_deliveries(conn: asyncpg.Connection, rows: Sequence[tuple[int, str, str]]) -> None:
-    """Outbox rows (event_seq, tenant_id, destination_id), and a wake-up on commit."""
+    """Outbox rows (event_seq, tenant_id, destination_id), announced on commit."""
     if not rows:
         return
     await conn.execute(
         INSERT_DELIVERIES, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
     )
-    await conn.execute(NOTIFY)
 
 
 async def claim_unrouted(conn: asyncpg.Connection, limit: int) -> list[Unrouted]:

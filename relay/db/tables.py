@@ -166,9 +166,11 @@ deliveries = Table(
     Column("updated_at", TS, nullable=False, server_default=NOW),
     UniqueConstraint("event_seq", "destination_id"),
     CheckConstraint("status IN ('pending', 'delivering', 'delivered', 'failed')", name="status"),
-    # The claim query reads only this small partial index.
+    # Each destination's queue, read by claims from a cursor (relay/claiming.py).
     Index(
         "ix_deliveries_due",
+        "tenant_id",
+        "destination_id",
         "next_attempt_at",
         postgresql_where=text("status = 'pending'"),
     ),

@@ -311,7 +311,11 @@ async def test_ending_strays_looks_up_the_deleted_destinations_not_the_backlog(
     assert "Seq Scan" not in scans, scans
     # One look-up by destination (either index keyed by it), then the rows by key.
     indexes = {node["Index Name"] for node in nodes if "Index Name" in node}
-    by_destination = {"ix_deliveries_destination", "ix_deliveries_active_destination"}
+    by_destination = {
+        "ix_deliveries_destination",
+        "ix_deliveries_active_destination",
+        "ix_deliveries_due",
+    }
     assert len(indexes & by_destination) == 1, indexes
     assert indexes - by_destination == {"pk_deliveries"}, indexes
 

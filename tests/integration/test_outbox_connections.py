@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
 
+from relay.claiming import Claims, Take
 from relay.db import outbox
 from relay.db.engine import asyncpg_url, create_engine
 from tests.support.plans import plan_nodes
 
 
-async def seed(db: Any, pending: int) -> None:
+async def seed(db: Any, pending: int, *, one_per_ms: bool = False) -> None:
+    """``pending`` deliveries to acme/orders; with ``one_per_ms``, due a millisecond
+    apart, as if published by separate transactions (one transaction gives all of its
+    rows the same next_attempt_at)."""
     await db.execute("INSERT INTO relay.tenants (id) VALUES ('acme')")
     await db.execute(
         """INSERT INTO relay.destinations (tenant_id, id, topics, url, secret, custom_headers)
@@ -28,8 +32,11 @@ async def seed(db: Any, pending: int) -> None:
                 INSERT INTO relay.events (tenant_id, id, topic, data, metadata)
                 SELECT 'acme', 'evt-' || g, 'order.created', '{{"n": 1}}', '{{"k": "v"}}'
                 FROM generate_series(1, {pending}) g RETURNING seq)
-            INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id)
-            SELECT seq, 'acme', 'orders' FROM e"""
+            INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id, next_attempt_at)
+            SELECT seq, 'acme', 'orders',
+                   now() - CASE WHEN {one_per_ms} THEN {pending} - seq ELSE 0 END
+                           * interval '1 millisecond'
+            FROM e"""
     )
 
 
@@ -121,42 +128,109 @@ async def test_raw_record_reports_a_410_disable(db: Any, database_url: str) -> N
     assert await db.fetchval("SELECT disabled_at IS NOT NULL FROM relay.destinations")
 
 
-async def test_the_claim_walks_the_due_index_however_the_planner_misjudges_the_joins(
-    db: Any,
-) -> None:
-    # The planner has no statistics for a handful of destinations (autovacuum never
-    # analyzes a table that small), and a dispatcher's in-flight list names the one busy
-    # destination. Written as joins, those two filters were estimated to leave a couple
-    # of the due rows, so PostgreSQL sorted the whole backlog to claim 200: a second per
-    # claim at a million pending (each connection's first five claims are planned with
-    # their values). The claim must read the due index in order and stop at its limit.
+def claim_sql(plan: list[Take]) -> tuple[str, list[Any]]:
+    """CLAIM as the dispatcher sends it: its SQL and its values, in order."""
+    claim = outbox._compiled(outbox.CLAIM)
+    params = outbox.claim_parameters(plan, lease_seconds=30, token=uuid.uuid4())
+    return claim.sql, [params[name] for name in claim.names]
+
+
+def deliveries_scans(plan: dict[str, Any]) -> list[tuple[str, str | None]]:
+    return [
+        (node["Node Type"], node.get("Index Name"))
+        for node in plan_nodes(plan["Plan"])
+        if node.get("Relation Name") == "deliveries"
+    ]
+
+
+async def test_each_destination_is_read_in_order_from_the_due_index(db: Any) -> None:
+    # Whatever the statistics say (none for a table of a few destinations, which
+    # autovacuum never analyzes), each destination's rows come from one ordered range of
+    # ix_deliveries_due, stopped at its count: never a scan of the backlog, or a sort of
+    # it (a second per claim at a million pending).
     await seed(db, pending=20_000)
     await db.execute("ANALYZE relay.deliveries")
-    claim = outbox._compiled(outbox.CLAIM_DUE)
-    for in_flight in ({}, {("acme", "orders"): 3}):
-        params = outbox.claim_parameters(
-            limit=200, lease_seconds=30, token=uuid.uuid4(), in_flight=in_flight
+    since = datetime.now(UTC) - timedelta(hours=1)
+    for plan in ([Take(("acme", "orders"), 200, None)], [Take(("acme", "orders"), 32, since)]):
+        sql, values = claim_sql(plan)
+        # With the values (a prepared statement's first runs), then the generic plan.
+        [with_values] = orjson.loads(await db.fetchval("EXPLAIN (FORMAT JSON) " + sql, *values))
+        await db.execute(f"PREPARE claim AS {sql}")
+        await db.execute("SET plan_cache_mode = force_generic_plan")
+        nulls = ", ".join("NULL" for _ in values)
+        [generic] = orjson.loads(await db.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE claim({nulls})"))
+        await db.execute("DEALLOCATE claim")
+        await db.execute("RESET plan_cache_mode")
+        for explained in (with_values, generic):
+            scans = deliveries_scans(explained)
+            assert ("Index Scan", "ix_deliveries_due") in scans, scans
+            assert not any(kind == "Seq Scan" for kind, _ in scans), scans
+            locked_from = [
+                child["Node Type"]
+                for node in plan_nodes(explained["Plan"])
+                if node.get("Node Type") == "LockRows"
+                for child in node["Plans"]
+            ]
+            assert locked_from == ["Index Scan"], locked_from
+
+
+async def buffers_to_claim(db: Any, plan: list[Take]) -> tuple[int, int]:
+    """(rows claimed, shared buffers its reads of ix_deliveries_due and the rows it
+    points at cost) of one claim, measured and rolled back."""
+    sql, values = claim_sql(plan)
+    transaction = db.transaction()
+    await transaction.start()
+    try:
+        [explained] = orjson.loads(
+            await db.fetchval("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, *values)
         )
-        # EXPLAIN with the values: the plan a prepared statement's first runs get.
-        [plan] = orjson.loads(
-            await db.fetchval(
-                "EXPLAIN (FORMAT JSON) " + claim.sql, *(params[name] for name in claim.names)
-            )
+    finally:
+        await transaction.rollback()
+    scans = [
+        node
+        for node in plan_nodes(explained["Plan"])
+        if node.get("Index Name") == "ix_deliveries_due"
+    ]
+    read = sum(n["Shared Hit Blocks"] + n["Shared Read Blocks"] for n in scans)
+    return explained["Plan"]["Actual Rows"], read
+
+
+async def test_a_claim_does_not_walk_what_was_delivered_while_a_snapshot_was_held(
+    db: Any, database_url: str
+) -> None:
+    # Any session holding a snapshot (an idle REPEATABLE READ transaction here; an
+    # analytics query, a backup) keeps every row version delivered since it began, and
+    # their entries in the due index. A claim from the destination's cursor reads past
+    # none of them; one from the head reads all of them.
+    await seed(db, pending=8_000, one_per_ms=True)
+    reader = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        await reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        await reader.fetchval("SELECT count(*) FROM relay.deliveries")
+        claims = Claims(per_destination=10_000)
+        claims.found(await outbox.find_due(db, {}))
+        token = uuid.uuid4()
+        for _ in range(30):  # 6,000 delivered while the snapshot is held
+            plan = claims.plan({}, 200)
+            batch = await outbox.claim(db, plan, lease_seconds=30, token=token)
+            claims.took(plan, [(c.destination, c.due_at) for c in batch])
+            async with db.transaction():
+                await outbox.record_outcomes(db, [recorded(c, True, 200) for c in batch])
+        assert (
+            await db.fetchval("SELECT count(*) FROM relay.deliveries WHERE status = 'pending'")
+            == 2_000
         )
-        scans = [
-            (node["Node Type"], node.get("Index Name"))
-            for node in plan_nodes(plan["Plan"])
-            if node.get("Relation Name") == "deliveries"
-        ]
-        assert ("Index Scan", "ix_deliveries_due") in scans, scans
-        assert not any(kind == "Seq Scan" for kind, _ in scans), scans
-        locked_from = [
-            child["Node Type"]
-            for node in plan_nodes(plan["Plan"])
-            if node.get("Node Type") == "LockRows"
-            for child in node["Plans"]
-        ]
-        assert locked_from == ["Index Scan"], locked_from
+
+        rows, from_cursor = await buffers_to_claim(db, claims.plan({}, 200))
+        assert rows == 200
+        rows, from_head = await buffers_to_claim(db, [Take(("acme", "orders"), 200, None)])
+        assert rows == 200
+    finally:
+        await reader.close()
+    # 200 entries and their rows: a few index pages and a few heap pages. From the head,
+    # 6,000 more, dead to everyone but the reader.
+    assert from_cursor < 40, (from_cursor, from_head)
+    assert from_head > 5 * from_cursor, (from_cursor, from_head)
 
 
 # RECORD_OUTCOMES' parameters, by name, as PREPARE spells their types.

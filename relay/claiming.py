@@ -1,0 +1,138 @@
+"""What the dispatcher's next claim asks for: which destinations, how many rows of each,
+and from where in each destination's queue. State and pure decisions, no I/O.
+
+Why a cursor per destination. A claim reads relay.deliveries through ix_deliveries_due,
+(tenant_id, destination_id, next_attempt_at) over pending rows. Every row claimed leaves
+its entry behind, pointing at a dead row version, until vacuum removes it; and while any
+session holds a snapshot (an analytics query, an idle REPEATABLE READ transaction, a
+backup), vacuum can remove none of them. A claim that starts at the head of the queue
+walks every one of those entries: after four minutes at 1,000 deliveries a second, a
+quarter of a million per claim, and the dispatcher falls behind for good. So each
+destination is read from where this dispatcher last took rows there: the ``next_attempt_at``
+of its last claimed row. Rows before it were taken already, by us or by another
+dispatcher (whose locked rows SKIP LOCKED passes over), so a claim reads what is new.
+
+What can land behind a cursor. A row is written with ``next_attempt_at = now()``, its
+transaction's start, and is seen only after that transaction commits; one that commits
+late (a producer's transaction with relay's Python API, a group commit overtaken by
+another) arrives behind the cursor. Every write of new deliveries announces its
+destinations and its key on NOTIFY (relay/db/publishing.py), which moves the cursor back
+to that key. Retries are written ahead of any cursor (their time is in the future).
+Requeues by operators and released leases announce themselves without a key, which
+forgets every cursor. NOTIFY is a hint: a listener that was down misses some, so every
+``SWEEP_SECONDS`` all cursors are forgotten anyway, and each destination is read once
+from its head.
+
+Which destinations. The claim reads only destinations known to have due work
+(``active``): announced, found by the periodic search (``find_due``, every poll
+interval: polling is the truth), or whose last claim took all it asked for. A
+destination at its cap is left out until a delivery frees a slot. The batch is shared
+out among the destinations with room, an equal share each, starting from a different
+destination each time, so one destination's backlog cannot fill every batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+Destination = tuple[str, str]
+
+# How often every cursor is forgotten and each destination read from its head: the bound
+# on how long a row can wait behind a cursor when its announcement was lost.
+SWEEP_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Take:
+    """Claim up to ``count`` due rows of ``destination``, from ``since`` on."""
+
+    destination: Destination
+    count: int
+    since: datetime | None
+
+
+def share_out(
+    rooms: Sequence[tuple[Destination, int]], limit: int
+) -> list[tuple[Destination, int]]:
+    """Split ``limit`` rows among destinations, each given no more than its room: equal
+    shares, and what a destination cannot use goes to the others. Destinations are served
+    in the order given (the first ones get the odd rows). Pure."""
+    counts = [0] * len(rooms)
+    left = limit
+    open_ = [i for i, (_, room) in enumerate(rooms) if room > 0]
+    while left > 0 and open_:
+        share = max(left // len(open_), 1)
+        still = []
+        for i in open_:
+            if left == 0:
+                break
+            give = min(share, rooms[i][1] - counts[i], left)
+            counts[i] += give
+            left -= give
+            if counts[i] < rooms[i][1]:
+                still.append(i)
+        open_ = still
+    return [(rooms[i][0], n) for i, n in enumerate(counts) if n > 0]
+
+
+@dataclass
+class Claims:
+    """The dispatcher's view of the queue between claims."""
+
+    per_destination: int
+    active: set[Destination] = field(default_factory=set)
+    cursors: dict[Destination, datetime] = field(default_factory=dict)
+    # Where the next batch starts sharing out (a different destination each claim).
+    turn: int = 0
+
+    def plan(self, in_flight: Mapping[Destination, int], limit: int) -> list[Take]:
+        """The next claim: active destinations below their cap, sharing ``limit``."""
+        rooms = sorted(
+            (d, self.per_destination - in_flight.get(d, 0))
+            for d in self.active
+            if in_flight.get(d, 0) < self.per_destination
+        )
+        if not rooms:
+            return []
+        self.turn = (self.turn + 1) % len(rooms)
+        rooms = rooms[self.turn :] + rooms[: self.turn]
+        return [Take(d, n, self.cursors.get(d)) for d, n in share_out(rooms, limit)]
+
+    def took(
+        self, plan: Sequence[Take], keys: Iterable[tuple[Destination, datetime | None]]
+    ) -> None:
+        """A claim returned rows (their destination and ``next_attempt_at``): cursors move
+        to the last row taken; a destination that gave fewer rows than asked has nothing
+        more due now (or only rows another dispatcher is taking) and leaves ``active``."""
+        got: dict[Destination, int] = {}
+        for d, key in keys:
+            got[d] = got.get(d, 0) + 1
+            if key is not None and (d not in self.cursors or key > self.cursors[d]):
+                self.cursors[d] = key
+        for take in plan:
+            if got.get(take.destination, 0) < take.count:
+                self.active.discard(take.destination)
+
+    def announce(self, d: Destination, key: datetime | None = None) -> None:
+        """Rows of ``d`` were written; with ``key``, the earliest ``next_attempt_at`` among
+        them, which the cursor must not be past."""
+        self.active.add(d)
+        if key is not None and d in self.cursors and key < self.cursors[d]:
+            self.cursors[d] = key
+
+    def found(self, due: Iterable[tuple[Destination, datetime]]) -> None:
+        """The periodic search's answer: destinations with due rows, and the first one's
+        key (at or after the cursor it was given)."""
+        for d, key in due:
+            self.active.add(d)
+            self.cursors.setdefault(d, key)
+
+    def forget_cursors(self) -> None:
+        """Read every destination from its head again (the sweep)."""
+        self.cursors.clear()
+
+    def drop(self, d: Destination) -> None:
+        """A destination that cannot be claimed (disabled, deleted) leaves ``active``."""
+        self.active.discard(d)

@@ -1,0 +1,62 @@
+"""What a claim asks for (relay.claiming): shares, caps, cursors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from relay.claiming import Claims, share_out
+
+A, B, C = ("t", "a"), ("t", "b"), ("t", "c")
+T0 = datetime(2026, 12, 7, tzinfo=UTC)
+
+
+def test_the_batch_is_shared_equally_and_unused_room_goes_to_the_others() -> None:
+    assert share_out([(A, 100), (B, 100)], 10) == [(A, 5), (B, 5)]
+    assert share_out([(A, 2), (B, 100), (C, 100)], 10) == [(A, 2), (B, 4), (C, 4)]
+    assert share_out([(A, 3), (B, 3)], 10) == [(A, 3), (B, 3)]
+    # More destinations than rows: the first ones in the order given get one each.
+    assert share_out([(A, 5), (B, 5), (C, 5)], 2) == [(A, 1), (B, 1)]
+    assert share_out([(A, 0)], 10) == []
+    assert share_out([], 10) == []
+
+
+def test_destinations_at_their_cap_are_not_asked_and_the_first_turn_rotates() -> None:
+    claims = Claims(per_destination=4, active={A, B, C})
+    plan = claims.plan({A: 4, B: 1}, 2)
+    assert sum(t.count for t in plan) == 2
+    assert A not in {t.destination for t in plan}
+    # Over successive claims of one row, every destination with room gets a turn.
+    served = {claims.plan({A: 4}, 1)[0].destination for _ in range(4)}
+    assert served == {B, C}
+    assert claims.plan({A: 4, B: 4, C: 4}, 10) == []
+
+
+def test_cursors_follow_the_last_row_taken_and_a_short_answer_ends_activity() -> None:
+    claims = Claims(per_destination=10, active={A, B})
+    plan = claims.plan({}, 10)
+    claims.took(plan, [(A, T0), (A, T0 + timedelta(seconds=2)), (A, T0 + timedelta(seconds=1))])
+    assert claims.cursors == {A: T0 + timedelta(seconds=2)}
+    # A gave fewer rows than asked: nothing more due there now; B gave none.
+    assert claims.active == set()
+    assert claims.plan({}, 10) == []
+
+
+def test_an_announcement_moves_the_cursor_back_to_rows_that_committed_late() -> None:
+    claims = Claims(per_destination=10, cursors={A: T0})
+    claims.announce(A, T0 - timedelta(milliseconds=5))
+    assert claims.cursors[A] == T0 - timedelta(milliseconds=5)
+    claims.announce(A, T0 + timedelta(seconds=1))  # ahead of the cursor: it stays
+    assert claims.cursors[A] == T0 - timedelta(milliseconds=5)
+    claims.announce(B)
+    assert claims.active == {A, B} and B not in claims.cursors
+    [take_a, take_b] = sorted(claims.plan({}, 2), key=lambda t: t.destination)
+    assert (take_a.since, take_b.since) == (T0 - timedelta(milliseconds=5), None)
+
+
+def test_the_search_keeps_an_existing_cursor_and_the_sweep_forgets_them_all() -> None:
+    claims = Claims(per_destination=10, cursors={A: T0})
+    claims.found([(A, T0 + timedelta(seconds=3)), (B, T0 + timedelta(seconds=1))])
+    assert claims.cursors == {A: T0, B: T0 + timedelta(seconds=1)}
+    assert claims.active == {A, B}
+    claims.forget_cursors()
+    assert claims.cursors == {} and claims.active == {A, B}
