@@ -23,6 +23,7 @@ from relay.appkeys import (
     DISPATCHER,
     ENGINE,
     HEAD_REVISION,
+    HORIZON,
     METRICS,
     PUBLISHER,
     SETTINGS,
@@ -33,6 +34,7 @@ from relay.db.engine import create_engine, is_connection_failure
 from relay.db.sync import sync_config
 from relay.dispatcher import Dispatcher
 from relay.groupcommit import GroupCommit
+from relay.horizon import HorizonWatch
 from relay.metrics import Metrics
 from relay.ops import housekeeping_loop
 from relay.router import Router
@@ -150,11 +152,19 @@ async def run_group_commit(app: web.Application) -> AsyncIterator[None]:
 
 
 async def run_housekeeping(app: web.Application) -> AsyncIterator[None]:
-    """Strays on deleted destinations, and retention (see relay.ops.housekeeping_loop)."""
+    """The xmin horizon watch, in every process (relay/horizon.py); in dispatchers also
+    strays on deleted destinations and retention (see relay.ops.housekeeping_loop)."""
     supervisor = Supervisor("housekeeping")
     app[METRICS].supervisors.append(supervisor)
-    engine, retention = app[ENGINE], app[SETTINGS].retention
-    supervisor.start("rounds", lambda loop: housekeeping_loop(engine, retention, loop))
+    engine, settings = app[ENGINE], app[SETTINGS]
+    watch = HorizonWatch(
+        engine, settings.database.xmin_horizon_warning_seconds, app[METRICS].horizon
+    )
+    app[HORIZON] = watch
+    supervisor.start("horizon", watch.run)
+    if app[DISPATCHER] is not None:
+        retention = settings.retention
+        supervisor.start("rounds", lambda loop: housekeeping_loop(engine, retention, loop))
     try:
         yield
     finally:
@@ -176,7 +186,7 @@ def create_app(
     if dispatcher:
         app.cleanup_ctx.append(run_dispatcher)
         app.cleanup_ctx.append(run_router)
-        app.cleanup_ctx.append(run_housekeeping)
+    app.cleanup_ctx.append(run_housekeeping)
     if api:
         app.cleanup_ctx.append(run_group_commit)
         outpost.setup(app)

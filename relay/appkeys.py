@@ -13,6 +13,7 @@ from relay.metrics import Metrics
 if TYPE_CHECKING:
     from relay.dispatcher import Dispatcher
     from relay.groupcommit import GroupCommit
+    from relay.horizon import HorizonWatch
 
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE_URL = web.AppKey("database_url", str)
@@ -21,3 +22,4 @@ DISPATCHER: web.AppKey[Dispatcher | None] = web.AppKey("dispatcher")
 HEAD_REVISION = web.AppKey("head_revision", str)
 METRICS = web.AppKey("metrics", Metrics)
 PUBLISHER: web.AppKey[GroupCommit] = web.AppKey("publisher")
+HORIZON: web.AppKey[HorizonWatch] = web.AppKey("horizon")

@@ -241,7 +241,8 @@ async def _operate(args: argparse.Namespace, settings: Settings, database_url: s
             )
             return 0
         if args.command == "stats":
-            await ops.stats(engine, sys.stdout)
+            warn_after = settings.database.xmin_horizon_warning_seconds
+            await ops.stats(engine, sys.stdout, warn_after=warn_after)
             return 0
         days = args.older_than_days
         if days is None:

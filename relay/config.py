@@ -112,6 +112,10 @@ class DatabaseSettings(_Strict):
     # Raise it when a large history makes API reads or `relay replay` slower than this
     # (RELAY_DATABASE_STATEMENT_TIMEOUT_SECONDS=600 relay replay ...); 0 = none.
     statement_timeout_seconds: Annotated[float, Field(ge=0, le=86400)] = 30.0
+    # /healthz warns, and the log says who holds it, once the oldest snapshot or
+    # transaction that pins PostgreSQL's xmin horizon (so dead rows, the outbox's among
+    # them, cannot be removed) is older than this. 0 = never warn. See docs/operations.md.
+    xmin_horizon_warning_seconds: Annotated[float, Field(ge=0)] = 300.0
 
 
 class RetrySettings(_Strict):
@@ -368,6 +372,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "RELAY_DATA_DIR": ("database", "data_dir"),
     "RELAY_DATABASE_STARTUP_WAIT_SECONDS": ("database", "startup_wait_seconds"),
     "RELAY_DATABASE_STATEMENT_TIMEOUT_SECONDS": ("database", "statement_timeout_seconds"),
+    "RELAY_XMIN_HORIZON_WARNING_SECONDS": ("database", "xmin_horizon_warning_seconds"),
     "RELAY_HOST": ("server", "host"),
     "RELAY_PORT": ("server", "port"),
     "RELAY_WORKERS": ("server", "workers"),

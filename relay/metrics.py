@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from relay.db.horizon import KINDS, Holder
 from relay.supervise import Supervisor
 
 # Publish-to-delivery latency buckets, seconds: from a few milliseconds (the
@@ -73,6 +74,8 @@ class Metrics:
         )
         self.backlog = BacklogCollector()
         self.registry.register(self.backlog)
+        self.horizon = HorizonCollector()
+        self.registry.register(self.horizon)
         # This process's supervised loops (dispatcher, router, publisher, ...): their
         # health, last progress and restarts, read at scrape time; /healthz reads them too.
         self.supervisors: list[Supervisor] = []
@@ -201,3 +204,38 @@ class LoopCollector(Collector):
         yield healthy
         yield last
         yield restarts
+
+
+class HorizonCollector(Collector):
+    """The xmin horizon's age, from the last sample of the process's horizon watch
+    (relay/horizon.py): one series per kind of holder, 0 when there is none, so that
+    ``max(relay_xmin_horizon_age_seconds)`` is the horizon and its label says who."""
+
+    def __init__(self) -> None:
+        # Oldest first; None: not sampled (yet, or the last sample failed).
+        self.holders: list[Holder] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        seconds = GaugeMetricFamily(
+            "relay_xmin_horizon_age_seconds",
+            "Age of the oldest snapshot or transaction that keeps PostgreSQL from removing "
+            "dead rows, by kind of holder (session, replication_slot, prepared_transaction); "
+            "a session's counts from its transaction start, a slot's from when this "
+            "process first saw it hold that xid.",
+            labels=["kind"],
+        )
+        xids = GaugeMetricFamily(
+            "relay_xmin_horizon_age_xids",
+            "The same holders' age in transaction ids.",
+            labels=["kind"],
+        )
+        if self.holders is not None:
+            oldest: dict[str, Holder] = {}
+            for holder in self.holders:
+                oldest.setdefault(holder.kind, holder)
+            for kind in KINDS:
+                found = oldest.get(kind)
+                seconds.add_metric([kind], (found.age_seconds or 0.0) if found else 0.0)
+                xids.add_metric([kind], found.age_xids if found else 0)
+        yield seconds
+        yield xids

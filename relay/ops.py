@@ -15,7 +15,8 @@ from typing import Any, TextIO
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.config import RetentionSettings
-from relay.db import ops
+from relay.db import horizon, ops
+from relay.horizon import is_above, remedy, summary
 from relay.supervise import Loop
 
 log = logging.getLogger(__name__)
@@ -107,12 +108,15 @@ async def replay(
     return done
 
 
-async def stats(engine: AsyncEngine, out: TextIO) -> None:
+async def stats(engine: AsyncEngine, out: TextIO, *, warn_after: float = 0.0) -> None:
+    """``warn_after``: database.xmin_horizon_warning_seconds, for the horizon's verdict."""
     async with engine.connect() as conn:
         backlog = await ops.backlog(conn)
         health = await ops.health(conn)
+        holders = await horizon.holders(conn)
     out.write("outbox backlog\n")
     out.write(_table(backlog, ["status", "deliveries", "due_now", "oldest_age", "expired_leases"]))
+    _write_horizon(holders, warn_after, out)
     out.write("destinations\n")
     out.write(
         _table(
@@ -130,6 +134,35 @@ async def stats(engine: AsyncEngine, out: TextIO) -> None:
             ],
         )
     )
+
+
+def _write_horizon(holders: list[horizon.Holder], warn_after: float, out: TextIO) -> None:
+    """The oldest holders of the xmin horizon (relay/horizon.py), and the verdict."""
+    out.write("xmin horizon: the oldest snapshots and transactions (dead rows wait for them)\n")
+    rows = [
+        {
+            "kind": h.kind,
+            "age": None if h.age_seconds is None else timedelta(seconds=h.age_seconds),
+            "age_xids": h.age_xids,
+            "pid": h.pid,
+            "usename": h.usename,
+            "name": h.name,
+            "state": h.state,
+            "since": h.since,
+            "query": " ".join(h.query.split())[:60] if h.query else None,
+        }
+        for h in holders[:5]
+    ]
+    columns = ["kind", "age", "age_xids", "pid", "usename", "name", "state", "since", "query"]
+    out.write(_table(rows, columns))
+    oldest = holders[0] if holders else None
+    if oldest is not None and is_above(oldest, warn_after):
+        out.write(f"  warning: {summary(oldest, warn_after)}\n  {remedy(oldest)}\n")
+    if any(h.kind == "session" and h.age_seconds is None for h in holders[:5]):
+        out.write(
+            "  (a session with no age belongs to a role whose transaction start relay's "
+            "role may not see: GRANT pg_read_all_stats TO relay's role)\n"
+        )
 
 
 async def prune(

@@ -21,7 +21,15 @@ from relay.api.auth import authenticate, require_admin
 from relay.api.errors import RETRY_AFTER_SECONDS, json_response
 from relay.api.rawjson import member_span
 from relay.api.validation import read_json, validate
-from relay.appkeys import DISPATCHER, ENGINE, HEAD_REVISION, METRICS, PUBLISHER, SETTINGS
+from relay.appkeys import (
+    DISPATCHER,
+    ENGINE,
+    HEAD_REVISION,
+    HORIZON,
+    METRICS,
+    PUBLISHER,
+    SETTINGS,
+)
 from relay.db.migrate import current_revision
 from relay.errors import NotFound, ValidationFailed
 from relay.publish import (
@@ -155,10 +163,13 @@ async def healthz(request: web.Request) -> web.Response:
             healthy = status == "healthy" or supervisor.draining
             workers[f"{supervisor.owner}-{name}"] = {"status": "healthy" if healthy else "failed"}
     ok = all(w["status"] == "healthy" for w in workers.values())
+    # Warnings do not fail the check: delivery still works, only slower (relay/horizon.py).
+    watch = request.app.get(HORIZON)
     payload = {
         "status": "healthy" if ok else "failed",
         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "workers": workers,
+        "warnings": watch.health_warnings() if watch is not None else [],
     }
     retry = None if ok else {"Retry-After": RETRY_AFTER_SECONDS}
     return json_response(payload, status=200 if ok else 503, headers=retry)

@@ -56,16 +56,20 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     assert settings.delivery.allow_private_networks == ["127.0.0.0/8", "10.0.0.0/8"]
 
 
-def test_statement_timeout_defaults_and_comes_from_the_environment(tmp_path: Path) -> None:
+def test_database_timeouts_default_and_come_from_the_environment(tmp_path: Path) -> None:
     defaults = load_settings(write(tmp_path, MINIMAL), env={}).database
     assert defaults.statement_timeout_seconds == 30
+    assert defaults.xmin_horizon_warning_seconds == 300
     env = {
         "RELAY_DATABASE_STATEMENT_TIMEOUT_SECONDS": "600",
+        "RELAY_XMIN_HORIZON_WARNING_SECONDS": "0",
     }
     database = load_settings(write(tmp_path, MINIMAL), env=env).database
     assert database.statement_timeout_seconds == 600
+    assert database.xmin_horizon_warning_seconds == 0
     for name, key in (
         ("RELAY_DATABASE_STATEMENT_TIMEOUT_SECONDS", "database.statement_timeout_seconds"),
+        ("RELAY_XMIN_HORIZON_WARNING_SECONDS", "database.xmin_horizon_warning_seconds"),
     ):
         with pytest.raises(ConfigError) as info:
             load_settings(write(tmp_path, MINIMAL), env={name: "-1"})
