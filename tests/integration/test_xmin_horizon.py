@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +30,8 @@ from tests.support.pgserver import PgServer
 from tests.support.relay import make_settings
 
 pytestmark = pytest.mark.slow
+
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +130,17 @@ async def test_a_held_snapshot_is_reported_with_its_holder_until_it_ends(
         assert first[:1] == ["session"] and str(pid) in first and "analytics-notebook" in first
         assert "idle in transaction" in section
         assert f"SELECT pg_terminate_backend({pid})" in section
+
+        # docs/operations.md's query for psql finds it too.
+        [query] = re.findall(
+            r"```sql\n(-- name: horizon_holders\n.*?)```", OPERATIONS.read_text(), re.S
+        )
+        reader = await asyncpg.connect(pg.url())
+        try:
+            [first_row, *_] = await reader.fetch(query)
+        finally:
+            await reader.close()
+        assert (first_row["pid"], first_row["application_name"]) == (pid, "analytics-notebook")
 
         await asyncio.sleep(0.5)  # several more samples, all above the threshold
     finally:
