@@ -8,6 +8,7 @@ Nothing here times anything.
 from __future__ import annotations
 
 import asyncio
+import csv
 import shutil
 import subprocess
 import sys
@@ -147,3 +148,94 @@ def test_record_cost_quick_run_compares_both_and_the_retry_adds_nothing() -> Non
     for line in retries:
         expected = "added 0 attempt rows" if line.startswith("new:") else "added 200 attempt rows"
         assert expected in line, out
+
+
+def soak(database_url: str, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """bench/soak.py against the test's database, briefly, without a plot."""
+    return subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "soak.py"),
+            "--quick",
+            "--dsn",
+            database_url,
+            "--out",
+            str(out),
+            "--no-plot",
+            "--quiet",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+@pytest.mark.slow
+def test_soak_quick_run_writes_its_samples(database_url: str, tmp_path: Path) -> None:
+    """bench/soak.py (issue 19's soak): relay api and dispatch, the receiver, a fixed-rate
+    load, a pinned snapshot, a backlog built first and retention set: it runs, and its CSV
+    has a row per sample with the columns the plot and the analysis read."""
+    result = soak(
+        database_url,
+        tmp_path,
+        *("--duration", "6", "--rate", "50", "--sample-every", "2", "--tail", "20"),
+        *("--pin", "2", "--pin-at", "2", "--pin-kind", "idle", "--backlog", "40"),
+        *("--retention-minutes", "60"),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (samples,) = tmp_path.glob("soak-*[0-9].csv")
+    columns, rows = read_csv(samples)
+    for column in (
+        "t_s",
+        "phase",
+        "pin_active",
+        "published_per_s",
+        "attempts_per_s",
+        "delivered_per_s",
+        "pending",
+        "due_now",
+        "outstanding_ok",
+        "claim_mean_ms",
+        "rows_per_claim",
+        "buffers_per_claimed_row",
+        "deliveries_dead",
+        "deliveries_live",
+        "deliveries_hot_share",
+        "attempts_total_mb",
+        "xmin_age_xids",
+        "xmin_oldest_s",
+        "dispatch_cpu_pct",
+    ):
+        assert column in columns, column
+    assert any(c.startswith("idx_") for c in columns)
+    phases = {row["phase"] for row in rows}
+    assert {"build", "load"} <= phases, phases
+    assert any(row["pin_active"] == "1" for row in rows)
+    assert any(float(row["attempts_per_s"] or 0) > 0 for row in rows if row["phase"] == "load")
+    (trace,) = tmp_path.glob("soak-*-trace.csv")
+    assert read_csv(trace)[1], "no trace rows"
+    (summary,) = tmp_path.glob("soak-*.md")
+    assert "during pin" in summary.read_text()
+
+
+@pytest.mark.slow
+def test_soak_compares_a_backlog_with_a_live_stream(database_url: str, tmp_path: Path) -> None:
+    """--compare-backlog: the same work as a backlog and as a stream, and their ratio."""
+    result = soak(
+        database_url,
+        tmp_path,
+        *("--compare-backlog", "--backlog", "200", "--destinations", "4"),
+        *("--sample-every", "1"),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "backlog drain / live stream:" in result.stdout
+    (samples,) = tmp_path.glob("soak-*[0-9].csv")
+    phases = {row["phase"] for row in read_csv(samples)[1]}
+    assert {"r0-backlog", "r0-stream"} <= phases, phases
