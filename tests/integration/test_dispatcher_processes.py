@@ -364,3 +364,28 @@ async def test_sigterm_past_the_grace_period_releases_what_is_in_flight(
     assert cut_short <= {r.headers["webhook-id"] for r in receiver.requests[5:]}
     again.proc.send_signal(signal.SIGTERM)
     assert await again.exited(timeout=15) == 0, again.log
+
+
+async def test_an_event_committed_behind_the_cursor_is_delivered_at_once(
+    dispatchers: Any, receiver: Receiver, db: Any, database_url: str, tmp_path: Path
+) -> None:
+    # A producer publishes inside its own transaction (relay's Python API) and commits
+    # seconds later. Its row is due from the transaction's start, so by its commit the
+    # dispatcher's cursor on that destination is past it: events published and delivered
+    # meanwhile moved it. The commit's NOTIFY names the destination and the row's time,
+    # and moves the cursor back; without it the row would wait for the sweep (30 s).
+    config = write_config(tmp_path / "relay.toml", receiver, ["orders"])
+    await dispatchers("dispatch", config)
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as late:
+            await publish(late, Event("acme", "order.created", b"{}", id="evt-late"))
+            await asyncio.sleep(0.5)
+            ids = await publish_many(database_url, 20, per_transaction=1)
+            await receiver.wait_for(20, timeout=15)
+            assert {r.headers["webhook-id"] for r in receiver.requests} == set(ids)
+        # Committed.
+        await receiver.wait_for(21, timeout=10)
+    finally:
+        await engine.dispose()
+    assert receiver.requests[-1].headers["webhook-id"] == "evt-late"
