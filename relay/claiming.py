@@ -38,6 +38,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 Destination = tuple[str, str]
+# A row's place in its destination's queue: (next_attempt_at, id). A cursor is the
+# position of the last row taken; the next claim starts just past it.
+Position = tuple[datetime, int]
 
 # How often every cursor is forgotten and each destination read from its head: the bound
 # on how long a row can wait behind a cursor when its announcement was lost.
@@ -46,11 +49,11 @@ SWEEP_SECONDS = 30.0
 
 @dataclass(frozen=True, slots=True)
 class Take:
-    """Claim up to ``count`` due rows of ``destination``, from ``since`` on."""
+    """Claim up to ``count`` due rows of ``destination``, past ``since``."""
 
     destination: Destination
     count: int
-    since: datetime | None
+    since: Position | None
 
 
 def share_out(
@@ -83,7 +86,7 @@ class Claims:
 
     per_destination: int
     active: set[Destination] = field(default_factory=set)
-    cursors: dict[Destination, datetime] = field(default_factory=dict)
+    cursors: dict[Destination, Position] = field(default_factory=dict)
     # Where the next batch starts sharing out (a different destination each claim).
     turn: int = 0
 
@@ -101,30 +104,30 @@ class Claims:
         return [Take(d, n, self.cursors.get(d)) for d, n in share_out(rooms, limit)]
 
     def took(
-        self, plan: Sequence[Take], keys: Iterable[tuple[Destination, datetime | None]]
+        self, plan: Sequence[Take], rows: Iterable[tuple[Destination, Position | None]]
     ) -> None:
-        """A claim returned rows (their destination and ``next_attempt_at``): cursors move
-        to the last row taken; a destination that gave fewer rows than asked has nothing
-        more due now (or only rows another dispatcher is taking) and leaves ``active``."""
+        """A claim returned rows (their destination and position): cursors move to the
+        last row taken; a destination that gave fewer rows than asked has nothing more
+        due now (or only rows another dispatcher is taking) and leaves ``active``."""
         got: dict[Destination, int] = {}
-        for d, key in keys:
+        for d, position in rows:
             got[d] = got.get(d, 0) + 1
-            if key is not None and (d not in self.cursors or key > self.cursors[d]):
-                self.cursors[d] = key
+            if position is not None and (d not in self.cursors or position > self.cursors[d]):
+                self.cursors[d] = position
         for take in plan:
             if got.get(take.destination, 0) < take.count:
                 self.active.discard(take.destination)
 
-    def announce(self, d: Destination, key: datetime | None = None) -> None:
-        """Rows of ``d`` were written; with ``key``, the earliest ``next_attempt_at`` among
-        them, which the cursor must not be past."""
+    def announce(self, d: Destination, at: datetime | None = None) -> None:
+        """Rows of ``d`` were written; with ``at``, their ``next_attempt_at``: the cursor
+        moves back before them if it is past."""
         self.active.add(d)
-        if key is not None and d in self.cursors and key < self.cursors[d]:
-            self.cursors[d] = key
+        if at is not None and d in self.cursors and (at, 0) < self.cursors[d]:
+            self.cursors[d] = (at, 0)
 
-    def found(self, due: Iterable[tuple[Destination, datetime]]) -> None:
-        """The periodic search's answer: destinations with due rows, and the first one's
-        key (at or after the cursor it was given)."""
+    def found(self, due: Iterable[tuple[Destination, Position]]) -> None:
+        """The periodic search's answer: destinations with due rows, each with a cursor
+        just before the first (past the cursor it was given, which is kept)."""
         for d, key in due:
             self.active.add(d)
             self.cursors.setdefault(d, key)

@@ -295,7 +295,7 @@ class Dispatcher:
                     lease_seconds=self.settings.lease_seconds,
                     token=self.token,
                 )
-                self._claims.took(self._plan, [(c.destination, c.due_at) for c in batch])
+                self._claims.took(self._plan, [(c.destination, c.position) for c in batch])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

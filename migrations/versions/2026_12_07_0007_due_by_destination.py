@@ -5,7 +5,8 @@ Every claimed row leaves an entry there until vacuum removes it, and while any s
 holds a snapshot vacuum removes none: claims slowed from 0.3 ms to 55 ms within four
 minutes of one idle REPEATABLE READ transaction, and the dispatcher never caught up. The
 index now leads with the destination, so a claim reads each destination's range from
-where it last took rows there (relay/claiming.py), past none of those entries.
+just past the (next_attempt_at, id) of the last row it took there (relay/claiming.py),
+past none of those entries.
 
 Revision ID: 0007
 Revises: 0006
@@ -32,7 +33,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_deliveries_due",
         "deliveries",
-        ["tenant_id", "destination_id", "next_attempt_at"],
+        ["tenant_id", "destination_id", "next_attempt_at", "id"],
         schema="relay",
         postgresql_where=PENDING,
     )

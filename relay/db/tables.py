@@ -172,6 +172,7 @@ deliveries = Table(
         "tenant_id",
         "destination_id",
         "next_attempt_at",
+        "id",
         postgresql_where=text("status = 'pending'"),
     ),
     Index(

@@ -414,7 +414,7 @@ async def test_rows_of_a_claim_whose_answer_was_lost_are_taken_back_at_once(
             await sync_config(conn, settings)
         dispatcher = Dispatcher(engine, proxy.url, settings.delivery)
         await dispatcher.start()
-        proxy.lose_next_update_answer()
+        proxy.lose_next_claim_answer()
         ids = await publish_many(database_url, 5)
         started = asyncio.get_running_loop().time()
 

@@ -150,7 +150,7 @@ async def test_each_destination_is_read_in_order_from_the_due_index(db: Any) -> 
     # it (a second per claim at a million pending).
     await seed(db, pending=20_000)
     await db.execute("ANALYZE relay.deliveries")
-    since = datetime.now(UTC) - timedelta(hours=1)
+    since = (datetime.now(UTC) - timedelta(hours=1), 1_000)
     for plan in ([Take(("acme", "orders"), 200, None)], [Take(("acme", "orders"), 32, since)]):
         sql, values = claim_sql(plan)
         # With the values (a prepared statement's first runs), then the generic plan.
@@ -164,6 +164,13 @@ async def test_each_destination_is_read_in_order_from_the_due_index(db: Any) -> 
         for explained in (with_values, generic):
             scans = deliveries_scans(explained)
             assert ("Index Scan", "ix_deliveries_due") in scans, scans
+            # The cursor bounds the index range itself: rows behind it are never read.
+            [due] = [
+                node
+                for node in plan_nodes(explained["Plan"])
+                if node.get("Index Name") == "ix_deliveries_due"
+            ]
+            assert "ROW(next_attempt_at, id) > ROW(" in due["Index Cond"], due
             assert not any(kind == "Seq Scan" for kind, _ in scans), scans
             locked_from = [
                 child["Node Type"]
@@ -213,7 +220,7 @@ async def test_a_claim_does_not_walk_what_was_delivered_while_a_snapshot_was_hel
         for _ in range(30):  # 6,000 delivered while the snapshot is held
             plan = claims.plan({}, 200)
             batch = await outbox.claim(db, plan, lease_seconds=30, token=token)
-            claims.took(plan, [(c.destination, c.due_at) for c in batch])
+            claims.took(plan, [(c.destination, c.position) for c in batch])
             async with db.transaction():
                 await outbox.record_outcomes(db, [recorded(c, True, 200) for c in batch])
         assert (

@@ -3,8 +3,8 @@
 The server commits, and the client never hears so: the connection drops right where the
 ``CommandComplete`` message for COMMIT would have reached it. That is what a network
 failure or a server crash at the wrong moment looks like to relay, made to happen on
-purpose: ``proxy.lose_next_commit_answer()``, or ``lose_next_update_answer()`` for an
-UPDATE that commits on its own (a claim).
+purpose: ``proxy.lose_next_commit_answer()``, or ``lose_next_claim_answer()`` for a
+claim (one statement that commits on its own).
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from sqlalchemy.engine import make_url
 
 # CommandComplete ('C'), length 11, tag "COMMIT\0": the server's answer to COMMIT.
 COMMIT_COMPLETE = re.compile(re.escape(b"C\x00\x00\x00\x0bCOMMIT\x00"))
-# CommandComplete of an UPDATE that changed rows (a claim that took some).
-UPDATE_COMPLETE = re.compile(rb"C\x00\x00\x00.UPDATE [1-9]", re.DOTALL)
+# The rows of a claim that took some: each carries its destination's signing secret
+# (nothing else the dispatcher reads through this proxy does), then the statement's
+# CommandComplete.
+CLAIM_COMPLETE = re.compile(rb"whsec_.*C\x00\x00\x00.SELECT [1-9]", re.DOTALL)
 
 
 class PgProxy:
@@ -50,9 +52,9 @@ class PgProxy:
     def lose_next_commit_answer(self) -> None:
         self._armed = COMMIT_COMPLETE
 
-    def lose_next_update_answer(self) -> None:
-        """The next UPDATE that changes rows (autocommit: it commits) is not answered."""
-        self._armed = UPDATE_COMPLETE
+    def lose_next_claim_answer(self) -> None:
+        """The next claim that takes rows (autocommit: it commits) is not answered."""
+        self._armed = CLAIM_COMPLETE
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         if self._socket is not None:

@@ -34,29 +34,30 @@ def test_destinations_at_their_cap_are_not_asked_and_the_first_turn_rotates() ->
 def test_cursors_follow_the_last_row_taken_and_a_short_answer_ends_activity() -> None:
     claims = Claims(per_destination=10, active={A, B})
     plan = claims.plan({}, 10)
-    claims.took(plan, [(A, T0), (A, T0 + timedelta(seconds=2)), (A, T0 + timedelta(seconds=1))])
-    assert claims.cursors == {A: T0 + timedelta(seconds=2)}
+    # Positions are (next_attempt_at, id): the rows of one transaction share their time.
+    claims.took(plan, [(A, (T0, 7)), (A, (T0 + timedelta(seconds=1), 3)), (A, (T0, 9))])
+    assert claims.cursors == {A: (T0 + timedelta(seconds=1), 3)}
     # A gave fewer rows than asked: nothing more due there now; B gave none.
     assert claims.active == set()
     assert claims.plan({}, 10) == []
 
 
 def test_an_announcement_moves_the_cursor_back_to_rows_that_committed_late() -> None:
-    claims = Claims(per_destination=10, cursors={A: T0})
+    claims = Claims(per_destination=10, cursors={A: (T0, 40)})
     claims.announce(A, T0 - timedelta(milliseconds=5))
-    assert claims.cursors[A] == T0 - timedelta(milliseconds=5)
+    assert claims.cursors[A] == (T0 - timedelta(milliseconds=5), 0)
     claims.announce(A, T0 + timedelta(seconds=1))  # ahead of the cursor: it stays
-    assert claims.cursors[A] == T0 - timedelta(milliseconds=5)
+    assert claims.cursors[A] == (T0 - timedelta(milliseconds=5), 0)
     claims.announce(B)
     assert claims.active == {A, B} and B not in claims.cursors
     [take_a, take_b] = sorted(claims.plan({}, 2), key=lambda t: t.destination)
-    assert (take_a.since, take_b.since) == (T0 - timedelta(milliseconds=5), None)
+    assert (take_a.since, take_b.since) == ((T0 - timedelta(milliseconds=5), 0), None)
 
 
 def test_the_search_keeps_an_existing_cursor_and_the_sweep_forgets_them_all() -> None:
-    claims = Claims(per_destination=10, cursors={A: T0})
-    claims.found([(A, T0 + timedelta(seconds=3)), (B, T0 + timedelta(seconds=1))])
-    assert claims.cursors == {A: T0, B: T0 + timedelta(seconds=1)}
+    claims = Claims(per_destination=10, cursors={A: (T0, 5)})
+    claims.found([(A, (T0 + timedelta(seconds=3), 8)), (B, (T0 + timedelta(seconds=1), 2))])
+    assert claims.cursors == {A: (T0, 5), B: (T0 + timedelta(seconds=1), 2)}
     assert claims.active == {A, B}
     claims.forget_cursors()
     assert claims.cursors == {} and claims.active == {A, B}
