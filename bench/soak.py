@@ -52,8 +52,9 @@ claim (relay_claim_duration_seconds, relay_claimed_total; blank if the dispatche
 them); buffers per claimed row (heap and index blocks of relay.deliveries read or hit,
 from pg_statio_user_tables, divided by the rows claimed, or by attempts without the
 claim counter: all of the table's traffic, publishing, recording and the scrape
-included); live and dead tuples, the HOT share of updates and autovacuum counts of
-deliveries, events and attempts; their sizes and those of each index of deliveries; the
+included); live and dead tuples, the HOT share of updates, autovacuum and autoanalyze
+counts of deliveries, events and attempts; their sizes and those of each index of
+deliveries; the
 xmin horizon (the oldest backend_xmin in this database: its age in transactions, and in
 seconds since its transaction began; and the oldest write transaction on the whole
 server, which holds back every snapshot's xmin, other databases' included); CPU of each
@@ -144,7 +145,16 @@ COLUMNS = [
     *(
         f"{t}_{k}"
         for t in TABLES
-        for k in ("live", "dead", "upd_per_s", "hot_share", "autovacuums", "total_mb", "heap_mb")
+        for k in (
+            "live",
+            "dead",
+            "upd_per_s",
+            "hot_share",
+            "autovacuums",
+            "autoanalyzes",
+            "total_mb",
+            "heap_mb",
+        )
     ),
     "xmin_age_xids",
     "xmin_oldest_s",
@@ -650,7 +660,8 @@ class Sampler:
             r["relname"]: dict(r)
             for r in await conn.fetch(
                 """SELECT s.relname, s.n_live_tup, s.n_dead_tup, s.n_tup_upd, s.n_tup_hot_upd,
-                          s.autovacuum_count, pg_total_relation_size(s.relid) AS total,
+                          s.autovacuum_count, s.autoanalyze_count,
+                          pg_total_relation_size(s.relid) AS total,
                           pg_relation_size(s.relid) AS heap
                    FROM pg_stat_user_tables s
                    WHERE s.schemaname = 'relay' AND s.relname = ANY($1::text[])""",
@@ -781,6 +792,7 @@ class Sampler:
             row[f"{table}_upd_per_s"] = upd / dt
             row[f"{table}_hot_share"] = hot / upd if upd else None
             row[f"{table}_autovacuums"] = t1["autovacuum_count"]
+            row[f"{table}_autoanalyzes"] = t1["autoanalyze_count"]
             row[f"{table}_total_mb"] = t1["total"] / 2**20
             row[f"{table}_heap_mb"] = t1["heap"] / 2**20
         for name, size in now["indexes"].items():
@@ -1174,6 +1186,8 @@ FIGURES = [
     ("deliveries dead tuples (max)", "deliveries_dead", 0, "max"),
     ("deliveries live tuples (max)", "deliveries_live", 0, "max"),
     ("deliveries HOT share of updates", "deliveries_hot_share", 2, "mean"),
+    ("deliveries autovacuums so far", "deliveries_autovacuums", 0, "max"),
+    ("deliveries autoanalyzes so far", "deliveries_autoanalyzes", 0, "max"),
     ("deliveries total MB (max)", "deliveries_total_mb", 1, "max"),
     ("attempts total MB (max)", "attempts_total_mb", 1, "max"),
     ("xmin horizon age s (max)", "xmin_oldest_s", 0, "max"),
@@ -1229,11 +1243,16 @@ def figure(rows: list[dict[str, Any]], key: str, how: str) -> float:
 
 def drain_time(run: Run, after: float, threshold: float) -> float | None:
     """Seconds from `after` until the outstanding deliveries at the always-200
-    destinations are back at or under `threshold` (1-second trace)."""
-    for point in run.trace:
-        if point["t_s"] >= after and point["outstanding_ok"] <= threshold:
-            return float(point["t_s"] - after)
-    return None
+    destinations are at or under `threshold` for good (the 1-second trace: the first
+    point after the last one above it; 0 if none after `after` was above; None if the
+    run ended above it)."""
+    points = [p for p in run.trace if p["t_s"] >= after]
+    above = [i for i, p in enumerate(points) if p["outstanding_ok"] > threshold]
+    if not above:
+        return 0.0
+    if above[-1] + 1 == len(points):
+        return None
+    return float(points[above[-1] + 1]["t_s"] - after)
 
 
 def summarize_soak(run: Run, result: dict[str, Any]) -> str:
@@ -1265,16 +1284,34 @@ def summarize_soak(run: Run, result: dict[str, Any]) -> str:
             (p["outstanding_ok"] for p in run.trace if p["t_s"] >= run.marks["pin_start"]),
             default=0,
         )
+        load_end = run.marks.get("load_end", math.inf)
         facts.append(
             f"pin ({args.pin_kind}) held t={run.marks['pin_start']:.0f}-"
             f"{run.marks['pin_end']:.0f}s; outstanding at the 200-only destinations peaked "
-            f"at {peak:,} after it began (pre-pin max {threshold:,}); back under the "
-            f"pre-pin max "
-            + (f"{took:.0f}s after the pin ended" if took is not None else "never in this run")
+            f"at {peak:,} after it began (pre-pin max {threshold:,}); under the pre-pin max "
+            "for good "
+            + (
+                "never in this run"
+                if took is None
+                else f"{took:.0f}s after the pin ended"
+                + (
+                    f" (the load had ended at t={load_end:.0f}s)"
+                    if run.marks["pin_end"] + took > load_end
+                    else ""
+                )
+            )
         )
     if args.backlog:
         threshold = max(10.0, args.rate * len(run.ok_destinations) * 0.25)
-        took = drain_time(run, load_start, threshold)
+        # The first time the backlog is down to a quarter second's live work.
+        took = next(
+            (
+                float(p["t_s"] - load_start)
+                for p in run.trace
+                if p["t_s"] > load_start and p["outstanding_ok"] <= threshold
+            ),
+            None,
+        )
         built = result.get("backlog_deliveries", 0)
         facts.append(
             f"backlog: {built:,} deliveries published in {result.get('backlog_build_s', 0):.1f}s "
