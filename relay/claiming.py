@@ -17,11 +17,13 @@ transaction's start, and is seen only after that transaction commits; one that c
 late (a producer's transaction with relay's Python API, a group commit overtaken by
 another) arrives behind the cursor. Every write of new deliveries announces its
 destinations and its key on NOTIFY (relay/db/publishing.py), which moves the cursor back
-to that key. Retries are written ahead of any cursor (their time is in the future).
-Requeues by operators and released leases announce themselves without a key, which
-forgets every cursor. NOTIFY is a hint: a listener that was down misses some, so every
-``SWEEP_SECONDS`` all cursors are forgotten anyway, and each destination is read once
-from its head.
+to that key; so does every recorded retry (due in the future, ahead of any cursor, unless
+its delay is shorter than the recorder's transaction). An announcement that arrives while
+a claim or a search runs is applied again after its answer, whose snapshot may predate
+those rows. Requeues by operators and released leases announce themselves without a
+key, which forgets every cursor. NOTIFY is a hint: a listener that was down misses some,
+so every ``SWEEP_SECONDS`` all cursors are forgotten anyway, and each destination is
+read once from its head.
 
 Which destinations. The claim reads only destinations known to have due work
 (``active``): announced, found by the periodic search (``find_due``, every poll
@@ -89,6 +91,25 @@ class Claims:
     cursors: dict[Destination, Position] = field(default_factory=dict)
     # Where the next batch starts sharing out (a different destination each claim).
     turn: int = 0
+    # Announced since the current statement began (``begin``): its snapshot may predate
+    # those rows, so its answer must not move a cursor past them.
+    _late: dict[Destination, datetime] = field(default_factory=dict)
+    _forgot: bool = False
+
+    def begin(self) -> None:
+        """A claim or a search is about to read the queue."""
+        self._late.clear()
+        self._forgot = False
+
+    def _settle(self) -> None:
+        """After a statement's answer moved cursors: put back what was announced while it
+        ran (rows it could not see), and forget all again if a wake-up said so."""
+        if self._forgot:
+            self.cursors.clear()
+        for d, at in self._late.items():
+            if d in self.cursors and (at, 0) < self.cursors[d]:
+                self.cursors[d] = (at, 0)
+        self.begin()
 
     def plan(self, in_flight: Mapping[Destination, int], limit: int) -> list[Take]:
         """The next claim: active destinations below their cap, sharing ``limit``."""
@@ -117,24 +138,32 @@ class Claims:
         for take in plan:
             if got.get(take.destination, 0) < take.count:
                 self.active.discard(take.destination)
+        self._settle()
 
     def announce(self, d: Destination, at: datetime | None = None) -> None:
         """Rows of ``d`` were written; with ``at``, their ``next_attempt_at``: the cursor
         moves back before them if it is past."""
         self.active.add(d)
-        if at is not None and d in self.cursors and (at, 0) < self.cursors[d]:
+        if at is None:
+            return
+        if d in self.cursors and (at, 0) < self.cursors[d]:
             self.cursors[d] = (at, 0)
+        if d not in self._late or at < self._late[d]:
+            self._late[d] = at
 
     def found(self, due: Iterable[tuple[Destination, Position]]) -> None:
         """The periodic search's answer: destinations with due rows, each with a cursor
         just before the first (past the cursor it was given, which is kept)."""
-        for d, key in due:
+        for d, position in due:
             self.active.add(d)
-            self.cursors.setdefault(d, key)
+            self.cursors.setdefault(d, position)
+        self._settle()
 
     def forget_cursors(self) -> None:
-        """Read every destination from its head again (the sweep)."""
+        """Read every destination from its head again (the sweep, or a wake-up naming no
+        destination)."""
         self.cursors.clear()
+        self._forgot = True
 
     def drop(self, d: Destination) -> None:
         """A destination that cannot be claimed (disabled, deleted) leaves ``active``."""

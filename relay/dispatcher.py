@@ -288,6 +288,7 @@ class Dispatcher:
                     self._claim_in_doubt = False
                 await self._search(self._claim_conn)
                 self._plan = self._claims.plan(self._busy(), min(self.settings.batch_size, free))
+                self._claims.begin()
                 started = time.perf_counter()
                 batch = await outbox.claim(
                     self._claim_conn,
@@ -334,7 +335,8 @@ class Dispatcher:
             self._search_at = now
         if now >= self._search_at:
             self._search_at = now + self.settings.poll_interval_seconds
-            self._claims.found(await outbox.find_due(conn, self._claims.cursors))
+            self._claims.begin()
+            self._claims.found(await outbox.find_due(conn, dict(self._claims.cursors)))
 
     def _notified(self, payload: str) -> None:
         """A NOTIFY: new rows for the destination it names, or (naming none) rows that

@@ -36,16 +36,21 @@ NOTIFY_CHANNEL = "relay_outbox"
 # it: they are rare, and their rows may land behind any cursor.
 NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
 
-# New pending rows announce their destination and their next_attempt_at (now(): the
-# writing transaction's start), in microseconds since the epoch: a dispatcher's cursor on
-# that destination moves back to it. Written by the statements that insert deliveries,
-# from their rows' tenant_id and destination_id. A payload PostgreSQL would refuse (over
-# 8000 bytes, for ids that long) becomes the one that names none.
-ANNOUNCE = f"""pg_notify('{NOTIFY_CHANNEL}',
+# New pending rows announce their destination and their next_attempt_at, in microseconds
+# since the epoch: a dispatcher's cursor on that destination moves back to it if it is
+# past (relay/claiming.py). Written by the statements that make rows pending, from their
+# rows' tenant_id and destination_id and ``at`` (now() for new rows: the writing
+# transaction's start). A payload PostgreSQL would refuse (over 8000 bytes, for ids that
+# long) becomes the one that names none.
+def announce(at: str = "now()") -> str:
+    return f"""pg_notify('{NOTIFY_CHANNEL}',
     CASE WHEN octet_length(tenant_id) + octet_length(destination_id) < 7000
          THEN json_build_array(tenant_id, destination_id,
-                               (extract(epoch FROM now()) * 1000000)::bigint)::text
+                               (extract(epoch FROM {at}) * 1000000)::bigint)::text
          ELSE '' END)"""
+
+
+ANNOUNCE = announce()
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -339,7 +344,7 @@ QUARANTINE = text("""
 # the batch: statistics read while few rows were in flight make that scan look like
 # one row. Found by primary key instead, a batch of 200 took 12-20 ms with 2,000 rows in
 # flight, against 185-305 ms.
-RECORD_OUTCOMES = text("""
+RECORD_OUTCOMES = text(f"""
     WITH o AS (
         SELECT * FROM unnest(
             :delivery_id, :token, :event_seq, :tenant_id, :destination_id, :number,
@@ -364,7 +369,14 @@ RECORD_OUTCOMES = text("""
         FROM o
         WHERE d.id = o.delivery_id AND d.claim_token = o.token AND d.attempts = o.number
           AND d.status IS NOT DISTINCT FROM 'delivering'
-        RETURNING d.id
+        RETURNING d.id, d.tenant_id, d.destination_id, d.status, d.next_attempt_at
+    ), woken AS (
+        -- Retries are due ahead of every cursor, unless their delay is shorter than
+        -- this transaction: announced all the same.
+        SELECT {announce("first_retry")}
+        FROM (SELECT tenant_id, destination_id, min(next_attempt_at) AS first_retry
+              FROM updated WHERE status = 'pending'
+              GROUP BY tenant_id, destination_id) AS each_destination
     )
     INSERT INTO relay.attempts
         (delivery_id, event_seq, tenant_id, destination_id, number, status, http_status,
@@ -378,6 +390,8 @@ RECORD_OUTCOMES = text("""
         SELECT 1 FROM relay.attempts x
         WHERE x.delivery_id = o.delivery_id AND x.number = o.number
           AND x.started_at = o.started_at)
+      -- Always true; it is there to run woken (a SELECT CTE nothing reads is not run).
+      AND (SELECT count(*) FROM woken) >= 0
     RETURNING delivery_id, number
 """).bindparams(
     bindparam("delivery_id", type_=ARRAY(BigInteger)),

@@ -3,6 +3,7 @@ dispatcher uses: prepared, no pool) as on a SQLAlchemy connection (tools, docs).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -291,3 +292,27 @@ async def test_recording_finds_each_delivery_by_its_key_however_many_are_in_flig
         if node.get("Relation Name") == "deliveries"
     ]
     assert scans == [("Index Scan", "pk_deliveries")], scans
+
+
+async def test_recorded_retries_are_announced_with_their_time(db: Any, database_url: str) -> None:
+    # A retry whose delay is shorter than the recorder's transaction could land behind a
+    # dispatcher's cursor; its NOTIFY names the destination and when it is due.
+    await seed(db, pending=2)
+    heard: list[str] = []
+    listener = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        await listener.add_listener(outbox.NOTIFY_CHANNEL, lambda *args: heard.append(args[3]))
+        claimed = await outbox.claim_due(db, limit=2, lease_seconds=30, token=uuid.uuid4())
+        async with db.transaction():
+            await outbox.record_outcomes(
+                db, [recorded(claimed[0], True, 200), recorded(claimed[1], False, 500)]
+            )
+        due = await db.fetchval(
+            "SELECT next_attempt_at FROM relay.deliveries WHERE status = 'pending'"
+        )
+        async with asyncio.timeout(5):
+            while not heard:
+                await asyncio.sleep(0.01)
+    finally:
+        await listener.close()
+    assert [outbox.announced(payload) for payload in heard] == [(("acme", "orders"), due)]

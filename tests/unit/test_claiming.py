@@ -61,3 +61,31 @@ def test_the_search_keeps_an_existing_cursor_and_the_sweep_forgets_them_all() ->
     assert claims.active == {A, B}
     claims.forget_cursors()
     assert claims.cursors == {} and claims.active == {A, B}
+
+
+def test_rows_announced_while_a_claim_runs_are_not_jumped_over_by_its_answer() -> None:
+    # The claim's snapshot was taken before a transaction with earlier rows committed;
+    # its NOTIFY arrived while the claim ran. The claim's answer (later positions) must
+    # not move the cursor past those rows: nothing would read them until the sweep.
+    claims = Claims(per_destination=10, active={A}, cursors={A: (T0, 1)})
+    plan = claims.plan({}, 5)
+    claims.begin()
+    claims.announce(A, T0 + timedelta(seconds=1))  # ahead of the cursor when it came
+    claims.took(plan, [(A, (T0 + timedelta(seconds=2), 50))] * 5)
+    assert claims.cursors[A] == (T0 + timedelta(seconds=1), 0)
+    # The same for a search, and for a wake-up that names no destination.
+    claims = Claims(per_destination=10)
+    claims.begin()
+    claims.announce(B, T0)
+    claims.found([(B, (T0 + timedelta(seconds=3), 9))])
+    assert claims.cursors[B] == (T0, 0)
+    claims.begin()
+    claims.forget_cursors()
+    claims.took([], [(B, (T0 + timedelta(seconds=4), 10))])
+    assert claims.cursors == {}
+    # Announcements before the statement began were applied then; they are not kept.
+    claims = Claims(per_destination=10, active={A}, cursors={A: (T0, 1)})
+    claims.announce(A, T0 + timedelta(seconds=1))
+    claims.begin()
+    claims.took(claims.plan({}, 1), [(A, (T0 + timedelta(seconds=2), 50))])
+    assert claims.cursors[A] == (T0 + timedelta(seconds=2), 50)
