@@ -36,6 +36,7 @@ NOTIFY_CHANNEL = "relay_outbox"
 # it: they are rare, and their rows may land behind any cursor.
 NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
 
+
 # New pending rows announce their destination and their next_attempt_at, in microseconds
 # since the epoch: a dispatcher's cursor on that destination moves back to it if it is
 # past (relay/claiming.py). Written by the statements that make rows pending, from their
