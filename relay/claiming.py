@@ -2,15 +2,16 @@
 and from where in each destination's queue. State and pure decisions, no I/O.
 
 Why a cursor per destination. A claim reads relay.deliveries through ix_deliveries_due,
-(tenant_id, destination_id, next_attempt_at) over pending rows. Every row claimed leaves
+(tenant_id, destination_id, next_attempt_at, id) over pending rows. Every row claimed leaves
 its entry behind, pointing at a dead row version, until vacuum removes it; and while any
 session holds a snapshot (an analytics query, an idle REPEATABLE READ transaction, a
 backup), vacuum can remove none of them. A claim that starts at the head of the queue
 walks every one of those entries: after four minutes at 1,000 deliveries a second, a
 quarter of a million per claim, and the dispatcher falls behind for good. So each
-destination is read from where this dispatcher last took rows there: the ``next_attempt_at``
-of its last claimed row. Rows before it were taken already, by us or by another
-dispatcher (whose locked rows SKIP LOCKED passes over), so a claim reads what is new.
+destination is read from just past where this dispatcher last took rows there: the
+position, (next_attempt_at, id), of its last claimed row. Rows before it were taken
+already, by us or by another dispatcher (whose locked rows SKIP LOCKED passes over), so
+a claim reads what is new.
 
 What can land behind a cursor. A row is written with ``next_attempt_at = now()``, its
 transaction's start, and is seen only after that transaction commits; one that commits
