@@ -261,10 +261,12 @@ class Dispatcher:
     def wake(self) -> None:
         self._wake.set()
 
-    async def _connected(self, conn: asyncpg.Connection | None) -> asyncpg.Connection:
+    async def _connected(
+        self, conn: asyncpg.Connection | None, **session: str
+    ) -> asyncpg.Connection:
         if conn is not None and not conn.is_closed():
             return conn
-        return await connect_raw(self.database_url, command_timeout=30)
+        return await connect_raw(self.database_url, command_timeout=30, server_settings=session)
 
     # --- claim -> deliver --------------------------------------------------------------
 
@@ -279,7 +281,7 @@ class Dispatcher:
                 continue
             self._freed = 0
             try:
-                self._claim_conn = await self._connected(self._claim_conn)
+                self._claim_conn = await self._connected(self._claim_conn, **outbox.CLAIM_SESSION)
                 if self._claim_in_doubt:
                     # The last claim's connection broke: it may have committed, leaving
                     # rows with our token that we do not hold. Take them now, rather than
@@ -356,7 +358,7 @@ class Dispatcher:
         ``unprocessable`` attempt row) instead of failing every claim, or coming back
         with its neighbours after every lease, forever."""
         try:
-            self._claim_conn = await self._connected(self._claim_conn)
+            self._claim_conn = await self._connected(self._claim_conn, **outbox.CLAIM_SESSION)
             await self._one_by_one(self._claim_conn, due=True)
         except asyncio.CancelledError:
             raise

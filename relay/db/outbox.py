@@ -150,6 +150,14 @@ CLAIM = text(f"""
     bindparam("lease_seconds", type_=Float),
 )
 
+# The session the claims and searches run in. Without sorts, a destination's due rows
+# can only come from ix_deliveries_due, in order, stopped at the count. Planned from
+# statistics that say a destination has a few rows (a table filled since the last
+# ANALYZE: any new deployment, any sudden backlog), PostgreSQL read all of them through
+# another index on the destination and sorted them: 44 ms per claim at 100,000 pending
+# for one destination, instead of under one.
+CLAIM_SESSION: dict[str, str] = {"enable_sort": "off"}
+
 # The periodic search (polling is the truth): which enabled destinations have due rows
 # past their cursor (from the head for those without one), and the first one's position.
 # One probe of ix_deliveries_due per destination.
