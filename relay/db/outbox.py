@@ -101,6 +101,22 @@ _CLAIMED = """
 # (which cannot know how few rows a claim takes) hashed the destinations against a
 # sequential scan of relay.deliveries: every claim read the whole table, 50 ms a claim
 # behind a backlog of 200,000.
+_QUEUE = """
+    FROM relay.deliveries d
+    WHERE d.tenant_id = {tenant} AND d.destination_id = {destination}
+      AND d.status = 'pending'
+      AND (d.next_attempt_at, d.id)
+          > (COALESCE({since}.since_at, '-infinity'), COALESCE({since}.since_id, 0))
+      AND d.next_attempt_at <= now()
+    ORDER BY d.next_attempt_at, d.id"""
+
+
+def _queue(tenant: str, destination: str, since: str) -> str:
+    """A destination's due rows past its cursor (``since``: the alias of the row holding
+    since_at and since_id), in queue order: one range of ix_deliveries_due."""
+    return _QUEUE.format(tenant=tenant, destination=destination, since=since)
+
+
 CLAIM = text(f"""
     WITH asked AS (
         SELECT a.* FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
@@ -114,13 +130,7 @@ CLAIM = text(f"""
         FROM asked a
         CROSS JOIN LATERAL (
             SELECT d.id, d.manual, d.next_attempt_at
-            FROM relay.deliveries d
-            WHERE d.tenant_id = a.tenant_id AND d.destination_id = a.destination_id
-              AND d.status = 'pending'
-              AND (d.next_attempt_at, d.id)
-                  > (COALESCE(a.since_at, '-infinity'), COALESCE(a.since_id, 0))
-              AND d.next_attempt_at <= now()
-            ORDER BY d.next_attempt_at, d.id
+            {_queue("a.tenant_id", "a.destination_id", "a")}
             LIMIT a.count
             FOR UPDATE SKIP LOCKED
         ) p
@@ -161,7 +171,7 @@ CLAIM_SESSION: dict[str, str] = {"enable_sort": "off"}
 # The periodic search (polling is the truth): which enabled destinations have due rows
 # past their cursor (from the head for those without one), and the first one's position.
 # One probe of ix_deliveries_due per destination.
-FIND_DUE = text("""
+FIND_DUE = text(f"""
     SELECT t.tenant_id, t.id AS destination_id, first.next_attempt_at, first.id
     FROM relay.destinations t
     LEFT JOIN unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
@@ -170,13 +180,7 @@ FIND_DUE = text("""
       ON c.tenant_id = t.tenant_id AND c.destination_id = t.id
     CROSS JOIN LATERAL (
         SELECT d.next_attempt_at, d.id
-        FROM relay.deliveries d
-        WHERE d.tenant_id = t.tenant_id AND d.destination_id = t.id
-          AND d.status = 'pending'
-          AND (d.next_attempt_at, d.id)
-                  > (COALESCE(c.since_at, '-infinity'), COALESCE(c.since_id, 0))
-          AND d.next_attempt_at <= now()
-        ORDER BY d.next_attempt_at, d.id
+        {_queue("t.tenant_id", "t.id", "c")}
         LIMIT 1
     ) first
     WHERE t.disabled_at IS NULL AND t.deleted_at IS NULL
@@ -281,20 +285,15 @@ CLAIMED_IDS = text("""
 )
 
 # The rows a claim (its plan) would take first.
-DUE_IDS = text("""
+DUE_IDS = text(f"""
     SELECT p.id
     FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
                 CAST(:counts AS int[]), CAST(:since_at AS timestamptz[]),
                 CAST(:since_id AS bigint[]))
         AS a(tenant_id, destination_id, count, since_at, since_id)
     CROSS JOIN LATERAL (
-        SELECT d.id FROM relay.deliveries d
-        WHERE d.tenant_id = a.tenant_id AND d.destination_id = a.destination_id
-          AND d.status = 'pending'
-          AND (d.next_attempt_at, d.id)
-                  > (COALESCE(a.since_at, '-infinity'), COALESCE(a.since_id, 0))
-          AND d.next_attempt_at <= now()
-        ORDER BY d.next_attempt_at, d.id
+        SELECT d.id
+        {_queue("a.tenant_id", "a.destination_id", "a")}
         LIMIT a.count
     ) p
 """)
