@@ -39,7 +39,8 @@ LATENCY_BUCKETS = (
     21600,
 )
 
-# Claim statement buckets, seconds: a healthy claim takes well under a millisecond.
+# Claim statement buckets, seconds: from an idle claim (well under a millisecond) to one
+# that waits for its commit's flush and a CPU on a busy machine (several milliseconds).
 CLAIM_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 
 
