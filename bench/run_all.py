@@ -103,22 +103,31 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
 
 
 @contextlib.contextmanager
-def process(args: list[str], *, env: dict[str, str] | None = None, log: str) -> Iterator[Any]:
-    OUT.mkdir(exist_ok=True)
-    with open(OUT / f"{log}.log", "ab") as out:
+def process(
+    args: list[str], *, env: dict[str, str] | None = None, log: str | Path
+) -> Iterator[Any]:
+    """A child process, its output in ``log`` (a path, or a name in bench/out), stopped as
+    an operator would (SIGTERM, then SIGKILL after 30 s)."""
+    path = log if isinstance(log, Path) else OUT / f"{log}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as out:
         proc = subprocess.Popen(
             args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
         )
         try:
             yield proc
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def median(values: list[float]) -> float:

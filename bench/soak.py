@@ -81,7 +81,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -89,6 +89,9 @@ from typing import Any, TextIO
 
 import aiohttp
 import asyncpg
+
+# Process plumbing as bench/run has it (this script's directory is on sys.path).
+from run_all import free_port, percentile, process, start_postgres, wait_port
 
 import relay
 from relay.config import DeliverySettings
@@ -176,62 +179,10 @@ TRACE_COLUMNS = ["t_s", "phase", "published", "received_ok", "received_failed", 
 # --- plumbing -----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 90) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} (see bench/out/)")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{proc.args!r} did not listen on {port}")
-
-
-@contextlib.contextmanager
-def process(args: list[str], *, env: dict[str, str] | None = None, log: Path) -> Iterator[Any]:
-    """A child process, stopped as an operator would (SIGTERM, then SIGKILL after 30 s)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
-        try:
-            yield proc
-        finally:
-            stop(proc)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def with_database(url: str, name: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def mean(values: list[float]) -> float:
@@ -1523,8 +1474,6 @@ async def main_async(args: argparse.Namespace) -> int:
     # PG_SETTINGS: durable, and no zero-filling of new WAL files, which a server that has
     # run a while recycles instead); everything else PostgreSQL's defaults, autovacuum on.
     sys.path.insert(0, str(ROOT))
-    from run_all import start_postgres
-
     from tests.support.pgserver import PgServer
 
     pg = PgServer()
