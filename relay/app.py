@@ -15,6 +15,7 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from relay import retention
 from relay.api import metrics as metrics_api
 from relay.api import outpost, pod
 from relay.api.errors import error_middleware
@@ -81,6 +82,9 @@ async def prepare_database(app: web.Application) -> AsyncIterator[None]:
             await migrations.dispose()
         async with engine.begin() as conn:
             await sync_config(conn, settings)
+        # History slices ahead of now before anything is written (retiring old ones is
+        # the slices loop's: it may wait on other sessions).
+        await retention.maintain(engine, settings.retention, retire=False)
         yield
     finally:
         await engine.dispose()
@@ -152,8 +156,8 @@ async def run_group_commit(app: web.Application) -> AsyncIterator[None]:
 
 
 async def run_housekeeping(app: web.Application) -> AsyncIterator[None]:
-    """The xmin horizon watch, in every process (relay/horizon.py); in dispatchers also
-    strays on deleted destinations and retention (see relay.ops.housekeeping_loop)."""
+    """In every process: the xmin horizon watch (relay/horizon.py) and the history slices
+    (relay/retention.py); in dispatchers also strays on deleted destinations."""
     supervisor = Supervisor("housekeeping")
     app[METRICS].supervisors.append(supervisor)
     engine, settings = app[ENGINE], app[SETTINGS]
@@ -162,9 +166,9 @@ async def run_housekeeping(app: web.Application) -> AsyncIterator[None]:
     )
     app[HORIZON] = watch
     supervisor.start("horizon", watch.run)
+    supervisor.start("slices", lambda loop: retention.slices_loop(engine, settings.retention, loop))
     if app[DISPATCHER] is not None:
-        retention = settings.retention
-        supervisor.start("rounds", lambda loop: housekeeping_loop(engine, retention, loop))
+        supervisor.start("rounds", lambda loop: housekeeping_loop(engine, loop))
     try:
         yield
     finally:

@@ -69,7 +69,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stats", help="backlog and destination health at a glance")
 
-    prune = sub.add_parser("prune", help="remove finished history older than the retention age")
+    prune = sub.add_parser(
+        "prune", help="drop the slices of history older than the retention age, now"
+    )
     prune.add_argument(
         "--older-than-days",
         type=_positive_float,
@@ -215,7 +217,7 @@ def _database(settings: Settings) -> tuple[str, Any]:
 
 
 async def _operate(args: argparse.Namespace, settings: Settings, database_url: str) -> int:
-    from relay import ops
+    from relay import ops, retention
     from relay.db.engine import create_engine
     from relay.db.migrate import upgrade
     from relay.db.ops import ReplayFilter
@@ -254,10 +256,8 @@ async def _operate(args: argparse.Namespace, settings: Settings, database_url: s
                 file=sys.stderr,
             )
             return 2
-        await ops.prune(
-            engine, timedelta(days=days), sys.stdout, batch_size=settings.retention.batch_size
-        )
-        return 0
+        done = await retention.prune(engine, settings.retention, timedelta(days=days), sys.stdout)
+        return 0 if done is not None else 1
     finally:
         await engine.dispose()
 

@@ -1,4 +1,5 @@
-"""Operator commands: `relay events show`, `relay replay`, `relay stats`, `relay prune`.
+"""Operator commands: `relay events show`, `relay replay`, `relay stats` (`relay prune` is
+relay.retention).
 
 Each takes an engine and a stream to write to, so the tests run them as the CLI does.
 Long operations work in bounded batches and report progress after each one.
@@ -14,7 +15,6 @@ from typing import Any, TextIO
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay.config import RetentionSettings
 from relay.db import horizon, ops
 from relay.horizon import is_above, remedy, summary
 from relay.supervise import Loop
@@ -97,11 +97,11 @@ async def replay(
     done, after = 0, 0
     while True:
         async with engine.begin() as conn:
-            ids = await ops.replay_batch(conn, selection, after=after, limit=batch_size)
-        if not ids:
+            ids, last = await ops.replay_batch(conn, selection, after=after, limit=batch_size)
+        if last is None:
             break
         done += len(ids)
-        after = ids[-1]
+        after = last
         out.write(f"replayed {done}/{total}\n")
         out.flush()
     out.write(f"replayed {done} deliveries\n")
@@ -165,57 +165,18 @@ def _write_horizon(holders: list[horizon.Holder], warn_after: float, out: TextIO
         )
 
 
-async def prune(
-    engine: AsyncEngine, max_age: timedelta, out: TextIO | None, *, batch_size: int = 5000
-) -> ops.Pruned:
-    """Remove finished history older than max_age, batch by batch, until none is left."""
-    cutoff = datetime.now(UTC) - max_age
-    total = ops.Pruned()
-    while True:
-        async with engine.begin() as conn:
-            batch = await ops.prune_batch(conn, cutoff, batch_size)
-        if batch is None:
-            if out is not None:
-                out.write("another process is pruning; try again later\n")
-            break
-        if batch.events == 0:
-            break
-        total.events += batch.events
-        total.deliveries += batch.deliveries
-        total.attempts += batch.attempts
-        if out is not None:
-            out.write(
-                f"pruned {total.events} events, {total.deliveries} deliveries, "
-                f"{total.attempts} attempts\n"
-            )
-            out.flush()
-    if out is not None:
-        out.write(f"done: {total.events} events older than {_cell(cutoff)} removed\n")
-    return total
-
-
-async def housekeeping_loop(
-    engine: AsyncEngine, settings: RetentionSettings, loop: Loop, interval: float = 60.0
-) -> None:
-    """Run in dispatcher processes: end deliveries stranded on deleted destinations, and
-    prune finished history when retention is configured (one process at a time)."""
-    max_age = timedelta(days=settings.max_age_days)
-    last_prune = float("-inf")
-    clock = asyncio.get_running_loop()
+async def housekeeping_loop(engine: AsyncEngine, loop: Loop, interval: float = 60.0) -> None:
+    """Run in dispatcher processes: end deliveries stranded on deleted destinations.
+    (Retention is relay.retention's slices loop.)"""
     while True:
         try:
             async with engine.begin() as conn:
                 ended = await ops.fail_deleted_destinations(conn)
             if ended:
                 log.info("ended %d deliveries to deleted destinations", ended)
-            if settings.max_age_days and clock.time() - last_prune >= settings.interval_seconds:
-                last_prune = clock.time()
-                pruned = await prune(engine, max_age, None, batch_size=settings.batch_size)
-                if pruned.events:
-                    log.info("retention removed %d events older than %s", pruned.events, max_age)
             loop.beat()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("housekeeping round failed: %s", exc)
-        await asyncio.sleep(min(interval, settings.interval_seconds))
+        await asyncio.sleep(interval)

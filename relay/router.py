@@ -17,7 +17,7 @@ import logging
 import asyncpg
 import orjson
 
-from relay.db import publishing
+from relay.db import publishing, slices
 from relay.db.engine import connect_raw, is_connection_failure
 from relay.publish import route_event
 from relay.supervise import Loop, Supervisor
@@ -28,9 +28,13 @@ log = logging.getLogger(__name__)
 async def route_pending(conn: asyncpg.Connection, limit: int = 500) -> int:
     """Route up to ``limit`` unrouted events in one transaction; how many were taken."""
     async with conn.transaction():
+        # Routing makes deliveries active: an event whose slice of history is closing
+        # must be kept (relay/db/slices.py).
+        await slices.revive(conn)
         events = await publishing.claim_unrouted(conn, limit)
         if not events:
             return 0
+        await slices.keep_revived(conn, [e.seq for e in events])
         routes = await publishing.tenant_routes(conn, sorted({e.tenant_id for e in events}))
         tenants = routes.tenants
         rows: list[tuple[int, str, str]] = []

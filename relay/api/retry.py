@@ -52,6 +52,9 @@ async def retry(request: web.Request) -> web.Response:
             raise BadRequest(
                 f"the event does not pass destination {body.destination_id!r}'s filter"
             )
-        if not await admin.requeue(conn, target.event_seq, target.tenant_id, body.destination_id):
+        queued = await admin.requeue(conn, target.event_seq, target.tenant_id, body.destination_id)
+        if queued is None:
+            raise NotFound(f"event {body.event_id!r} not found")
+        if not queued:
             raise Conflict("an attempt of this event to this destination is in progress; try again")
     return json_response({"success": True}, status=202)

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import Text
 
-from relay.db import outbox
+from relay.db import outbox, slices
 from relay.db.history import Position
 from relay.db.tables import TS
 
@@ -443,16 +443,33 @@ RETRY_TARGET = text("""
 """)
 
 # Due now, marked manual (the dispatcher copies that into the attempt). A delivery in
-# flight is left alone: its lease owner is about to record an outcome.
+# flight is left alone: its lease owner is about to record an outcome. One that ended
+# moves back from its slice of finished history to the hot table (same id, same count of
+# attempts); one that never was is new. Nothing happens if the event has gone with its
+# slice meanwhile (the caller kept it first if its slice is closing: relay/db/slices.py).
 REQUEUE = text("""
-    INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id, manual)
-    VALUES (:event_seq, :tenant_id, :destination_id, true)
+    WITH revived AS (
+        DELETE FROM relay.deliveries_finished f
+        WHERE f.event_seq = :event_seq AND f.destination_id = :destination_id
+          AND EXISTS (SELECT 1 FROM relay.events e WHERE e.seq = :event_seq)
+        RETURNING f.*
+    )
+    INSERT INTO relay.deliveries_active
+        (id, event_seq, tenant_id, destination_id, attempts, last_error, manual, created_at)
+    SELECT COALESCE(r.id, nextval('relay.delivery_ids')), :event_seq, :tenant_id,
+           :destination_id, COALESCE(r.attempts, 0), r.last_error, true,
+           COALESCE(r.created_at, now())
+    FROM (SELECT 1) AS one
+    LEFT JOIN revived r ON true
+    WHERE EXISTS (SELECT 1 FROM relay.events e WHERE e.seq = :event_seq)
     ON CONFLICT (event_seq, destination_id) DO UPDATE
     SET status = 'pending', next_attempt_at = now(), manual = true,
         claim_token = NULL, lease_expires_at = NULL, updated_at = now()
-    WHERE deliveries.status <> 'delivering'
+    WHERE deliveries_active.status <> 'delivering'
     RETURNING id
 """)
+
+EVENT_EXISTS = text("SELECT EXISTS (SELECT 1 FROM relay.events WHERE seq = :event_seq)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,10 +509,15 @@ async def retry_target(
 
 async def requeue(
     conn: AsyncConnection, event_seq: int, tenant_id: str, destination_id: str
-) -> bool:
-    """Make the delivery due now as a manual attempt; False when one is in flight."""
+) -> bool | None:
+    """Make the delivery due now as a manual attempt; False when one is in flight, None
+    when the event has gone with its slice of history."""
+    await slices.revive(conn)
+    await slices.keep_revived(conn, [event_seq])
     params = {"event_seq": event_seq, "tenant_id": tenant_id, "destination_id": destination_id}
     queued = (await conn.execute(REQUEUE, params)).first() is not None
+    if not queued and not (await conn.execute(EVENT_EXISTS, params)).scalar_one():
+        return None
     if queued:
         await conn.execute(outbox.NOTIFY)
     return queued

@@ -1,7 +1,7 @@
-"""Operator SQL: an event's story, bulk replay, backlog and health, retention.
+"""Operator SQL: an event's story, bulk replay, backlog and health.
 
 Reads go through the history views (the supported interface, docs/sql.md); writes are
-bounded batches so a large replay or prune never holds long locks.
+bounded batches so a large replay never holds long locks.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import BigInteger, Text
 
+from relay.db import slices
 from relay.db.outbox import NOTIFY
 from relay.db.tables import TS
 
@@ -98,23 +99,27 @@ REPLAY_COUNT = text(f"SELECT count(*) FROM relay.deliveries d WHERE {_REPLAY_WHE
 
 # Keyset over the delivery id: each batch is its own short transaction, and rows already
 # made pending by an earlier batch are not picked again (their status changed).
-REPLAY_BATCH = text(f"""
-    WITH batch AS (
-        SELECT d.id FROM relay.deliveries d
-        WHERE {_REPLAY_WHERE} AND d.id > :after
-        ORDER BY d.id
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    )
-    UPDATE relay.deliveries d
-    SET status = 'pending', next_attempt_at = now(), manual = true, updated_at = now()
-    FROM batch WHERE d.id = batch.id
-    RETURNING d.id
+REPLAY_PICK = text(f"""
+    SELECT d.id, d.event_seq FROM relay.deliveries d
+    WHERE {_REPLAY_WHERE} AND d.id > :after
+    ORDER BY d.id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
 """).bindparams(
     bindparam("statuses", type_=ARRAY(Text)),
     bindparam("since", type_=TS),
     bindparam("until", type_=TS),
 )
+
+# Finished ones move back to the hot table (PostgreSQL moves a row whose status changes
+# partition); those whose event has gone with its slice meanwhile stay as they are.
+REPLAY = text("""
+    UPDATE relay.deliveries d
+    SET status = 'pending', next_attempt_at = now(), manual = true, updated_at = now()
+    WHERE d.id = ANY(:ids)
+      AND EXISTS (SELECT 1 FROM relay.events e WHERE e.seq = d.event_seq)
+    RETURNING d.id
+""").bindparams(bindparam("ids", type_=ARRAY(BigInteger)))
 
 
 def _replay_params(f: ReplayFilter) -> dict[str, Any]:
@@ -133,13 +138,18 @@ async def replay_count(conn: AsyncConnection, f: ReplayFilter) -> int:
 
 async def replay_batch(
     conn: AsyncConnection, f: ReplayFilter, *, after: int, limit: int
-) -> list[int]:
-    """Make one batch due now (manual); the ids replayed, ascending."""
+) -> tuple[list[int], int | None]:
+    """Make one batch due now (manual): the ids replayed, ascending, and the last id
+    looked at (None when there was none left)."""
     params = _replay_params(f) | {"after": after, "limit": limit}
-    ids = sorted((await conn.execute(REPLAY_BATCH, params)).scalars())
+    await slices.revive(conn)
+    picked = (await conn.execute(REPLAY_PICK, params)).all()
+    await slices.keep_revived(conn, sorted({row.event_seq for row in picked}))
+    replayed = await conn.execute(REPLAY, {"ids": [row.id for row in picked]})
+    ids = sorted(replayed.scalars())
     if ids:
         await conn.execute(NOTIFY)
-    return ids
+    return ids, max((row.id for row in picked), default=None)
 
 
 # --- relay stats ---------------------------------------------------------------------------
@@ -203,72 +213,3 @@ async def fail_deleted_destinations(conn: AsyncConnection) -> int:
     """End the pending deliveries of deleted destinations (in the caller's transaction)."""
     await conn.execute(NO_JIT)
     return (await conn.execute(FAIL_DELETED_DESTINATIONS)).rowcount
-
-
-# --- retention -----------------------------------------------------------------------------
-
-# Events stored before the cutoff whose deliveries are all finished. An event with a pending
-# or in-flight delivery is never picked, however old.
-PRUNABLE_EVENTS = text("""
-    SELECT e.seq FROM relay.events e
-    WHERE e.created_at < :cutoff
-      AND NOT EXISTS (
-          SELECT 1 FROM relay.deliveries d
-          WHERE d.event_seq = e.seq AND d.status IN ('pending', 'delivering'))
-    ORDER BY e.created_at
-    LIMIT :limit
-    FOR UPDATE SKIP LOCKED
-""").bindparams(bindparam("cutoff", type_=TS))
-
-# The candidates' deliveries, locked, as they are now: a replay or POST /retry that made
-# one due again after PRUNABLE_EVENTS looked is seen here (we wait for it to commit), and
-# once locked no one can change them before we are done.
-LOCK_DELIVERIES = text("""
-    SELECT event_seq, status FROM relay.deliveries
-    WHERE event_seq = ANY(:seqs)
-    ORDER BY id
-    FOR UPDATE
-""").bindparams(bindparam("seqs", type_=ARRAY(BigInteger)))
-
-DELETE_ATTEMPTS = text("DELETE FROM relay.attempts WHERE event_seq = ANY(:seqs)").bindparams(
-    bindparam("seqs", type_=ARRAY(BigInteger))
-)
-DELETE_DELIVERIES = text("DELETE FROM relay.deliveries WHERE event_seq = ANY(:seqs)").bindparams(
-    bindparam("seqs", type_=ARRAY(BigInteger))
-)
-DELETE_EVENTS = text("DELETE FROM relay.events WHERE seq = ANY(:seqs)").bindparams(
-    bindparam("seqs", type_=ARRAY(BigInteger))
-)
-
-# Only one process prunes at a time; the others skip the round.
-TRY_PRUNE_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtext('relay.prune'))")
-
-
-@dataclass
-class Pruned:
-    events: int = 0
-    deliveries: int = 0
-    attempts: int = 0
-    # Candidates left alone because a delivery became due again meanwhile.
-    skipped: int = 0
-
-
-async def prune_batch(conn: AsyncConnection, cutoff: datetime, limit: int) -> Pruned | None:
-    """Remove one batch of finished history older than cutoff; None if another process
-    holds the prune lock."""
-    if not (await conn.execute(TRY_PRUNE_LOCK)).scalar_one():
-        return None
-    candidates = (await conn.execute(PRUNABLE_EVENTS, {"cutoff": cutoff, "limit": limit})).scalars()
-    seqs = list(candidates)
-    if not seqs:
-        return Pruned()
-    deliveries = (await conn.execute(LOCK_DELIVERIES, {"seqs": seqs})).all()
-    revived = {row.event_seq for row in deliveries if row.status in ("pending", "delivering")}
-    seqs = [seq for seq in seqs if seq not in revived]
-    if not seqs:
-        # Everything in this batch came back to life; the next round looks further.
-        return Pruned(skipped=len(revived))
-    attempts = (await conn.execute(DELETE_ATTEMPTS, {"seqs": seqs})).rowcount
-    deleted_deliveries = (await conn.execute(DELETE_DELIVERIES, {"seqs": seqs})).rowcount
-    events = (await conn.execute(DELETE_EVENTS, {"seqs": seqs})).rowcount
-    return Pruned(events, deleted_deliveries, attempts, skipped=len(revived))

@@ -102,7 +102,7 @@ _CLAIMED = """
 # sequential scan of relay.deliveries: every claim read the whole table, 50 ms a claim
 # behind a backlog of 200,000.
 _QUEUE = """
-    FROM relay.deliveries d
+    FROM relay.deliveries_active d
     WHERE d.tenant_id = {tenant} AND d.destination_id = {destination}
       AND d.status = 'pending'
       AND (d.next_attempt_at, d.id)
@@ -135,7 +135,7 @@ CLAIM = text(f"""
             FOR UPDATE SKIP LOCKED
         ) p
     ), claimed AS (
-        UPDATE relay.deliveries d
+        UPDATE relay.deliveries_active d
         SET status = 'delivering',
             attempts = d.attempts + 1,
             manual = false,
@@ -193,7 +193,7 @@ FIND_DUE = text(f"""
 
 # A live dispatcher keeps its claims: in-flight rows get a fresh lease while it works.
 EXTEND_LEASES = text("""
-    UPDATE relay.deliveries
+    UPDATE relay.deliveries_active
     SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
     WHERE id = ANY(:ids) AND claim_token = :token AND status = 'delivering'
 """).bindparams(
@@ -209,7 +209,7 @@ EXTEND_LEASES = text("""
 # locked, with id and claimed_at.
 _RETURN_AS_ATTEMPT = """
     released AS (
-        UPDATE relay.deliveries d
+        UPDATE relay.deliveries_active d
         SET status = 'pending', claim_token = NULL, lease_expires_at = NULL,
             next_attempt_at = now(), last_error = :code, updated_at = now()
         FROM picked
@@ -227,12 +227,37 @@ _RETURN_AS_ATTEMPT = """
     RETURNING delivery_id
 """
 
+
+# A delivery that ends leaves the hot table for its slice of finished history: the
+# statement deletes it from relay.deliveries_active (a CTE, ``source``, that returns the
+# deleted rows) and this inserts it into relay.deliveries, which routes it to the slice of
+# deliveries_finished of its updated_at. An explicit move, not an UPDATE of status (which
+# PostgreSQL would also carry out as a move): a claim that meets a moved row raises an
+# error, one that meets a deleted row skips it.
+def _finish(source: str, status: str, **values: str) -> str:
+    columns = {
+        "id": "id",
+        "event_seq": "event_seq",
+        "tenant_id": "tenant_id",
+        "destination_id": "destination_id",
+        "status": status,
+        "attempts": "attempts",
+        "next_attempt_at": "next_attempt_at",
+        "last_error": "last_error",
+        "manual": "manual",
+        "created_at": "created_at",
+        "updated_at": "now()",
+    } | values
+    return f"""INSERT INTO relay.deliveries ({", ".join(columns)})
+        SELECT {", ".join(columns.values())} FROM {source}"""
+
+
 # A dispatcher that died (or lost the database for longer than its lease) gives its rows
 # back when any dispatcher finds their lease run out.
 RELEASE_EXPIRED = text(
     """
     WITH picked AS (
-        SELECT id, updated_at AS claimed_at FROM relay.deliveries
+        SELECT id, updated_at AS claimed_at FROM relay.deliveries_active
         WHERE status = 'delivering' AND lease_expires_at < now()
         ORDER BY lease_expires_at
         LIMIT :limit
@@ -250,7 +275,7 @@ LEASE_EXPIRED_DETAIL = (
 RELEASE_INTERRUPTED = text(
     """
     WITH picked AS (
-        SELECT id, updated_at AS claimed_at FROM relay.deliveries
+        SELECT id, updated_at AS claimed_at FROM relay.deliveries_active
         WHERE id = ANY(:ids) AND claim_token = :token AND status = 'delivering'
         ORDER BY id
         FOR UPDATE
@@ -276,7 +301,7 @@ INTERRUPTED_DETAIL = (
 # that cannot be read is quarantined, so it no longer holds up the others.
 
 CLAIMED_IDS = text("""
-    SELECT id FROM relay.deliveries
+    SELECT id FROM relay.deliveries_active
     WHERE claim_token = :token AND status = 'delivering' AND NOT (id = ANY(:held))
     ORDER BY id
 """).bindparams(
@@ -309,20 +334,21 @@ READ_ONE = text(f"""
 
 # Quarantine: the delivery fails for good, with an attempt row saying why (a pending one
 # spends an attempt on it). An operator can replay it once the cause is fixed.
-QUARANTINE = text("""
+_SPENT = "attempts + CASE WHEN was_pending THEN 1 ELSE 0 END"
+QUARANTINE = text(f"""
     WITH picked AS (
-        SELECT id, status = 'pending' AS was_pending FROM relay.deliveries
+        SELECT id, status = 'pending' AS was_pending FROM relay.deliveries_active
         WHERE id = :id
           AND (status = 'pending' OR (status = 'delivering' AND claim_token = :token))
         FOR UPDATE
-    ), ended AS (
-        UPDATE relay.deliveries d
-        SET status = 'failed', claim_token = NULL, lease_expires_at = NULL,
-            attempts = d.attempts + CASE WHEN picked.was_pending THEN 1 ELSE 0 END,
-            last_error = :code, updated_at = now()
-        FROM picked
+    ), taken AS (
+        DELETE FROM relay.deliveries_active d
+        USING picked
         WHERE d.id = picked.id
-        RETURNING d.id, d.event_seq, d.tenant_id, d.destination_id, d.attempts
+        RETURNING d.*, picked.was_pending
+    ), ended AS (
+        {_finish("taken", "'failed'", attempts=_SPENT, last_error=":code")}
+        RETURNING id, event_seq, tenant_id, destination_id, attempts
     )
     INSERT INTO relay.attempts
         (delivery_id, event_seq, tenant_id, destination_id, number, status, error_code,
@@ -363,12 +389,20 @@ RECORD_OUTCOMES = text(f"""
                attempt_status, http_status, error_code, error_detail, response_body,
                response_headers, duration_ms, started_at, next_status, delay_seconds,
                manual)
+    ), ended AS (
+        DELETE FROM relay.deliveries_active d
+        USING o
+        WHERE d.id = o.delivery_id AND d.claim_token = o.token AND d.attempts = o.number
+          AND d.status IS NOT DISTINCT FROM 'delivering' AND o.next_status <> 'pending'
+        RETURNING d.*, o.next_status,
+                  CASE WHEN o.attempt_status = 'failed'
+                       THEN COALESCE(o.error_code, 'http_' || o.http_status) END AS error
+    ), finished AS (
+        {_finish("ended", "next_status", last_error="error")}
     ), updated AS (
-        UPDATE relay.deliveries d
-        SET status = o.next_status,
-            next_attempt_at = CASE WHEN o.next_status = 'pending'
-                                   THEN now() + make_interval(secs => o.delay_seconds)
-                                   ELSE d.next_attempt_at END,
+        UPDATE relay.deliveries_active d
+        SET status = 'pending',
+            next_attempt_at = now() + make_interval(secs => o.delay_seconds),
             claim_token = NULL,
             lease_expires_at = NULL,
             last_error = CASE WHEN o.attempt_status = 'failed'
@@ -376,7 +410,7 @@ RECORD_OUTCOMES = text(f"""
             updated_at = now()
         FROM o
         WHERE d.id = o.delivery_id AND d.claim_token = o.token AND d.attempts = o.number
-          AND d.status IS NOT DISTINCT FROM 'delivering'
+          AND d.status IS NOT DISTINCT FROM 'delivering' AND o.next_status = 'pending'
         RETURNING d.id, d.tenant_id, d.destination_id, d.status, d.next_attempt_at
     ), woken AS (
         -- Retries are due ahead of every cursor, unless their delay is shorter than
@@ -397,8 +431,12 @@ RECORD_OUTCOMES = text(f"""
     WHERE NOT EXISTS (
         SELECT 1 FROM relay.attempts x
         WHERE x.delivery_id = o.delivery_id AND x.number = o.number
-          AND x.started_at = o.started_at)
-      -- Always true; it is there to run woken (a SELECT CTE nothing reads is not run).
+          AND x.started_at = o.started_at
+          -- Written after it started (give or take the clocks' skew): only the slices
+          -- since then are looked at.
+          AND x.created_at >= o.started_at - interval '1 hour')
+      -- Always true; it is there to run woken and finished (a CTE nothing reads is not
+      -- run, unless it writes; this one reads them all the same).
       AND (SELECT count(*) FROM woken) >= 0
     RETURNING delivery_id, number
 """).bindparams(

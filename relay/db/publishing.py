@@ -58,17 +58,28 @@ TENANT_ROUTES = """
 WRITE_EVENTS = f"""
     WITH current AS (
         SELECT version FROM relay.route_version
-    ), inserted AS (
-        INSERT INTO relay.events
-            (tenant_id, id, topic, data, body, metadata, eligible_for_retry, destination_id,
-             time)
-        SELECT e.tenant_id, e.id, e.topic, e.data, e.body, e.metadata,
-               e.eligible_for_retry, e.destination_id, COALESCE(e.time, now())
-        FROM json_to_recordset($1::json) AS e(
+    ), given AS (
+        SELECT e.*
+        FROM ROWS FROM (json_to_recordset($1::json) AS (
             tenant_id text, id text, topic text, data json, body json, metadata jsonb,
             eligible_for_retry boolean, destination_id text, time timestamptz)
+        ) WITH ORDINALITY AS e(tenant_id, id, topic, data, body, metadata, eligible_for_retry,
+                               destination_id, time, n)
         WHERE $3::bigint IS NULL OR $3::bigint = (SELECT version FROM current)
+    ), keys AS (
+        -- Idempotency: the key is written first, and only a new key writes its event.
+        INSERT INTO relay.event_keys (tenant_id, id)
+        SELECT tenant_id, id FROM given ORDER BY n
         ON CONFLICT (tenant_id, id) DO NOTHING
+        RETURNING tenant_id, id, seq
+    ), inserted AS (
+        INSERT INTO relay.events
+            (seq, tenant_id, id, topic, data, body, metadata, eligible_for_retry,
+             destination_id, time)
+        SELECT DISTINCT ON (k.seq) k.seq, e.tenant_id, e.id, e.topic, e.data, e.body,
+               e.metadata, e.eligible_for_retry, e.destination_id, COALESCE(e.time, now())
+        FROM keys k JOIN given e ON e.tenant_id = k.tenant_id AND e.id = k.id
+        ORDER BY k.seq, e.n
         RETURNING seq, tenant_id, id
     ), queued AS (
         INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id)
@@ -96,7 +107,7 @@ WRITE_EVENTS = f"""
 EVENT_DESTINATIONS = """
     SELECT e.tenant_id, e.id, d.destination_id
     FROM unnest($1::text[], $2::text[]) AS k(tenant_id, id)
-    JOIN relay.events e ON e.tenant_id = k.tenant_id AND e.id = k.id
+    JOIN relay.event_keys e ON e.tenant_id = k.tenant_id AND e.id = k.id
     JOIN relay.deliveries d ON d.event_seq = e.seq
     LEFT JOIN relay.destinations t ON t.tenant_id = d.tenant_id AND t.id = d.destination_id
     ORDER BY t.created_at, d.destination_id

@@ -14,14 +14,12 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
-    Identity,
     Index,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
     Table,
     Text,
-    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSON, JSONB, TIMESTAMP, UUID
@@ -93,11 +91,41 @@ destinations = Table(
     CheckConstraint("signature_mode IN ('standard', 'outpost')", name="signature_mode"),
 )
 
+# History is kept in time slices: partitions of events, finished deliveries and attempts
+# that relay creates ahead of time and drops whole past the retention age
+# (relay/retention.py, migration 0008). The partitions themselves are not declared here:
+# relay.events_kept and relay.events_sliced (by seq), relay.deliveries_active (the hot
+# outbox, with the dispatcher's indexes) and relay.deliveries_finished (by updated_at), and
+# one partition per slice of each; the migration makes them, relay.create_slice() the rest.
+slices = Table(
+    "slices",
+    metadata,
+    # '-infinity' for the legacy slice: the tables as they were before migration 0008.
+    Column("starts_at", TS, primary_key=True),
+    Column("ends_at", TS, nullable=False),
+    # Its retention has begun: events that must outlive it are moving to events_kept.
+    Column("closing", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", TS, nullable=False, server_default=NOW),
+)
+
+# Idempotency: a repeat of (tenant, id) is refused here, as long as the event is kept (a
+# unique index on the partitioned events would have to hold its partition key).
+event_keys = Table(
+    "event_keys",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("id", Text, nullable=False),
+    Column("seq", BigInteger, nullable=False, server_default=text("relay.next_event_seq()")),
+    PrimaryKeyConstraint("tenant_id", "id"),
+    Index("ix_event_keys_seq", "seq"),
+)
+
 events = Table(
     "events",
     metadata,
-    # Surrogate key: ordering, cursors and compact foreign keys.
-    Column("seq", BigInteger, Identity(always=True), primary_key=True),
+    # Surrogate key: ordering, cursors and compact references. It encodes the minute it
+    # was written ((minute since 1970 << 32) | counter), which is the partition key.
+    Column("seq", BigInteger, nullable=False, server_default=text("relay.next_event_seq()")),
     Column("tenant_id", Text, nullable=False),
     Column("id", Text, nullable=False),
     Column("topic", Text, nullable=False, server_default=""),
@@ -114,8 +142,9 @@ events = Table(
     # When its outbox rows were written. NULL only for events the relay.publish() SQL
     # function wrote: the router (relay/router.py) routes those after their commit.
     Column("routed_at", TS, server_default=NOW),
-    # Idempotency is durable: a repeat of (tenant, id) is refused by this constraint.
-    UniqueConstraint("tenant_id", "id"),
+    # It outlived its slice (a delivery was still active): it lives in events_kept.
+    Column("kept", Boolean, nullable=False, server_default=text("false")),
+    PrimaryKeyConstraint("seq", "kept"),
     # Instants both PostgreSQL and Python hold (migration 0006): one outside would be
     # stored and never read back.
     CheckConstraint(
@@ -125,8 +154,6 @@ events = Table(
     ),
     Index("ix_events_tenant_id_time", "tenant_id", text("time DESC"), text("seq DESC")),
     Index("ix_events_time", text("time DESC"), text("seq DESC")),
-    # Retention (relay prune) goes by arrival, which the producer cannot backdate.
-    Index("ix_events_created_at", "created_at"),
     # The API's event listing filtered by topic.
     Index(
         "ix_events_tenant_id_topic_time",
@@ -139,15 +166,24 @@ events = Table(
     Index("ix_events_id", "id"),
     # The router's queue: tiny, since routed events leave it.
     Index("ix_events_unrouted", "seq", postgresql_where=text("routed_at IS NULL")),
+    postgresql_partition_by="LIST (kept)",
 )
 
-# The outbox: one row per event x destination, the unit the dispatcher claims.
+# The outbox: one row per event x destination, the unit the dispatcher claims. Pending
+# and in-flight rows are in deliveries_active; a delivery that ends moves to the slice of
+# deliveries_finished of its updated_at.
 DELIVERY_STATUSES = ("pending", "delivering", "delivered", "failed")
 
 deliveries = Table(
     "deliveries",
     metadata,
-    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    # Unique in practice (one sequence); each partition has its own index on it.
+    Column(
+        "id",
+        BigInteger,
+        nullable=False,
+        server_default=text("nextval('relay.delivery_ids'::regclass)"),
+    ),
     # The event (events.seq) and the destination (tenant_id, destination_id) it goes to.
     # No foreign keys on the hot tables (migration 0005 says why): relay writes the rows.
     Column("event_seq", BigInteger, nullable=False),
@@ -164,47 +200,20 @@ deliveries = Table(
     Column("manual", Boolean, nullable=False, server_default=text("false")),
     Column("created_at", TS, nullable=False, server_default=NOW),
     Column("updated_at", TS, nullable=False, server_default=NOW),
-    UniqueConstraint("event_seq", "destination_id"),
     CheckConstraint("status IN ('pending', 'delivering', 'delivered', 'failed')", name="status"),
-    # Each destination's queue, read by claims from a cursor (relay/claiming.py).
-    Index(
-        "ix_deliveries_due",
-        "tenant_id",
-        "destination_id",
-        "next_attempt_at",
-        "id",
-        postgresql_where=text("status = 'pending'"),
-    ),
-    Index(
-        "ix_deliveries_lease",
-        "lease_expires_at",
-        postgresql_where=text("status = 'delivering'"),
-    ),
     Index("ix_deliveries_destination", "tenant_id", "destination_id", "status"),
-    # The backlog (relay.outbox_backlog) and each destination's share of it
-    # (relay.destination_health), index-only, without touching delivered history.
-    Index(
-        "ix_deliveries_active",
-        "status",
-        "created_at",
-        postgresql_where=text("status IN ('pending', 'delivering')"),
-        postgresql_include=["next_attempt_at", "lease_expires_at"],
-    ),
-    Index(
-        "ix_deliveries_active_destination",
-        "tenant_id",
-        "destination_id",
-        "created_at",
-        postgresql_where=text("status IN ('pending', 'delivering')"),
-    ),
-    # Deliveries that gave up, by when (relay replay --status failed, docs/sql.md).
-    Index("ix_deliveries_failed", "updated_at", postgresql_where=text("status = 'failed'")),
+    postgresql_partition_by="LIST (status)",
 )
 
 attempts = Table(
     "attempts",
     metadata,
-    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column(
+        "id",
+        BigInteger,
+        nullable=False,
+        server_default=text("nextval('relay.attempt_ids'::regclass)"),
+    ),
     Column("delivery_id", BigInteger, nullable=False),  # deliveries.id
     Column("event_seq", BigInteger, nullable=False),
     Column("tenant_id", Text, nullable=False),
@@ -221,7 +230,9 @@ attempts = Table(
     Column("duration_ms", Integer, nullable=False),
     Column("manual", Boolean, nullable=False, server_default=text("false")),
     Column("started_at", TS, nullable=False),
+    # The partition key: the database's time when the attempt was written.
     Column("created_at", TS, nullable=False, server_default=NOW),
+    PrimaryKeyConstraint("id", "created_at"),
     CheckConstraint("status IN ('success', 'failed')", name="status"),
     Index("ix_attempts_delivery_id", "delivery_id"),
     Index("ix_attempts_event_seq", "event_seq"),
@@ -231,6 +242,7 @@ attempts = Table(
     Index(
         "ix_attempts_destination_started", "tenant_id", "destination_id", text("started_at DESC")
     ),
+    postgresql_partition_by="RANGE (created_at)",
 )
 
 # One row: its version goes up at the commit of any change to tenants or destinations

@@ -17,10 +17,38 @@ def _include_name(name: str | None, type_: str, parent_names: Any) -> bool:
     return name == SCHEMA if type_ == "schema" else True
 
 
+def _same_text_is_same_default(
+    context: Any, inspected: Any, declared: Any, inspected_default: Any, _: Any, rendered: Any
+) -> bool | None:
+    """Equal text is an equal default. (alembic otherwise asks the database whether both
+    give the same value, and two nextval() calls never do.)"""
+    return False if inspected_default == rendered else None
+
+
+def _not_a_partition(partitions: set[str]) -> Any:
+    """The partitions of the history tables are made by the migration and at run time
+    (relay.create_slice), not declared: the comparison covers their parents."""
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        return not (type_ == "table" and name in partitions)
+
+    return include
+
+
 async def test_upgraded_database_matches_declared_tables(database_url: str) -> None:
     engine = create_engine(database_url, pool_size=1)
     try:
         async with engine.connect() as conn:
+            partitions = set(
+                (
+                    await conn.execute(
+                        text(
+                            "SELECT c.relname FROM pg_class c "
+                            "WHERE c.relnamespace = 'relay'::regnamespace AND c.relispartition"
+                        )
+                    )
+                ).scalars()
+            )
 
             def diff(sync: Any) -> list[Any]:
                 context = MigrationContext.configure(
@@ -28,9 +56,10 @@ async def test_upgraded_database_matches_declared_tables(database_url: str) -> N
                     opts={
                         "include_schemas": True,
                         "include_name": _include_name,
+                        "include_object": _not_a_partition(partitions),
                         "version_table_schema": SCHEMA,
                         "compare_type": True,
-                        "compare_server_default": True,
+                        "compare_server_default": _same_text_is_same_default,
                     },
                 )
                 return compare_metadata(context, metadata)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from datetime import datetime
 from typing import Any
@@ -463,10 +464,12 @@ async def test_history_pages_are_index_range_scans(database_url: str, db: Any) -
     )
     await db.execute("ANALYZE relay.events")
     after = history.Position(datetime.now(UTC), 10**9)
+    # The events are in a slice's partition, whose indexes PostgreSQL named when relay
+    # attached it (events_<slice>_tenant_id_time_seq_idx is ix_events_tenant_id_time's).
     cases = [
-        (history.EventFilter(tenant_ids=["t3"]), "ix_events_tenant_id_time"),
-        (history.EventFilter(), "ix_events_time"),
-        (history.EventFilter(ids=["e17"]), "ix_events_id"),
+        (history.EventFilter(tenant_ids=["t3"]), "_tenant_id_time_seq_idx"),
+        (history.EventFilter(), "_time_seq_idx"),
+        (history.EventFilter(ids=["e17"]), "_id_idx"),
     ]
     engine = create_engine(database_url, pool_size=1)
     try:
@@ -477,7 +480,9 @@ async def test_history_pages_are_index_range_scans(database_url: str, db: Any) -
                 sql = "EXPLAIN " + history.EVENTS.format(where=where.sql(), order="DESC")
                 result = await conn.execute(where.statement(sql), where.params | {"limit": 100})
                 plan = "\n".join(row[0] for row in result)
-                assert index in plan, plan
-                assert "Sort" not in plan.split("SubPlan")[0] or index == "ix_events_id", plan
+                assert index + " on events_2" in plan, plan
+                # Each slice's range, merged in order: no sort of the whole history.
+                sorts = re.findall(r"->  Sort  |^Sort  ", plan.split("SubPlan")[0], re.M)
+                assert not sorts or index == "_id_idx", plan
     finally:
         await engine.dispose()

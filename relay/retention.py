@@ -1,0 +1,209 @@
+"""History by time slice: slices made ahead of time, and dropped whole past retention.
+
+Every relay process runs ``slices_loop`` (one at a time does the work). Each round it
+makes sure slices exist well ahead of now: with no partition for a row's time, a publish
+would fail. With retention configured, it then retires the slices whose end is older than
+the retention age, oldest first:
+
+1. close: under the revive lock, mark it closing and move the events that must outlive
+   it (a delivery still active, or not routed yet) to relay.events_kept;
+2. detach its three partitions CONCURRENTLY and drop them: no DELETE, no dead tuples;
+3. forget the event keys of its events, in batches (idempotency lasts until then);
+4. forget the slice.
+
+Each step can be repeated, so a round cut short anywhere is finished by the next one.
+Kept events go once past the age with nothing left to deliver. The planning here is pure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TextIO
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from relay.config import RetentionSettings
+from relay.db import slices as db
+from relay.supervise import Loop
+
+log = logging.getLogger(__name__)
+
+MINUTE = timedelta(minutes=1)
+DAY = timedelta(days=1)
+# Slices exist at least this far ahead, so that relay may be down this long (all of its
+# processes) before a write finds no partition for its time.
+MIN_AHEAD = timedelta(hours=2)
+LOWEST_SEQ = -(2**63)
+
+
+def slice_width(max_age: timedelta) -> timedelta:
+    """An eighth of the retention age, within a minute and a day: history is kept
+    between max_age and max_age + width, in about ten partitions per table. Keeping all
+    history (max_age 0): a day."""
+    if max_age <= timedelta(0):
+        return DAY
+    minutes = round(max_age / MINUTE / 8)
+    return min(max(minutes, 1), 1440) * MINUTE
+
+
+def ahead(width: timedelta) -> timedelta:
+    return max(3 * width, MIN_AHEAD)
+
+
+def floor_minute(at: datetime) -> datetime:
+    return at.replace(second=0, microsecond=0)
+
+
+def slices_to_make(
+    last_end: datetime, now: datetime, width: timedelta
+) -> list[tuple[datetime, datetime]]:
+    """The slices to add after the one ending at last_end, up to ahead(width) past now.
+    After a long stop (every relay process down past the last slice), one slice spans
+    the gap up to the next width past now."""
+    made: list[tuple[datetime, datetime]] = []
+    start = last_end
+    if start + width <= now:
+        end = floor_minute(now) + width
+        made.append((start, end))
+        start = end
+    while start < now + ahead(width):
+        made.append((start, start + width))
+        start += width
+    return made
+
+
+def seq_at(at: datetime) -> int:
+    """relay.seq_at(): the first events.seq of the minute at."""
+    return (int(at.timestamp()) // 60) << 32
+
+
+def seq_range(s: db.Slice) -> tuple[int, int]:
+    """The slice's range of events.seq (the legacy slice starts at the lowest)."""
+    low = LOWEST_SEQ if s.legacy else seq_at(s.starts_at)
+    return low, seq_at(s.ends_at)
+
+
+def partitions(s: db.Slice) -> list[str]:
+    """Its partitions, named as relay.create_slice() (and migration 0008) name them."""
+    suffix = "legacy" if s.legacy else s.starts_at.astimezone(UTC).strftime("%Y%m%d_%H%M")
+    return [f"events_{suffix}", f"deliveries_{suffix}", f"attempts_{suffix}"]
+
+
+def expired(
+    all_slices: list[db.Slice], now: datetime, max_age: timedelta, database_now: datetime
+) -> list[db.Slice]:
+    """Slices whose whole span is older than max_age, oldest first; never one that the
+    database's clock has not passed the end of (rows may still be written to it)."""
+    if max_age <= timedelta(0):
+        return []
+    cutoff = min(now - max_age, database_now)
+    return [s for s in all_slices if s.ends_at <= cutoff]
+
+
+@dataclass
+class Round:
+    made: int = 0
+    retired: list[db.Slice] = field(default_factory=list)
+    kept_events: int = 0
+    forgotten_keys: int = 0
+    pruned_kept: int = 0
+
+
+async def maintain(
+    engine: AsyncEngine,
+    settings: RetentionSettings,
+    *,
+    max_age: timedelta | None = None,
+    retire: bool = True,
+    now: datetime | None = None,
+) -> Round | None:
+    """One round of slice maintenance; None if another process is doing it. Without
+    retire, only slices ahead are made (at start, which must not wait on a detach). now:
+    the time to judge ages by (tests move it forward)."""
+    age = timedelta(days=settings.max_age_days) if max_age is None else max_age
+    done = Round()
+    async with engine.connect() as wrapper:
+        # asyncpg's own connection: transactions where wanted, and the detach outside one.
+        conn = await db.raw(wrapper)
+        if not await conn.fetchval(db.TRY_MAINTAIN):
+            return None
+        try:
+            current = await db.slices(conn)
+            # Partitions go by the database's clock, which writes the rows.
+            database_now = await conn.fetchval("SELECT clock_timestamp()")
+            now = database_now if now is None else now
+            width = slice_width(age)
+            if current:
+                made = slices_to_make(current[-1].ends_at, database_now, width)
+                for starts_at, ends_at in made:
+                    await db.create(conn, starts_at, ends_at)
+                    done.made += 1
+            for s in expired(current, now, age, database_now) if retire else []:
+                low, high = seq_range(s)
+                done.kept_events += await db.close(conn, s.starts_at, low, high)
+                # Waiting here for older transactions (a long report, a pinned snapshot)
+                # blocks no one: it is not a statement timeout's business.
+                await conn.execute("SET statement_timeout = 0")
+                try:
+                    for name in partitions(s):
+                        await db.detach_and_drop(conn, name)
+                finally:
+                    await conn.execute("RESET statement_timeout")
+                while forgotten := await db.forget_keys(conn, low, high, settings.batch_size):
+                    done.forgotten_keys += forgotten
+                await db.forget(conn, s.starts_at)
+                done.retired.append(s)
+            while retire and age > timedelta(0):
+                pruned = await db.prune_kept(conn, now - age, settings.batch_size)
+                done.pruned_kept += pruned
+                if pruned < settings.batch_size:
+                    break
+        finally:
+            await conn.fetchval(db.END_MAINTAIN)
+    return done
+
+
+def describe(done: Round) -> str:
+    spans = ", ".join(
+        f"{'(legacy)' if s.legacy else s.starts_at.isoformat()} to {s.ends_at.isoformat()}"
+        for s in done.retired
+    )
+    return (
+        f"dropped {len(done.retired)} slices of history{': ' + spans if spans else ''}; "
+        f"kept {done.kept_events} events with deliveries still active, "
+        f"forgot {done.forgotten_keys} event keys, removed {done.pruned_kept} kept events; "
+        f"made {done.made} slices ahead"
+    )
+
+
+async def prune(
+    engine: AsyncEngine, settings: RetentionSettings, max_age: timedelta, out: TextIO
+) -> Round | None:
+    """`relay prune`: one round now, with the given age."""
+    done = await maintain(engine, settings, max_age=max_age)
+    if done is None:
+        out.write("another process is maintaining history slices; try again later\n")
+    else:
+        out.write(describe(done) + "\n")
+    return done
+
+
+async def slices_loop(
+    engine: AsyncEngine, settings: RetentionSettings, loop: Loop, interval: float = 60.0
+) -> None:
+    """In every relay process: slices ahead, and retention when configured."""
+    while True:
+        try:
+            with loop.idle():
+                done = await maintain(engine, settings)
+            if done is not None and (done.retired or done.pruned_kept):
+                log.info("retention: %s", describe(done))
+            loop.beat()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("history slice maintenance failed: %s", exc)
+        await asyncio.sleep(min(interval, settings.interval_seconds))
