@@ -301,6 +301,13 @@ class Dispatcher:
                 self._claims.took(self._plan, [(c.destination, c.position) for c in batch])
             except asyncio.CancelledError:
                 raise
+            except asyncpg.SerializationError as exc:
+                # A row it was locking had just moved partition (an operator's replay or
+                # a deleted destination's strays ending, committed between the claim's
+                # snapshot and its lock): nothing is wrong with any row; claim again.
+                self._claims.forget_cursors()
+                log.info("claim met a row that had just moved (%s); claiming again", exc)
+                continue
             except Exception as exc:
                 _discard(self._claim_conn)
                 self._claim_conn = None
