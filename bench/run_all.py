@@ -239,10 +239,16 @@ async def seed_relay(url: str, receiver_port: int, pending: int, delivered: int 
             n = min(chunk, total - done)
             await conn.execute(
                 f"""
-                WITH e AS (
-                    INSERT INTO relay.events (tenant_id, id, topic, data)
-                    SELECT 'bench', '{status}-' || ({done} + g), 'order.created', $1::json
+                WITH k AS (
+                    -- The idempotency key first, as relay.publish() writes it: its seq
+                    -- (relay.next_event_seq(), the minute and a counter) is the event's.
+                    INSERT INTO relay.event_keys (tenant_id, id)
+                    SELECT 'bench', '{status}-' || ({done} + g)
                     FROM generate_series(1, {n}) g
+                    RETURNING id, seq
+                ), e AS (
+                    INSERT INTO relay.events (seq, tenant_id, id, topic, data)
+                    SELECT seq, 'bench', id, 'order.created', $1::json FROM k
                     RETURNING seq
                 ), d AS (
                     INSERT INTO relay.deliveries

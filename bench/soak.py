@@ -49,20 +49,25 @@ relay.outbox_backlog, once per sample, as a Prometheus scrape would); deliveries
 outstanding at the always-200 destinations (published minus received, so no retries in
 it); claim statements per second, their mean duration, an approximate p99 and rows per
 claim (relay_claim_duration_seconds, relay_claimed_total; blank if the dispatcher lacks
-them); buffers per claimed row (heap and index blocks of relay.deliveries read or hit,
-from pg_statio_user_tables, divided by the rows claimed, or by attempts without the
+them); buffers per claimed row (heap and index blocks of relay.deliveries_active read or
+hit, from pg_statio_user_tables, divided by the rows claimed, or by attempts without the
 claim counter: all of the table's traffic, publishing, recording and the scrape
 included); live and dead tuples, the HOT share of updates, autovacuum and autoanalyze
-counts of deliveries, events and attempts; their sizes and those of each index of
-deliveries; the
-xmin horizon (the oldest backend_xmin in this database: its age in transactions, and in
-seconds since its transaction began; and the oldest write transaction on the whole
-server, which holds back every snapshot's xmin, other databases' included); CPU of each
-process, of this database's PostgreSQL backends and of the rest of the machine (the
-kernel's network and disk work, PostgreSQL's WAL writer and checkpointer, and whatever
-else runs on a shared machine), and memory of relay's processes. Logs go to
-bench/out/soak-*.log; the CSV (and *-trace.csv: the outstanding deliveries every
-second), the PNG and a summary (.md) to bench/results/.
+counts (since the start), total and heap sizes and the number of partitions of
+deliveries, events, attempts and event_keys, each summed over the table's leaf partitions
+(migration 0008 partitions the first three by time slice: a table's figures hold all of
+its slices, and the counts of a slice that retention dropped stay counted); the size of
+each index of the hot table, relay.deliveries_active (where claims read); the number of
+history slices (rows of relay.slices) and the age of the oldest one's end, which show
+retention making and dropping slices (blank before migration 0008, when the hot table
+is relay.deliveries); the xmin horizon (the oldest backend_xmin in this database: its age
+in transactions, and in seconds since its transaction began; and the oldest write
+transaction on the whole server, which holds back every snapshot's xmin, other
+databases' included); CPU of each process, of this database's PostgreSQL backends and of
+the rest of the machine (the kernel's network and disk work, PostgreSQL's WAL writer and
+checkpointer, and whatever else runs on a shared machine), and memory of relay's
+processes. Logs go to bench/out/soak-*.log; the CSV (and *-trace.csv: the outstanding
+deliveries every second), the PNG and a summary (.md) to bench/results/.
 """
 
 from __future__ import annotations
@@ -115,10 +120,20 @@ PAYLOAD_PAD = 400  # ~500-byte events, as in the other benchmarks
 DEFAULT_SERVER = os.environ.get(
     "RELAY_BENCH_SERVER_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-TABLES = ("deliveries", "events", "attempts")
+# The logical tables sampled. Since migration 0008 events, deliveries and attempts are
+# partitioned (by time slice, and deliveries by status too): their figures are sums over
+# their leaf partitions (pg_partition_tree), so a table's size holds all of its slices; a
+# plain table (event_keys, or every table before 0008) is its own only leaf.
+TABLES = ("deliveries", "events", "attempts", "event_keys")
+# The table the dispatcher claims from: its indexes are sampled one by one, and its
+# buffers give buffers per claimed row (relay.deliveries before migration 0008).
+HOT_TABLES = ("deliveries_active", "deliveries")
+# Per-leaf counters, cumulative in PostgreSQL: sampled as differences per leaf, since a
+# dropped slice takes its counts with it.
+COUNTERS = ("n_tup_upd", "n_tup_hot_upd", "autovacuum_count", "autoanalyze_count")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# The CSV's columns (then one per index of relay.deliveries: idx_<name>_mb).
+# The CSV's columns (then one per index of relay.deliveries_active: idx_<name>_mb).
 COLUMNS = [
     "t_s",
     "interval_s",
@@ -157,8 +172,11 @@ COLUMNS = [
             "autoanalyzes",
             "total_mb",
             "heap_mb",
+            "partitions",
         )
     ),
+    "slices",
+    "oldest_slice_end_age_s",
     "xmin_age_xids",
     "xmin_oldest_s",
     "xmin_age_xids_all_dbs",
@@ -434,9 +452,13 @@ class Run:
             if self.dsn_used > 1:
                 conn = await asyncpg.connect(asyncpg_url(url))
                 try:
-                    await conn.execute(
-                        "TRUNCATE relay.events, relay.deliveries, relay.attempts RESTART IDENTITY"
+                    # relay.event_keys (migration 0008) holds the events' idempotency keys.
+                    tables = await conn.fetchval(
+                        "SELECT string_agg(t, ', ') FROM unnest($1::text[]) t "
+                        "WHERE to_regclass(t) IS NOT NULL",
+                        [f"relay.{t}" for t in TABLES],
                     )
+                    await conn.execute(f"TRUNCATE {tables} RESTART IDENTITY")
                 finally:
                     await conn.close()
             return url
@@ -565,16 +587,32 @@ class Sampler:
         self.conn: asyncpg.Connection | None = None
         self.previous: dict[str, Any] | None = None
         self.index_names: list[str] = []
+        self.hot = "relay.deliveries"
+        self.has_slices = False
+        # COUNTERS summed over every leaf a table has had since start().
+        self.cumulative: dict[tuple[str, str], float] = {}
 
     async def start(self) -> None:
         self.conn = await asyncpg.connect(asyncpg_url(self.url))
+        found = await self.conn.fetchval(
+            "SELECT t FROM unnest($1::text[]) WITH ORDINALITY u(t, n) "
+            "WHERE to_regclass(t) IS NOT NULL ORDER BY n LIMIT 1",
+            [f"relay.{t}" for t in HOT_TABLES],
+        )
+        self.hot = found or self.hot
+        self.has_slices = await self.conn.fetchval("SELECT to_regclass('relay.slices') IS NOT NULL")
         rows = await self.conn.fetch(
             """SELECT i.relname, i.oid FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-               WHERE x.indrelid = 'relay.deliveries'::regclass ORDER BY i.relname"""
+               WHERE x.indrelid = $1::regclass ORDER BY i.relname""",
+            self.hot,
         )
         self.index_names = [r["relname"] for r in rows]
         self.run.open_outputs([f"idx_{n}_mb" for n in self.index_names])
         self.previous = await self.snapshot()
+        for leaf in self.previous["leaves"].values():
+            for key in COUNTERS:
+                slot = (leaf["logical"], key)
+                self.cumulative[slot] = self.cumulative.get(slot, 0.0) + float(leaf[key] or 0)
 
     async def close(self) -> None:
         if self.conn is not None:
@@ -601,21 +639,31 @@ class Sampler:
                 "SELECT status, deliveries, due_now, extract(epoch FROM oldest_age) AS age "
                 "FROM relay.outbox_backlog"
             )
+        # The hot table's own traffic: claims, recording, publishing's inserts, the scrape.
         statio = await conn.fetchrow(
             """SELECT heap_blks_hit + coalesce(heap_blks_read, 0)
                       + coalesce(idx_blks_hit, 0) + coalesce(idx_blks_read, 0) AS blocks
-               FROM pg_statio_user_tables WHERE schemaname = 'relay' AND relname = 'deliveries'"""
+               FROM pg_statio_user_tables WHERE relid = $1::regclass""",
+            self.hot,
         )
         snap["deliveries_blocks"] = float(statio["blocks"]) if statio else math.nan
-        snap["tables"] = {
-            r["relname"]: dict(r)
+        # Every leaf partition of each table (a plain table is its own leaf), keyed by oid.
+        # Sizes are NULL for a leaf that retention dropped meanwhile.
+        snap["leaves"] = {
+            r["relid"]: dict(r)
             for r in await conn.fetch(
-                """SELECT s.relname, s.n_live_tup, s.n_dead_tup, s.n_tup_upd, s.n_tup_hot_upd,
-                          s.autovacuum_count, s.autoanalyze_count,
-                          pg_total_relation_size(s.relid) AS total,
-                          pg_relation_size(s.relid) AS heap
-                   FROM pg_stat_user_tables s
-                   WHERE s.schemaname = 'relay' AND s.relname = ANY($1::text[])""",
+                """SELECT t.name AS logical, s.relid, s.n_live_tup, s.n_dead_tup, s.n_tup_upd,
+                          s.n_tup_hot_upd, s.autovacuum_count, s.autoanalyze_count,
+                          coalesce(pg_total_relation_size(s.relid), 0) AS total,
+                          coalesce(pg_relation_size(s.relid), 0) AS heap
+                   FROM unnest($1::text[]) AS t(name)
+                   CROSS JOIN LATERAL (SELECT to_regclass('relay.' || t.name) AS r) c
+                   CROSS JOIN LATERAL (
+                       SELECT relid FROM pg_partition_tree(c.r) WHERE isleaf
+                       -- pg_partition_tree() of a plain table is empty.
+                       UNION ALL SELECT oid FROM pg_class WHERE oid = c.r AND relkind = 'r'
+                   ) p
+                   JOIN pg_stat_user_tables s ON s.relid = p.relid""",
                 list(TABLES),
             )
         }
@@ -624,9 +672,19 @@ class Sampler:
             for r in await conn.fetch(
                 """SELECT i.relname, pg_relation_size(i.oid) AS size FROM pg_index x
                    JOIN pg_class i ON i.oid = x.indexrelid
-                   WHERE x.indrelid = 'relay.deliveries'::regclass"""
+                   WHERE x.indrelid = $1::regclass""",
+                self.hot,
             )
         }
+        snap["slices"] = (
+            await conn.fetchrow(
+                """SELECT count(*) AS n,
+                          extract(epoch FROM now() - min(ends_at)) AS oldest_end_age
+                   FROM relay.slices"""
+            )
+            if self.has_slices
+            else None
+        )
         backends = await conn.fetch(
             "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
             "AND pid <> pg_backend_pid()"
@@ -733,21 +791,34 @@ class Sampler:
             row["buffers_basis"] = "attempts"
 
         for table in TABLES:
-            t1, t0 = now["tables"].get(table), before["tables"].get(table)
-            if t1 is None:
+            leaves = [leaf for leaf in now["leaves"].values() if leaf["logical"] == table]
+            if not leaves:
                 continue
-            upd = t1["n_tup_upd"] - (t0["n_tup_upd"] if t0 else 0)
-            hot = t1["n_tup_hot_upd"] - (t0["n_tup_hot_upd"] if t0 else 0)
-            row[f"{table}_live"] = t1["n_live_tup"]
-            row[f"{table}_dead"] = t1["n_dead_tup"]
+            # Counters: each leaf's change (a leaf made since: all of its count).
+            change = dict.fromkeys(COUNTERS, 0.0)
+            for leaf in leaves:
+                old = before["leaves"].get(leaf["relid"], {})
+                for key in COUNTERS:
+                    change[key] += float((leaf[key] or 0) - (old.get(key) or 0))
+            for key in COUNTERS:
+                slot = (table, key)
+                self.cumulative[slot] = self.cumulative.get(slot, 0.0) + change[key]
+            upd, hot = change["n_tup_upd"], change["n_tup_hot_upd"]
+            row[f"{table}_live"] = sum(leaf["n_live_tup"] for leaf in leaves)
+            row[f"{table}_dead"] = sum(leaf["n_dead_tup"] for leaf in leaves)
             row[f"{table}_upd_per_s"] = upd / dt
             row[f"{table}_hot_share"] = hot / upd if upd else None
-            row[f"{table}_autovacuums"] = t1["autovacuum_count"]
-            row[f"{table}_autoanalyzes"] = t1["autoanalyze_count"]
-            row[f"{table}_total_mb"] = t1["total"] / 2**20
-            row[f"{table}_heap_mb"] = t1["heap"] / 2**20
+            row[f"{table}_autovacuums"] = self.cumulative[(table, "autovacuum_count")]
+            row[f"{table}_autoanalyzes"] = self.cumulative[(table, "autoanalyze_count")]
+            row[f"{table}_total_mb"] = sum(leaf["total"] for leaf in leaves) / 2**20
+            row[f"{table}_heap_mb"] = sum(leaf["heap"] for leaf in leaves) / 2**20
+            row[f"{table}_partitions"] = len(leaves)
         for name, size in now["indexes"].items():
-            row[f"idx_{name}_mb"] = size / 2**20
+            row[f"idx_{name}_mb"] = (size or 0) / 2**20
+        if now["slices"] is not None:
+            row["slices"] = now["slices"]["n"]
+            age = now["slices"]["oldest_end_age"]
+            row["oldest_slice_end_age_s"] = None if age is None else float(age)
         xmin = now["xmin"]
         row["xmin_age_xids"] = xmin["db"]
         row["xmin_oldest_s"] = float(xmin["oldest"]) if xmin["oldest"] is not None else 0.0
@@ -815,7 +886,8 @@ async def sample_once(run: Run, sampler: Sampler) -> None:
             f"due {num(row.get('due_now')):>7} outst {num(row.get('outstanding_ok')):>7} "
             f"claim {num(row.get('claim_mean_ms'), 2):>6}ms buf/row "
             f"{num(row.get('buffers_per_claimed_row'), 1):>6} "
-            f"dead {num(row.get('deliveries_dead')):>8} xmin {num(row.get('xmin_oldest_s')):>4}s",
+            f"dead {num(row.get('deliveries_dead')):>8} xmin {num(row.get('xmin_oldest_s')):>4}s "
+            f"slices {num(row.get('slices')):>4}",
             flush=True,
         )
 
@@ -1140,7 +1212,11 @@ FIGURES = [
     ("deliveries autovacuums so far", "deliveries_autovacuums", 0, "max"),
     ("deliveries autoanalyzes so far", "deliveries_autoanalyzes", 0, "max"),
     ("deliveries total MB (max)", "deliveries_total_mb", 1, "max"),
+    ("events total MB (max)", "events_total_mb", 1, "max"),
     ("attempts total MB (max)", "attempts_total_mb", 1, "max"),
+    ("event_keys total MB (max)", "event_keys_total_mb", 1, "max"),
+    ("history slices (max)", "slices", 0, "max"),
+    ("oldest slice's end, age s (max)", "oldest_slice_end_age_s", 0, "max"),
     ("xmin horizon age s (max)", "xmin_oldest_s", 0, "max"),
     ("xmin horizon age xids (max)", "xmin_age_xids", 0, "max"),
     ("oldest write transaction on the server s (max)", "oldest_writer_s_all_dbs", 0, "max"),

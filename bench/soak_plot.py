@@ -48,6 +48,7 @@ def main() -> None:
     trace = read(args.trace)
     t = column(rows, "t_s")
     tt = column(trace, "t_s")
+    # Index sizes of the hot table (relay.deliveries_active; relay.deliveries before 0008).
     index_columns = [k for k in (rows[0] if rows else {}) if k.startswith("idx_")]
 
     panels: list[tuple[str, list[tuple[str, list[float], list[float]]], str | None]] = [
@@ -86,16 +87,30 @@ def main() -> None:
                 ("deliveries live", t, column(rows, "deliveries_live")),
                 ("events dead", t, column(rows, "events_dead")),
                 ("attempts dead", t, column(rows, "attempts_dead")),
+                ("event_keys dead", t, column(rows, "event_keys_dead")),
             ],
             None,
         ),
         (
-            "size MB",
+            "size MB (all slices)",
             [
                 ("deliveries total", t, column(rows, "deliveries_total_mb")),
                 ("events total", t, column(rows, "events_total_mb")),
                 ("attempts total", t, column(rows, "attempts_total_mb")),
+                ("event_keys total", t, column(rows, "event_keys_total_mb")),
                 *((k[4:-3], t, column(rows, k)) for k in index_columns),
+            ],
+            None,
+        ),
+        (
+            "history slices",
+            [
+                ("slices (relay.slices)", t, column(rows, "slices")),
+                (
+                    "oldest slice's end, age min",
+                    t,
+                    [v / 60 for v in column(rows, "oldest_slice_end_age_s")],
+                ),
             ],
             None,
         ),

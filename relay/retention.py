@@ -33,9 +33,11 @@ log = logging.getLogger(__name__)
 
 MINUTE = timedelta(minutes=1)
 DAY = timedelta(days=1)
-# Slices exist at least this far ahead, so that relay may be down this long (all of its
-# processes) before a write finds no partition for its time.
-MIN_AHEAD = timedelta(hours=2)
+# Slices exist at least this far ahead (three slices, or this), so that relay may be down
+# this long (all of its processes) before a write of relay.publish() from a producer's
+# own SQL finds no partition for its time. Not more: every slice made ahead is one more
+# partition for each statement that cannot prune to lock and plan.
+MIN_AHEAD = timedelta(minutes=20)
 LOWEST_SEQ = -(2**63)
 
 

@@ -304,8 +304,8 @@ def upgrade() -> None:
         f"FOR VALUES FROM (MINVALUE) TO ('{legacy_ends.isoformat()}')"
     )
 
-    # --- the slices: legacy, and two hours ahead in slices of ten minutes; relay makes the
-    # next ones as wide as its retention age asks (relay/retention.py) --------------------
+    # --- the slices: legacy, and half an hour ahead in slices of ten minutes; relay makes
+    # the next ones as wide as its retention age asks (relay/retention.py) ---------------
     op.execute(
         text(
             "INSERT INTO relay.slices (starts_at, ends_at) VALUES ('-infinity', :ends)"
@@ -315,7 +315,7 @@ def upgrade() -> None:
         text(
             "SELECT relay.create_slice(s, s + interval '10 minutes') "
             "FROM generate_series(CAST(:start AS timestamptz), "
-            "CAST(:start AS timestamptz) + interval '2 hours', interval '10 minutes') AS s"
+            "CAST(:start AS timestamptz) + interval '30 minutes', interval '10 minutes') AS s"
         ).bindparams(start=legacy_ends)
     )
     _redefine(views)

@@ -432,9 +432,11 @@ RECORD_OUTCOMES = text(f"""
         SELECT 1 FROM relay.attempts x
         WHERE x.delivery_id = o.delivery_id AND x.number = o.number
           AND x.started_at = o.started_at
-          -- Written after it started (give or take the clocks' skew): only the slices
-          -- since then are looked at.
-          AND x.created_at >= o.started_at - interval '1 hour')
+          -- Written after the batch's first attempt started (give or take the clocks'
+          -- skew), and before now: only those slices of attempts are looked at, not the
+          -- older ones nor those made ahead. Bounds known before the statement runs
+          -- (PostgreSQL does not prune by a bound that changes from row to row).
+          AND x.created_at >= :written_since AND x.created_at <= now())
       -- Always true; it is there to run woken and finished (a CTE nothing reads is not
       -- run, unless it writes; this one reads them all the same).
       AND (SELECT count(*) FROM woken) >= 0
@@ -454,6 +456,7 @@ RECORD_OUTCOMES = text(f"""
     bindparam("response_headers", type_=ARRAY(Text)),
     bindparam("duration_ms", type_=ARRAY(Integer)),
     bindparam("started_at", type_=ARRAY(TS)),
+    bindparam("written_since", type_=TS),
     bindparam("next_status", type_=ARRAY(Text)),
     bindparam("delay_seconds", type_=ARRAY(Float)),
     bindparam("manual", type_=ARRAY(Boolean)),
@@ -791,6 +794,11 @@ def health_changes(batch: Sequence[Recorded]) -> list[HealthChange]:
     ]
 
 
+# How far the dispatchers' clocks (attempts' started_at) may be ahead of the database's
+# (attempts' created_at) for a retried batch still to find the attempts it wrote.
+CLOCK_SKEW = timedelta(hours=1)
+
+
 async def record_outcomes(
     conn: Connection, batch: Sequence[Recorded], *, auto_disable_after: int = 0
 ) -> list[Disabled]:
@@ -799,7 +807,7 @@ async def record_outcomes(
     Returns the destinations this batch disabled (410 Gone, or too many failures)."""
     if not batch:
         return []
-    columns: dict[str, list[Any]] = {
+    columns: dict[str, Any] = {
         "delivery_id": [r.claimed.id for r in batch],
         "token": [r.claimed.token for r in batch],
         "event_seq": [r.claimed.event_seq for r in batch],
@@ -820,6 +828,7 @@ async def record_outcomes(
         "next_status": [r.next_status for r in batch],
         "delay_seconds": [r.delay_seconds for r in batch],
         "manual": [r.claimed.manual for r in batch],
+        "written_since": min(r.started_at for r in batch) - CLOCK_SKEW,
     }
     inserted = {
         (r["delivery_id"], r["number"]) for r in await _fetch(conn, RECORD_OUTCOMES, columns)

@@ -209,12 +209,19 @@ def test_soak_quick_run_writes_its_samples(database_url: str, tmp_path: Path) ->
         "deliveries_live",
         "deliveries_hot_share",
         "attempts_total_mb",
+        "event_keys_total_mb",
+        "deliveries_partitions",
+        "slices",
         "xmin_age_xids",
         "xmin_oldest_s",
         "dispatch_cpu_pct",
     ):
         assert column in columns, column
-    assert any(c.startswith("idx_") for c in columns)
+    assert any(c.startswith("idx_ix_deliveries_due") for c in columns), columns
+    # Sizes are summed over the partitions (slices) of each table, relay.slices counted.
+    assert all(float(row["attempts_total_mb"]) > 0 for row in rows)
+    assert all(float(row["event_keys_total_mb"]) > 0 for row in rows)
+    assert all(int(row["slices"]) > 1 for row in rows)
     phases = {row["phase"] for row in rows}
     assert {"build", "load"} <= phases, phases
     assert any(row["pin_active"] == "1" for row in rows)

@@ -260,6 +260,7 @@ OUTCOME_TYPES = {
     "next_status": "text[]",
     "delay_seconds": "float8[]",
     "manual": "boolean[]",
+    "written_since": "timestamptz",
 }
 
 
