@@ -12,6 +12,8 @@ the retention age, oldest first:
 4. forget the slice.
 
 Each step can be repeated, so a round cut short anywhere is finished by the next one.
+Slices made ahead at another width (the migration's ten minutes, or before the retention
+age changed) are remade at the width asked for while they are still empty.
 Kept events go once past the age with nothing left to deliver. The planning here is pure.
 """
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.config import RetentionSettings
@@ -77,6 +80,16 @@ def slices_to_make(
     return made
 
 
+def misfits(all_slices: list[db.Slice], database_now: datetime, width: timedelta) -> list[db.Slice]:
+    """Slices made ahead at another width than asked (the migration's, or before the
+    retention age changed), newest first, to be remade: all those wholly in the future,
+    when one of them misfits."""
+    future = [s for s in all_slices if not s.legacy and s.starts_at > database_now + MINUTE]
+    if all(s.ends_at - s.starts_at == width for s in future):
+        return []
+    return future[::-1]
+
+
 def seq_at(at: datetime) -> int:
     """relay.seq_at(): the first events.seq of the minute at."""
     return (int(at.timestamp()) // 60) << 32
@@ -105,9 +118,22 @@ def expired(
     return [s for s in all_slices if s.ends_at <= cutoff]
 
 
+async def _drop(conn: asyncpg.Connection, names: list[str]) -> None:
+    # Waiting here for older transactions (a long report, a pinned snapshot) blocks no
+    # one: it is not a statement timeout's business.
+    await conn.execute("SET statement_timeout = 0")
+    try:
+        for name in names:
+            await db.detach_and_drop(conn, name)
+    finally:
+        await conn.execute("RESET statement_timeout")
+
+
 @dataclass
 class Round:
     made: int = 0
+    # Slices made ahead at another width, dropped to be made again at the right one.
+    remade: int = 0
     retired: list[db.Slice] = field(default_factory=list)
     kept_events: int = 0
     forgotten_keys: int = 0
@@ -138,6 +164,16 @@ async def maintain(
             database_now = await conn.fetchval("SELECT clock_timestamp()")
             now = database_now if now is None else now
             width = slice_width(age)
+            # Newest first, so that those left are contiguous; only while they are empty
+            # (nothing writes ahead of its clock), and not at start (a detach may wait).
+            for s in misfits(current, database_now, width) if retire else []:
+                names = partitions(s)
+                if not await db.is_empty(conn, names):
+                    break
+                await _drop(conn, names)
+                await db.forget(conn, s.starts_at)
+                current.remove(s)
+                done.remade += 1
             if current:
                 made = slices_to_make(current[-1].ends_at, database_now, width)
                 for starts_at, ends_at in made:
@@ -146,14 +182,7 @@ async def maintain(
             for s in expired(current, now, age, database_now) if retire else []:
                 low, high = seq_range(s)
                 done.kept_events += await db.close(conn, s.starts_at, low, high)
-                # Waiting here for older transactions (a long report, a pinned snapshot)
-                # blocks no one: it is not a statement timeout's business.
-                await conn.execute("SET statement_timeout = 0")
-                try:
-                    for name in partitions(s):
-                        await db.detach_and_drop(conn, name)
-                finally:
-                    await conn.execute("RESET statement_timeout")
+                await _drop(conn, partitions(s))
                 while forgotten := await db.forget_keys(conn, low, high, settings.batch_size):
                     done.forgotten_keys += forgotten
                 await db.forget(conn, s.starts_at)

@@ -154,6 +154,16 @@ async def partition(conn: asyncpg.Connection, name: str) -> tuple[str, bool] | N
     return None if row is None else (row["parent"], row["pending"])
 
 
+async def is_empty(conn: asyncpg.Connection, names: Sequence[str]) -> bool:
+    """Whether these partitions hold no row (those already gone count as empty)."""
+    for name in names:
+        if await partition(conn, name) is not None and await conn.fetchval(
+            f"SELECT EXISTS (SELECT 1 FROM relay.{name})"
+        ):
+            return False
+    return True
+
+
 async def detach_and_drop(conn: asyncpg.Connection, name: str) -> None:
     """Outside any transaction: DETACH CONCURRENTLY waits for transactions that may still
     read the partition, blocking no one, then the table is dropped. An interrupted detach

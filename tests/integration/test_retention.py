@@ -271,3 +271,26 @@ def test_slices_are_an_eighth_of_the_age_and_made_well_ahead() -> None:
     gap = retention.slices_to_make(now - timedelta(days=3), now, timedelta(hours=1))
     assert gap[0] == (now - timedelta(days=3), datetime(2026, 12, 7, 13, 0, tzinfo=UTC))
     assert all(a[1] == b[0] for a, b in itertools.pairwise(gap))
+
+
+async def test_slices_made_ahead_at_another_width_are_made_again(
+    database_url: str, db: Any
+) -> None:
+    # The migration made ten-minute slices ahead; five minutes of retention asks for
+    # one-minute ones. Those wholly ahead are remade, and time stays covered throughout.
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        done = await retention.maintain(engine, RetentionSettings(max_age_days=5 / 1440))
+    finally:
+        await engine.dispose()
+    assert done is not None and done.remade > 0
+    rows = await db.fetch("SELECT starts_at, ends_at FROM relay.slices ORDER BY starts_at")
+    assert all(a["ends_at"] == b["starts_at"] for a, b in itertools.pairwise(rows))
+    now = await db.fetchval("SELECT clock_timestamp()")
+    ahead = [r for r in rows[1:] if r["starts_at"] > now + timedelta(minutes=1)]  # not legacy
+    assert ahead and all(r["ends_at"] - r["starts_at"] == timedelta(minutes=1) for r in ahead)
+    assert rows[-1]["ends_at"] >= now + retention.MIN_AHEAD
+    partitions = await db.fetchval(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'relay.attempts'::regclass"
+    )
+    assert partitions == len(rows)
