@@ -155,10 +155,13 @@ class DeliverySettings(_Strict):
 
 
 class RetentionSettings(_Strict):
-    # Finished history (events whose deliveries are all delivered or failed, with their
-    # attempts) older than this is removed by dispatchers and `relay prune`. 0 = keep all.
+    # History (events, finished deliveries, attempts) older than this is dropped a time
+    # slice at a time (relay/retention.py), by relay's processes and `relay prune`; events
+    # with a delivery still to make are kept. 0 = keep all. Slices are an eighth of it.
     max_age_days: Annotated[float, Field(ge=0)] = 0
+    # Event keys (idempotency) of a dropped slice forgotten per statement.
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    # Seconds between two looks at the slices; 60 at most (slices ahead must not run out).
     interval_seconds: Annotated[float, Field(gt=0)] = 600.0
 
 

@@ -437,8 +437,7 @@ RECORD_OUTCOMES = text(f"""
           -- older ones nor those made ahead. Bounds known before the statement runs
           -- (PostgreSQL does not prune by a bound that changes from row to row).
           AND x.created_at >= :written_since AND x.created_at <= now())
-      -- Always true; it is there to run woken and finished (a CTE nothing reads is not
-      -- run, unless it writes; this one reads them all the same).
+      -- Always true; it is there to run woken (a SELECT CTE nothing reads is not run).
       AND (SELECT count(*) FROM woken) >= 0
     RETURNING delivery_id, number
 """).bindparams(
