@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
@@ -35,23 +36,28 @@ from relay.supervise import Loop
 log = logging.getLogger(__name__)
 
 MINUTE = timedelta(minutes=1)
+# The narrowest slice. Narrower ones keep history closer to the age, but each slice is
+# one more partition of every table, which each statement that cannot prune plans,
+# locks and opens: a soak with one-minute slices (about 27 partitions a table) had
+# claims taking three times as long.
+MIN_WIDTH = timedelta(minutes=5)
 DAY = timedelta(days=1)
 # Slices exist at least this far ahead (three slices, or this), so that relay may be down
 # this long (all of its processes) before a write of relay.publish() from a producer's
 # own SQL finds no partition for its time. Not more: every slice made ahead is one more
 # partition for each statement that cannot prune to lock and plan.
 MIN_AHEAD = timedelta(minutes=20)
-LOWEST_SEQ = -(2**63)
+LOWEST_SEQ = -(2**63) + 1  # one above the lowest bigint: batches start after low - 1
 
 
 def slice_width(max_age: timedelta) -> timedelta:
-    """An eighth of the retention age, within a minute and a day: history is kept
+    """An eighth of the retention age, within five minutes and a day: history is kept
     between max_age and max_age + width, in about ten partitions per table. Keeping all
     history (max_age 0): a day."""
     if max_age <= timedelta(0):
         return DAY
     minutes = round(max_age / MINUTE / 8)
-    return min(max(minutes, 1), 1440) * MINUTE
+    return min(max(minutes * MINUTE, MIN_WIDTH), DAY)
 
 
 def ahead(width: timedelta) -> timedelta:
@@ -129,6 +135,20 @@ async def _drop(conn: asyncpg.Connection, names: list[str]) -> None:
         await conn.execute("RESET statement_timeout")
 
 
+async def _forget_keys(conn: asyncpg.Connection, low: int, high: int, batch: int) -> int:
+    """A slice's event keys, batch by batch, each followed by a pause as long as it took:
+    the deletes of a large slice are spread out rather than taking a core from delivery."""
+    total, after = 0, low - 1
+    while True:
+        started = time.monotonic()
+        count, last = await db.forget_keys(conn, after, high, batch)
+        total += count
+        if last is None or count < batch:
+            return total
+        after = last
+        await asyncio.sleep(time.monotonic() - started)
+
+
 @dataclass
 class Round:
     made: int = 0
@@ -183,8 +203,7 @@ async def maintain(
                 low, high = seq_range(s)
                 done.kept_events += await db.close(conn, s.starts_at, low, high)
                 await _drop(conn, partitions(s))
-                while forgotten := await db.forget_keys(conn, low, high, settings.batch_size):
-                    done.forgotten_keys += forgotten
+                done.forgotten_keys += await _forget_keys(conn, low, high, settings.batch_size)
                 await db.forget(conn, s.starts_at)
                 done.retired.append(s)
             while retire and age > timedelta(0):

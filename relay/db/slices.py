@@ -84,14 +84,21 @@ PARTITION = """
 """
 
 # A slice's keys go once its events have (an idempotent repeat is refused until then),
-# in batches; those of kept events stay.
+# in batches, each after the last seq of the one before ($1): not from the start of the
+# range again, over the entries of keys already deleted that vacuum has not removed yet.
+# Those of kept events stay. The answer: how many, and the last seq.
 FORGET_KEYS = """
-    DELETE FROM relay.event_keys
-    WHERE seq IN (
-        SELECT k.seq FROM relay.event_keys k
-        WHERE k.seq >= $1 AND k.seq < $2
-          AND NOT EXISTS (SELECT 1 FROM relay.events_kept e WHERE e.seq = k.seq)
-        LIMIT $3)
+    WITH gone AS (
+        DELETE FROM relay.event_keys
+        WHERE seq IN (
+            SELECT k.seq FROM relay.event_keys k
+            WHERE k.seq > $1 AND k.seq < $2
+              AND NOT EXISTS (SELECT 1 FROM relay.events_kept e WHERE e.seq = k.seq)
+            ORDER BY k.seq
+            LIMIT $3)
+        RETURNING seq
+    )
+    SELECT count(*), max(seq) FROM gone
 """
 
 FORGET_SLICE = "DELETE FROM relay.slices WHERE starts_at = $1"
@@ -176,8 +183,12 @@ async def detach_and_drop(conn: asyncpg.Connection, name: str) -> None:
     await conn.execute(f"DROP TABLE IF EXISTS relay.{name}")
 
 
-async def forget_keys(conn: asyncpg.Connection, low: int, high: int, limit: int) -> int:
-    return _count(await conn.execute(FORGET_KEYS, low, high, limit))
+async def forget_keys(
+    conn: asyncpg.Connection, after: int, high: int, limit: int
+) -> tuple[int, int | None]:
+    """One batch of a slice's keys with seq in (after, high): how many, and the last."""
+    count, last = await conn.fetchrow(FORGET_KEYS, after, high, limit)
+    return count, last
 
 
 async def forget(conn: asyncpg.Connection, starts_at: datetime) -> None:

@@ -150,15 +150,16 @@ def test_record_cost_quick_run_compares_both_and_the_retry_adds_nothing() -> Non
         assert expected in line, out
 
 
-def soak(database_url: str, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """bench/soak.py against the test's database, briefly, without a plot."""
+def soak(database_url: str | None, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """bench/soak.py against the test's database (None: on a throwaway server of its
+    own, --own-server), briefly, without a plot."""
+    where = ["--dsn", database_url] if database_url else ["--own-server"]
     return subprocess.run(
         [
             sys.executable,
             str(BENCH / "soak.py"),
             "--quick",
-            "--dsn",
-            database_url,
+            *where,
             "--out",
             str(out),
             "--no-plot",
@@ -167,7 +168,7 @@ def soak(database_url: str, out: Path, *args: str) -> subprocess.CompletedProces
         ],
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=150,
     )
 
 
@@ -203,6 +204,8 @@ def test_soak_quick_run_writes_its_samples(database_url: str, tmp_path: Path) ->
         "due_now",
         "outstanding_ok",
         "claim_mean_ms",
+        "claim_exec_mean_ms",
+        "claim_exec_calls_per_s",
         "rows_per_claim",
         "buffers_per_claimed_row",
         "deliveries_dead",
@@ -229,7 +232,40 @@ def test_soak_quick_run_writes_its_samples(database_url: str, tmp_path: Path) ->
     (trace,) = tmp_path.glob("soak-*-trace.csv")
     assert read_csv(trace)[1], "no trace rows"
     (summary,) = tmp_path.glob("soak-*.md")
-    assert "during pin" in summary.read_text()
+    text = summary.read_text()
+    assert "during pin" in text
+    # The claim's execution time in PostgreSQL needs pg_stat_statements loaded, which the
+    # test's server usually has not: then the column is blank and the summary says why.
+    exec_ms = [row["claim_exec_mean_ms"] for row in rows if row["phase"] == "load"]
+    if "pg_stat_statements is not usable" in text:
+        assert not any(exec_ms), exec_ms
+    else:
+        assert any(float(v) > 0 for v in exec_ms if v), exec_ms
+
+
+@pytest.mark.slow
+def test_soak_on_its_own_server_times_the_claim_in_postgresql(tmp_path: Path) -> None:
+    """--own-server loads pg_stat_statements: each sample has the claim statement's mean
+    execution time as PostgreSQL measures it beside the dispatcher's figure, and the
+    summary has both."""
+    result = soak(
+        None,
+        tmp_path,
+        *("--duration", "6", "--rate", "50", "--sample-every", "2", "--tail", "20"),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (samples,) = tmp_path.glob("soak-*[0-9].csv")
+    load = [row for row in read_csv(samples)[1] if row["phase"] == "load"]
+    timed = [row for row in load if row["claim_exec_mean_ms"]]
+    assert timed, load
+    for row in timed:
+        assert float(row["claim_exec_mean_ms"]) > 0
+        assert float(row["claim_exec_calls_per_s"]) > 0
+    (summary,) = tmp_path.glob("soak-*.md")
+    text = summary.read_text()
+    assert "| claim execution mean (ms, pg_stat_statements) |" in text, text
+    assert "executing in PostgreSQL (pg_stat_statements)" in text, text
+    assert "pg_stat_statements is not usable" not in text, text
 
 
 @pytest.mark.slow

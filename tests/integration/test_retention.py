@@ -261,7 +261,7 @@ def test_slices_are_an_eighth_of_the_age_and_made_well_ahead() -> None:
 
     assert retention.slice_width(timedelta(days=30)) == timedelta(days=1)
     assert retention.slice_width(timedelta(hours=8)) == timedelta(hours=1)
-    assert retention.slice_width(timedelta(minutes=5)) == timedelta(minutes=1)
+    assert retention.slice_width(timedelta(minutes=5)) == timedelta(minutes=5)  # the least
     assert retention.slice_width(timedelta(0)) == timedelta(days=1)
     now = datetime(2026, 12, 7, 12, 0, 30, tzinfo=UTC)
     made = retention.slices_to_make(now - timedelta(minutes=1), now, timedelta(minutes=30))
@@ -277,7 +277,7 @@ async def test_slices_made_ahead_at_another_width_are_made_again(
     database_url: str, db: Any
 ) -> None:
     # The migration made ten-minute slices ahead; five minutes of retention asks for
-    # one-minute ones. Those wholly ahead are remade, and time stays covered throughout.
+    # five-minute ones. Those wholly ahead are remade, and time stays covered throughout.
     engine = create_engine(database_url, pool_size=1)
     try:
         done = await retention.maintain(engine, RetentionSettings(max_age_days=5 / 1440))
@@ -288,7 +288,7 @@ async def test_slices_made_ahead_at_another_width_are_made_again(
     assert all(a["ends_at"] == b["starts_at"] for a, b in itertools.pairwise(rows))
     now = await db.fetchval("SELECT clock_timestamp()")
     ahead = [r for r in rows[1:] if r["starts_at"] > now + timedelta(minutes=1)]  # not legacy
-    assert ahead and all(r["ends_at"] - r["starts_at"] == timedelta(minutes=1) for r in ahead)
+    assert ahead and all(r["ends_at"] - r["starts_at"] == timedelta(minutes=5) for r in ahead)
     assert rows[-1]["ends_at"] >= now + retention.MIN_AHEAD
     partitions = await db.fetchval(
         "SELECT count(*) FROM pg_inherits WHERE inhparent = 'relay.attempts'::regclass"
