@@ -183,7 +183,9 @@ async def maintain(
             # Partitions go by the database's clock, which writes the rows.
             database_now = await conn.fetchval("SELECT clock_timestamp()")
             now = database_now if now is None else now
-            width = slice_width(age)
+            # The configured age sets the width (a `relay prune` with another age must not
+            # remake the slices ahead to its own).
+            width = slice_width(timedelta(days=settings.max_age_days))
             # Newest first, so that those left are contiguous; only while they are empty
             # (nothing writes ahead of its clock), and not at start (a detach may wait).
             for s in misfits(current, database_now, width) if retire else []:
