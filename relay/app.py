@@ -15,7 +15,7 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay import retention
+from relay import hot_table, retention
 from relay.api import metrics as metrics_api
 from relay.api import outpost, pod
 from relay.api.errors import error_middleware
@@ -156,8 +156,9 @@ async def run_group_commit(app: web.Application) -> AsyncIterator[None]:
 
 
 async def run_housekeeping(app: web.Application) -> AsyncIterator[None]:
-    """In every process: the xmin horizon watch (relay/horizon.py) and the history slices
-    (relay/retention.py); in dispatchers also strays on deleted destinations."""
+    """In every process: the xmin horizon watch (relay/horizon.py), the history slices
+    (relay/retention.py) and the hot table's vacuum (relay/hot_table.py); in dispatchers
+    also strays on deleted destinations."""
     supervisor = Supervisor("housekeeping")
     app[METRICS].supervisors.append(supervisor)
     engine, settings = app[ENGINE], app[SETTINGS]
@@ -167,6 +168,7 @@ async def run_housekeeping(app: web.Application) -> AsyncIterator[None]:
     app[HORIZON] = watch
     supervisor.start("horizon", watch.run)
     supervisor.start("slices", lambda loop: retention.slices_loop(engine, settings.retention, loop))
+    supervisor.start("vacuum", lambda loop: hot_table.vacuum_loop(engine, loop))
     if app[DISPATCHER] is not None:
         supervisor.start("rounds", lambda loop: housekeeping_loop(engine, loop))
     try:

@@ -389,10 +389,21 @@ RECORD_OUTCOMES = text(f"""
                attempt_status, http_status, error_code, error_detail, response_body,
                response_headers, duration_ms, started_at, next_status, delay_seconds,
                manual)
+    ), held AS (
+        -- The rows still ours, locked in key order first: the ends and the retries below
+        -- are two passes, and lease upkeep locks the same rows in key order too (in two
+        -- orders, they deadlocked).
+        SELECT d.id FROM relay.deliveries_active d
+        JOIN o ON d.id = o.delivery_id
+        WHERE d.claim_token = o.token AND d.attempts = o.number
+          AND d.status IS NOT DISTINCT FROM 'delivering'
+        ORDER BY d.id
+        FOR UPDATE OF d
     ), ended AS (
         DELETE FROM relay.deliveries_active d
         USING o
-        WHERE d.id = o.delivery_id AND d.claim_token = o.token AND d.attempts = o.number
+        WHERE d.id = ANY(ARRAY(SELECT id FROM held)) AND d.id = o.delivery_id
+          AND d.claim_token = o.token AND d.attempts = o.number
           AND d.status IS NOT DISTINCT FROM 'delivering' AND o.next_status <> 'pending'
         RETURNING d.*, o.next_status,
                   CASE WHEN o.attempt_status = 'failed'
@@ -409,7 +420,8 @@ RECORD_OUTCOMES = text(f"""
                               THEN COALESCE(o.error_code, 'http_' || o.http_status) END,
             updated_at = now()
         FROM o
-        WHERE d.id = o.delivery_id AND d.claim_token = o.token AND d.attempts = o.number
+        WHERE d.id = ANY(ARRAY(SELECT id FROM held)) AND d.id = o.delivery_id
+          AND d.claim_token = o.token AND d.attempts = o.number
           AND d.status IS NOT DISTINCT FROM 'delivering' AND o.next_status = 'pending'
         RETURNING d.id, d.tenant_id, d.destination_id, d.status, d.next_attempt_at
     ), woken AS (
