@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 MINUTE = timedelta(minutes=1)
 # The narrowest slice. Narrower ones keep history closer to the age, but each slice is
 # one more partition of every table, which each statement that cannot prune plans,
-# locks and opens: a soak with one-minute slices (about 27 partitions a table) had
-# claims taking three times as long.
+# locks and opens (one-minute slices for five minutes of retention made some 27
+# partitions a table).
 MIN_WIDTH = timedelta(minutes=5)
 DAY = timedelta(days=1)
 # Slices exist at least this far ahead (three slices, or this), so that relay may be down
