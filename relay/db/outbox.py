@@ -291,6 +291,21 @@ INTERRUPTED_DETAIL = (
     "request may have reached the receiver, and it will be sent again"
 )
 
+# Rows claimed ahead (relay/dispatcher.py) that were never sent go back as they were:
+# no attempt row, since nothing was tried, and the claim's count of attempts undone. They
+# keep their place in the queue (next_attempt_at), behind any cursor: the caller wakes the
+# dispatchers.
+GIVE_BACK_UNSENT = text("""
+    UPDATE relay.deliveries_active
+    SET status = 'pending', claim_token = NULL, lease_expires_at = NULL,
+        attempts = attempts - 1, manual = id = ANY(:manual), updated_at = now()
+    WHERE id = ANY(:ids) AND claim_token = :token AND status = 'delivering'
+""").bindparams(
+    bindparam("ids", type_=ARRAY(BigInteger)),
+    bindparam("manual", type_=ARRAY(BigInteger)),
+    bindparam("token", type_=UUID(as_uuid=True)),
+)
+
 # --- rows relay cannot process ----------------------------------------------------------
 # A claim fails as a whole when one of its rows cannot be read: on the server (a value
 # that cannot be converted to the connection's encoding, in a SQL_ASCII database), or in
@@ -743,6 +758,23 @@ async def release_interrupted(conn: AsyncConnection, ids: Sequence[int], token: 
         {"ids": list(ids), "token": token, "code": "interrupted", "detail": INTERRUPTED_DETAIL},
     )
     return await _given_back(conn, len(result.all()))
+
+
+async def give_back_unsent(
+    conn: AsyncConnection, claimed: Sequence[Claimed], token: uuid.UUID
+) -> int:
+    """Return rows we claimed and never sent to pending, untried; how many."""
+    if not claimed:
+        return 0
+    result = await conn.execute(
+        GIVE_BACK_UNSENT,
+        {
+            "ids": [c.id for c in claimed],
+            "manual": [c.id for c in claimed if c.manual],
+            "token": token,
+        },
+    )
+    return await _given_back(conn, int(result.rowcount))
 
 
 async def _given_back(conn: AsyncConnection, released: int) -> int:

@@ -223,6 +223,38 @@ async def test_410_gone_disables_the_destination_and_pending_deliveries_wait(
     assert len(ids) == 5
 
 
+async def test_rows_claimed_ahead_are_not_sent_after_a_410(
+    start_relay: Any, http: Any, receiver: Receiver, db: Any, database_url: str
+) -> None:
+    # Cap 2: two requests in flight, one row claimed ahead. The 410s come slowly, so the
+    # row ahead is waiting for a slot when they do; it must go back untried.
+    receiver.reply = lambda n, path: Reply(status=410, delay=0.3)
+    settings = make_settings(
+        database_url,
+        tenants=tenant(dest("gone", receiver.url("/gone"))),
+        delivery={"per_destination_concurrency": 2},
+    )
+    server = await start_relay(settings, dispatcher=False)
+    for n in range(8):
+        await publish(http, server, data={"n": n})
+    await start_relay(settings, api=False)
+
+    async def disabled() -> bool:
+        row = await db.fetchrow("SELECT disabled_at FROM relay.destinations WHERE id = 'gone'")
+        return row["disabled_at"] is not None
+
+    await wait_until(disabled)
+
+    async def all_pending() -> bool:
+        return await statuses(db, "gone")() == ["pending"] * 8
+
+    await wait_until(all_pending)
+    await asyncio.sleep(0.6)
+    assert len(receiver.on_path("/gone")) == 2
+    assert await db.fetchval("SELECT count(*) FROM relay.attempts") == 2
+    assert await db.fetchval("SELECT sum(attempts) FROM relay.deliveries") == 2
+
+
 async def test_redirect_is_not_followed_and_counts_as_failure(
     start_relay: Any, http: Any, receiver: Receiver, db: Any, database_url: str
 ) -> None:
@@ -443,8 +475,22 @@ async def test_a_hanging_destination_does_not_starve_the_others(
     assert len(receiver.on_path("/slow")) == 2
     await asyncio.sleep(0.5)
     assert len(receiver.on_path("/slow")) == 2
+    # Two in flight and one claimed ahead, next in line (half the cap again).
     slow = await statuses(db, "slow")()
-    assert sorted(slow) == ["delivering"] * 2 + ["pending"] * 8
+    assert sorted(slow) == ["delivering"] * 3 + ["pending"] * 7
+
+    # Stopping: the two cut short become interrupted attempts; the one next in line goes
+    # back untried, with no attempt row and its count of attempts as it was.
+    await server.close()
+    assert await statuses(db, "slow")() == ["pending"] * 10
+    rows = await db.fetch(
+        "SELECT a.error_code FROM relay.attempts a JOIN relay.deliveries d ON d.id = a.delivery_id"
+        " WHERE d.destination_id = 'slow'"
+    )
+    assert sorted(r["error_code"] for r in rows) == ["interrupted"] * 2
+    assert await db.fetchval(
+        "SELECT sum(attempts) FROM relay.deliveries WHERE destination_id = 'slow'"
+    ) == 2
 
 
 async def test_global_cap_bounds_deliveries_in_flight(
