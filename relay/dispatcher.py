@@ -481,9 +481,13 @@ class Dispatcher:
         cap = self.settings.per_destination_concurrency
         slot = self._sending.setdefault(key, asyncio.Semaphore(cap))
         await slot.acquire()
-        while key in self._unjudged and not self._stopping.is_set():
-            self._judged.clear()
-            await self._wait(self._judged.wait())
+        try:
+            while key in self._unjudged and not self._stopping.is_set():
+                self._judged.clear()
+                await self._wait(self._judged.wait())
+        except BaseException:  # cancelled by the shutdown: not sent
+            slot.release()
+            raise
         if key in self._disabled or self._stopping.is_set():
             slot.release()
             return None
