@@ -292,7 +292,13 @@ def _plan(
         _check_explicit_destination(destinations, event)
     event_id = event.id or new_event_id()
     destination_ids = route_event(
-        destinations, event_id, event.topic, event.destination_id, event.metadata, event.data
+        destinations,
+        event_id,
+        event.topic,
+        event.destination_id,
+        event.metadata,
+        event.data,
+        event.time,
     )
     return Planned(event, event_id, destination_ids)
 
@@ -304,16 +310,20 @@ def route_event(
     destination_id: str | None,
     metadata: Mapping[str, str],
     data: bytes | str,
+    time: datetime | None,
 ) -> list[str]:
     """The destinations an event goes to: topic subscriptions, then destination filters.
 
     The one routing rule for HTTP, Python and SQL publishes (the router calls it too).
+    An event without a time is written with the time of its transaction: filters see now.
     """
     chosen = routing.route(destinations, topic, destination_id)
     filters = {d.id: orjson.loads(d.filter) for d in destinations if d.filter and d.id in chosen}
     if not filters:
         return chosen
-    subject = routing.filter_subject(event_id, topic, metadata, orjson.loads(data))
+    subject = routing.filter_subject(
+        event_id, topic, metadata, orjson.loads(data), time or datetime.now(UTC)
+    )
     return [d for d in chosen if routing.filter_matches(filters.get(d), subject)]
 
 

@@ -45,7 +45,13 @@ async def route_pending(conn: asyncpg.Connection, limit: int = 500) -> int:
                 continue
             try:
                 chosen = route_event(
-                    destinations, e.id, e.topic, e.destination_id, orjson.loads(e.metadata), e.data
+                    destinations,
+                    e.id,
+                    e.topic,
+                    e.destination_id,
+                    orjson.loads(e.metadata),
+                    e.data,
+                    e.time,
                 )
             except Exception:
                 # One event must not block the queue behind it; it stays, undelivered.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -57,30 +58,57 @@ def route(
 
     With ``destination_id`` only that destination is considered; whether it exists and
     is enabled is the caller's question to answer (it is an error there, not a no-op).
+    An event with no topic, or topic ``*``, goes to every destination, as in Outpost.
     """
+    everywhere = topic in ("", "*")
     chosen = []
     for candidate in candidates:
         if destination_id is not None and candidate.id != destination_id:
             continue
-        if candidate.enabled and any_topic_matches(candidate.topics, topic):
+        if candidate.enabled and (everywhere or any_topic_matches(candidate.topics, topic)):
             chosen.append(candidate.id)
     return chosen
 
 
 # --- destination filters -------------------------------------------------------------
 #
-# Outpost's filter language (hookdeck simple-json-match): the filter has the shape of the
-# event ({"data": ..., "metadata": ..., "topic": ...}) and every key in it must match.
-# A plain value matches an equal value, or an array containing it; a nested object
-# matches recursively; an array of values matches an array holding each of them.
-# Operators: $eq $neq $gt $gte $lt $lte $in $nin $startsWith $endsWith $exist $or $and
-# $not. A key the event lacks matches only {"$exist": false}.
+# Outpost's filter language, with the semantics of its own matcher (Outpost's
+# internal/simplejsonmatch, a port of hookdeck's simple-json-match): a relay destination
+# routes exactly the events an Outpost one would (tests/unit/test_outpost_filter_cases.py
+# runs the 230 cases taken from Outpost's tests and docs, answered by Outpost's code).
+# The filter has the shape of the event ({"id", "topic", "time", "metadata", "data"})
+# and every key in it must match:
+#
+# - a plain value matches an equal one (numbers by value, no other coercion: "1200" is
+#   not 1200), or an array holding one;
+# - a nested object matches recursively; against an array of objects, any element;
+# - an array of values matches an array holding each of them (in any order, and more);
+# - operators: $eq $neq (exact deep equality: an array equals only the same array),
+#   $gt $gte $lt $lte (two numbers, or two strings by byte order: RFC 3339 times in UTC
+#   compare as times), $in $nin (a value in a list, a substring of a string, an array
+#   holding the value), $startsWith $endsWith (a string, or any of a list of them),
+#   $exist; and $or $and $not;
+# - a key the event lacks matches only {"$exist": false}.
+#
+# Where Outpost's documentation and its code differ, relay follows the code (see the
+# README's compatibility section): an operator applied to the wrong type fails the
+# match (so {"$nin": [...]} on an object is false, not true), and {"$not": ...} under a
+# key whose value is a string, number or boolean never matches ({"status": {"$not":
+# {"$in": [...]}}} is false whatever the status); negate at the object around it.
+#
+# _mismatch() is Outpost's recursivelyMatchValue: True when the value does NOT match.
 
 _MISSING = object()
 
 FILTER_OPERATORS = frozenset(
     "$eq $neq $gt $gte $lt $lte $in $nin $startsWith $endsWith $exist $or $and $not".split()
 )
+# The operators applied to a value; $or $and $not combine filters instead.
+_VALUE_OPERATORS = FILTER_OPERATORS - {"$or", "$and", "$not"}
+
+
+class _Unsupported(Exception):
+    """An operator applied to a type it does not take: the match fails."""
 
 
 def filter_matches(rule: object, document: object) -> bool:
@@ -89,56 +117,96 @@ def filter_matches(rule: object, document: object) -> bool:
     An empty or absent filter passes everything."""
     if rule is None or rule == {}:
         return True
-    return _matches(rule, document)
+    return _matches(document, rule)
 
 
-def _matches(rule: object, value: object) -> bool:
-    if isinstance(rule, dict):
-        return all(_key_matches(key, sub, value) for key, sub in rule.items())
-    if isinstance(rule, list):
-        if not isinstance(value, list):
+def _is_primitive(value: object) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _matches(value: object, rule: object) -> bool:
+    """Outpost's matchJSONToSchema: a value against a filter (object level)."""
+    if isinstance(rule, dict) and "$not" in rule:
+        negated = _matches(value, rule["$not"])
+        if len(rule) == 1:
+            return not negated
+        if negated:
             return False
-        return all(any(_matches(item, v) for v in value) for item in rule)
-    if isinstance(value, list) and not isinstance(rule, list):
-        return any(_equal(rule, v) for v in value)
-    return _equal(rule, value)
+    if not isinstance(rule, dict) or not isinstance(value, dict):
+        return not _mismatch(value, rule)
+    for key, sub in rule.items():
+        if key == "$not":
+            continue
+        if key == "$or" and isinstance(sub, list):
+            if not any(_matches(value, r) for r in sub):
+                return False
+            continue
+        if key == "$and" and isinstance(sub, list):
+            if not all(_matches(value, r) for r in sub):
+                return False
+            continue
+        child = value.get(key, _MISSING)
+        if child is _MISSING:
+            if isinstance(sub, dict) and sub.get("$exist") is False:
+                continue
+            return False
+        if _mismatch(child, sub):
+            return False
+    return True
 
 
-def _key_matches(key: str, sub: object, value: object) -> bool:
-    if key.startswith("$"):
-        return _operator(key, sub, value)
-    child = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
-    if child is _MISSING:
-        return isinstance(sub, dict) and sub.get("$exist") is False
-    return _matches(sub, child)
+def _mismatch(value: object, rule: object) -> bool:
+    if _is_primitive(rule):
+        if _is_primitive(value):
+            return not _equal(value, rule)
+        if isinstance(value, list):
+            return all(_mismatch(v, rule) for v in value)
+        return True
+    if isinstance(value, list):
+        if isinstance(rule, list):
+            return not all(any(not _mismatch(v, r) for v in value) for r in rule)
+        if isinstance(rule, dict) and any(k in _VALUE_OPERATORS for k in rule):
+            return not _operators_pass(value, rule)
+        return all(_mismatch(v, rule) for v in value)
+    if isinstance(rule, dict):
+        either = rule.get("$or")
+        if isinstance(either, list):
+            return not any(_matches(value, r) for r in either)
+        if any(k in _VALUE_OPERATORS for k in rule):
+            return not _operators_pass(value, rule)
+        if _is_primitive(value):
+            return True
+        return not _matches(value, rule)
+    return True
 
 
-def _operator(op: str, operand: object, value: object) -> bool:
-    present = value is not _MISSING
-    if op == "$exist":
-        return present == bool(operand)
-    if op == "$or":
-        return isinstance(operand, list) and any(_matches(r, value) for r in operand)
-    if op == "$and":
-        return isinstance(operand, list) and all(_matches(r, value) for r in operand)
-    if op == "$not":
-        return not _matches(operand, value)
-    if not present:
+def _operators_pass(value: object, rule: dict[str, object]) -> bool:
+    """Every value operator in ``rule`` holds for ``value`` (other keys are ignored)."""
+    try:
+        return all(
+            _operator(op, value, operand) for op, operand in rule.items() if op in _VALUE_OPERATORS
+        )
+    except _Unsupported:
         return False
+
+
+def _operator(op: str, value: object, operand: object) -> bool:
     if op == "$eq":
-        return _matches(operand, value)
+        return _deep_equal(value, operand)
     if op == "$neq":
-        return not _matches(operand, value)
+        return not _deep_equal(value, operand)
     if op in ("$gt", "$gte", "$lt", "$lte"):
-        return _compare(op, operand, value)
-    if op in ("$in", "$nin"):
-        found = _contains(operand, value)
-        return found if op == "$in" else not found
-    if op == "$startsWith":
-        return isinstance(value, str) and isinstance(operand, str) and value.startswith(operand)
-    if op == "$endsWith":
-        return isinstance(value, str) and isinstance(operand, str) and value.endswith(operand)
-    return False
+        return _compare(op, value, operand)
+    if op == "$in":
+        return _contains(value, operand)
+    if op == "$nin":
+        return not _contains(value, operand)
+    if op in ("$startsWith", "$endsWith"):
+        return _affix(op, value, operand)
+    # $exist: the value is present (a missing key is judged in _matches).
+    if not isinstance(operand, bool):
+        raise _Unsupported
+    return operand
 
 
 def _number(value: object) -> float | None:
@@ -148,23 +216,36 @@ def _number(value: object) -> float | None:
 
 
 def _equal(a: object, b: object) -> bool:
-    # JSON has one number type: 1 equals 1.0, but true is not 1.
+    """Two primitives: numbers by value (1 equals 1.0, true is not 1); strings, booleans
+    and null as themselves."""
     na, nb = _number(a), _number(b)
     if na is not None or nb is not None:
         return na is not None and na == nb
-    return a == b
+    return type(a) is type(b) and a == b
 
 
-def _compare(op: str, operand: object, value: object) -> bool:
+def _deep_equal(a: object, b: object) -> bool:
+    """$eq: the same JSON value (objects key for key, arrays in order)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_deep_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_deep_equal(x, y) for x, y in zip(a, b, strict=True))
+    if _is_primitive(a) and _is_primitive(b):
+        return _equal(a, b)
+    return False
+
+
+def _compare(op: str, value: object, operand: object) -> bool:
     left: float | str
     right: float | str
-    na, nb = _number(value), _number(operand)
-    if na is not None and nb is not None:
-        left, right = na, nb
-    elif isinstance(value, str) and isinstance(operand, str):
-        left, right = value, operand
+    if isinstance(value, str) and isinstance(operand, str):
+        # Byte order of UTF-8, as Go compares strings.
+        left, right = value.encode(), operand.encode()  # type: ignore[assignment]
     else:
-        return False
+        na, nb = _number(value), _number(operand)
+        if na is None or nb is None:
+            raise _Unsupported
+        left, right = na, nb
     if op == "$gt":
         return left > right  # type: ignore[operator]
     if op == "$gte":
@@ -174,14 +255,34 @@ def _compare(op: str, operand: object, value: object) -> bool:
     return left <= right  # type: ignore[operator]
 
 
-def _contains(operand: object, value: object) -> bool:
+def _contains(value: object, operand: object) -> bool:
     if isinstance(operand, list):
-        if isinstance(value, list):
-            return any(_equal(o, v) for o in operand for v in value)
-        return any(_equal(o, value) for o in operand)
-    if isinstance(operand, str) and isinstance(value, str):
+        if not _is_primitive(value):
+            raise _Unsupported
+        return any(_equal(value, item) for item in operand)
+    if isinstance(value, str):
+        if not isinstance(operand, str):
+            raise _Unsupported
         return operand in value
-    return False
+    if isinstance(value, list):
+        return any(_is_primitive(item) and _equal(item, operand) for item in value)
+    raise _Unsupported
+
+
+def _affix(op: str, value: object, operand: object) -> bool:
+    if not isinstance(value, str):
+        raise _Unsupported
+    test = value.startswith if op == "$startsWith" else value.endswith
+    if isinstance(operand, str):
+        return test(operand)
+    if isinstance(operand, list):
+        for item in operand:
+            if not isinstance(item, str):
+                raise _Unsupported
+            if test(item):
+                return True
+        return False
+    raise _Unsupported
 
 
 # Filters are matched recursively for every publish: bound their shape so that no
@@ -230,7 +331,15 @@ def filter_problems(rule: object, where: str = "filter") -> list[str]:
 
 
 def filter_subject(
-    event_id: str | None, topic: str, metadata: Mapping[str, str], data: object
+    event_id: str | None, topic: str, metadata: Mapping[str, str], data: object, time: datetime
 ) -> dict[str, object]:
-    """The event as destination filters see it."""
-    return {"id": event_id, "topic": topic, "metadata": dict(metadata), "data": data}
+    """The event as destination filters see it, as Outpost builds it: the time in RFC
+    3339 to the second, in UTC ("2026-05-01T12:00:00Z"), so that $gte and $lt on it compare
+    as times."""
+    return {
+        "id": event_id,
+        "topic": topic,
+        "time": time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "metadata": dict(metadata),
+        "data": data,
+    }

@@ -46,7 +46,7 @@ async def retry(request: web.Request) -> web.Response:
                 f"destination {body.destination_id!r} is not subscribed to topic {target.topic!r}"
             )
         subject = routing.filter_subject(
-            target.event_id, target.topic, target.metadata, orjson.loads(target.data)
+            target.event_id, target.topic, target.metadata, orjson.loads(target.data), target.time
         )
         if not routing.filter_matches(target.filter, subject):
             raise BadRequest(

@@ -126,7 +126,7 @@ INSERT_DELIVERIES = f"""
 # Events the SQL function wrote, oldest first; several routers skip each other's rows.
 CLAIM_UNROUTED = """
     SELECT seq, tenant_id, id, topic, data::text AS data, metadata::text AS metadata,
-           destination_id
+           destination_id, time
     FROM relay.events
     WHERE routed_at IS NULL
     ORDER BY seq
@@ -176,6 +176,7 @@ class Unrouted:
     data: str
     metadata: str
     destination_id: str | None
+    time: datetime
 
 
 @dataclass(frozen=True, slots=True)
