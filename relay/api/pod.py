@@ -293,7 +293,9 @@ async def publish_to_pods(request: web.Request) -> web.Response:
     # One event row per receiving tenant, as in relay.events.
     request.app[METRICS].published_pod.inc(len(written))
     urls = [event_url(base, event_id) for event_id in ids]
-    payload: object = [{"id": url} for url in urls] if is_array else {"id": urls[0]}
+    # The seed's answer is {"id": ...} (for its own example, an array of one); an array's
+    # every id, in order, is in "ids" too.
+    payload = {"id": urls[0], "ids": urls} if is_array else {"id": urls[0]}
     return json_response(payload, status=201, headers={"Location": urls[0]})
 
 

@@ -426,7 +426,7 @@ class Producer:
                     if resp.status in (201, 202):
                         event_id = name
                         if self.kind == "pod":
-                            event_id = orjson.loads(payload)[0]["id"].rsplit("/", 1)[-1]
+                            event_id = orjson.loads(payload)["id"].rsplit("/", 1)[-1]
                         self.acked[event_id] = Published(event_id, topic, now, self.kind, sent_at)
                         return
                     answer = Answer(

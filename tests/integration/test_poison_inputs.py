@@ -185,7 +185,7 @@ async def test_pod_arrays_are_bounded_by_max_publish_items(
         server.make_url("/publish/"), data=orjson.dumps([item] * 50), headers=headers()
     ) as resp:
         assert resp.status == 201
-        assert len(await resp.json()) == 50
+        assert len((await resp.json())["ids"]) == 50
 
 
 async def test_any_rfc3339_offset_is_taken_and_reads_back_as_the_same_instant(
@@ -233,7 +233,7 @@ async def test_pod_api_keeps_numbers_as_sent_and_refuses_nul_naming_the_item(
     body = b"[" + item + b'{"n": 1}},\n  ' + item + data + b"}]"
     async with http.post(server.make_url("/publish/"), data=body, headers=headers()) as resp:
         assert resp.status == 201, await resp.text()
-        second = (await resp.json())[1]["id"]
+        second = (await resp.json())["ids"][1]
     async with http.get(second, headers={"x-api-key": KEY}) as resp:
         assert b'"data":' + data in await resp.read()
     stored = await db.fetchval(

@@ -1143,9 +1143,11 @@ async def test_pod_publish_answers_and_reads_back(pod_api: Api, db: Any, case: P
         return
     assert expect.accepted or expect.may_accept, f"accepted, but expected {expect}"
 
-    entries = list(answer) if case.as_array else [answer]
-    urls = [dict(entry)["id"] for entry in entries]
+    fields = dict(answer)
+    urls = fields["ids"] if case.as_array else [fields["id"]]
+    assert set(fields) == ({"id", "ids"} if case.as_array else {"id"}), fields
     assert len(urls) == len(built.items) and answer_headers["location"] == urls[0]
+    assert fields["id"] == urls[0]
     ids = [url.rsplit("/", 1)[1] for url in urls]
     key = {"x-api-key": KEY}
     for index in readback_indexes(len(ids)):
