@@ -488,9 +488,12 @@ async def test_a_hanging_destination_does_not_starve_the_others(
         " WHERE d.destination_id = 'slow'"
     )
     assert sorted(r["error_code"] for r in rows) == ["interrupted"] * 2
-    assert await db.fetchval(
-        "SELECT sum(attempts) FROM relay.deliveries WHERE destination_id = 'slow'"
-    ) == 2
+    assert (
+        await db.fetchval(
+            "SELECT sum(attempts) FROM relay.deliveries WHERE destination_id = 'slow'"
+        )
+        == 2
+    )
 
 
 async def test_global_cap_bounds_deliveries_in_flight(
