@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from relay import ssrf, webhooks
+from relay import sigtemplate, ssrf, webhook_formats, webhooks
 
 DEFAULT_CONFIG_PATH = Path("config/relay.toml")
 
@@ -128,7 +129,104 @@ class RetrySettings(_Strict):
     max_retry_after_seconds: Annotated[float, Field(ge=0)] = 3600.0
 
 
+WebhookMode = Literal["standard", "outpost"]
+
+
+def _header_prefix(value: str) -> str:
+    # Trimmed, as Outpost trims it: "" (or blanks) sends the bare keys.
+    value = value.strip()
+    if not webhooks.HEADER_NAME.match(value or "x"):
+        raise ValueError(f"{value!r} may hold only letters, digits, - and _ (or be empty)")
+    return value
+
+
+class OutpostWebhookSettings(_Strict):
+    """Outpost's default-mode settings (its ``DESTINATIONS_WEBHOOK_*``), for destinations
+    in the ``outpost`` format."""
+
+    # Templates are signed as written: no trimming.
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+    header_prefix: str = "x-outpost-"
+    # Absent: <prefix>event-id (and so on); a name: exactly that name; "": not sent.
+    event_id_header_name: str | None = None
+    signature_header_name: str | None = None
+    timestamp_header_name: str | None = None
+    topic_header_name: str | None = None
+    signature_content_template: str = webhook_formats.DEFAULT_CONTENT_TEMPLATE
+    signature_header_template: str = webhook_formats.DEFAULT_HEADER_TEMPLATE
+    signature_encoding: Literal["hex", "base64"] = "hex"
+    signature_algorithm: Literal["hmac-sha256", "hmac-sha1"] = "hmac-sha256"
+
+    @field_validator("header_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return _header_prefix(value)
+
+    @field_validator(
+        "event_id_header_name",
+        "signature_header_name",
+        "timestamp_header_name",
+        "topic_header_name",
+    )
+    @classmethod
+    def _header_name(cls, value: str | None) -> str | None:
+        return None if value is None else value.strip()
+
+    @field_validator("signature_content_template")
+    @classmethod
+    def _content_template(cls, value: str) -> str:
+        sigtemplate.parse(value, "content")
+        return value
+
+    @field_validator("signature_header_template")
+    @classmethod
+    def _header_template(cls, value: str) -> str:
+        sigtemplate.parse(value, "header")
+        return value
+
+    @model_validator(mode="after")
+    def _usable_headers(self) -> OutpostWebhookSettings:
+        names = {
+            "event-id": self.event_id_header_name,
+            "signature": self.signature_header_name,
+            "timestamp": self.timestamp_header_name,
+            "topic": self.topic_header_name,
+        }
+        problems = webhook_formats.outpost_problems(
+            self.header_prefix, {k: v for k, v in names.items() if v is not None}
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class StandardWebhookSettings(_Strict):
+    """Outpost's standard-mode settings, for destinations in the ``standard`` format."""
+
+    header_prefix: str = "webhook-"
+    # Outpost's standard mode also sends each key of the event's metadata as a header
+    # of its own name, unprefixed (never replacing a header relay already set).
+    unprefixed_metadata: bool = True
+
+    @field_validator("header_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return _header_prefix(value)
+
+
+class WebhookSettings(_Strict):
+    # A timestamp-ms metadata key (RFC 3339 with the fraction), in both formats.
+    include_millisecond_timestamp: bool = False
+    outpost: OutpostWebhookSettings = OutpostWebhookSettings()
+    standard: StandardWebhookSettings = StandardWebhookSettings()
+
+
 class DeliverySettings(_Strict):
+    # The format of destinations that do not choose one: "standard" (Outpost's standard
+    # mode: Standard Webhooks) or "outpost" (Outpost's default mode: x-outpost-*).
+    webhook_mode: WebhookMode = "standard"
+    webhook: WebhookSettings = WebhookSettings()
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
     lease_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
     poll_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 1.0
@@ -187,8 +285,11 @@ class DestinationConfig(_Strict):
     custom_headers: dict[str, str] = Field(default_factory=dict)
     enabled: bool = True
     metadata: dict[str, str] = Field(default_factory=dict)
-    # "standard" (Standard Webhooks) or "outpost" (x-outpost-* headers, v0 signature).
-    signature_mode: Literal["standard", "outpost"] = "standard"
+    # "standard" or "outpost" for this destination; unset: delivery.webhook_mode.
+    # (signature_mode is its former name.)
+    webhook_mode: WebhookMode | None = Field(
+        default=None, validation_alias=AliasChoices("webhook_mode", "signature_mode")
+    )
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] | None = None
 
     @field_validator("url")
@@ -369,6 +470,8 @@ class Settings(_Strict):
         return self.config_path or "environment"
 
 
+_OUTPOST = ("delivery", "webhook", "outpost")
+
 # Environment variables that override a file value: name -> key path.
 ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "RELAY_DATABASE_URL": ("database", "url"),
@@ -386,10 +489,29 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "RELAY_POLL_INTERVAL_SECONDS": ("delivery", "poll_interval_seconds"),
     "RELAY_DELIVERY_TIMEOUT_SECONDS": ("delivery", "timeout_seconds"),
     "RELAY_ALLOW_PRIVATE_NETWORKS": ("delivery", "allow_private_networks"),
+    "RELAY_WEBHOOK_MODE": ("delivery", "webhook_mode"),
+    "RELAY_WEBHOOK_INCLUDE_MILLISECOND_TIMESTAMP": (
+        "delivery",
+        "webhook",
+        "include_millisecond_timestamp",
+    ),
+    "RELAY_WEBHOOK_STANDARD_HEADER_PREFIX": ("delivery", "webhook", "standard", "header_prefix"),
+    "RELAY_WEBHOOK_STANDARD_UNPREFIXED_METADATA": (
+        "delivery",
+        "webhook",
+        "standard",
+        "unprefixed_metadata",
+    ),
+    **{
+        f"RELAY_WEBHOOK_OUTPOST_{key.upper()}": (*_OUTPOST, key)
+        for key in OutpostWebhookSettings.model_fields
+    },
     "RELAY_RETENTION_DAYS": ("retention", "max_age_days"),
     "RELAY_LOG_LEVEL": ("logging", "level"),
     "RELAY_LOG_FORMAT": ("logging", "format"),
 }
+
+_ENV_BY_KEY = {".".join(path): name for name, path in ENV_OVERRIDES.items()}
 
 _FIXES = {
     "missing": "add this key",
@@ -436,19 +558,23 @@ def load_settings(
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
-        raise _config_error(source, exc) from None
+        raise _config_error(source, exc, env) from None
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
-    for name, (section, key) in ENV_OVERRIDES.items():
+    for name, path in ENV_OVERRIDES.items():
         if name not in env:
             continue
         value: Any = env[name]
         if name == "RELAY_ALLOW_PRIVATE_NETWORKS":
             value = [part.strip() for part in value.split(",") if part.strip()]
-        raw.setdefault(section, {})
-        if isinstance(raw[section], dict):
-            raw[section][key] = value
+        table = raw
+        for section in path[:-1]:
+            table = table.setdefault(section, {})
+            if not isinstance(table, dict):
+                break  # the file has a value where a table belongs: validation says so
+        else:
+            table[path[-1]] = value
 
 
 def _resolve_env_references(raw: dict[str, Any], env: Mapping[str, str], source: str) -> None:
@@ -521,7 +647,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def _config_error(source: str, exc: ValidationError) -> ConfigError:
+def _config_error(source: str, exc: ValidationError, env: Mapping[str, str]) -> ConfigError:
     # Report the first problem precisely; the rest are listed after it.
     errors = exc.errors(include_url=False)
     lines = []
@@ -535,6 +661,10 @@ def _config_error(source: str, exc: ValidationError) -> ConfigError:
         loc = tuple(p for p in loc if p not in ("literal['*']", "list[str]", "str"))
         lines.append((_key_path(loc), _problem(err), _FIXES.get(err["type"], _fix_for(err))))
     key, problem, fix = lines[0]
+    variable = _ENV_BY_KEY.get(key)
+    if variable is not None and variable in env:
+        problem += f" (the value comes from {variable})"
+        fix = f"{fix}; or change or unset {variable}"
     if len(lines) > 1:
         others = "; ".join(f"{k or '(top level)'}: {p}" for k, p, _ in lines[1:5])
         problem += f" (also: {others})"

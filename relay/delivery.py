@@ -23,7 +23,7 @@ from email.utils import parsedate_to_datetime
 import aiohttp
 import orjson
 
-from relay import signing, ssrf
+from relay import ssrf, webhook_formats
 from relay.db.outbox import Claimed
 
 TRUNCATED_PLACEHOLDER = "[response body larger than {cap} bytes; not stored]"
@@ -67,12 +67,34 @@ def _refusal_for_url(url: str, allowed: tuple[ssrf.Network, ...]) -> str | None:
     return ssrf.refusal_for_url(url, allowed)
 
 
-def build_request(claimed: Claimed, now: float) -> tuple[dict[str, str], bytes]:
-    """Headers and body for a claimed delivery. The body is the producer's data verbatim.
+# The webhook formats of this process (delivery.webhook_mode and [delivery.webhook]),
+# built once: relay/app.py sets them when its dispatcher starts. Process-wide because
+# the dispatcher hands deliver() no settings; a test may pass its own to deliver().
+_formats = webhook_formats.Formats()
 
-    Custom headers come first so that they can never replace a signature header."""
+
+def use_formats(formats: webhook_formats.Formats) -> webhook_formats.Formats:
+    """Make ``formats`` this process's webhook formats; the ones they replace."""
+    global _formats
+    previous, _formats = _formats, formats
+    return previous
+
+
+def _json_map(text: str | None) -> dict[str, str]:
+    if not text or text == "{}":
+        return {}
+    value = orjson.loads(text)
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def build_request(
+    claimed: Claimed, now: float, formats: webhook_formats.Formats | None = None
+) -> tuple[dict[str, str], bytes]:
+    """Headers and body for a claimed delivery, in the format of its destination's mode
+    (or the global one). The body is the producer's data verbatim.
+
+    Custom headers come first, as in Outpost, so the format's headers replace them."""
     body = claimed.body.encode()
-    timestamp = int(now)
     secrets = [claimed.secret]
     if claimed.previous_secret and claimed.previous_secret_valid:
         secrets.append(claimed.previous_secret)
@@ -81,21 +103,16 @@ def build_request(claimed: Claimed, now: float) -> tuple[dict[str, str], bytes]:
     if claimed.custom_headers and claimed.custom_headers != "{}":
         custom: dict[str, str] = orjson.loads(claimed.custom_headers)
         headers.update({k.lower(): str(v) for k, v in custom.items()})
-    if claimed.signature_mode == "outpost":
-        # Outpost: the destination's delivery_metadata merged with the event's metadata,
-        # each key a header under the x-outpost- prefix; system headers are set last.
-        metadata: dict[str, str] = {}
-        for source in (claimed.delivery_metadata, claimed.metadata):
-            if source:
-                metadata.update(orjson.loads(source))
-        for key, value in metadata.items():
-            headers[f"x-outpost-{key.lower()}"] = str(value)
-        headers["x-outpost-event-id"] = claimed.event_id
-        headers["x-outpost-topic"] = claimed.topic
-        headers["x-outpost-timestamp"] = str(timestamp)
-        headers["x-outpost-signature"] = signing.outpost_signature(secrets, body)
-    else:
-        headers.update(signing.standard_headers(secrets, claimed.event_id, timestamp, body))
+    (formats or _formats).for_mode(claimed.signature_mode).write(
+        headers,
+        event_id=claimed.event_id,
+        topic=claimed.topic,
+        metadata=_json_map(claimed.metadata),
+        delivery_metadata=_json_map(claimed.delivery_metadata),
+        secrets=secrets,
+        now=now,
+        body=body,
+    )
     return headers, body
 
 
@@ -193,6 +210,7 @@ async def deliver(
     timeout_seconds: float,
     body_cap: int,
     allowed_networks: Sequence[ssrf.Network] = (),
+    formats: webhook_formats.Formats | None = None,
 ) -> Outcome:
     """Send one attempt of a claimed delivery and describe what happened."""
     started_at = datetime.now(UTC)
@@ -211,7 +229,7 @@ async def deliver(
         refused = _refusal_for_url(claimed.url, tuple(allowed_networks))
         if refused is not None:
             return failed("blocked_address", refused)
-        headers, body = build_request(claimed, time.time())
+        headers, body = build_request(claimed, time.time(), formats)
         async with session.post(
             claimed.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
         ) as response:

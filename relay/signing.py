@@ -1,11 +1,13 @@
-"""Webhook signatures. Pure functions over bytes.
+"""Webhook signatures and secrets. Pure functions over bytes (relay/webhook_formats.py
+says which headers carry them).
 
-- Standard Webhooks (default): ``webhook-id``, ``webhook-timestamp`` and
-  ``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">``, keyed by the
-  base64-decoded part of a ``whsec_`` secret (other secrets are used as UTF-8 bytes).
-- Outpost's default scheme: ``x-outpost-signature: v0=<hex HMAC-SHA256 of the body>``, keyed
-  by the secret's UTF-8 bytes as written (``whsec_`` prefix included), as Outpost's current
-  default (content template ``{{.Body}}``, header template ``v0={{.Signatures | join ","}}``).
+- Standard Webhooks (the ``standard`` format): ``v1,<base64 HMAC-SHA256 of
+  "id.timestamp.body">``, keyed by the base64-decoded part of a ``whsec_`` secret (other
+  secrets are used as UTF-8 bytes).
+- Outpost's default mode (the ``outpost`` format): an HMAC (SHA-256, or SHA-1 if the
+  operator says so) of the signed content, keyed by the secret's UTF-8 bytes as written
+  (``whsec_`` prefix included), hex or base64. By default the content is the body and the
+  header ``v0=<hex>``.
 
 While a secret is being rotated both the current and the previous secret sign (current
 first), so a receiver holding either verifies.
@@ -18,14 +20,25 @@ import functools
 import hashlib
 import hmac
 import secrets as _secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 WHSEC_PREFIX = "whsec_"
+Algorithm = Literal["hmac-sha256", "hmac-sha1"]
+Encoding = Literal["hex", "base64"]
+_DIGESTS: dict[str, Callable[[], Any]] = {
+    "hmac-sha256": hashlib.sha256,
+    "hmac-sha1": hashlib.sha1,
+}
 
 
-def generate_secret() -> str:
-    """A new ``whsec_`` secret: 24 random bytes, base64."""
-    return WHSEC_PREFIX + base64.b64encode(_secrets.token_bytes(24)).decode()
+def generate_secret(mode: str = "standard") -> str:
+    """A new secret as Outpost generates one for the format: ``whsec_`` and 32 random
+    bytes, in hex for ``outpost`` (its default ``whsec_{{.RandomHex}}``), in base64 for
+    ``standard`` (what Standard Webhooks verifiers decode)."""
+    if mode == "outpost":
+        return WHSEC_PREFIX + _secrets.token_hex(32)
+    return WHSEC_PREFIX + base64.b64encode(_secrets.token_bytes(32)).decode()
 
 
 # Each secret's HMAC, keyed once: a signature copies it instead of redoing the key
@@ -36,8 +49,8 @@ def _standard_hmac(secret: str) -> hmac.HMAC:
 
 
 @functools.lru_cache(maxsize=1024)
-def _outpost_hmac(secret: str) -> hmac.HMAC:
-    return hmac.new(secret.encode(), digestmod=hashlib.sha256)
+def _outpost_hmac(secret: str, algorithm: str) -> hmac.HMAC:
+    return hmac.new(secret.encode(), digestmod=_DIGESTS[algorithm])
 
 
 def _standard_key(secret: str) -> bytes:
@@ -76,10 +89,25 @@ def standard_headers(
     }
 
 
-def outpost_signature(secrets: Sequence[str], body: bytes) -> str:
-    digests = []
+def outpost_signatures(
+    secrets: Sequence[str],
+    content: bytes,
+    algorithm: Algorithm = "hmac-sha256",
+    encoding: Encoding = "hex",
+) -> list[str]:
+    """One signature of ``content`` per secret, in their order (Outpost's ``.Signatures``)."""
+    signatures = []
     for secret in secrets:
-        mac = _outpost_hmac(secret).copy()
-        mac.update(body)
-        digests.append(mac.hexdigest())
-    return "v0=" + ",".join(digests)
+        mac = _outpost_hmac(secret, algorithm).copy()
+        mac.update(content)
+        if encoding == "hex":
+            signatures.append(mac.hexdigest())
+        else:
+            signatures.append(base64.b64encode(mac.digest()).decode())
+    return signatures
+
+
+def outpost_signature(secrets: Sequence[str], body: bytes) -> str:
+    """Outpost's default header value: ``v0=`` and the hex HMAC-SHA256 of the body per
+    secret, comma-separated."""
+    return "v0=" + ",".join(outpost_signatures(secrets, body))

@@ -8,22 +8,18 @@ from collections.abc import Mapping
 
 from yarl import URL
 
-# Headers relay sets on every delivery (or the HTTP layer owns): a destination cannot
-# replace them, or signatures and framing would break.
-RESERVED_HEADERS = frozenset(
-    (
-        "content-type",
-        "content-length",
-        "host",
-        "connection",
-        "transfer-encoding",
-        "user-agent",
-        "webhook-id",
-        "webhook-timestamp",
-        "webhook-signature",
-    )
+# Headers the HTTP layer owns, or whose value relay fixes (the body is JSON): nothing
+# else (custom headers, metadata, a pinned system header name) may write them, or
+# framing would break.
+HTTP_OWNED = frozenset(
+    ("content-type", "content-length", "host", "connection", "transfer-encoding", "user-agent")
 )
+# Headers relay sets on every delivery: a destination cannot replace them, or signatures
+# and framing would break.
+RESERVED_HEADERS = HTTP_OWNED | {"webhook-id", "webhook-timestamp", "webhook-signature"}
 HEADER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+# What Outpost accepts as a system header name an operator pins.
+PINNED_HEADER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 MAX_URL_LENGTH = 2048
 
 

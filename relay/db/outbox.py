@@ -556,7 +556,8 @@ class Claimed:
     secret: str
     previous_secret: str | None
     previous_secret_valid: bool
-    signature_mode: str
+    # "standard" or "outpost"; None: the global delivery.webhook_mode.
+    signature_mode: str | None
     timeout_seconds: float | None
     delivery_metadata: str
     # Its next_attempt_at when claimed: with its id, its place in its destination's queue.

@@ -112,8 +112,10 @@ async def sync_config(conn: AsyncConnection, settings: Settings) -> None:
                     "url": dest.url,
                     "custom_headers": orjson.dumps(dest.custom_headers).decode(),
                     "secret": dest.secret,
-                    "generated_secret": generate_secret(),
-                    "signature_mode": dest.signature_mode,
+                    "generated_secret": generate_secret(
+                        dest.webhook_mode or settings.delivery.webhook_mode
+                    ),
+                    "signature_mode": dest.webhook_mode,
                     "timeout_seconds": dest.timeout_seconds,
                     "metadata": orjson.dumps(dest.metadata).decode(),
                     "enabled": dest.enabled,

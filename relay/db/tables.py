@@ -74,7 +74,9 @@ destinations = Table(
     Column("secret", Text, nullable=False),
     Column("previous_secret", Text),
     Column("previous_secret_invalid_at", TS),
-    Column("signature_mode", Text, nullable=False, server_default="standard"),
+    # The webhook format, "standard" or "outpost"; NULL: delivery.webhook_mode. (The API
+    # and the config file call it webhook_mode; migration 0009 says why it kept its name.)
+    Column("signature_mode", Text),
     Column("timeout_seconds", Float),
     Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("delivery_metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -415,7 +416,7 @@ async def test_outpost_signature_mode_with_metadata_and_rotation(
 ) -> None:
     settings = make_settings(
         database_url,
-        tenants=tenant(dest("orders", receiver.url(), signature_mode="outpost")),
+        tenants=tenant(dest("orders", receiver.url(), webhook_mode="outpost")),
     )
     server = await start_relay(settings)
     await db.execute(
@@ -424,7 +425,7 @@ async def test_outpost_signature_mode_with_metadata_and_rotation(
         ' delivery_metadata = \'{"app-id": "relay-test"}\'',
         OLD_SECRET,
     )
-    before = int(time.time())
+    before = datetime.now(UTC).replace(microsecond=0)
     event = await publish(
         http, server, data={"user_id": "u1"}, metadata={"source": "crm"}, id="evt-outpost-1"
     )
@@ -433,7 +434,9 @@ async def test_outpost_signature_mode_with_metadata_and_rotation(
     assert orjson.loads(request.body) == {"user_id": "u1"}
     assert headers["x-outpost-event-id"] == event["id"] == "evt-outpost-1"
     assert headers["x-outpost-topic"] == "order.created"
-    assert before <= int(headers["x-outpost-timestamp"]) <= int(time.time())
+    # RFC 3339 UTC to the second, as Outpost sends it since v0.16.
+    sent = datetime.strptime(headers["x-outpost-timestamp"], "%Y-%m-%dT%H:%M:%SZ")
+    assert before <= sent.replace(tzinfo=UTC) <= datetime.now(UTC)
     assert headers["x-outpost-source"] == "crm"
     assert headers["x-outpost-app-id"] == "relay-test"
     assert "webhook-signature" not in headers

@@ -89,3 +89,34 @@ async def test_downgrade_to_base_and_upgrade_again(database_url: str) -> None:
         assert await migrate.current_revision(engine) == migrate.head_revision()
     finally:
         await engine.dispose()
+
+
+async def test_0009_api_destinations_follow_the_global_webhook_mode(database_url: str) -> None:
+    from alembic import command
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(
+                lambda sync: command.downgrade(migrate.alembic_config(sync), "0008")
+            )
+            await conn.execute(text("INSERT INTO relay.tenants (id) VALUES ('t')"))
+            await conn.execute(
+                text(
+                    "INSERT INTO relay.destinations (tenant_id, id, topics, url, secret, origin,"
+                    " signature_mode) VALUES"
+                    " ('t', 'api', '{*}', 'https://x', 's', 'api', DEFAULT),"
+                    " ('t', 'file', '{*}', 'https://x', 's', 'config', 'outpost')"
+                )
+            )
+        await migrate.upgrade(engine)
+        async with engine.connect() as conn:
+            modes = dict(
+                (await conn.execute(text("SELECT id, signature_mode FROM relay.destinations")))
+                .tuples()
+                .all()
+            )
+        # An API destination could not choose before: its 'standard' was the default.
+        assert modes == {"api": None, "file": "outpost"}
+    finally:
+        await engine.dispose()

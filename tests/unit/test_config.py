@@ -212,3 +212,101 @@ def test_config_refuses_what_a_delivery_could_not_use(
 def test_log_level_is_case_insensitive(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, "[logging]\nlevel = 'debug'\n"), env={})
     assert settings.logging.level == "DEBUG"
+
+
+def test_webhook_settings_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    defaults = load_settings(write(tmp_path, MINIMAL), env={}).delivery
+    assert defaults.webhook_mode == "standard"
+    assert defaults.webhook.outpost.header_prefix == "x-outpost-"
+    assert defaults.webhook.outpost.event_id_header_name is None
+    assert defaults.webhook.standard.header_prefix == "webhook-"
+    text = (
+        MINIMAL.replace(
+            "[[tenants]]",
+            "[delivery]\nwebhook_mode = 'outpost'\n"
+            "[delivery.webhook.outpost]\n"
+            "signature_content_template = '{{.Timestamp.Unix}}.{{.Body}}'\n"
+            "signature_header_template = 't={{.Timestamp.Unix}},v0={{.Signatures | join \",\"}}'\n"
+            "topic_header_name = ''\n\n[[tenants]]",
+        )
+        + "signature_mode = 'standard'\n"
+    )
+    settings = load_settings(write(tmp_path, text), env={})
+    outpost = settings.delivery.webhook.outpost
+    assert settings.delivery.webhook_mode == "outpost"
+    assert outpost.signature_content_template == "{{.Timestamp.Unix}}.{{.Body}}"
+    assert outpost.topic_header_name == ""  # not sent
+    # A destination's own mode; signature_mode is its former name.
+    assert settings.tenants[0].destinations[0].webhook_mode == "standard"
+    env = {
+        "RELAY_WEBHOOK_MODE": "standard",
+        "RELAY_WEBHOOK_OUTPOST_HEADER_PREFIX": "x-acme-",
+        "RELAY_WEBHOOK_OUTPOST_EVENT_ID_HEADER_NAME": "",
+        "RELAY_WEBHOOK_OUTPOST_SIGNATURE_HEADER_NAME": "X-Signature",
+        "RELAY_WEBHOOK_OUTPOST_SIGNATURE_ENCODING": "base64",
+        "RELAY_WEBHOOK_OUTPOST_SIGNATURE_ALGORITHM": "hmac-sha1",
+        "RELAY_WEBHOOK_STANDARD_HEADER_PREFIX": "x-std-",
+        "RELAY_WEBHOOK_STANDARD_UNPREFIXED_METADATA": "false",
+        "RELAY_WEBHOOK_INCLUDE_MILLISECOND_TIMESTAMP": "true",
+    }
+    webhook = load_settings(write(tmp_path, text), env=env).delivery.webhook
+    assert load_settings(write(tmp_path, text), env=env).delivery.webhook_mode == "standard"
+    assert (webhook.outpost.header_prefix, webhook.outpost.event_id_header_name) == ("x-acme-", "")
+    assert webhook.outpost.signature_header_name == "X-Signature"
+    assert (webhook.outpost.signature_encoding, webhook.outpost.signature_algorithm) == (
+        "base64",
+        "hmac-sha1",
+    )
+    assert webhook.standard.header_prefix == "x-std-"
+    assert webhook.standard.unprefixed_metadata is False
+    assert webhook.include_millisecond_timestamp is True
+
+
+@pytest.mark.parametrize(
+    ("env", "key", "words"),
+    [
+        ({"RELAY_WEBHOOK_MODE": "default"}, "delivery.webhook_mode", "'standard' or 'outpost'"),
+        (
+            {"RELAY_WEBHOOK_OUTPOST_SIGNATURE_ENCODING": "b64"},
+            "delivery.webhook.outpost.signature_encoding",
+            "'hex' or 'base64'",
+        ),
+        (
+            {"RELAY_WEBHOOK_OUTPOST_SIGNATURE_ALGORITHM": "hmac-md5"},
+            "delivery.webhook.outpost.signature_algorithm",
+            "'hmac-sha256' or 'hmac-sha1'",
+        ),
+        (
+            {"RELAY_WEBHOOK_OUTPOST_SIGNATURE_HEADER_TEMPLATE": "{{.Body}}"},
+            "delivery.webhook.outpost.signature_header_template",
+            "not available in the header template",
+        ),
+        (
+            {"RELAY_WEBHOOK_OUTPOST_SIGNATURE_CONTENT_TEMPLATE": "{{.Timestamp}}"},
+            "delivery.webhook.outpost.signature_content_template",
+            "{{.Timestamp.Unix}}",
+        ),
+        (
+            {"RELAY_WEBHOOK_STANDARD_HEADER_PREFIX": "x std"},
+            "delivery.webhook.standard.header_prefix",
+            "only letters",
+        ),
+    ],
+)
+def test_a_bad_webhook_setting_names_the_key_the_variable_and_what_is_allowed(
+    tmp_path: Path, env: dict[str, str], key: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, MINIMAL), env=env)
+    assert info.value.key == key
+    assert words in info.value.problem
+    [variable] = env
+    assert variable in info.value.problem and variable in info.value.fix
+
+
+def test_system_headers_under_one_name_are_refused(tmp_path: Path) -> None:
+    text = "[delivery.webhook.outpost]\ntopic_header_name = 'X-Outpost-Event-Id'\n"
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), env={})
+    assert info.value.key == "delivery.webhook.outpost"
+    assert "event-id and topic headers are both named" in info.value.problem

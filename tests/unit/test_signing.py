@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 import uuid
 from dataclasses import replace
@@ -18,6 +19,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from relay import signing
 from relay.db.outbox import Claimed
 from relay.delivery import build_request
+from relay.webhook_formats import Formats
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OLD_SECRET = "whsec_" + base64.b64encode(b"the previous secret, 32 bytes!!!").decode()
@@ -69,11 +71,18 @@ def test_outpost_signature_is_hex_hmac_of_the_body_current_secret_first() -> Non
     assert signing.outpost_signature([SECRET, OLD_SECRET], BODY) == f"v0={new},{old}"
 
 
-def test_generated_secrets_are_whsec_and_usable() -> None:
-    secret = signing.generate_secret()
-    assert secret.startswith("whsec_") and secret != signing.generate_secret()
+def test_generated_secrets_are_as_outpost_makes_them_for_each_format() -> None:
+    # Standard mode (destwebhookstandard/secret.go): whsec_ + base64 of 32 bytes.
+    secret = signing.generate_secret("standard")
+    assert secret.startswith("whsec_") and secret != signing.generate_secret("standard")
+    assert len(secret) == 50 and len(base64.b64decode(secret[6:], validate=True)) == 32
     headers = signing.standard_headers([secret], "m", int(time.time()), BODY)
     Webhook(secret).verify(BODY, headers)
+    # Default mode (its template whsec_{{.RandomHex}}): whsec_ + 64 lowercase hex.
+    hexed = signing.generate_secret("outpost")
+    assert re.fullmatch(r"whsec_[0-9a-f]{64}", hexed) and hexed != signing.generate_secret(
+        "outpost"
+    )
 
 
 def _claimed(**changes: object) -> Claimed:
@@ -98,7 +107,7 @@ def _claimed(**changes: object) -> Claimed:
         secret=SECRET,
         previous_secret=OLD_SECRET,
         previous_secret_valid=False,
-        signature_mode="standard",
+        signature_mode=None,
         timeout_seconds=None,
         delivery_metadata=orjson.dumps({"app-id": "relay", "source": "dest"}).decode(),
     )
@@ -115,6 +124,10 @@ def test_standard_request_keeps_custom_headers_but_never_a_forged_signature() ->
     # The previous secret has expired: only the current one signs.
     assert len(headers["webhook-signature"].split(" ")) == 1
     assert not any(name.startswith("x-outpost-") for name in headers)
+    # Topic and metadata as Outpost's standard mode sends them.
+    assert headers["webhook-topic"] == "order.created"
+    assert headers["webhook-source"] == "crm" and headers["source"] == "crm"
+    assert headers["webhook-app-id"] == "relay" and "app-id" not in headers
 
 
 def test_standard_request_signs_with_the_previous_secret_while_it_is_valid() -> None:
@@ -124,13 +137,14 @@ def test_standard_request_signs_with_the_previous_secret_while_it_is_valid() -> 
 
 
 def test_outpost_request_headers() -> None:
-    now = time.time()
+    now = 1717230216.9
     headers, body = build_request(
         _claimed(signature_mode="outpost", previous_secret_valid=True), now
     )
     assert headers["x-outpost-event-id"] == "evt_7"
     assert headers["x-outpost-topic"] == "order.created"
-    assert headers["x-outpost-timestamp"] == str(int(now))
+    # RFC 3339 UTC to the second, as Outpost since v0.16 (before: Unix seconds).
+    assert headers["x-outpost-timestamp"] == "2024-06-01T08:23:36Z"
     new = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     old = hmac.new(OLD_SECRET.encode(), body, hashlib.sha256).hexdigest()
     assert headers["x-outpost-signature"] == f"v0={new},{old}"
@@ -138,12 +152,23 @@ def test_outpost_request_headers() -> None:
     assert headers["x-outpost-source"] == "crm"
     assert headers["x-outpost-region"] == "eu"
     assert headers["x-outpost-app-id"] == "relay"
+    assert "webhook-id" not in headers and "webhook-timestamp" not in headers
 
 
-def test_metadata_cannot_override_outpost_system_headers() -> None:
+def test_a_destination_without_a_mode_follows_the_global_one() -> None:
+    headers, body = build_request(_claimed(), time.time(), Formats(mode="outpost"))
+    assert headers["x-outpost-signature"] == signing.outpost_signature([SECRET], body)
+    headers, body = build_request(
+        _claimed(signature_mode="standard"), time.time(), Formats(mode="outpost")
+    )
+    Webhook(SECRET).verify(body, headers)
+
+
+def test_outpost_metadata_never_replaces_the_signature() -> None:
     metadata = orjson.dumps({"signature": "v0=forged", "topic": "other"}).decode()
     headers, body = build_request(
         _claimed(signature_mode="outpost", metadata=metadata), time.time()
     )
-    assert headers["x-outpost-topic"] == "order.created"
+    # Metadata may replace the topic header, as in Outpost; the signature is written last.
+    assert headers["x-outpost-topic"] == "other"
     assert headers["x-outpost-signature"] == signing.outpost_signature([SECRET], body)
