@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
-from relay import routing, ssrf, webhooks
+from relay import routing, ssrf, webhook_formats, webhooks
 from relay.api import params
 from relay.api.auth import Caller, authenticate
 from relay.api.errors import json_response
@@ -43,6 +43,8 @@ class WebhookConfig(BaseModel):
 
     url: StrictStr
     custom_headers: StrictStr | None = None
+    # relay's addition: "standard" or "outpost"; absent, "" or null: delivery.webhook_mode.
+    webhook_mode: StrictStr | None = None
 
 
 class WebhookCredentials(BaseModel):
@@ -74,6 +76,7 @@ class WebhookConfigPatch(BaseModel):
 
     url: StrictStr | None = None
     custom_headers: StrictStr | None = None
+    webhook_mode: StrictStr | None = None
 
 
 class WebhookCredentialsPatch(WebhookCredentials):
@@ -156,6 +159,19 @@ def parse_custom_headers(raw: str | None, problems: list[str]) -> dict[str, str]
     return dict(value)
 
 
+def check_mode(value: str | None, problems: list[str]) -> str | None:
+    """A destination's own webhook format, or None to follow delivery.webhook_mode."""
+    if not value:
+        return None
+    if value not in webhook_formats.MODES:
+        problems.append(
+            'config.webhook_mode must be "standard" or "outpost" '
+            "(or empty, for the global delivery.webhook_mode)"
+        )
+        return None
+    return value
+
+
 def check_filter(value: dict[str, Any] | None, problems: list[str]) -> dict[str, Any] | None:
     if not value:
         return None
@@ -219,6 +235,7 @@ async def create_destination(request: web.Request) -> web.Response:
     topics = topic_list(body.topics, settings.topics, problems)
     check_url(body.config.url, allowed_networks(request), problems)
     headers = parse_custom_headers(body.config.custom_headers, problems)
+    mode = check_mode(body.config.webhook_mode, problems)
     rule = check_filter(body.filter, problems)
     secret = body.credentials.secret if body.credentials else None
     if secret is not None and not secret:
@@ -247,7 +264,9 @@ async def create_destination(request: web.Request) -> web.Response:
         topics=topics,
         url=body.config.url,
         custom_headers=headers,
-        secret=secret or generate_secret(),
+        # Generated as Outpost generates secrets for the format the destination gets.
+        secret=secret or generate_secret(mode or settings.delivery.webhook_mode),
+        webhook_mode=mode,
         metadata=body.metadata or {},
         delivery_metadata=body.delivery_metadata or {},
         filter=rule,
@@ -306,8 +325,10 @@ def apply_patch(
     caller: Caller,
     catalogue: list[str],
     allowed: Sequence[ssrf.Network],
+    global_mode: str = "standard",
 ) -> admin.Destination:
-    """The destination after a merge-patch (RFC 7396), or a 422 listing every problem."""
+    """The destination after a merge-patch (RFC 7396), or a 422 listing every problem.
+    ``global_mode`` is delivery.webhook_mode (a rotated secret is made for the format)."""
     given = body.model_fields_set
     problems: list[str] = []
     changes: dict[str, Any] = {}
@@ -330,8 +351,11 @@ def apply_patch(
                 changes["url"] = body.config.url
         if "custom_headers" in config_given:
             changes["custom_headers"] = parse_custom_headers(body.config.custom_headers, problems)
+        if "webhook_mode" in config_given:
+            changes["webhook_mode"] = check_mode(body.config.webhook_mode, problems)
     if body.credentials is not None:
-        changes |= _credentials(current, body.credentials, caller, problems)
+        mode = changes.get("webhook_mode", current.webhook_mode) or global_mode
+        changes |= _credentials(current, body.credentials, caller, problems, mode)
     for name in ("metadata", "delivery_metadata"):
         if name in given:
             changes[name] = _merge_map(getattr(current, name), getattr(body, name))
@@ -348,6 +372,7 @@ def _credentials(
     patch: WebhookCredentialsPatch,
     caller: Caller,
     problems: list[str],
+    mode: str,
 ) -> dict[str, Any]:
     given = patch.model_fields_set
     admin_only(
@@ -365,7 +390,7 @@ def _credentials(
             datetime.now(UTC) + PREVIOUS_SECRET_GRACE
         )
         return {
-            "secret": generate_secret(),
+            "secret": generate_secret(mode),
             "previous_secret": current.secret,
             "previous_secret_invalid_at": invalid_at,
         }
@@ -391,13 +416,19 @@ def _aware(value: datetime | None) -> datetime | None:
 async def update_destination(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     body = validate(DestinationPatch, await read_json(request))
-    catalogue = request.app[SETTINGS].topics
+    settings = request.app[SETTINGS]
     async with request.app[ENGINE].begin() as conn:
         current = await _load(request, conn, lock=True)
         _api_owned(request, current)
-        updated = await admin.update_destination(
-            conn, apply_patch(current, body, caller, catalogue, allowed_networks(request))
+        patched = apply_patch(
+            current,
+            body,
+            caller,
+            settings.topics,
+            allowed_networks(request),
+            settings.delivery.webhook_mode,
         )
+        updated = await admin.update_destination(conn, patched)
     assert updated is not None
     return json_response(destination_json(updated))
 

@@ -41,6 +41,10 @@ def destination_json(d: Destination, *, credentials: bool = True) -> dict[str, A
     if d.custom_headers:
         # Outpost carries custom headers as a JSON string inside config.
         config["custom_headers"] = orjson.dumps(d.custom_headers).decode()
+    if d.webhook_mode:
+        # relay's addition, shown only when the destination chose its own format (else
+        # delivery.webhook_mode applies): Outpost's SDKs ignore keys they do not know.
+        config["webhook_mode"] = d.webhook_mode
     body: dict[str, Any] = {
         "id": d.id,
         "tenant_id": d.tenant_id,

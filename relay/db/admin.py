@@ -192,7 +192,7 @@ async def count_tenants(conn: AsyncConnection, ids: Sequence[str] | None) -> int
 _DESTINATION_COLUMNS = """
     tenant_id, id, type, topics, url, custom_headers, secret, previous_secret,
     previous_secret_invalid_at, metadata, delivery_metadata, filter, origin,
-    disabled_at, created_at, updated_at
+    disabled_at, created_at, updated_at, signature_mode
 """
 
 LIST_DESTINATIONS = text(f"""
@@ -216,11 +216,11 @@ LOCK_DESTINATION = text(f"""
 # it) is taken over by the new destination.
 INSERT_DESTINATION = text(f"""
     INSERT INTO relay.destinations
-        (tenant_id, id, type, topics, url, custom_headers, secret, metadata,
+        (tenant_id, id, type, topics, url, custom_headers, secret, signature_mode, metadata,
          delivery_metadata, filter, origin, disabled_at, disabled_reason, created_at,
          updated_at)
     VALUES (:tenant_id, :id, :type, :topics, :url, CAST(:custom_headers AS jsonb), :secret,
-            CAST(:metadata AS jsonb), CAST(:delivery_metadata AS jsonb),
+            :webhook_mode, CAST(:metadata AS jsonb), CAST(:delivery_metadata AS jsonb),
             CAST(:filter AS jsonb), 'api', :disabled_at,
             CASE WHEN :disabled_at IS NOT NULL THEN 'disabled through the API' END,
             COALESCE(:created_at, now()), COALESCE(:updated_at, :created_at, now()))
@@ -228,7 +228,7 @@ INSERT_DESTINATION = text(f"""
     SET type = excluded.type, topics = excluded.topics, url = excluded.url,
         custom_headers = excluded.custom_headers, secret = excluded.secret,
         previous_secret = NULL, previous_secret_invalid_at = NULL,
-        signature_mode = DEFAULT, timeout_seconds = NULL,
+        signature_mode = excluded.signature_mode, timeout_seconds = NULL,
         metadata = excluded.metadata, delivery_metadata = excluded.delivery_metadata,
         filter = excluded.filter, origin = 'api', disabled_at = excluded.disabled_at,
         disabled_reason = excluded.disabled_reason, consecutive_failures = 0,
@@ -248,6 +248,7 @@ UPDATE_DESTINATION = text(f"""
     SET topics = :topics, url = :url, custom_headers = CAST(:custom_headers AS jsonb),
         secret = :secret, previous_secret = :previous_secret,
         previous_secret_invalid_at = :previous_secret_invalid_at,
+        signature_mode = :webhook_mode,
         metadata = CAST(:metadata AS jsonb),
         delivery_metadata = CAST(:delivery_metadata AS jsonb),
         filter = CAST(:filter AS jsonb),
@@ -308,6 +309,8 @@ class Destination:
     disabled_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    # "standard" or "outpost"; None: the global delivery.webhook_mode.
+    webhook_mode: str | None = None
 
 
 def _destination(row: Row[Any]) -> Destination:
@@ -328,6 +331,7 @@ def _destination(row: Row[Any]) -> Destination:
         disabled_at=row.disabled_at,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        webhook_mode=row.signature_mode,
     )
 
 
@@ -363,6 +367,7 @@ class NewDestination:
     disabled_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    webhook_mode: str | None = None
 
 
 async def insert_destination(conn: AsyncConnection, new: NewDestination) -> Destination | None:
@@ -378,6 +383,7 @@ async def insert_destination(conn: AsyncConnection, new: NewDestination) -> Dest
                 "url": new.url,
                 "custom_headers": _json(new.custom_headers),
                 "secret": new.secret,
+                "webhook_mode": new.webhook_mode,
                 "metadata": _json(new.metadata),
                 "delivery_metadata": _json(new.delivery_metadata),
                 "filter": _json(new.filter),
@@ -404,6 +410,7 @@ async def update_destination(conn: AsyncConnection, d: Destination) -> Destinati
                 "secret": d.secret,
                 "previous_secret": d.previous_secret,
                 "previous_secret_invalid_at": d.previous_secret_invalid_at,
+                "webhook_mode": d.webhook_mode,
                 "metadata": _json(d.metadata),
                 "delivery_metadata": _json(d.delivery_metadata),
                 "filter": _json(d.filter),
