@@ -111,11 +111,8 @@ async def test_0009_api_destinations_follow_the_global_webhook_mode(database_url
             )
         await migrate.upgrade(engine)
         async with engine.connect() as conn:
-            modes = dict(
-                (await conn.execute(text("SELECT id, signature_mode FROM relay.destinations")))
-                .tuples()
-                .all()
-            )
+            rows = await conn.execute(text("SELECT id, signature_mode FROM relay.destinations"))
+            modes = {row.id: row.signature_mode for row in rows}
         # An API destination could not choose before: its 'standard' was the default.
         assert modes == {"api": None, "file": "outpost"}
     finally:
