@@ -15,7 +15,7 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay import delivery, hot_table, retention, webhook_formats
+from relay import hot_table, retention
 from relay.api import metrics as metrics_api
 from relay.api import outpost, pod
 from relay.api.errors import error_middleware
@@ -120,19 +120,16 @@ async def wait_until_reachable(engine: AsyncEngine, wait_seconds: float) -> None
 
 
 async def run_dispatcher(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS].delivery
-    previous = delivery.use_formats(webhook_formats.from_settings(settings))
+    dispatcher = Dispatcher(
+        app[ENGINE], app[DATABASE_URL], app[SETTINGS].delivery, metrics=app[METRICS]
+    )
+    app[DISPATCHER] = dispatcher
+    app[METRICS].supervisors.append(dispatcher.supervisor)
+    await dispatcher.start()
     try:
-        dispatcher = Dispatcher(app[ENGINE], app[DATABASE_URL], settings, metrics=app[METRICS])
-        app[DISPATCHER] = dispatcher
-        app[METRICS].supervisors.append(dispatcher.supervisor)
-        await dispatcher.start()
-        try:
-            yield
-        finally:
-            await dispatcher.stop()
+        yield
     finally:
-        delivery.use_formats(previous)
+        await dispatcher.stop()
 
 
 async def run_router(app: web.Application) -> AsyncIterator[None]:

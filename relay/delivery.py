@@ -67,17 +67,9 @@ def _refusal_for_url(url: str, allowed: tuple[ssrf.Network, ...]) -> str | None:
     return ssrf.refusal_for_url(url, allowed)
 
 
-# The webhook formats of this process (delivery.webhook_mode and [delivery.webhook]),
-# built once: relay/app.py sets them when its dispatcher starts. Process-wide because
-# the dispatcher hands deliver() no settings; a test may pass its own to deliver().
-_formats = webhook_formats.Formats()
-
-
-def use_formats(formats: webhook_formats.Formats) -> webhook_formats.Formats:
-    """Make ``formats`` this process's webhook formats; the ones they replace."""
-    global _formats
-    previous, _formats = _formats, formats
-    return previous
+# The defaults (delivery.webhook_mode standard, no [delivery.webhook] settings); the
+# dispatcher passes the formats its settings describe, built once.
+DEFAULT_FORMATS = webhook_formats.Formats()
 
 
 def _json_map(text: str | None) -> dict[str, str]:
@@ -103,7 +95,7 @@ def build_request(
     if claimed.custom_headers and claimed.custom_headers != "{}":
         custom: dict[str, str] = orjson.loads(claimed.custom_headers)
         headers.update({k.lower(): str(v) for k, v in custom.items()})
-    (formats or _formats).for_mode(claimed.signature_mode).write(
+    (formats or DEFAULT_FORMATS).for_mode(claimed.signature_mode).write(
         headers,
         event_id=claimed.event_id,
         topic=claimed.topic,

@@ -54,7 +54,7 @@ import aiohttp
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay import ssrf
+from relay import ssrf, webhook_formats
 from relay.claiming import SWEEP_SECONDS, Claims, Destination, Take
 from relay.config import DeliverySettings
 from relay.db import outbox
@@ -147,6 +147,8 @@ class Dispatcher:
         self.settings = settings
         self.policy = RetryPolicy.from_settings(settings.retry)
         self.allowed_networks = ssrf.parse_networks(settings.allow_private_networks)
+        # delivery.webhook_mode and [delivery.webhook], built once (delivery is hot).
+        self.formats = webhook_formats.from_settings(settings)
         self.token = uuid.uuid4()
         self.stats = DispatcherStats()
         self._wake = asyncio.Event()
@@ -507,6 +509,7 @@ class Dispatcher:
                 timeout_seconds=self.settings.timeout_seconds,
                 body_cap=self.settings.response_body_cap_bytes,
                 allowed_networks=self.allowed_networks,
+                formats=self.formats,
             )
         except asyncio.CancelledError:
             # Shutdown cut this attempt short. The request may have reached the receiver:
