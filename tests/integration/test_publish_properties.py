@@ -1019,9 +1019,12 @@ def item_refusals(members: dict[str, Any] | None, index: int | None) -> tuple[li
     if not wrong:
         pods = [*recipients, *([source] if source else [])]
         wrong += [Refusal((403,), (p,), index) for p in pods if p == STRANGER]
-    if not wrong and holds_nul(data):
-        # U+0000 is JSON, not PostgreSQL text: stored or refused (naming data), both right.
-        return [bad("data")], True
+    if isinstance(data, dict) and holds_nul(data):
+        # U+0000 is JSON, not PostgreSQL text: stored or refused (naming data), both right;
+        # and refused for it before the pods are authorized is as right as a 403.
+        if not wrong:
+            return [bad("data")], True
+        wrong.append(bad("data"))
     return wrong, False
 
 
