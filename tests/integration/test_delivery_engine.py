@@ -58,6 +58,16 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 
             await asyncio.sleep(0.05)
 
 
+def disabled(db: Any, destination: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        row = await db.fetchrow(
+            "SELECT disabled_at FROM relay.destinations WHERE id = $1", destination
+        )
+        return row["disabled_at"] is not None
+
+    return check
+
+
 def statuses(db: Any, destination: str | None = None) -> Callable[[], Awaitable[list[str]]]:
     async def fetch() -> list[str]:
         rows = await db.fetch(
@@ -198,11 +208,7 @@ async def test_410_gone_disables_the_destination_and_pending_deliveries_wait(
         await publish(http, server, data={"n": n})
     await start_relay(settings, api=False)
 
-    async def disabled() -> bool:
-        row = await db.fetchrow("SELECT disabled_at FROM relay.destinations WHERE id = 'gone'")
-        return row["disabled_at"] is not None
-
-    await wait_until(disabled)
+    await wait_until(disabled(db, "gone"))
     # The other destination is not affected.
     await wait_until(all_in(db, "delivered", 5, "ok"))
     row = await db.fetchrow("SELECT * FROM relay.destinations WHERE id = 'gone'")
@@ -240,11 +246,7 @@ async def test_rows_claimed_ahead_are_not_sent_after_a_410(
         await publish(http, server, data={"n": n})
     await start_relay(settings, api=False)
 
-    async def disabled() -> bool:
-        row = await db.fetchrow("SELECT disabled_at FROM relay.destinations WHERE id = 'gone'")
-        return row["disabled_at"] is not None
-
-    await wait_until(disabled)
+    await wait_until(disabled(db, "gone"))
 
     async def all_pending() -> bool:
         return await statuses(db, "gone")() == ["pending"] * 8
@@ -542,11 +544,7 @@ async def test_auto_disable_after_consecutive_failures_and_reenable_resumes(
         await publish(http, server, data={"n": n})
     await start_relay(settings, api=False)
 
-    async def disabled() -> bool:
-        row = await db.fetchrow("SELECT disabled_at FROM relay.destinations WHERE id = 'flaky'")
-        return row["disabled_at"] is not None
-
-    await wait_until(disabled)
+    await wait_until(disabled(db, "flaky"))
     row = await db.fetchrow("SELECT * FROM relay.destinations WHERE id = 'flaky'")
     assert row["consecutive_failures"] == 3
     assert row["disabled_reason"] == "3 consecutive failed attempts"
