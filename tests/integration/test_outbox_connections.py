@@ -80,16 +80,16 @@ async def test_claim_and_record_on_a_raw_connection_match_sqlalchemy(
                 in_flight={("acme", "orders"): 2},
             )
         assert len(from_sqlalchemy) == 1
-        # Same row shape either way (ids and event ids aside).
+        # Same row shape either way (ids, event ids and claim times aside).
         shape = {
             k: v
             for k, v in dataclasses.asdict(from_raw[0]).items()
-            if k not in ("id", "event_seq", "event_id")
+            if k not in ("id", "event_seq", "event_id", "claimed_at")
         }
         other = {
             k: v
             for k, v in dataclasses.asdict(from_sqlalchemy[0]).items()
-            if k not in ("id", "event_seq", "event_id")
+            if k not in ("id", "event_seq", "event_id", "claimed_at")
         }
         assert shape == other
         assert shape["custom_headers"] == '{"x-team": "a"}' and shape["attempt"] == 1
@@ -297,6 +297,25 @@ async def test_recording_finds_each_delivery_by_its_key_however_many_are_in_flig
             if node.get("Relation Name") in ("deliveries", "deliveries_active")
         ]
         assert scans == [("Index Scan", "pk_deliveries_active")], scans
+        # Driven by the locked rows, each found once: joined to the batch of outcomes
+        # (a CTE the plan takes for 10 rows), every row written scanned the whole batch.
+        ctes = [n.get("CTE Name") for n in plan_nodes(write) if n["Node Type"] == "CTE Scan"]
+        assert ctes == ["held"], ctes
+    # The check for attempts already written is a probe per outcome, never a hash of
+    # every attempt written in the window.
+    assert attempt_scans_outside_subplans(plan["Plan"]) == []
+
+
+def attempt_scans_outside_subplans(node: dict[str, Any], in_subplan: bool = False) -> list[str]:
+    """Reads of relay.attempts (the insert aside) not under a SubPlan: run once per plan."""
+    in_subplan = in_subplan or node.get("Parent Relationship") == "SubPlan"
+    reads = node.get("Relation Name", "").startswith("attempts") and node["Node Type"] != (
+        "ModifyTable"
+    )
+    found = [f"{node['Node Type']} on {node['Relation Name']}"] if reads and not in_subplan else []
+    for child in node.get("Plans", []):
+        found += attempt_scans_outside_subplans(child, in_subplan)
+    return found
 
 
 async def test_recorded_retries_are_announced_with_their_time(db: Any, database_url: str) -> None:

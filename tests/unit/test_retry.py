@@ -33,6 +33,7 @@ def claimed(attempt: int = 1, *, eligible: bool = True, dest: str = "d") -> Clai
         metadata="{}",
         eligible_for_retry=eligible,
         published_at=NOW,
+        claimed_at=NOW,
         url="https://example.com/hook",
         custom_headers="{}",
         secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",

@@ -100,6 +100,7 @@ def _claimed(**changes: object) -> Claimed:
         metadata=orjson.dumps({"source": "crm", "Region": "eu"}).decode(),
         eligible_for_retry=True,
         published_at=datetime.now(UTC),
+        claimed_at=datetime.now(UTC),
         url="https://example.com/hook",
         custom_headers=orjson.dumps(
             {"Authorization": "Bearer x", "webhook-signature": "forged"}
