@@ -5,7 +5,8 @@ settings but for what the scenario needs), against a fresh database on a Postgre
 server (the system one by default). A receiver process (bench/receiver.py) has one
 endpoint per destination; every second destination fails a share of its requests with
 500 (--fail-rate, default 10%), the others always answer 200. This process publishes at
-a fixed rate through the HTTP publish API, every event routed to every destination, and
+a fixed rate through the HTTP publish API, every event routed to every destination (or,
+with --route alternate, each to one destination in turn: one delivery per event), and
 samples everything every --sample-every seconds into a CSV (and a PNG plot, drawn by
 bench/soak_plot.py with matplotlib from bench/.venv). Timings are reported, never
 asserted.
@@ -94,7 +95,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -320,21 +321,26 @@ def histogram_quantile(
 
 class Publisher:
     """Publishes through POST /api/v1/publish, one event per request, each to every
-    destination (topic "*"): at a fixed rate, as fast as it can, or held to a window of
-    outstanding deliveries."""
+    destination (--route all), or in turn to one of them (--route alternate: event n has
+    topic t<n mod destinations>): at a fixed rate, as fast as it can, or held to a window
+    of outstanding deliveries."""
 
-    def __init__(self, http: aiohttp.ClientSession, concurrency: int) -> None:
+    def __init__(
+        self, http: aiohttp.ClientSession, concurrency: int, topics: Sequence[str] = ("all",)
+    ) -> None:
         self.http = http
         self.url = ""
         self.headers = {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"}
-        prefix, _, suffix = json.dumps(
-            {
-                "tenant_id": TENANT,
-                "topic": "order.created",
-                "data": {"n": 0, "pad": "x" * PAYLOAD_PAD},
-            }
-        ).partition('"n": 0')
-        self.prefix = (prefix + '"n": ').encode()
+        self.prefixes: list[bytes] = []
+        for topic in topics:
+            prefix, _, suffix = json.dumps(
+                {
+                    "tenant_id": TENANT,
+                    "topic": topic,
+                    "data": {"n": 0, "pad": "x" * PAYLOAD_PAD},
+                }
+            ).partition('"n": 0')
+            self.prefixes.append((prefix + '"n": ').encode())
         self.suffix = suffix.encode()
         self.concurrency = asyncio.Semaphore(concurrency)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -355,7 +361,9 @@ class Publisher:
         started = time.perf_counter()
         try:
             async with self.http.post(
-                self.url, data=self.prefix + str(n).encode() + self.suffix, headers=self.headers
+                self.url,
+                data=self.prefixes[n % len(self.prefixes)] + str(n).encode() + self.suffix,
+                headers=self.headers,
             ) as resp:
                 await resp.read()
                 if resp.status == 202:
@@ -462,6 +470,19 @@ class Run:
     def ok_destinations(self) -> list[str]:
         return [d for d, fail in self.destinations if fail == 0]
 
+    @property
+    def topics(self) -> list[str]:
+        """The topics events are published with, in turn: each destination's own
+        (--route alternate), or one all destinations take."""
+        if self.args.route == "alternate":
+            return [f"t{i:02d}" for i in range(1, self.args.destinations + 1)]
+        return ["all"]
+
+    @property
+    def share(self) -> float:
+        """Deliveries per event at each destination: 1, or 1/destinations in turn."""
+        return 1.0 / self.args.destinations if self.args.route == "alternate" else 1.0
+
     # --- databases
 
     async def new_database(self) -> str:
@@ -521,13 +542,14 @@ class Run:
                 f"interval_seconds = {args.retention_interval!r}",
             ]
         lines += ["[[tenants]]", f'id = "{TENANT}"']
-        for dest, fail in self.destinations:
+        for i, (dest, fail) in enumerate(self.destinations):
             query = f"?fail={fail}" if fail else ""
+            topics = '"*"' if self.args.route == "all" else f'["{self.topics[i]}"]'
             lines += [
                 "[[tenants.destinations]]",
                 f'id = "{dest}"',
                 f'url = "http://127.0.0.1:{self.receiver_port}/hook/{dest}{query}"',
-                'topics = "*"',
+                f"topics = {topics}",
                 f'secret = "{SECRET}"',
             ]
         OUT.mkdir(exist_ok=True)
@@ -945,7 +967,7 @@ async def trace_once(
             "published": publisher.ok,
             "received_ok": received_ok,
             "received_failed": sum(stats["failed"].values()),
-            "outstanding_ok": publisher.ok * per_ok - received_ok,
+            "outstanding_ok": round(publisher.ok * per_ok * run.share) - received_ok,
         }
     )
 
@@ -1061,7 +1083,7 @@ async def soak(run: Run) -> dict[str, Any]:
     api_cm, dispatch_cm, api_port, health_port = relay_processes(run, config, "live")
     per_ok = len(run.ok_destinations)
     result: dict[str, Any] = {"url": url}
-    publisher = Publisher(run.http, args.concurrency)
+    publisher = Publisher(run.http, args.concurrency, run.topics)
     publisher.url = f"http://127.0.0.1:{api_port}/api/v1/publish"
     await run.reset_receiver()
     with api_cm() as api:
@@ -1100,7 +1122,7 @@ async def soak(run: Run) -> dict[str, Any]:
                 run.phase = "load"
                 print(
                     f"load: {args.rate:g} events/s for {args.duration:g}s to "
-                    f"{args.destinations} destinations",
+                    f"{args.destinations} destinations ({args.route})",
                     flush=True,
                 )
                 tasks: list[Awaitable[None]] = [
@@ -1406,7 +1428,7 @@ def summarize_soak(run: Run, result: dict[str, Any]) -> str:
             )
         )
     if args.backlog:
-        threshold = max(10.0, args.rate * len(run.ok_destinations) * 0.25)
+        threshold = max(10.0, args.rate * len(run.ok_destinations) * run.share * 0.25)
         # The first time the backlog is down to a quarter second's live work.
         took = next(
             (
@@ -1430,7 +1452,7 @@ def summarize_soak(run: Run, result: dict[str, Any]) -> str:
         )
     final = result.get("final", {})
     received = result.get("received", {})
-    expected = result.get("published", 0)
+    expected = round(result.get("published", 0) * run.share)
     short = {d: expected - received.get("ok", {}).get(d, 0) for d in run.ok_destinations}
     facts.append(
         f"published {expected:,} events ({result.get('publish_failures', 0)} failed requests); "
@@ -1703,7 +1725,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add = parser.add_argument
     add("--rate", type=float, help="events/s published (default 1000; --quick 200)")
     add("--duration", type=float, help="seconds of load (default 600; --quick 60)")
-    add("--destinations", type=int, help="destinations, every event to all (default 2)")
+    add("--destinations", type=int, help="destinations (default 2)")
+    add(
+        "--route",
+        choices=["all", "alternate"],
+        default="all",
+        help="every event to every destination, or each to one in turn (--compare-backlog: all)",
+    )
     add("--cap", type=int, help="per_destination_concurrency (default: relay's, 32)")
     add("--fail-rate", type=float, help="share of 500s at every second destination (0.1)")
     add("--sample-every", type=float, help="seconds between samples (default 10; --quick 5)")
@@ -1747,6 +1775,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if compare_mode and not args.backlog:
         args.backlog = 2_000 if args.quick else 200_000
+    if compare_mode and args.route != "all":
+        parser.error("--compare-backlog sends every event to every destination (--route all)")
     if args.pin and args.pin_at >= args.duration:
         parser.error("--pin-at must fall within --duration")
     return args
