@@ -360,6 +360,14 @@ async def test_tenant_tokens(api: Client, http: Any, relay: Any) -> None:
         },
     )
     assert status == 403 and "admin" in answer["message"]
+    # Admin-only routes: a valid tenant token is known but not allowed there (403, as
+    # Outpost answers), even for its own tenant.
+    for method, path, body in (
+        ("POST", "/publish", {"tenant_id": "acme", "data": {}}),
+        ("GET", "/tenants/acme/token", None),
+    ):
+        status, answer = await scoped.call(method, path, body)
+        assert status == 403 and "admin API key" in answer["message"], (path, answer)
 
     def forged(**claims: Any) -> Client:
         now = int(time.time())
@@ -368,6 +376,8 @@ async def test_tenant_tokens(api: Client, http: Any, relay: Any) -> None:
         return Client(http, relay, {"Authorization": f"Bearer {token}"})
 
     assert (await forged().call("GET", "/tenants/acme"))[0] == 401
+    # A token relay did not sign is no tenant's: 401 on admin-only routes too.
+    assert (await forged().call("POST", "/publish", {"tenant_id": "acme", "data": {}}))[0] == 401
     # Signed with relay's key but past its 24 hours.
     created = await live_created(relay, "acme")
     stale = issue_tenant_token(
@@ -393,6 +403,8 @@ async def test_a_deleted_tenants_token_is_refused_even_after_the_id_is_reused(
         status, answer = await holder.call(method, path)
         assert status == 401, (method, path)
         assert "deleted" in answer["message"]
+    # Outpost checks admin-only routes before it looks the tenant up: still a 403 there.
+    assert (await holder.call("GET", "/tenants/acme/token"))[0] == 403
     # The id handed out again at once, as a rule within the second the token was issued
     # in: still refused (the token names the incarnation it was issued for).
     assert (await api.call("PUT", "/tenants/acme"))[0] == 201

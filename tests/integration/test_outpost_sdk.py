@@ -255,11 +255,13 @@ async def test_tenant_token_sees_only_its_tenant(sdk: Outpost, relay: Any) -> No
         assert [t.id for t in tenants.models or []] == ["acme"]
         events = await scoped.events.list_async(request={"tenant_id": ["acme", "globex"]})
         assert {e.tenant_id for e in events.models or []} == {"acme"}
-        # Publishing and issuing tokens need the admin key.
-        with pytest.raises(errors.UnauthorizedError):
+        # Publishing and issuing tokens need the admin key: a 403, as Outpost answers.
+        with pytest.raises(errors.UnauthorizedError) as publishing:
             await scoped.publish_async(request={"tenant_id": "acme", "data": {}})
-        with pytest.raises(errors.UnauthorizedError):
+        assert publishing.value.status_code == 403
+        with pytest.raises(errors.UnauthorizedError) as issuing:
             await scoped.tenants.get_token_async(tenant_id="acme")
+        assert issuing.value.status_code == 403
 
 
 async def test_failed_attempts_show_their_code(sdk: Outpost, receiver: Any) -> None:
