@@ -45,6 +45,12 @@ ATTEMPT_MEASURES = (
     "rate",
     "successful_rate",
     "failed_rate",
+    # outpost-sdk 1.7's (Outpost's managed API; not in its open-source server): the
+    # destination's response time in milliseconds, null for a group with no timed attempt.
+    "avg_latency",
+    "p50_latency",
+    "p95_latency",
+    "p99_latency",
 )
 # Rate measures: the count they divide by the bucket's length in seconds.
 RATES = {"rate": "count", "successful_rate": "successful_count", "failed_rate": "failed_count"}
@@ -108,7 +114,7 @@ def _query(
     tenants = caller.tenant_filter(filters.get("tenant_id", []))
     if tenants:
         filters["tenant_id"] = tenants
-    query = aggregates.Query(start, end, granularity, dimensions, filters)
+    query = aggregates.Query(start, end, granularity, dimensions, filters, measures)
     return query, measures
 
 

@@ -99,7 +99,7 @@ def attempt_json(
         "code": str(a.http_status) if a.http_status is not None else (a.error_code or ""),
         "attempt_number": a.number,
         "manual": a.manual,
-        "latency_ms": a.duration_ms,
+        "latency_ms": a.latency_ms,
         "event_id": a.event_id,
         "destination_id": a.destination_id,
     }

@@ -311,6 +311,28 @@ class AttemptFilter:
     time: TimeRange = field(default_factory=TimeRange)
 
 
+# Attempts whose duration_ms is no destination's response time: never sent (refused by
+# the SSRF guard, a request that could not be built, relay's own failure, a quarantined
+# row) or cut short with no outcome (its dispatcher died or stopped: the duration is the
+# lease's). Their latency is null, as Outpost's latency_ms is for attempts "that never
+# reached the provider"; averages and percentiles leave them out.
+UNTIMED_CODES = (
+    "blocked_address",
+    "invalid_request",
+    "invalid_url",
+    "internal_error",
+    "unprocessable",
+    "lease_expired",
+    "interrupted",
+)
+# The same as SQL, over relay.attempts as ``a`` (constants only: no user input).
+LATENCY_SQL = (
+    "CASE WHEN a.error_code IN ("
+    + ", ".join(f"'{code}'" for code in UNTIMED_CODES)
+    + ") THEN NULL ELSE a.duration_ms END"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptRow:
     id: int
@@ -337,6 +359,11 @@ class AttemptRow:
     @property
     def position(self) -> Position:
         return Position(self.started_at, self.id)
+
+    @property
+    def latency_ms(self) -> int | None:
+        """How long the destination took to answer (or fail); None when not timed."""
+        return None if self.error_code in UNTIMED_CODES else self.duration_ms
 
 
 ATTEMPTS = """
