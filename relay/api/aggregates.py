@@ -119,12 +119,8 @@ def _query(
 
 
 def _window(request: web.Request) -> tuple[datetime, datetime]:
+    # Other time[...] keys are ignored, as Outpost ignores them.
     bounds: dict[str, datetime] = {}
-    for key in request.query:
-        if key.startswith("time[") and key not in ("time[start]", "time[end]"):
-            raise BadRequest(
-                f"{key} is not part of the time range; use time[start] and time[end]", data=[key]
-            )
     for name in ("start", "end"):
         key = f"time[{name}]"
         raw = params.single(request, key)

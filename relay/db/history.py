@@ -230,7 +230,7 @@ EVENTS = """
                  WHERE d.event_seq = e.seq ORDER BY d.id) AS matched_destination_ids
     FROM relay.events e
     WHERE {where}
-    ORDER BY e.time {order}, e.seq {order}
+    ORDER BY {order_by}
     LIMIT :limit
 """
 
@@ -274,7 +274,8 @@ async def list_events(
         where = _event_where(f)
         where.seek("e.time, e.seq", after, desc, BigInteger)
         order = "DESC" if desc else "ASC"
-        statement = where.statement(EVENTS.format(where=where.sql(), order=order))
+        order_by = f"e.time {order}, e.seq {order}"
+        statement = where.statement(EVENTS.format(where=where.sql(), order_by=order_by))
         result = await conn.execute(statement, where.params | {"limit": n})
         return [_event(r) for r in result]
 
@@ -291,9 +292,11 @@ async def list_events(
 async def get_event(
     conn: AsyncConnection, event_id: str, tenant_ids: Sequence[str] = ()
 ) -> EventRow | None:
-    """An event by id (the latest, should two tenants use the same id)."""
+    """An event by id. Should two tenants have used the id (and no tenant be given), the
+    one published last: seq follows publish order, where an event's time is the
+    producer's to choose. (Outpost answers either, as its query happens to find it.)"""
     where = _event_where(EventFilter(tenant_ids=tenant_ids, ids=[event_id]))
-    statement = where.statement(EVENTS.format(where=where.sql(), order="DESC"))
+    statement = where.statement(EVENTS.format(where=where.sql(), order_by="e.seq DESC"))
     row = (await conn.execute(statement, where.params | {"limit": 1})).first()
     return None if row is None else _event(row)
 

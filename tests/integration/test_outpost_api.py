@@ -259,24 +259,83 @@ async def test_event_pages_stay_correct_within_a_time_window(api: Client) -> Non
 @pytest.mark.parametrize(
     ("path", "name"),
     [
-        ("/events?limit=0", "limit"),
-        ("/events?limit=1001", "limit"),
-        ("/events?limit=ten", "limit"),
         ("/events?dir=up", "dir"),
         ("/events?next=not-a-cursor", "next"),
         ("/events?next=a&prev=b", "next"),
         ("/events?time[gte]=yesterday", "time[gte]"),
-        ("/events?time[since]=2026-01-01", "time[since]"),
+        # Outpost's one refused time key: an operator it knows and does not support.
+        ("/attempts?time[any]=2026-01-01", "time[any]"),
         ("/events?order_by=topic", "order_by"),
         ("/attempts?status=maybe", "status"),
-        ("/attempts?include=everything", "include"),
+        # /tenants refuses a limit outside 1-100, as Outpost does (the history listings
+        # cap theirs: test_what_outpost_ignores_or_corrects_is_ignored_or_corrected).
         ("/tenants?limit=101", "limit"),
+        ("/tenants?limit=ten", "limit"),
     ],
 )
 async def test_bad_query_parameters_are_400_naming_them(api: Client, path: str, name: str) -> None:
     status, answer = await api.call("GET", path)
     assert status == 400 and answer["status"] == 400
     assert name in answer["data"] and answer["message"]
+
+
+async def test_what_outpost_ignores_or_corrects_is_ignored_or_corrected(
+    api: Client, receiver: Any, db: Any
+) -> None:
+    """A history listing's limit outside 1-1000 is capped (not a number, or below 1: the
+    default 100), and unknown include values and time[...] keys are ignored."""
+    created = await make_destination(api, "acme", receiver.url())
+    for n in range(3):
+        await publish_at(api, "acme", n, f"2026-01-0{1 + n}T00:00:00Z")
+    paths = ("/events", "/attempts", f"/tenants/acme/destinations/{created['id']}/attempts")
+    for path in paths:
+        for limit, effective in (("0", 100), ("-5", 100), ("ten", 100), ("1.5", 100)):
+            status, page = await api.call("GET", path, params={"limit": limit})
+            assert status == 200 and page["pagination"]["limit"] == effective, (path, limit)
+        status, page = await api.call("GET", path, params={"limit": "1001"})
+        assert status == 200 and page["pagination"]["limit"] == 1000, path
+    status, page = await api.call("GET", "/events", params={"limit": "2"})
+    assert len(page["models"]) == 2 and page["pagination"]["limit"] == 2
+    # time[since] is no operator: ignored, the listing is whole; the known ones apply.
+    query = {"time[since]": "2026-01-03T00:00:00Z", "time[lt]": "2026-01-03T00:00:00Z"}
+    status, page = await api.call("GET", "/events", params=query)
+    assert status == 200 and len(page["models"]) == 2
+
+    async def attempted() -> bool:
+        return bool(await db.fetchval("SELECT count(*) = 3 FROM relay.attempts"))
+
+    async with asyncio.timeout(10):
+        while not await attempted():
+            await asyncio.sleep(0.05)
+    status, page = await api.call(
+        "GET", "/attempts", params=[("include", "everything"), ("include", "event")]
+    )
+    assert status == 200 and len(page["models"]) == 3
+    first = page["models"][0]
+    assert "event" in first and "data" not in first["event"] and "everything" not in first
+    status, page = await api.call("GET", "/attempts", params={"include": "nothing,response_data"})
+    assert status == 200 and "response_data" in page["models"][0]
+    assert "event" not in page["models"][0]
+
+
+async def test_an_id_two_tenants_used_reads_as_the_one_published_last(
+    api: Client, http: Any, relay: Any
+) -> None:
+    """GET /events/{id} without tenant_id: deterministic where Outpost answers either."""
+    for tenant, when in (("acme", "2030-01-01T00:00:00Z"), ("globex", "2020-01-01T00:00:00Z")):
+        await api.call("PUT", f"/tenants/{tenant}")
+        body = {"id": "shared", "tenant_id": tenant, "data": {"t": tenant}, "time": when}
+        assert (await api.call("POST", "/publish", body))[0] == 202
+    # globex published last (though its event is dated earlier): publish order decides.
+    for _ in range(3):
+        status, event = await api.call("GET", "/events/shared")
+        assert (status, event["tenant_id"], event["data"]) == (200, "globex", {"t": "globex"})
+    status, event = await api.call("GET", "/events/shared", params={"tenant_id": "acme"})
+    assert (status, event["tenant_id"]) == (200, "acme")
+    token = (await api.call("GET", "/tenants/acme/token"))[1]["token"]
+    scoped = Client(http, relay, {"Authorization": f"Bearer {token}"})
+    status, event = await scoped.call("GET", "/events/shared")
+    assert (status, event["tenant_id"]) == (200, "acme")
 
 
 async def test_cursor_from_another_listing_or_direction_is_refused(api: Client) -> None:
@@ -489,7 +548,9 @@ async def test_history_pages_are_index_range_scans(database_url: str, db: Any) -
             for f, index in cases:
                 where = history._event_where(f)
                 where.seek("e.time, e.seq", after, True, BigInteger)
-                sql = "EXPLAIN " + history.EVENTS.format(where=where.sql(), order="DESC")
+                sql = "EXPLAIN " + history.EVENTS.format(
+                    where=where.sql(), order_by="e.time DESC, e.seq DESC"
+                )
                 result = await conn.execute(where.statement(sql), where.params | {"limit": 100})
                 plan = "\n".join(row[0] for row in result)
                 assert index + " on events_2" in plan, plan
