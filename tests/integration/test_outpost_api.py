@@ -361,9 +361,12 @@ async def test_retry_rules(api: Client, receiver: Any, db: Any) -> None:
     assert later["topics"] == ["order.*", "x"]
     narrow = await make_destination(api, "acme", receiver.url("/narrow"), topics=["other"])
     event_id = published["id"]
-    assert (
-        await api.call("POST", "/retry", {"event_id": event_id, "destination_id": narrow["id"]})
-    )[0] == 400
+    # Never routed there, and not subscribed: 404, as Outpost answers a destination the
+    # event has no attempt to.
+    status, answer = await api.call(
+        "POST", "/retry", {"event_id": event_id, "destination_id": narrow["id"]}
+    )
+    assert status == 404 and "never routed" in answer["message"], answer
     status, answer = await api.call(
         "POST", "/retry", {"event_id": "nope", "destination_id": later["id"]}
     )
@@ -387,6 +390,16 @@ async def test_retry_rules(api: Client, receiver: Any, db: Any) -> None:
         while await attempt() is None:
             await asyncio.sleep(0.05)
     assert tuple(await attempt()) == (True, 1, "success")
+
+    # Routed there once, and no longer matching or enabled: 400 (as Outpost), not 404.
+    retry_later = {"event_id": event_id, "destination_id": later["id"]}
+    path = f"/tenants/acme/destinations/{later['id']}"
+    assert (await api.call("PATCH", path, {"topics": ["x"]}))[0] == 200
+    status, answer = await api.call("POST", "/retry", retry_later)
+    assert status == 400 and "not subscribed" in answer["message"], answer
+    assert (await api.call("PUT", path + "/disable"))[0] == 200
+    status, answer = await api.call("POST", "/retry", retry_later)
+    assert status == 400 and "disabled" in answer["message"], answer
 
 
 async def test_tenant_tokens(api: Client, http: Any, relay: Any) -> None:
