@@ -210,6 +210,52 @@ async def test_patch_is_a_merge_patch(api: Client, receiver: Any) -> None:
     assert again["id"] == "d1" and again["filter"] is None
 
 
+async def test_values_outpost_converts_are_converted(api: Client, receiver: Any) -> None:
+    """Non-string metadata becomes strings, and rotate_secret is read, as in Outpost."""
+    metadata = {"n": 42, "ok": True, "none": None, "obj": {"b": 1, "a": [2]}, "s": "x"}
+    status, tenant = await api.call("PUT", "/tenants/acme", {"metadata": metadata})
+    assert status == 201
+    assert tenant["metadata"] == {
+        "n": "42",
+        "ok": "true",
+        "none": "",
+        "obj": '{"a":[2],"b":1}',
+        "s": "x",
+    }
+    created = await make_destination(
+        api, "acme", receiver.url(), metadata={"n": 1.5, "f": False}, delivery_metadata={"n": 7}
+    )
+    assert created["metadata"] == {"n": "1.5", "f": "false"}
+    assert created["delivery_metadata"] == {"n": "7"}
+    path = f"/tenants/acme/destinations/{created['id']}"
+    # A merge patch: null still removes a key.
+    status, patched = await api.call("PATCH", path, {"metadata": {"n": None, "x": 3}})
+    assert status == 200 and patched["metadata"] == {"f": "false", "x": "3"}
+
+    secret = created["credentials"]["secret"]
+    for falsy in ("false", "0", "no", "", False, None):
+        status, same = await api.call("PATCH", path, {"credentials": {"rotate_secret": falsy}})
+        assert status == 200 and same["credentials"]["secret"] == secret, falsy
+    for truthy in ("true", "Yes", 1, True):
+        status, rotated = await api.call("PATCH", path, {"credentials": {"rotate_secret": truthy}})
+        assert status == 200, rotated
+        assert rotated["credentials"]["previous_secret"] == secret, truthy
+        assert rotated["credentials"]["secret"] != secret
+        secret = rotated["credentials"]["secret"]
+    # A new destination has nothing to rotate: 422, as Outpost answers.
+    status, answer = await api.call(
+        "POST",
+        "/tenants/acme/destinations",
+        {
+            "type": "webhook",
+            "topics": "*",
+            "config": {"url": receiver.url()},
+            "credentials": {"rotate_secret": "true"},
+        },
+    )
+    assert status == 422 and "rotate_secret" in answer["message"]
+
+
 async def publish_at(api: Client, tenant: str, n: int, when: str) -> str:
     body = {"tenant_id": tenant, "topic": f"t{n % 2}", "data": {"n": n}, "time": when}
     status, answer = await api.call("POST", "/publish", body)
