@@ -95,6 +95,16 @@ class ServerSettings(_Strict):
         return self
 
 
+class ApiSettings(_Strict):
+    """How the Outpost-compatible API (/api/v1) answers where relay could be stricter."""
+
+    # POST /api/v1/publish to an unknown tenant, or with a destination_id that is unknown,
+    # disabled or not subscribed to the topic: false answers 202 with no destination_ids,
+    # as Outpost does (an unknown tenant's event is not stored); true answers 404 or 422,
+    # as relay did before (and as relay.publish.publish always does).
+    strict_publish: bool = False
+
+
 class DatabaseSettings(_Strict):
     # Empty: start the embedded PostgreSQL in data_dir.
     url: str | None = None
@@ -396,6 +406,7 @@ class Settings(_Strict):
 
     config_path: str | None = None
     server: ServerSettings = ServerSettings()
+    api: ApiSettings = ApiSettings()
     database: DatabaseSettings = DatabaseSettings()
     delivery: DeliverySettings = DeliverySettings()
     topics: list[str] = Field(default_factory=list)
@@ -485,6 +496,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "RELAY_HEALTH_PORT": ("server", "health_port"),
     "RELAY_ADMIN_API_KEY": ("server", "admin_api_key"),
     "RELAY_PUBLIC_URL": ("server", "public_url"),
+    "RELAY_API_STRICT_PUBLISH": ("api", "strict_publish"),
     "RELAY_DISPATCH_LEASE_SECONDS": ("delivery", "lease_seconds"),
     "RELAY_POLL_INTERVAL_SECONDS": ("delivery", "poll_interval_seconds"),
     "RELAY_DELIVERY_TIMEOUT_SECONDS": ("delivery", "timeout_seconds"),

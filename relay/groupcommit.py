@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import asyncpg
@@ -50,6 +50,8 @@ STALE_RETRIES = 5
 class _Unit:
     events: Sequence[Event]
     answer: asyncio.Future[list[Published]]
+    # relay.publish.plan_routed's: False answers as Outpost's HTTP API does.
+    strict: bool = True
 
 
 class GroupCommit:
@@ -98,13 +100,15 @@ class GroupCommit:
         if self._pool is not None:
             await self._pool.close()
 
-    async def publish(self, events: Sequence[Event]) -> list[Published]:
+    async def publish(self, events: Sequence[Event], *, strict: bool = True) -> list[Published]:
         """Publish ``events`` (all or nothing); returns once they are committed.
 
-        Validation that needs no database (topic catalogue, shapes) is the caller's."""
+        Validation that needs no database (topic catalogue, shapes) is the caller's.
+        ``strict=False``: an unknown tenant or destination_id is no error (see
+        relay.publish.plan_routed); an unknown tenant's event is answered, not written."""
         answer: asyncio.Future[list[Published]] = asyncio.get_running_loop().create_future()
         events = [e if e.id is not None else replace(e, id=new_event_id()) for e in events]
-        self._queue.append(_Unit(events, answer))
+        self._queue.append(_Unit(events, answer, strict))
         self._ready.set()
         return await answer
 
@@ -170,8 +174,7 @@ class GroupCommit:
         async with self._pool.acquire() as conn:
             for _ in range(STALE_RETRIES):
                 version, tenants, fresh = await self.routes.lookup(conn, tenant_ids)
-                plans = iter(plan_routed(tenants, events))
-                per_unit = [[next(plans) for _ in unit.events] for unit in units]
+                per_unit = [plan_routed(tenants, u.events, strict=u.strict) for u in units]
                 errors = [next((p for p in u if isinstance(p, RelayError)), None) for u in per_unit]
                 if not fresh and any(errors):
                     # An error read from the cache (no such tenant, say) is answered only
@@ -179,9 +182,16 @@ class GroupCommit:
                     self.routes.clear()
                     continue
                 valid = [p for u, e in zip(per_unit, errors, strict=True) if e is None for p in u]
+                planned = [p for p in valid if isinstance(p, Planned)]
                 try:
-                    planned = [p for p in valid if isinstance(p, Planned)]
-                    written = iter(await write(conn, planned, route_version=version))
+                    if planned or fresh:
+                        # The write checks the version for every answer of the group.
+                        written = iter(await write(conn, planned, route_version=version))
+                    else:
+                        # Only answers without a write (unknown tenants, from the cache):
+                        # they stand if the routes are still those they were read under.
+                        await publishing.check_route_version(conn, version)
+                        written = iter([])
                 except StaleRoutes:
                     self.routes.clear()
                     continue
@@ -189,10 +199,10 @@ class GroupCommit:
             else:
                 raise ConnectionError("tenants and destinations keep changing; try again")
         self.transactions += 1
-        self.events += len(valid)
+        self.events += len(planned)
         return [
-            error if error is not None else [next(written) for _ in unit.events]
-            for unit, error in zip(units, errors, strict=True)
+            error if error is not None else _answers(plans, written)
+            for plans, error in zip(per_unit, errors, strict=True)
         ]
 
 
@@ -236,6 +246,17 @@ class RouteCache:
                 self._tenants[tenant_id] = routes.tenants.get(tenant_id)
         assert self.version is not None
         return self.version, {t: self._tenants[t] for t in tenant_ids}, fresh
+
+
+def _answers(
+    plans: Sequence[Planned | Published | RelayError], written: Iterator[Published]
+) -> list[Published]:
+    """A valid unit's answers: each written event's, in order, and those needing no write."""
+    answers = []
+    for p in plans:
+        assert not isinstance(p, RelayError)
+        answers.append(next(written) if isinstance(p, Planned) else p)
+    return answers
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -55,6 +55,15 @@ class Metrics:
             ["api"],
             registry=self.registry,
         )
+        # Answered 202 and stored nowhere (api.strict_publish off): what a strict relay
+        # would have refused with a 404, so a producer publishing for the wrong tenant
+        # still shows somewhere.
+        self.unknown_tenant = Counter(
+            "relay_events_unknown_tenant",
+            "Events POST /api/v1/publish answered for a tenant that does not exist, "
+            "without storing them.",
+            registry=self.registry,
+        )
         # Bound once: labels() looks the child up on every call, and these run per publish.
         self.published_outpost = self.published.labels("outpost")
         self.published_pod = self.published.labels("pod")

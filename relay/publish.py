@@ -59,6 +59,8 @@ class Published:
     id: str
     duplicate: bool
     destination_ids: list[str]
+    # False: answered without being written (an unknown tenant, not strict).
+    stored: bool = True
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "duplicate": self.duplicate, "destination_ids": self.destination_ids}
@@ -167,8 +169,9 @@ def time_problem(value: datetime | None) -> str | None:
 
 
 def check_topic(topic: str, catalogue: Sequence[str]) -> None:
-    """With a topic catalogue configured, only its topics may be published."""
-    if catalogue and topic not in catalogue:
+    """With a topic catalogue configured, only its topics may be published, and ``*``
+    (which goes to every destination), as Outpost allows it."""
+    if catalogue and topic != "*" and topic not in catalogue:
         raise ValidationFailed(
             [f"topic {topic!r} is not one of the configured topics: {', '.join(catalogue)}"]
         )
@@ -179,8 +182,10 @@ async def publish(conn: Connection, event: Event, *, topics: Sequence[str] = ())
 
     ``topics`` is the topic catalogue to enforce (``Settings.topics``), none by default.
     Raises NotFound (tenant, destination_id) or ValidationFailed (topic, destination_id)
-    before writing anything. The caller's commit makes the event durable and wakes the
-    dispatchers; its rollback means the event never existed.
+    before writing anything: always, as ``api.strict_publish = true`` has the HTTP API
+    answer (by default it answers 202 with no destinations, as Outpost does; a caller
+    here is code that can act on the error). The caller's commit makes the event durable
+    and wakes the dispatchers; its rollback means the event never existed.
     """
     (result,) = await publish_many(conn, [event], topics=topics)
     if isinstance(result, RelayError):
@@ -268,27 +273,50 @@ def plan_routed(
     events: Sequence[Event],
     *,
     topics: Sequence[str] = (),
-) -> list[Planned | RelayError]:
-    """``plan`` with the tenants' routes at hand (a missing or None tenant: not found)."""
-    return [_plan_or_error(event, tenants.get(event.tenant_id), topics) for event in events]
+    strict: bool = True,
+) -> list[Planned | Published | RelayError]:
+    """``plan`` with the tenants' routes at hand (a missing or None tenant: not found).
+
+    ``strict=False`` answers as Outpost's HTTP API does (``api.strict_publish`` off): an
+    event for an unknown tenant is answered as published to nothing and is not written
+    (a Published in its place, not a Planned), and a ``destination_id`` that is unknown,
+    disabled or not subscribed routes the event nowhere instead of being an error."""
+    plans: list[Planned | Published | RelayError] = []
+    for event in events:
+        destinations = tenants.get(event.tenant_id)
+        found: Planned | Published | RelayError = _plan_or_error(
+            event, destinations, topics, strict
+        )
+        if destinations is None and not strict and isinstance(found, NotFound):
+            # Nothing to store it under: history belongs to a tenant. A repeat of the id
+            # is answered the same way (not as a duplicate), as in Outpost.
+            found = Published(event.id or new_event_id(), False, [], stored=False)
+        plans.append(found)
+    return plans
 
 
 def _plan_or_error(
-    event: Event, destinations: Sequence[DestinationRoute] | None, topics: Sequence[str]
+    event: Event,
+    destinations: Sequence[DestinationRoute] | None,
+    topics: Sequence[str],
+    strict: bool = True,
 ) -> Planned | RelayError:
     try:
-        return _plan(event, destinations, topics)
+        return _plan(event, destinations, topics, strict)
     except RelayError as exc:
         return exc
 
 
 def _plan(
-    event: Event, destinations: Sequence[DestinationRoute] | None, topics: Sequence[str]
+    event: Event,
+    destinations: Sequence[DestinationRoute] | None,
+    topics: Sequence[str],
+    strict: bool = True,
 ) -> Planned:
     check_topic(event.topic, topics)
     if destinations is None:
         raise NotFound(f"tenant {event.tenant_id!r} not found")
-    if event.destination_id is not None:
+    if event.destination_id is not None and strict:
         _check_explicit_destination(destinations, event)
     event_id = event.id or new_event_id()
     destination_ids = route_event(

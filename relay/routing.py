@@ -56,8 +56,9 @@ def route(
 ) -> list[str]:
     """Ids of the enabled destinations that receive an event on ``topic``.
 
-    With ``destination_id`` only that destination is considered; whether it exists and
-    is enabled is the caller's question to answer (it is an error there, not a no-op).
+    With ``destination_id`` only that destination is considered: one that does not
+    exist, is disabled or is not subscribed gets nothing (whether that is an error
+    instead is the caller's question: ``relay.publish`` answers it).
     An event with no topic, or topic ``*``, goes to every destination, as in Outpost.
     """
     everywhere = topic in ("", "*")

@@ -177,7 +177,13 @@ async def authenticate(request: web.Request) -> Caller:
 
 
 def require_admin(request: web.Request) -> None:
+    """The admin key, else 401; a valid tenant token is a 403, as in Outpost (known, but
+    not allowed here), whether or not its tenant still exists."""
     token = bearer_token(request)
-    key = request.app[SETTINGS].admin_api_key
-    if token is None or key is None or not _same(token, key):
-        raise Unauthorized("missing or invalid API key (this endpoint needs the admin key)")
+    settings = request.app[SETTINGS]
+    key = settings.admin_api_key
+    if token is not None and key is not None and _same(token, key):
+        return
+    if token is not None and _tenant_from_token(settings, token) is not None:
+        raise Forbidden("a tenant token cannot use this endpoint; it needs the admin API key")
+    raise Unauthorized("missing or invalid API key (this endpoint needs the admin key)")

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictStr
 
 from relay import routing, ssrf, webhook_formats, webhooks
 from relay.api import params
@@ -23,7 +23,13 @@ from relay.api.auth import Caller, authenticate
 from relay.api.errors import json_response
 from relay.api.shapes import destination_json
 from relay.api.tenants import check_id, config_conflict, require_tenant
-from relay.api.validation import read_json, validate
+from relay.api.validation import (
+    StringMap,
+    StringMapPatch,
+    outpost_string,
+    read_json,
+    validate,
+)
 from relay.appkeys import ENGINE, SETTINGS
 from relay.db import admin
 from relay.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -53,6 +59,8 @@ class WebhookCredentials(BaseModel):
     secret: StrictStr | None = None
     previous_secret: StrictStr | None = None
     previous_secret_invalid_at: datetime | None = None
+    # Any JSON value, read as Outpost reads it (rotates()).
+    rotate_secret: Any = None
 
 
 class DestinationCreate(BaseModel):
@@ -64,8 +72,9 @@ class DestinationCreate(BaseModel):
     filter: dict[str, Any] | None = None
     config: WebhookConfig
     credentials: WebhookCredentials | None = None
-    delivery_metadata: dict[StrictStr, StrictStr] | None = None
-    metadata: dict[StrictStr, StrictStr] | None = None
+    # Values of other JSON types are converted to strings, as Outpost converts them.
+    delivery_metadata: StringMap | None = None
+    metadata: StringMap | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
     disabled_at: datetime | None = None
@@ -79,10 +88,6 @@ class WebhookConfigPatch(BaseModel):
     webhook_mode: StrictStr | None = None
 
 
-class WebhookCredentialsPatch(WebhookCredentials):
-    rotate_secret: StrictBool | None = None
-
-
 class DestinationPatch(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -90,13 +95,19 @@ class DestinationPatch(BaseModel):
     topics: StrictStr | list[StrictStr] | None = None
     filter: dict[str, Any] | None = None
     config: WebhookConfigPatch | None = None
-    credentials: WebhookCredentialsPatch | None = None
-    delivery_metadata: dict[StrictStr, StrictStr | None] | None = None
-    metadata: dict[StrictStr, StrictStr | None] | None = None
+    credentials: WebhookCredentials | None = None
+    delivery_metadata: StringMapPatch | None = None
+    metadata: StringMapPatch | None = None
     disabled_at: datetime | None = None
 
 
 # --- checks --------------------------------------------------------------------------
+
+
+def rotates(value: object) -> bool:
+    """``rotate_secret`` as Outpost reads it: true, or "true", "1", "on" or "yes" in any
+    case (a number as its text); anything else does not rotate."""
+    return outpost_string(value).lower() in ("true", "1", "on", "yes")
 
 
 def check_type(value: str) -> None:
@@ -240,6 +251,9 @@ async def create_destination(request: web.Request) -> web.Response:
     secret = body.credentials.secret if body.credentials else None
     if secret is not None and not secret:
         problems.append("credentials.secret must not be empty")
+    if body.credentials and rotates(body.credentials.rotate_secret):
+        # As Outpost refuses it: a destination being created has no secret to rotate.
+        problems.append("credentials.rotate_secret: a new destination has no secret to rotate")
     created_at = check_past(body.created_at, "created_at", problems)
     updated_at = check_past(body.updated_at, "updated_at", problems)
     disabled_at = check_past(body.disabled_at, "disabled_at", problems)
@@ -369,7 +383,7 @@ def apply_patch(
 
 def _credentials(
     current: admin.Destination,
-    patch: WebhookCredentialsPatch,
+    patch: WebhookCredentials,
     caller: Caller,
     problems: list[str],
     mode: str,
@@ -384,7 +398,7 @@ def _credentials(
         ],
     )
     changes: dict[str, Any] = {}
-    if patch.rotate_secret:
+    if rotates(patch.rotate_secret):
         # The old secret keeps signing (alongside the new one) until it expires.
         invalid_at = _aware(patch.previous_secret_invalid_at) or (
             datetime.now(UTC) + PREVIOUS_SECRET_GRACE

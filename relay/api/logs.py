@@ -46,7 +46,7 @@ async def list_events(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     params.order_by(request, "time")
     desc = params.descending(request)
-    limit = params.limit(request, default=100, maximum=1000)
+    limit = params.capped_limit(request, default=100, maximum=1000)
     cursor = params.cursor(request, kind="events", desc=desc)
     f = history.EventFilter(
         tenant_ids=_tenant_ids(request, caller),
@@ -93,7 +93,7 @@ async def _attempt_page(
 ) -> web.Response:
     params.order_by(request, "time")
     desc = params.descending(request)
-    limit = params.limit(request, default=100, maximum=1000)
+    limit = params.capped_limit(request, default=100, maximum=1000)
     cursor = params.cursor(request, kind="attempts", desc=desc)
     include = params.include(request, *INCLUDES)
     async with request.app[ENGINE].connect() as conn:

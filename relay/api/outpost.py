@@ -132,11 +132,16 @@ async def publish_event(request: web.Request) -> web.Response:
         metadata=body.metadata or {},
         time=body.time,
     )
-    check_topic(event.topic, request.app[SETTINGS].topics)
-    # Group commit: answered once the transaction holding this event has committed.
-    (result,) = await request.app[PUBLISHER].publish([event])
+    settings = request.app[SETTINGS]
+    check_topic(event.topic, settings.topics)
+    # Group commit: answered once the transaction holding this event has committed. Not
+    # strict (the default): an unknown tenant or destination_id is a 202 with no
+    # destination_ids, as Outpost answers, not a 404 or 422 (README, "Compatibility").
+    (result,) = await request.app[PUBLISHER].publish([event], strict=settings.api.strict_publish)
     # The transaction has committed: only now is the event acknowledged.
-    if not result.duplicate:
+    if not result.stored:
+        request.app[METRICS].unknown_tenant.inc()
+    elif not result.duplicate:
         request.app[METRICS].published_outpost.inc()
     return json_response(result.as_json(), status=202)
 

@@ -1,5 +1,7 @@
-"""Query parameters as Outpost's clients send them, read strictly: a bad one is a 400
-that names it, never a 500 or a silently ignored filter.
+"""Query parameters as Outpost's clients send them. A bad value of a filter is a 400 that
+names it, never a 500 or a silently ignored filter; what Outpost leniently ignores or
+corrects is ignored or corrected here too (an unknown ``include`` value or ``time[...]``
+key, a history ``limit`` outside 1-1000).
 
 Lists come repeated (``id=a&id=b``, the official SDKs' form) or in bracket notation
 (``id[]=a``, ``id[0]=a``); time windows as ``time[gte]=...`` (deepObject).
@@ -52,6 +54,19 @@ def limit(request: web.Request, *, default: int, maximum: int) -> int:
     return value
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
+
+
+def capped_limit(request: web.Request, *, default: int, maximum: int) -> int:
+    """A page size as Outpost reads the history listings': not a whole number above 0
+    means ``default``, more than ``maximum`` means ``maximum`` (never a 400)."""
+    raw = request.query.get("limit", "")
+    value = int(raw) if _INTEGER.fullmatch(raw) else 0
+    if value <= 0:
+        return default
+    return min(value, maximum)
+
+
 def descending(request: web.Request) -> bool:
     raw = single(request, "dir")
     if raw is None or raw == "desc":
@@ -93,16 +108,19 @@ def parse_time(raw: str) -> datetime:
 
 
 def time_range(request: web.Request, name: str = "time") -> TimeRange:
+    """``time[gte|lte|gt|lt]``. Other keys are ignored, as Outpost ignores them, but for
+    ``[any]``, which Outpost refuses as an operator it knows and does not support."""
+    if request.query.get(f"{name}[any]"):
+        raise BadRequest(
+            f"operator 'any' is not supported, use 'gte', 'lte', 'gt', or 'lt' ({name}[any])",
+            data=[f"{name}[any]"],
+        )
     bounds: dict[str, datetime] = {}
-    for key in request.query:
-        if not key.startswith(name + "["):
+    for op in ("gte", "lte", "gt", "lt"):
+        key = f"{name}[{op}]"
+        raw = single(request, key)
+        if not raw:
             continue
-        op = key[len(name) + 1 : -1] if key.endswith("]") else ""
-        if op not in ("gte", "lte", "gt", "lt"):
-            raise BadRequest(
-                f"{key} is not a time filter; use {name}[gte], [lte], [gt] or [lt]", data=[key]
-            )
-        raw = single(request, key) or ""
         try:
             bounds[op] = parse_time(raw)
         except ValueError:
@@ -113,16 +131,12 @@ def time_range(request: web.Request, name: str = "time") -> TimeRange:
 
 
 def include(request: web.Request, *allowed: str) -> set[str]:
+    """The ``include`` values among ``allowed`` (also comma-separated); others are
+    ignored, as Outpost ignores them."""
     values: set[str] = set()
     for value in multi(request, "include"):
-        for part in value.split(","):
-            part = part.strip()
-            if part not in allowed:
-                raise BadRequest(
-                    f"include: {part!r} is not one of {', '.join(allowed)}", data=["include"]
-                )
-            values.add(part)
-    return values
+        values.update(part.strip() for part in value.split(","))
+    return values & set(allowed)
 
 
 def one_of(request: web.Request, name: str, *allowed: str) -> str | None:

@@ -1,4 +1,10 @@
-"""POST /api/v1/retry: one more (manual) attempt of an event to a destination."""
+"""POST /api/v1/retry: one more (manual) attempt of an event to a destination.
+
+As in Outpost, a destination the event never went to is a 404, and one it went to that
+is now disabled or no longer matches is a 400. relay adds one case Outpost refuses: a
+destination the event never went to that matches it now (created after the event, say)
+gets its first delivery, so a past event can be sent to a new destination.
+"""
 
 from __future__ import annotations
 
@@ -39,22 +45,31 @@ async def retry(request: web.Request) -> web.Response:
             if await history.get_event(conn, body.event_id, tenants) is None:
                 raise NotFound(f"event {body.event_id!r} not found")
             raise NotFound(f"destination {body.destination_id!r} not found for the event's tenant")
-        if not target.enabled:
-            raise BadRequest(f"destination {body.destination_id!r} is disabled")
-        if not routing.any_topic_matches(target.topics, target.topic):
-            raise BadRequest(
-                f"destination {body.destination_id!r} is not subscribed to topic {target.topic!r}"
-            )
-        subject = routing.filter_subject(
-            target.event_id, target.topic, target.metadata, orjson.loads(target.data), target.time
-        )
-        if not routing.filter_matches(target.filter, subject):
-            raise BadRequest(
-                f"the event does not pass destination {body.destination_id!r}'s filter"
-            )
+        refusal = _refusal(target, body.destination_id)
+        if refusal is not None:
+            if not target.routed:
+                raise NotFound(
+                    f"event {body.event_id!r} was never routed to destination "
+                    f"{body.destination_id!r}, and cannot be now: {refusal}"
+                )
+            raise BadRequest(refusal)
         queued = await admin.requeue(conn, target.event_seq, target.tenant_id, body.destination_id)
         if queued is None:
             raise NotFound(f"event {body.event_id!r} not found")
         if not queued:
             raise Conflict("an attempt of this event to this destination is in progress; try again")
     return json_response({"success": True}, status=202)
+
+
+def _refusal(target: admin.RetryTarget, destination_id: str) -> str | None:
+    """Why the event cannot go to the destination now, or None."""
+    if not target.enabled:
+        return f"destination {destination_id!r} is disabled"
+    if not routing.any_topic_matches(target.topics, target.topic):
+        return f"destination {destination_id!r} is not subscribed to topic {target.topic!r}"
+    subject = routing.filter_subject(
+        target.event_id, target.topic, target.metadata, orjson.loads(target.data), target.time
+    )
+    if not routing.filter_matches(target.filter, subject):
+        return f"the event does not pass destination {destination_id!r}'s filter"
+    return None

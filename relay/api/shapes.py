@@ -1,4 +1,8 @@
-"""relay's rows in the JSON shapes Outpost's API (and so its SDKs) use."""
+"""relay's rows in the JSON shapes Outpost's API (and so its SDKs) use.
+
+Maps of strings (``metadata``, ``delivery_metadata``) are always objects, ``{}`` when
+empty: Outpost leaves an empty one out, which its clients read as no entries, and ``{}``
+reads the same without a check for absence (null would not)."""
 
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ def tenant_json(t: Tenant) -> dict[str, Any]:
         "id": t.id,
         "destinations_count": t.destinations_count,
         "topics": t.topics,
-        "metadata": t.metadata or None,
+        "metadata": t.metadata or {},
         "created_at": iso(t.created_at),
         "updated_at": iso(t.updated_at),
     }
@@ -52,8 +56,8 @@ def destination_json(d: Destination, *, credentials: bool = True) -> dict[str, A
         "topics": d.topics,
         "filter": d.filter,
         "config": config,
-        "delivery_metadata": d.delivery_metadata or None,
-        "metadata": d.metadata or None,
+        "delivery_metadata": d.delivery_metadata or {},
+        "metadata": d.metadata or {},
         "disabled_at": iso(d.disabled_at),
         "created_at": iso(d.created_at),
         "updated_at": iso(d.updated_at),
@@ -78,7 +82,7 @@ def event_json(e: EventRow) -> dict[str, Any]:
         "topic": e.topic,
         "time": iso(e.time),
         "eligible_for_retry": e.eligible_for_retry,
-        "metadata": e.metadata or None,
+        "metadata": e.metadata or {},
         "data": e.data,
         "matched_destination_ids": e.matched_destination_ids,
     }
@@ -99,7 +103,7 @@ def attempt_json(
         "code": str(a.http_status) if a.http_status is not None else (a.error_code or ""),
         "attempt_number": a.number,
         "manual": a.manual,
-        "latency_ms": a.duration_ms,
+        "latency_ms": a.latency_ms,
         "event_id": a.event_id,
         "destination_id": a.destination_id,
     }
@@ -120,7 +124,7 @@ def attempt_json(
             "topic": a.topic,
             "time": iso(a.event_time),
             "eligible_for_retry": a.eligible_for_retry,
-            "metadata": a.event_metadata or None,
+            "metadata": a.event_metadata or {},
         }
         if "event.data" in include:
             event["data"] = a.event_data

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.api import params
 from relay.api.auth import Caller, authenticate, issue_tenant_token, require_admin
 from relay.api.errors import json_response
 from relay.api.shapes import tenant_json
-from relay.api.validation import validate
+from relay.api.validation import StringMap, validate
 from relay.appkeys import ENGINE, SETTINGS
 from relay.config import Settings
 from relay.db import admin
@@ -49,7 +49,8 @@ async def require_tenant(conn: AsyncConnection, caller: Caller, tenant_id: str) 
 class TenantUpsertBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    metadata: dict[StrictStr, StrictStr] | None = None
+    # Values of other JSON types are converted to strings, as Outpost converts them.
+    metadata: StringMap | None = None
 
 
 @routes.put(PREFIX + "/tenants/{tenant_id:[^/]+}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, StrictStr, ValidationError
 
 from relay.appkeys import SETTINGS
 from relay.errors import BadRequest, RelayError, ValidationFailed
@@ -64,6 +64,42 @@ async def read_json(request: web.Request) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def outpost_string(value: object) -> str:
+    """A JSON value as Outpost stores it in a map of strings (tenant and destination
+    metadata, credentials): a string as it is, a boolean as true or false, null as "",
+    an object or array as compact JSON (keys sorted, as Go writes maps). A number as its
+    decimal text: 1000000, not Go's 1e+06."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return str(int(value))
+    if isinstance(value, int | float):
+        return repr(value)
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _strings(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: outpost_string(v) for k, v in value.items()}
+    return value
+
+
+def _strings_or_null(value: object) -> object:
+    # A merge patch: null still removes the key.
+    if isinstance(value, dict):
+        return {k: None if v is None else outpost_string(v) for k, v in value.items()}
+    return value
+
+
+# Maps of strings that take any JSON values, converted as Outpost converts them.
+StringMap = Annotated[dict[StrictStr, StrictStr], BeforeValidator(_strings)]
+StringMapPatch = Annotated[dict[StrictStr, StrictStr | None], BeforeValidator(_strings_or_null)]
 
 
 def field_problems(exc: ValidationError) -> list[str]:

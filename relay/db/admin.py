@@ -439,7 +439,9 @@ async def destination_filters(conn: AsyncConnection, tenant_id: str) -> dict[str
 # unique per tenant; naming the destination settles which tenant's event is meant.
 RETRY_TARGET = text("""
     SELECT e.seq, e.tenant_id, e.id, e.topic, e.time, e.data::text AS data,
-           e.metadata, d.topics, d.filter, d.disabled_at IS NULL AS enabled
+           e.metadata, d.topics, d.filter, d.disabled_at IS NULL AS enabled,
+           EXISTS (SELECT 1 FROM relay.deliveries r
+                   WHERE r.event_seq = e.seq AND r.destination_id = d.id) AS routed
     FROM relay.events e
     JOIN relay.destinations d
       ON d.tenant_id = e.tenant_id AND d.id = :destination_id AND d.deleted_at IS NULL
@@ -491,6 +493,8 @@ class RetryTarget:
     topics: list[str]
     filter: dict[str, Any] | None
     enabled: bool
+    # The event has (or had) a delivery to the destination.
+    routed: bool
 
 
 async def retry_target(
@@ -511,6 +515,7 @@ async def retry_target(
         topics=list(row.topics),
         filter=row.filter or None,
         enabled=row.enabled,
+        routed=row.routed,
     )
 
 

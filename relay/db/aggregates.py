@@ -23,7 +23,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import Boolean, Integer, Text
 
-from relay.db.history import TimeRange, Where
+from relay.db.history import LATENCY_SQL, TimeRange, Where
 
 # Rows a query returns at most; one more tells it was truncated.
 ROW_LIMIT = 100_000
@@ -107,6 +107,8 @@ class Query:
     dimensions: Sequence[str] = ()
     # Dimension name -> the values it must take (already validated for its type).
     filters: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    # The measures asked for: those that cost a sort (percentiles) are computed only then.
+    measures: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,15 @@ _ATTEMPT_AGGREGATES = """
     count(*) FILTER (WHERE a.number > 1) AS retry_count,
     count(*) FILTER (WHERE a.manual) AS manual_retry_count,
     avg(a.number)::float8 AS avg_attempt_number"""
+
+# Milliseconds, over the attempts that were timed (history.LATENCY_SQL); NULL for a group
+# without one (SDK 1.7: "null for a bucket with no such attempts, rather than 0").
+LATENCY_MEASURES = {
+    "avg_latency": f"avg({LATENCY_SQL})::float8",
+    "p50_latency": f"percentile_cont(0.5) WITHIN GROUP (ORDER BY {LATENCY_SQL})",
+    "p95_latency": f"percentile_cont(0.95) WITHIN GROUP (ORDER BY {LATENCY_SQL})",
+    "p99_latency": f"percentile_cont(0.99) WITHIN GROUP (ORDER BY {LATENCY_SQL})",
+}
 
 
 async def event_metrics(conn: AsyncConnection, q: Query) -> Result:
@@ -197,9 +208,10 @@ async def attempt_metrics(conn: AsyncConnection, q: Query) -> Result:
             )
         else:
             where.any_of(ATTEMPT_DIMENSIONS[name], f"f_{name}", values)
-    return await _aggregate(
-        conn, q, source, "a.started_at", ATTEMPT_DIMENSIONS, _ATTEMPT_AGGREGATES, where
+    measures = _ATTEMPT_AGGREGATES + "".join(
+        f",\n    {sql} AS {name}" for name, sql in LATENCY_MEASURES.items() if name in q.measures
     )
+    return await _aggregate(conn, q, source, "a.started_at", ATTEMPT_DIMENSIONS, measures, where)
 
 
 async def _aggregate(

@@ -230,7 +230,7 @@ EVENTS = """
                  WHERE d.event_seq = e.seq ORDER BY d.id) AS matched_destination_ids
     FROM relay.events e
     WHERE {where}
-    ORDER BY e.time {order}, e.seq {order}
+    ORDER BY {order_by}
     LIMIT :limit
 """
 
@@ -274,7 +274,8 @@ async def list_events(
         where = _event_where(f)
         where.seek("e.time, e.seq", after, desc, BigInteger)
         order = "DESC" if desc else "ASC"
-        statement = where.statement(EVENTS.format(where=where.sql(), order=order))
+        order_by = f"e.time {order}, e.seq {order}"
+        statement = where.statement(EVENTS.format(where=where.sql(), order_by=order_by))
         result = await conn.execute(statement, where.params | {"limit": n})
         return [_event(r) for r in result]
 
@@ -291,9 +292,11 @@ async def list_events(
 async def get_event(
     conn: AsyncConnection, event_id: str, tenant_ids: Sequence[str] = ()
 ) -> EventRow | None:
-    """An event by id (the latest, should two tenants use the same id)."""
+    """An event by id. Should two tenants have used the id (and no tenant be given), the
+    one published last: seq follows publish order, where an event's time is the
+    producer's to choose. (Outpost answers either, as its query happens to find it.)"""
     where = _event_where(EventFilter(tenant_ids=tenant_ids, ids=[event_id]))
-    statement = where.statement(EVENTS.format(where=where.sql(), order="DESC"))
+    statement = where.statement(EVENTS.format(where=where.sql(), order_by="e.seq DESC"))
     row = (await conn.execute(statement, where.params | {"limit": 1})).first()
     return None if row is None else _event(row)
 
@@ -309,6 +312,28 @@ class AttemptFilter:
     topics: Sequence[str] = ()
     status: str | None = None
     time: TimeRange = field(default_factory=TimeRange)
+
+
+# Attempts whose duration_ms is no destination's response time: never sent (refused by
+# the SSRF guard, a request that could not be built, relay's own failure, a quarantined
+# row) or cut short with no outcome (its dispatcher died or stopped: the duration is the
+# lease's). Their latency is null, as Outpost's latency_ms is for attempts "that never
+# reached the provider"; averages and percentiles leave them out.
+UNTIMED_CODES = (
+    "blocked_address",
+    "invalid_request",
+    "invalid_url",
+    "internal_error",
+    "unprocessable",
+    "lease_expired",
+    "interrupted",
+)
+# The same as SQL, over relay.attempts as ``a`` (constants only: no user input).
+LATENCY_SQL = (
+    "CASE WHEN a.error_code IN ("
+    + ", ".join(f"'{code}'" for code in UNTIMED_CODES)
+    + ") THEN NULL ELSE a.duration_ms END"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +362,11 @@ class AttemptRow:
     @property
     def position(self) -> Position:
         return Position(self.started_at, self.id)
+
+    @property
+    def latency_ms(self) -> int | None:
+        """How long the destination took to answer (or fail); None when not timed."""
+        return None if self.error_code in UNTIMED_CODES else self.duration_ms
 
 
 ATTEMPTS = """

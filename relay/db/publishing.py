@@ -42,6 +42,8 @@ TENANT_ROUTES = """
     ORDER BY r.tenant_id, r.created_at, r.id
 """
 
+ROUTE_VERSION = "SELECT version FROM relay.route_version"
+
 # Events and their outbox rows in one statement: on an autocommit connection, one round
 # trip and one implicit transaction for a whole group (no BEGIN, no COMMIT). routed_at
 # defaults to now(): these events are routed as they are written. The deliveries go to
@@ -227,6 +229,14 @@ async def write_events(
     if route_version is not None and seen != route_version:
         raise StaleRoutes(f"routes changed since read (version {route_version} -> {seen})")
     return {(r["tenant_id"], r["id"]): r["seq"] for r in rows if r["seq"] is not None}
+
+
+async def check_route_version(conn: asyncpg.Connection, route_version: int) -> None:
+    """Raise StaleRoutes if the routes have changed since ``route_version`` (what
+    write_events checks as it writes, for answers that write nothing)."""
+    seen = await conn.fetchval(ROUTE_VERSION)
+    if seen != route_version:
+        raise StaleRoutes(f"routes changed since read (version {route_version} -> {seen})")
 
 
 def _event_json(e: NewEvent) -> dict[str, object]:

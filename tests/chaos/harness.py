@@ -374,6 +374,9 @@ class Published:
     acked_at: float
     kind: str  # "outpost" | "pod" | "poison"
     sent_at: float = 0.0  # the first try
+    # What POST /api/v1/publish answered (outpost kind only): a 202 routed nowhere is no
+    # refusal (Outpost's answer for an unknown tenant or destination), so it is checked.
+    destination_ids: list[str] | None = None
 
 
 class Producer:
@@ -424,10 +427,14 @@ class Producer:
                     payload = await resp.read()
                     now = time.time()
                     if resp.status in (201, 202):
-                        event_id = name
+                        event_id, routed = name, None
                         if self.kind == "pod":
                             event_id = orjson.loads(payload)["id"].rsplit("/", 1)[-1]
-                        self.acked[event_id] = Published(event_id, topic, now, self.kind, sent_at)
+                        else:
+                            routed = orjson.loads(payload)["destination_ids"]
+                        self.acked[event_id] = Published(
+                            event_id, topic, now, self.kind, sent_at, routed
+                        )
                         return
                     answer = Answer(
                         self.kind, name, now, resp.status, resp.headers.get("Retry-After")

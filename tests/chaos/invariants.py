@@ -12,7 +12,10 @@ bounded drain:
    sessions were being terminated), give or take a moment around the stop and the start;
    and no request went unanswered except while the API process was down;
 5. the API process's peak RSS (VmHWM) stayed under ``API_RSS_BOUND``;
-6. no try is recorded twice (two identical attempt rows).
+6. no try is recorded twice (two identical attempt rows);
+7. every Outpost-API acknowledgement named every destination its topic routes to (a
+   202 with no ``destination_ids`` is how relay, as Outpost, answers a publish for an
+   unknown tenant: here, a silently dropped event).
 
 Recovery time: from the end of the disruption (or the producers' last request, when
 there is none) until every event acknowledged before that moment had reached every
@@ -103,6 +106,21 @@ def undelivered(h: Harness, acked: dict[str, Published]) -> list[tuple[str, str]
     return [(d, e) for d, e in pairs(h, acked) if e not in by_name[d].first_ok]
 
 
+def misrouted(h: Harness, acked: dict[str, Published]) -> list[str]:
+    """(7): Outpost-API answers whose destination_ids are not the destinations routing
+    the topic (every destination is enabled in these scenarios)."""
+    wrong = []
+    for e in acked.values():
+        if e.destination_ids is None:
+            continue
+        expected = {r.name for r in h.receivers if r.routes(e.topic)}
+        if set(e.destination_ids) != expected:
+            wrong.append(f"{e.event_id}: {sorted(e.destination_ids)} not {sorted(expected)}")
+    if not wrong:
+        return []
+    return [f"{len(wrong)} publishes acknowledged with the wrong destinations: {_examples(wrong)}"]
+
+
 async def conclude(
     h: Harness,
     *,
@@ -151,6 +169,7 @@ async def conclude(
     _check_producers(h, report)
     report.notes += log_notes(h)
 
+    report.violations += misrouted(h, acked)
     lost = undelivered(h, acked)
     report.delivered = report.expected - len(lost)
     report.lost = len(lost)

@@ -82,7 +82,7 @@ async def test_api_refuses_a_patch_to_a_blocked_ip_literal(
     assert_names_field_and_fix(answer, "192.168.1.20")
     status, current = await call(http, server, "GET", path)
     assert current["config"]["url"] == "http://127.0.0.1:8000/hook"
-    assert current["metadata"] is None
+    assert current["metadata"] == {}
     # Patches that leave the url alone, or move it within the open range, still apply.
     status, answer = await call(http, server, "PATCH", path, {"metadata": {"k": "v"}})
     assert status == 200, answer

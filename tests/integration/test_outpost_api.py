@@ -97,7 +97,8 @@ async def test_tenant_upsert_get_list_delete(api: Client, db: Any) -> None:
     status, updated = await api.call("PUT", "/tenants/t1")
     assert status == 200 and updated["metadata"] == {"plan": "pro"}, "absent metadata is kept"
     status, cleared = await api.call("PUT", "/tenants/t1", {"metadata": None})
-    assert status == 200 and cleared["metadata"] is None
+    # Empty metadata is {} (Outpost leaves the key out), never null.
+    assert status == 200 and cleared["metadata"] == {}
     for n in range(2, 6):
         await api.call("PUT", f"/tenants/t{n}")
 
@@ -198,7 +199,8 @@ async def test_patch_is_a_merge_patch(api: Client, receiver: Any) -> None:
     assert patched["filter"] is None and patched["disabled_at"] == "2020-01-01T00:00:00Z"
     assert patched["metadata"] == {"k": "v"} and patched["config"]["url"] == receiver.url()
     status, patched = await api.call("PATCH", path, {"disabled_at": None, "metadata": None})
-    assert status == 200 and patched["disabled_at"] is None and patched["metadata"] is None
+    assert status == 200 and patched["disabled_at"] is None and patched["metadata"] == {}
+    assert patched["delivery_metadata"] == {}
     status, answer = await api.call(
         "PATCH", path, {"type": "aws_sqs", "topics": None, "config": {"url": None}}
     )
@@ -208,6 +210,52 @@ async def test_patch_is_a_merge_patch(api: Client, receiver: Any) -> None:
     assert (await api.call("PATCH", path, {"topics": ["a"]}))[0] == 404
     again = await make_destination(api, "acme", receiver.url(), id="d1")
     assert again["id"] == "d1" and again["filter"] is None
+
+
+async def test_values_outpost_converts_are_converted(api: Client, receiver: Any) -> None:
+    """Non-string metadata becomes strings, and rotate_secret is read, as in Outpost."""
+    metadata = {"n": 42, "ok": True, "none": None, "obj": {"b": 1, "a": [2]}, "s": "x"}
+    status, tenant = await api.call("PUT", "/tenants/acme", {"metadata": metadata})
+    assert status == 201
+    assert tenant["metadata"] == {
+        "n": "42",
+        "ok": "true",
+        "none": "",
+        "obj": '{"a":[2],"b":1}',
+        "s": "x",
+    }
+    created = await make_destination(
+        api, "acme", receiver.url(), metadata={"n": 1.5, "f": False}, delivery_metadata={"n": 7}
+    )
+    assert created["metadata"] == {"n": "1.5", "f": "false"}
+    assert created["delivery_metadata"] == {"n": "7"}
+    path = f"/tenants/acme/destinations/{created['id']}"
+    # A merge patch: null still removes a key.
+    status, patched = await api.call("PATCH", path, {"metadata": {"n": None, "x": 3}})
+    assert status == 200 and patched["metadata"] == {"f": "false", "x": "3"}
+
+    secret = created["credentials"]["secret"]
+    for falsy in ("false", "0", "no", "", False, None):
+        status, same = await api.call("PATCH", path, {"credentials": {"rotate_secret": falsy}})
+        assert status == 200 and same["credentials"]["secret"] == secret, falsy
+    for truthy in ("true", "Yes", 1, True):
+        status, rotated = await api.call("PATCH", path, {"credentials": {"rotate_secret": truthy}})
+        assert status == 200, rotated
+        assert rotated["credentials"]["previous_secret"] == secret, truthy
+        assert rotated["credentials"]["secret"] != secret
+        secret = rotated["credentials"]["secret"]
+    # A new destination has nothing to rotate: 422, as Outpost answers.
+    status, answer = await api.call(
+        "POST",
+        "/tenants/acme/destinations",
+        {
+            "type": "webhook",
+            "topics": "*",
+            "config": {"url": receiver.url()},
+            "credentials": {"rotate_secret": "true"},
+        },
+    )
+    assert status == 422 and "rotate_secret" in answer["message"]
 
 
 async def publish_at(api: Client, tenant: str, n: int, when: str) -> str:
@@ -259,24 +307,83 @@ async def test_event_pages_stay_correct_within_a_time_window(api: Client) -> Non
 @pytest.mark.parametrize(
     ("path", "name"),
     [
-        ("/events?limit=0", "limit"),
-        ("/events?limit=1001", "limit"),
-        ("/events?limit=ten", "limit"),
         ("/events?dir=up", "dir"),
         ("/events?next=not-a-cursor", "next"),
         ("/events?next=a&prev=b", "next"),
         ("/events?time[gte]=yesterday", "time[gte]"),
-        ("/events?time[since]=2026-01-01", "time[since]"),
+        # Outpost's one refused time key: an operator it knows and does not support.
+        ("/attempts?time[any]=2026-01-01", "time[any]"),
         ("/events?order_by=topic", "order_by"),
         ("/attempts?status=maybe", "status"),
-        ("/attempts?include=everything", "include"),
+        # /tenants refuses a limit outside 1-100, as Outpost does (the history listings
+        # cap theirs: test_what_outpost_ignores_or_corrects_is_ignored_or_corrected).
         ("/tenants?limit=101", "limit"),
+        ("/tenants?limit=ten", "limit"),
     ],
 )
 async def test_bad_query_parameters_are_400_naming_them(api: Client, path: str, name: str) -> None:
     status, answer = await api.call("GET", path)
     assert status == 400 and answer["status"] == 400
     assert name in answer["data"] and answer["message"]
+
+
+async def test_what_outpost_ignores_or_corrects_is_ignored_or_corrected(
+    api: Client, receiver: Any, db: Any
+) -> None:
+    """A history listing's limit outside 1-1000 is capped (not a number, or below 1: the
+    default 100), and unknown include values and time[...] keys are ignored."""
+    created = await make_destination(api, "acme", receiver.url())
+    for n in range(3):
+        await publish_at(api, "acme", n, f"2026-01-0{1 + n}T00:00:00Z")
+    paths = ("/events", "/attempts", f"/tenants/acme/destinations/{created['id']}/attempts")
+    for path in paths:
+        for limit, effective in (("0", 100), ("-5", 100), ("ten", 100), ("1.5", 100)):
+            status, page = await api.call("GET", path, params={"limit": limit})
+            assert status == 200 and page["pagination"]["limit"] == effective, (path, limit)
+        status, page = await api.call("GET", path, params={"limit": "1001"})
+        assert status == 200 and page["pagination"]["limit"] == 1000, path
+    status, page = await api.call("GET", "/events", params={"limit": "2"})
+    assert len(page["models"]) == 2 and page["pagination"]["limit"] == 2
+    # time[since] is no operator: ignored, the listing is whole; the known ones apply.
+    query = {"time[since]": "2026-01-03T00:00:00Z", "time[lt]": "2026-01-03T00:00:00Z"}
+    status, page = await api.call("GET", "/events", params=query)
+    assert status == 200 and len(page["models"]) == 2
+
+    async def attempted() -> bool:
+        return bool(await db.fetchval("SELECT count(*) = 3 FROM relay.attempts"))
+
+    async with asyncio.timeout(10):
+        while not await attempted():
+            await asyncio.sleep(0.05)
+    status, page = await api.call(
+        "GET", "/attempts", params=[("include", "everything"), ("include", "event")]
+    )
+    assert status == 200 and len(page["models"]) == 3
+    first = page["models"][0]
+    assert "event" in first and "data" not in first["event"] and "everything" not in first
+    status, page = await api.call("GET", "/attempts", params={"include": "nothing,response_data"})
+    assert status == 200 and "response_data" in page["models"][0]
+    assert "event" not in page["models"][0]
+
+
+async def test_an_id_two_tenants_used_reads_as_the_one_published_last(
+    api: Client, http: Any, relay: Any
+) -> None:
+    """GET /events/{id} without tenant_id: deterministic where Outpost answers either."""
+    for tenant, when in (("acme", "2030-01-01T00:00:00Z"), ("globex", "2020-01-01T00:00:00Z")):
+        await api.call("PUT", f"/tenants/{tenant}")
+        body = {"id": "shared", "tenant_id": tenant, "data": {"t": tenant}, "time": when}
+        assert (await api.call("POST", "/publish", body))[0] == 202
+    # globex published last (though its event is dated earlier): publish order decides.
+    for _ in range(3):
+        status, event = await api.call("GET", "/events/shared")
+        assert (status, event["tenant_id"], event["data"]) == (200, "globex", {"t": "globex"})
+    status, event = await api.call("GET", "/events/shared", params={"tenant_id": "acme"})
+    assert (status, event["tenant_id"]) == (200, "acme")
+    token = (await api.call("GET", "/tenants/acme/token"))[1]["token"]
+    scoped = Client(http, relay, {"Authorization": f"Bearer {token}"})
+    status, event = await scoped.call("GET", "/events/shared")
+    assert (status, event["tenant_id"]) == (200, "acme")
 
 
 async def test_cursor_from_another_listing_or_direction_is_refused(api: Client) -> None:
@@ -302,9 +409,12 @@ async def test_retry_rules(api: Client, receiver: Any, db: Any) -> None:
     assert later["topics"] == ["order.*", "x"]
     narrow = await make_destination(api, "acme", receiver.url("/narrow"), topics=["other"])
     event_id = published["id"]
-    assert (
-        await api.call("POST", "/retry", {"event_id": event_id, "destination_id": narrow["id"]})
-    )[0] == 400
+    # Never routed there, and not subscribed: 404, as Outpost answers a destination the
+    # event has no attempt to.
+    status, answer = await api.call(
+        "POST", "/retry", {"event_id": event_id, "destination_id": narrow["id"]}
+    )
+    assert status == 404 and "never routed" in answer["message"], answer
     status, answer = await api.call(
         "POST", "/retry", {"event_id": "nope", "destination_id": later["id"]}
     )
@@ -328,6 +438,16 @@ async def test_retry_rules(api: Client, receiver: Any, db: Any) -> None:
         while await attempt() is None:
             await asyncio.sleep(0.05)
     assert tuple(await attempt()) == (True, 1, "success")
+
+    # Routed there once, and no longer matching or enabled: 400 (as Outpost), not 404.
+    retry_later = {"event_id": event_id, "destination_id": later["id"]}
+    path = f"/tenants/acme/destinations/{later['id']}"
+    assert (await api.call("PATCH", path, {"topics": ["x"]}))[0] == 200
+    status, answer = await api.call("POST", "/retry", retry_later)
+    assert status == 400 and "not subscribed" in answer["message"], answer
+    assert (await api.call("PUT", path + "/disable"))[0] == 200
+    status, answer = await api.call("POST", "/retry", retry_later)
+    assert status == 400 and "disabled" in answer["message"], answer
 
 
 async def test_tenant_tokens(api: Client, http: Any, relay: Any) -> None:
@@ -360,6 +480,14 @@ async def test_tenant_tokens(api: Client, http: Any, relay: Any) -> None:
         },
     )
     assert status == 403 and "admin" in answer["message"]
+    # Admin-only routes: a valid tenant token is known but not allowed there (403, as
+    # Outpost answers), even for its own tenant.
+    for method, path, body in (
+        ("POST", "/publish", {"tenant_id": "acme", "data": {}}),
+        ("GET", "/tenants/acme/token", None),
+    ):
+        status, answer = await scoped.call(method, path, body)
+        assert status == 403 and "admin API key" in answer["message"], (path, answer)
 
     def forged(**claims: Any) -> Client:
         now = int(time.time())
@@ -368,6 +496,8 @@ async def test_tenant_tokens(api: Client, http: Any, relay: Any) -> None:
         return Client(http, relay, {"Authorization": f"Bearer {token}"})
 
     assert (await forged().call("GET", "/tenants/acme"))[0] == 401
+    # A token relay did not sign is no tenant's: 401 on admin-only routes too.
+    assert (await forged().call("POST", "/publish", {"tenant_id": "acme", "data": {}}))[0] == 401
     # Signed with relay's key but past its 24 hours.
     created = await live_created(relay, "acme")
     stale = issue_tenant_token(
@@ -393,6 +523,8 @@ async def test_a_deleted_tenants_token_is_refused_even_after_the_id_is_reused(
         status, answer = await holder.call(method, path)
         assert status == 401, (method, path)
         assert "deleted" in answer["message"]
+    # Outpost checks admin-only routes before it looks the tenant up: still a 403 there.
+    assert (await holder.call("GET", "/tenants/acme/token"))[0] == 403
     # The id handed out again at once, as a rule within the second the token was issued
     # in: still refused (the token names the incarnation it was issued for).
     assert (await api.call("PUT", "/tenants/acme"))[0] == 201
@@ -477,7 +609,9 @@ async def test_history_pages_are_index_range_scans(database_url: str, db: Any) -
             for f, index in cases:
                 where = history._event_where(f)
                 where.seek("e.time, e.seq", after, True, BigInteger)
-                sql = "EXPLAIN " + history.EVENTS.format(where=where.sql(), order="DESC")
+                sql = "EXPLAIN " + history.EVENTS.format(
+                    where=where.sql(), order_by="e.time DESC, e.seq DESC"
+                )
                 result = await conn.execute(where.statement(sql), where.params | {"limit": 100})
                 plan = "\n".join(row[0] for row in result)
                 assert index + " on events_2" in plan, plan

@@ -208,13 +208,22 @@ async def test_non_json_body_is_400(
     assert await db.fetchval("SELECT count(*) FROM relay.events") == 0
 
 
-async def test_unknown_tenant_is_404_and_writes_nothing(
-    start_relay: Any, http: Any, receiver: Any, db: Any, database_url: str
+@pytest.mark.parametrize("strict", [False, True], ids=["default", "strict"])
+async def test_unknown_tenant_writes_nothing(
+    start_relay: Any, http: Any, receiver: Any, db: Any, database_url: str, strict: bool
 ) -> None:
-    server = await start_relay(make_settings(database_url, tenants=tenant_with(receiver.url())))
+    """As Outpost: a 202 routed nowhere; with api.strict_publish, a 404. Either way
+    nothing is stored (tests/integration/test_publish_semantics.py has the rest)."""
+    settings = make_settings(
+        database_url, tenants=tenant_with(receiver.url()), api={"strict_publish": strict}
+    )
+    server = await start_relay(settings)
     status, answer = await publish(http, server, {"tenant_id": "nobody", "data": {}})
-    assert status == 404
-    assert "nobody" in answer["message"]
+    if strict:
+        assert status == 404
+        assert "nobody" in answer["message"]
+    else:
+        assert status == 202 and answer["destination_ids"] == []
     assert await db.fetchval("SELECT count(*) FROM relay.events") == 0
 
 

@@ -76,6 +76,23 @@ def test_database_timeouts_default_and_come_from_the_environment(tmp_path: Path)
         assert info.value.key == key and info.value.fix
 
 
+def test_strict_publish_is_off_by_default_and_comes_from_file_or_environment(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(write(tmp_path, MINIMAL), env={}).api.strict_publish is False
+    in_file = load_settings(write(tmp_path, MINIMAL + "\n[api]\nstrict_publish = true\n"), env={})
+    assert in_file.api.strict_publish is True
+    from_env = load_settings(write(tmp_path, MINIMAL), env={"RELAY_API_STRICT_PUBLISH": "true"})
+    assert from_env.api.strict_publish is True
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, MINIMAL), env={"RELAY_API_STRICT_PUBLISH": "maybe"})
+    assert info.value.key == "api.strict_publish"
+    assert "RELAY_API_STRICT_PUBLISH" in info.value.problem
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, "[api]\nstrict = true\n"), env={})
+    assert info.value.key == "api.strict" and "unknown key" in info.value.problem
+
+
 def test_missing_default_file_with_env_only_is_a_valid_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,5 +1,5 @@
 """Pure pieces of the Outpost API: destination filters, topic wildcards, the raw `data`
-span, and cursors."""
+span, cursors, and how non-string map values and rotate_secret are read."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay.api.destinations import rotates
 from relay.api.outpost import exact_data
 from relay.api.rawjson import member_span
+from relay.api.validation import outpost_string
 from relay.db.history import BadCursor, Cursor, Position, decode_cursor, encode_cursor
 from relay.routing import filter_matches, filter_problems, topic_matches
 
@@ -168,3 +170,52 @@ def test_filters_too_deep_or_too_large_are_refused_before_they_are_stored() -> N
     wide = {"data": {"$or": [{"a": n} for n in range(MAX_FILTER_NODES)]}}
     assert filter_problems(wide) == [f"filter has more than {MAX_FILTER_NODES} parts"]
     assert filter_problems({"data": {"$or": [{"a": 1}, {"b": {"$gte": 2}}]}}) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("x", "x"),
+        ("", ""),
+        (True, "true"),
+        (False, "false"),
+        (None, ""),
+        (42, "42"),
+        (-7, "-7"),
+        (3.14, "3.14"),
+        (1e-7, "1e-07"),  # Go's %v writes the same
+        (1e21, "1e+21"),
+        # Go's %v writes these 4.2e+07 and 1e+06; relay writes the number as sent.
+        (42000000, "42000000"),
+        (1e6, "1000000"),
+        ({"b": 1, "a": [True, None]}, '{"a":[true,null],"b":1}'),
+        ([1, "x"], '[1,"x"]'),
+    ],
+)
+def test_map_values_become_strings_as_outpost_makes_them(value: Any, expected: str) -> None:
+    assert outpost_string(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "rotates_it"),
+    [
+        (True, True),
+        ("true", True),
+        ("TRUE", True),
+        ("1", True),
+        (1, True),
+        ("on", True),
+        ("Yes", True),
+        (False, False),
+        ("false", False),
+        ("0", False),
+        ("no", False),
+        ("", False),
+        (None, False),
+        ("y", False),
+        (2, False),
+        ({"x": 1}, False),
+    ],
+)
+def test_rotate_secret_is_read_as_outpost_reads_it(value: Any, rotates_it: bool) -> None:
+    assert rotates(value) is rotates_it
