@@ -435,6 +435,11 @@ def is_text(value: Any, *, low: int = 0, high: int | None = None) -> bool:
     )
 
 
+def sendable(value: Any) -> bool:
+    """Text an HTTP header can carry: no control characters (an id's and a topic's)."""
+    return is_text(value) and not any(ord(c) < 0x20 or c == "\x7f" for c in value)
+
+
 def outpost_expectation(case: OutpostCase, built: Built, *, strict: bool) -> Expect:
     """What relay must answer: the contract, worked out from what was sent."""
     if len(built.body) > MAX_BODY:
@@ -457,7 +462,11 @@ def outpost_expectation(case: OutpostCase, built: Built, *, strict: bool) -> Exp
     def refuse(name: str, statuses: tuple[int, ...] = (422,)) -> None:
         refusals.append(Refusal(statuses, (name,)))
 
-    if "id" in m and m["id"] is not None and not is_text(m["id"], low=1, high=255):
+    if (
+        "id" in m
+        and m["id"] is not None
+        and not (is_text(m["id"], low=1, high=255) and sendable(m["id"]))
+    ):
         refuse("id")
     tenant = m.get("tenant_id", ABSENT)
     unknown_tenant = False
@@ -467,7 +476,7 @@ def outpost_expectation(case: OutpostCase, built: Built, *, strict: bool) -> Exp
         if strict:
             refuse(tenant, (404,))
         unknown_tenant = True
-    if m.get("topic") is not None and not is_text(m["topic"], high=255):
+    if m.get("topic") is not None and not (is_text(m["topic"], high=255) and sendable(m["topic"])):
         refuse("topic")
     if "eligible_for_retry" in m and not isinstance(m["eligible_for_retry"], bool):
         refuse("eligible_for_retry")
