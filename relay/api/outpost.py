@@ -2,7 +2,7 @@
 
 This module holds publish, health, topics, destination types and the OpenAPI document,
 and composes the rest: tenants.py, destinations.py, logs.py (events and attempts),
-aggregates.py (metrics) and retry.py. What relay implements is described by openapi.json,
+aggregates.py (metrics), retry.py and config.py. What relay implements is described by openapi.json,
 served as it is.
 """
 
@@ -16,7 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 from sqlalchemy import text
 
-from relay.api import aggregates, destinations, logs, retry, tenants
+from relay.api import aggregates, config, destinations, logs, retry, tenants
 from relay.api.auth import authenticate, require_admin
 from relay.api.errors import RETRY_AFTER_SECONDS, json_response
 from relay.api.rawjson import member_span
@@ -256,3 +256,4 @@ def setup(app: web.Application) -> None:
     app.add_routes(logs.routes)
     app.add_routes(retry.routes)
     app.add_routes(aggregates.routes)
+    app.add_routes(config.routes)

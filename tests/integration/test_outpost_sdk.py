@@ -283,3 +283,42 @@ async def test_failed_attempts_show_their_code(sdk: Outpost, receiver: Any) -> N
     assert attempt.code == "503" and attempt.status == models.Status.FAILED
     detail = await sdk.attempts.get_async(attempt_id=attempt.id or "", include="response_data")
     assert detail.response_data is not None and detail.response_data["body"] == "busy"
+
+
+async def test_configuration_reads_the_settings_in_force(
+    start_relay: Any, database_url: str
+) -> None:
+    settings = make_settings(
+        database_url,
+        topics=["order.created"],
+        delivery={
+            "webhook_mode": "outpost",
+            "timeout_seconds": 7.5,
+            "auto_disable_after_failures": 20,
+            "webhook": {"outpost": {"header_prefix": "x-acme-", "signature_encoding": "base64"}},
+        },
+    )
+    relay = await start_relay(settings)
+    url = str(relay.make_url("/api/v1"))
+    async with Outpost(api_key=ADMIN_KEY, server_url=url) as sdk:
+        config = await sdk.configuration.get_managed_config_async()
+        assert config.topics == "order.created"
+        assert config.destinations_webhook_mode == "default"  # Outpost's name for its format
+        assert config.destinations_webhook_header_prefix == "x-acme-"
+        assert config.destinations_webhook_signature_encoding == "base64"
+        assert config.delivery_timeout_seconds == "7.5"
+        assert config.alert_auto_disable_destination == "true"
+        assert config.alert_consecutive_failure_count == "20"
+        # make_settings' schedule: two retries.
+        assert config.retry_schedule == "0.2,0.4" and config.max_retry_limit == "2"
+
+        # Read-only: the refusal says where the settings live.
+        with pytest.raises(errors.APIError) as refused:
+            await sdk.configuration.update_managed_config_async(request={"TOPICS": "x"})
+        assert refused.value.status_code == 405
+        assert "RELAY_" in refused.value.body
+        assert (await sdk.configuration.get_managed_config_async()).topics == "order.created"
+
+    async with Outpost(api_key="wrong", server_url=url) as intruder:
+        with pytest.raises(errors.UnauthorizedError):
+            await intruder.configuration.get_managed_config_async()
