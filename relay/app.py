@@ -26,6 +26,7 @@ from relay.appkeys import (
     HEAD_REVISION,
     HORIZON,
     METRICS,
+    OPERATOR_TOPICS,
     PUBLISHER,
     SETTINGS,
 )
@@ -194,6 +195,7 @@ def create_app(
     app[DATABASE_URL] = database_url
     app[DISPATCHER] = None
     app[METRICS] = Metrics()
+    app[OPERATOR_TOPICS] = operator_events.Subscriptions(settings.operator_events.refresh_seconds)
     metrics_api.setup(app)
     app.cleanup_ctx.append(prepare_database)
     if dispatcher:

@@ -12,7 +12,7 @@ or neither does.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 import orjson
@@ -86,6 +86,7 @@ ENSURE_TENANT = text("""
     INSERT INTO relay.tenants (id) VALUES (:tenant)
     ON CONFLICT (id) DO UPDATE SET deleted_at = NULL, updated_at = now()
     WHERE tenants.deleted_at IS NOT NULL
+    RETURNING id
 """).bindparams(bindparam("tenant", type_=Text))
 
 # A tenant's topics and its count of destinations, as GET /tenants/{id} answers them
@@ -174,22 +175,3 @@ class Recorder:
             batch, attempt_ids, health, topics, self.policy, now=datetime.now(UTC)
         )
         self.written += await write(conn, events)
-
-
-async def subscription_changed(
-    conn: Connection,
-    tenant_id: str,
-    before: tuple[list[str], int],
-    topics: Collection[str],
-    deployment_id: str = "",
-) -> None:
-    """After a destination change in ``conn``'s transaction: tenant.subscription.updated
-    if a sink wants it and the tenant's topics or count moved."""
-    if not opevents.wants(topics, opevents.SUBSCRIPTION_UPDATED):
-        return
-    after = await tenant_subscription(conn, tenant_id)
-    event = opevents.subscription_updated(
-        tenant_id, before, after, now=datetime.now(UTC), deployment_id=deployment_id
-    )
-    if event is not None:
-        await write(conn, [event])
