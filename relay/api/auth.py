@@ -164,9 +164,8 @@ async def authenticate(request: web.Request) -> Caller:
     the tenant's current incarnation was created: a deleted and re-created id must not
     be reachable with a token from before.
     """
-    scoped = request.get(SCOPED_CALLER)
-    if scoped is not None:  # the admin, acting as relay's own tenant
-        return scoped
+    if SCOPED_CALLER in request:  # the admin, acting as relay's own tenant
+        return request[SCOPED_CALLER]
     token = bearer_token(request)
     if token is None:
         raise Unauthorized("missing API key or tenant token (Authorization: Bearer ...)")
