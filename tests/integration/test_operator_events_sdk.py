@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from outpost_sdk import Outpost, errors, models
 
@@ -159,3 +160,14 @@ async def test_tenant_tokens_and_producers_cannot_reach_operator_events(
             }
         )
     assert "tenant_id" in str(refused.value) and "operator events" in str(refused.value)
+    # relay's own tenant is out of the tenant routes' reach, even spelled with %2F.
+    await sdk.operator_events.create_destination_async(
+        request={"type": "webhook", "topics": ["*"], "config": {"url": "https://x.example/"}}
+    )
+    async with aiohttp.ClientSession() as http:
+        for path in ("/api/v1/tenants/relay%2Foperator", "/api/v1/tenants/relay/operator"):
+            async with http.get(
+                relay.make_url(path).with_path(path, encoded=True),
+                headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            ) as resp:
+                assert resp.status == 404, (path, await resp.text())
