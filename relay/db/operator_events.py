@@ -14,13 +14,14 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, text
 from sqlalchemy.types import Text
 
 from relay import opevents
-from relay.db.outbox import ANNOUNCE, Connection, HealthRow, Recorded, _fetch
+from relay.db.outbox import ANNOUNCE, Connection, Recorded, _fetch, health_by_destination
 
 # Each sink's topics, if it is live and enabled: the union is what anyone wants.
 SUBSCRIBED = text("""
@@ -166,11 +167,12 @@ class Recorder:
         conn: Connection,
         batch: Sequence[Recorded],
         attempt_ids: Mapping[tuple[int, int], int],
-        health: Mapping[tuple[str, str], HealthRow],
+        health_rows: Sequence[Mapping[str, Any]],
     ) -> None:
         topics = await self.subscriptions.topics(conn)
         if not topics:
             return
+        health = health_by_destination(health_rows)
         events = opevents.caused_by(
             batch, attempt_ids, health, topics, self.policy, now=datetime.now(UTC)
         )

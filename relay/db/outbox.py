@@ -844,8 +844,20 @@ class AfterRecord(Protocol):
         conn: Connection,
         batch: Sequence[Recorded],
         attempt_ids: Mapping[tuple[int, int], int],
-        health: Mapping[tuple[str, str], HealthRow],
+        health_rows: Sequence[Mapping[str, Any]],
     ) -> None: ...
+
+
+def health_by_destination(
+    rows: Sequence[Mapping[str, Any]],
+) -> dict[tuple[str, str], HealthRow]:
+    """UPDATE_HEALTH's rows (what record_outcomes passes its ``after``), by destination."""
+    return {
+        (r["tenant_id"], r["id"]): HealthRow(
+            r["previous"], r["consecutive_failures"], r["disabled_now"], r["disabled_at"]
+        )
+        for r in rows
+    }
 
 
 def health_changes(batch: Sequence[Recorded]) -> list[HealthChange]:
@@ -924,13 +936,7 @@ async def record_outcomes(
             },
         )
     if after is not None and batch:
-        health = {
-            (r["tenant_id"], r["id"]): HealthRow(
-                r["previous"], r["consecutive_failures"], r["disabled_now"], r["disabled_at"]
-            )
-            for r in rows
-        }
-        await after(conn, batch, inserted, health)
+        await after(conn, batch, inserted, rows)
     return [
         Disabled(r["tenant_id"], r["id"], r["disabled_reason"]) for r in rows if r["disabled_now"]
     ]

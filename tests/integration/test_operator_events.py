@@ -315,3 +315,53 @@ def test_a_sink_with_an_unknown_topic_stops_the_start(tmp_path: Any) -> None:
     assert str(path) in message
     assert "operator_events.sinks[0].topics" in message
     assert "alert.destination.dissabled" in message
+
+
+async def test_a_batch_no_sink_wants_costs_no_statement(
+    database_url: str, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sinks' topics are read once per refresh, not per batch; with no sink wanting
+    the batch's events, nothing is written (delivery must not pay for the feature)."""
+    statements: list[str] = []
+    real_fetch = operator_events._fetch
+
+    async def counting(conn: Any, statement: Any, params: Any) -> Any:
+        statements.append("subscribed" if statement is operator_events.SUBSCRIBED else "write")
+        return await real_fetch(conn, statement, params)
+
+    monkeypatch.setattr(operator_events, "_fetch", counting)
+    policy = opevents.Policy(max_failures=2, max_attempts=3)
+    recorder = operator_events.Recorder(policy, refresh_seconds=3600)
+    conn = await asyncpg.connect(asyncpg_url(database_url))
+    try:
+        await db.execute(
+            "INSERT INTO relay.tenants (id) VALUES ('acme'), ($1);"
+            "INSERT INTO relay.destinations (tenant_id, id, topics, url, secret)"
+            " VALUES ('acme', 'd', '{*}', 'https://x.example/', 's')",
+            opevents.OPERATOR_TENANT,
+        )
+        await db.execute(
+            "INSERT INTO relay.events (tenant_id, id, topic, data) VALUES ('acme', 'e', 't', '{}');"
+            "INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id)"
+            " SELECT seq, 'acme', 'd' FROM relay.events"
+        )
+        failure = await _claimed_failure(conn)
+        for _ in range(3):
+            await recorder(conn, [failure], {}, [])
+        assert statements == ["subscribed"]
+
+        # A sink that wants other topics: still nothing written.
+        await db.execute(
+            "INSERT INTO relay.destinations (tenant_id, id, topics, url, secret)"
+            " VALUES ($1, 'ops', '{attempt.success}', 'https://ops.example/', 's')",
+            opevents.OPERATOR_TENANT,
+        )
+        recorder.subscriptions.refresh_seconds = 0
+        await recorder(conn, [failure], {}, [])
+        assert statements == ["subscribed", "subscribed"]
+        await db.execute("UPDATE relay.destinations SET topics = '{attempt.failed}'")
+        await recorder(conn, [failure], {}, [])
+        assert statements == ["subscribed", "subscribed", "subscribed", "write"]
+        assert recorder.written == 1
+    finally:
+        await conn.close()
