@@ -335,10 +335,11 @@ async def test_a_batch_no_sink_wants_costs_no_statement(
     conn = await asyncpg.connect(asyncpg_url(database_url))
     try:
         await db.execute(
-            "INSERT INTO relay.tenants (id) VALUES ('acme'), ($1);"
+            "INSERT INTO relay.tenants (id) VALUES ('acme'), ($1)", opevents.OPERATOR_TENANT
+        )
+        await db.execute(
             "INSERT INTO relay.destinations (tenant_id, id, topics, url, secret)"
-            " VALUES ('acme', 'd', '{*}', 'https://x.example/', 's')",
-            opevents.OPERATOR_TENANT,
+            " VALUES ('acme', 'd', '{*}', 'https://x.example/', 's')"
         )
         await db.execute(
             "INSERT INTO relay.events (tenant_id, id, topic, data) VALUES ('acme', 'e', 't', '{}');"
