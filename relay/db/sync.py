@@ -91,7 +91,7 @@ DISABLE_REMOVED = text("""
 async def sync_config(conn: AsyncConnection, settings: Settings) -> None:
     await conn.execute(LOCK)
     declared: list[str] = []
-    for tenant in settings.tenants:
+    for tenant in settings.declared_tenants():
         await conn.execute(
             UPSERT_TENANT,
             {
@@ -126,4 +126,6 @@ async def sync_config(conn: AsyncConnection, settings: Settings) -> None:
     await conn.execute(
         DISABLE_REMOVED, {"declared": declared, "removed_from_file": REMOVED_FROM_FILE}
     )
-    await conn.execute(RELEASE_REMOVED_TENANTS, {"declared": [t.id for t in settings.tenants]})
+    await conn.execute(
+        RELEASE_REMOVED_TENANTS, {"declared": [t.id for t in settings.declared_tenants()]}
+    )

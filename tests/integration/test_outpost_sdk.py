@@ -309,6 +309,7 @@ async def test_configuration_reads_the_settings_in_force(
         assert config.delivery_timeout_seconds == "7.5"
         assert config.alert_auto_disable_destination == "true"
         assert config.alert_consecutive_failure_count == "20"
+        assert config.alert_exhausted_retries_window_seconds == "0"
         # make_settings' schedule: two retries.
         assert config.retry_schedule == "0.2,0.4" and config.max_retry_limit == "2"
 
