@@ -150,9 +150,11 @@ async def test_stats_shows_backlog_and_health(
     health = shown.stdout.split("destinations\n")[1]
     rows = {line.split()[1]: line.split() for line in health.strip().splitlines()[1:]}
     assert set(rows) == {"good", "bad"}
-    # attempts_1h: good 5, bad 10 (two tries each); success rates 1 and 0.
-    assert rows["good"][4:6] == ["5", "1.0000"]
-    assert rows["bad"][4:6] == ["10", "0.0000"]
+    # attempts_1h: good 5, bad 10 (two tries each); success rates as percentages and
+    # booleans as yes/no (issue 21: not 1.0000 and True); piped, so no colour codes.
+    assert rows["good"][2:6] == ["yes", "0", "5", "100.0%"]
+    assert rows["bad"][2:6] == ["yes", "10", "10", "0.0%"]
+    assert "\x1b[" not in shown.stdout
 
 
 async def end_strays(database_url: str) -> int:
