@@ -296,3 +296,43 @@ def test_missing_database_says_how_to_create_it_and_never_claims_to_serve(
         assert f"database '{missing}' does not exist" in line
         assert f"createdb -h {url.host} -p {url.port or 5432}" in line and missing in line
         assert "relay serve on" not in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_relay_listen_verifies_outpost_mode_deliveries(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A destination in Outpost's default mode (x-outpost-signature: v0=<hex>): relay
+    listen verifies it with the secret relay generated for that format."""
+    port, hook_port = free_port(), free_port()
+    hook = f"http://127.0.0.1:{hook_port}/in"
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f"""
+[server]
+port = {port}
+admin_api_key = "k"
+[delivery]
+allow_private_networks = ["127.0.0.0/8"]
+[[tenants]]
+id = "t"
+[[tenants.destinations]]
+id = "op"
+url = "{hook}"
+webhook_mode = "outpost"
+"""
+    )
+    env = clean_env(RELAY_CONFIG=str(config), RELAY_DATABASE_URL=database_url)
+    async with process("serve", env=env) as serve, aiohttp.ClientSession() as http:
+        await read_until(serve, "relay serve on", [])
+        async with process("listen", hook, env=env) as listen:
+            heard: list[str] = []
+            await read_until(listen, "waiting for deliveries", heard)
+            assert "t/op (outpost webhooks), secret whsec_" in "".join(heard)
+            async with http.post(
+                f"http://127.0.0.1:{port}/api/v1/publish",
+                headers={"Authorization": "Bearer k"},
+                json={"tenant_id": "t", "topic": "a.b", "data": {"n": 1}},
+            ) as resp:
+                assert resp.status == 202
+            line = await read_until(listen, "signature", heard)
+            assert "signature verified (outpost, t/op's secret)" in line, "".join(heard)
