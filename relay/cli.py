@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level or (settings.logging.level if serving else "WARNING"), settings.logging.format
     )
     try:
-        if serving and not workers_copy():
+        if command in ("serve", "api") and not _is_workers_copy():
             _check_port_free(settings)
         if command == "listen" and args.secret:
             database_url, _server = "", None  # verifies with the secret it was given
@@ -246,7 +246,8 @@ class CannotStart(RuntimeError):
     """A reason the command cannot run, said in one line (or a few) with the fix."""
 
 
-def workers_copy() -> bool:
+def _is_workers_copy() -> bool:
+    """A copy started by server.workers: its port is shared on purpose (SO_REUSEPORT)."""
     from relay import workers
 
     return workers.is_copy()
@@ -407,20 +408,28 @@ def _existing_database(settings: Settings) -> tuple[str, Any]:
     if not has_cluster(data_dir):
         raise CannotStart(_no_database(settings))
     try:
-        return start_embedded(data_dir, create=False)[::-1]
+        server, url = start_embedded(data_dir, create=False)
     except LookupError:
         raise CannotStart(_no_database(settings)) from None
+    return url, server
 
 
 def _no_database(settings: Settings) -> str:
+    from relay.embedded import has_cluster
+
     data_dir = settings.database.data_dir
+    what = (
+        f"the embedded PostgreSQL in {data_dir} has no relay database"
+        if has_cluster(data_dir)
+        else f"no embedded PostgreSQL in {data_dir}"
+    )
     if settings.config_path:
         origin = f"database.data_dir of {settings.config_path}"
     else:
         looked = Path(os.environ.get("RELAY_HOME") or ".") / "config" / "relay.toml"
         origin = f"the default data directory; no config file at {looked}"
     return (
-        f"no relay database here: no embedded PostgreSQL in {data_dir} ({origin}), and "
+        f"no relay database here: {what} ({origin}), and "
         "RELAY_DATABASE_URL is not set\n"
         "  point relay at its database: run from the directory that holds "
         "config/relay.toml, or pass --config PATH, or set RELAY_HOME=DIR (the directory "

@@ -181,6 +181,7 @@ async def test_data_directory_resolves_from_the_config_file_or_relay_home(
     stats = await asyncio.to_thread(run, "stats", env=clean_env(RELAY_HOME=str(home)), cwd=second)
     assert stats.returncode == 0, stats.stderr
     assert "outbox backlog" in stats.stdout
+    assert stats.stderr == ""  # quiet: not a word about starting the embedded server
     assert list(second.iterdir()) == []
 
 
