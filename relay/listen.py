@@ -154,9 +154,17 @@ class Receiver:
                     markup=False,
                 )
             else:
+                port = self.settings.server.port
                 screen.print(
-                    f"  no destination delivers to {self.url} yet: add one with this url "
-                    "(config file or API) and restart relay listen, or pass --secret",
+                    f"  no destination delivers to {self.url} yet. Add one in the config "
+                    f'file (then restart relay):\n    [[tenants.destinations]]\n    id = "local"'
+                    f'\n    url = "{self.url}"\n'
+                    f"  or through the API:\n    curl -X POST http://127.0.0.1:{port}/api/v1/"
+                    "tenants/TENANT/destinations -H 'Authorization: Bearer ADMIN_KEY' -d "
+                    f'\'{{"type": "webhook", "topics": "*", "config": {{"url": "{self.url}"}}}}\'\n'
+                    '  (loopback needs delivery.allow_private_networks = ["127.0.0.0/8"], as '
+                    "in config/relay.toml). Its deliveries are verified as they come; or pass "
+                    "--secret.",
                     style="yellow",
                     markup=False,
                 )
