@@ -301,7 +301,7 @@ def _refused(exc: DBAPIError, database_url: str) -> str:
     name = type(cause).__name__
     url = make_url(asyncpg_url(database_url))
     if name == "InvalidCatalogNameError" and url.database:
-        host = url.host or "localhost"
+        host = url.host or str(url.query.get("host") or "localhost")  # or a socket dir
         create = f"createdb -h {host} -p {url.port or 5432}"
         create += f" -U {url.username}" if url.username else ""
         return (

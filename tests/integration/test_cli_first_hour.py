@@ -295,7 +295,8 @@ def test_missing_database_says_how_to_create_it_and_never_claims_to_serve(
         assert result.returncode == 1, result.stderr
         [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("relay:")]
         assert f"database '{missing}' does not exist" in line
-        assert f"createdb -h {url.host} -p {url.port or 5432}" in line and missing in line
+        host = url.host or url.query["host"]  # the embedded server: its socket directory
+        assert f"createdb -h {host} -p {url.port or 5432}" in line and missing in line
         assert "relay serve on" not in result.stderr and "Traceback" not in result.stderr
 
 
