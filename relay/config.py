@@ -568,21 +568,20 @@ def load_settings(
     else:
         source = "environment"
 
-    in_file = isinstance(raw.get("database"), dict) and "data_dir" in raw["database"]
     _apply_env(raw, env)
     _resolve_env_references(raw, env, source)
-    _resolve_data_dir(raw, config_path if in_file and "RELAY_DATA_DIR" not in env else None, home)
+    _resolve_data_dir(raw, home)
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
         raise _config_error(source, exc, env) from None
 
 
-def _resolve_data_dir(raw: dict[str, Any], file: Path | None, home: Path | None) -> None:
+def _resolve_data_dir(raw: dict[str, Any], home: Path | None) -> None:
     """Make ``database.data_dir`` absolute, so that every command finds the same embedded
-    database from any directory: a path written in the config file is relative to that
-    file's directory; one from RELAY_DATA_DIR, or the default, to RELAY_HOME when it is
-    set, else to the config file's directory, else to the current directory."""
+    database from any directory: a relative path (from the file, RELAY_DATA_DIR or the
+    default) is relative to the config file's directory; with no config file, to
+    RELAY_HOME when set, else to the current directory."""
     database = raw.setdefault("database", {})
     if not isinstance(database, dict):
         return  # validation says what is wrong
@@ -591,14 +590,10 @@ def _resolve_data_dir(raw: dict[str, Any], file: Path | None, home: Path | None)
         return
     path = Path(value.strip()).expanduser()
     if not path.is_absolute():
-        if file is not None:
-            base = file.parent
-        elif home is not None:
-            base = home
-        elif "config_path" in raw:
+        if "config_path" in raw:
             base = Path(raw["config_path"]).parent
         else:
-            base = Path()
+            base = home if home is not None else Path()
         path = base / path
     database["data_dir"] = str(path.resolve())
 

@@ -327,3 +327,31 @@ def test_system_headers_under_one_name_are_refused(tmp_path: Path) -> None:
         load_settings(write(tmp_path, text), env={})
     assert info.value.key == "delivery.webhook.outpost"
     assert "event-id and topic headers are both named" in info.value.problem
+
+
+def test_data_dir_resolves_the_same_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative data_dir, from the file, RELAY_DATA_DIR or the default, is relative to
+    the config file's directory; with no file, to RELAY_HOME, else the current directory
+    (issue 21)."""
+    home = tmp_path / "home"
+    (home / "config").mkdir(parents=True)
+    config = home / "config" / "relay.toml"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    config.write_text('[database]\ndata_dir = "../data"\n')
+    assert load_settings(config, env={}).database.data_dir == str(home / "data")
+    by_home = load_settings(env={"RELAY_HOME": str(home)})  # finds home/config/relay.toml
+    assert by_home.config_path == str(config)
+    assert by_home.database.data_dir == str(home / "data")
+    from_env = load_settings(config, env={"RELAY_DATA_DIR": "d"})
+    assert from_env.database.data_dir == str(home / "config" / "d")
+    config.write_text("")
+    assert load_settings(config, env={}).database.data_dir == str(home / "config" / ".relay")
+    # No file: RELAY_HOME, else the current directory (as before).
+    alone = {"RELAY_HOME": str(tmp_path / "nofile")}
+    assert load_settings(env=alone).database.data_dir == str(tmp_path / "nofile" / ".relay")
+    assert load_settings(env={}).database.data_dir == str(elsewhere / ".relay")
