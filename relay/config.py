@@ -108,6 +108,7 @@ class ApiSettings(_Strict):
 class DatabaseSettings(_Strict):
     # Empty: start the embedded PostgreSQL in data_dir.
     url: str | None = None
+    # Made absolute by load_settings (see _resolve_data_dir).
     data_dir: str = ".relay"
     migrate_on_start: bool = True
     pool_size: Annotated[int, Field(ge=1, le=200)] = 10
@@ -605,7 +606,9 @@ def load_settings(
     """
     env = os.environ if env is None else env
     explicit = path is not None or "RELAY_CONFIG" in env
-    config_path = Path(path if path is not None else env.get("RELAY_CONFIG", DEFAULT_CONFIG_PATH))
+    home = Path(env["RELAY_HOME"]).expanduser() if env.get("RELAY_HOME") else None
+    default = home / DEFAULT_CONFIG_PATH if home is not None else DEFAULT_CONFIG_PATH
+    config_path = Path(path if path is not None else env.get("RELAY_CONFIG", default))
     source = str(config_path)
 
     raw: dict[str, Any] = {}
@@ -630,10 +633,32 @@ def load_settings(
 
     _apply_env(raw, env)
     _resolve_env_references(raw, env, source)
+    _resolve_data_dir(raw, home)
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
         raise _config_error(source, exc, env) from None
+
+
+def _resolve_data_dir(raw: dict[str, Any], home: Path | None) -> None:
+    """Make ``database.data_dir`` absolute, so that every command finds the same embedded
+    database from any directory: a relative path (from the file, RELAY_DATA_DIR or the
+    default) is relative to the config file's directory; with no config file, to
+    RELAY_HOME when set, else to the current directory."""
+    database = raw.setdefault("database", {})
+    if not isinstance(database, dict):
+        return  # validation says what is wrong
+    value = database.get("data_dir", DatabaseSettings.model_fields["data_dir"].default)
+    if not isinstance(value, str) or not value.strip():
+        return
+    path = Path(value.strip()).expanduser()
+    if not path.is_absolute():
+        if "config_path" in raw:
+            base = Path(raw["config_path"]).parent
+        else:
+            base = home if home is not None else Path()
+        path = base / path
+    database["data_dir"] = str(path.resolve())
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -740,14 +765,27 @@ def _config_error(source: str, exc: ValidationError, env: Mapping[str, str]) -> 
         loc = tuple(p for p in loc if p not in ("literal['*']", "list[str]", "str"))
         lines.append((_key_path(loc), _problem(err), _FIXES.get(err["type"], _fix_for(err))))
     key, problem, fix = lines[0]
-    variable = _ENV_BY_KEY.get(key)
-    if variable is not None and variable in env:
+    variable = _variable_for(key, env)
+    if variable is not None:
+        # The file is not where the value came from: name the variable as the source.
+        source = f"environment variable {variable}"
         problem += f" (the value comes from {variable})"
         fix = f"{fix}; or change or unset {variable}"
     if len(lines) > 1:
         others = "; ".join(f"{k or '(top level)'}: {p}" for k, p, _ in lines[1:5])
         problem += f" (also: {others})"
     return ConfigError(source, key or "(top level)", problem, fix)
+
+
+def _variable_for(key: str, env: Mapping[str, str]) -> str | None:
+    """The environment variable that set the value at ``key`` (or at a table or list
+    holding it), if one did."""
+    while key:
+        variable = _ENV_BY_KEY.get(key)
+        if variable is not None and variable in env:
+            return variable
+        key = re.sub(r"(\[\d+\]|\.[^.\[]+)$", "", key) if re.search(r"[.\[]", key) else ""
+    return None
 
 
 def _problem(err: Any) -> str:

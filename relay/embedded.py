@@ -59,10 +59,32 @@ async def ensure_database(server: Any, database: str = DATABASE) -> str:
     return server_url(server, database)
 
 
-def start_embedded(data_dir: str | os.PathLike[str]) -> tuple[Any, str]:
-    """Blocking helper for the CLI: start the server and return (server, relay URL)."""
+def has_cluster(data_dir: str | os.PathLike[str]) -> bool:
+    """Does data_dir hold an embedded server's data (made by an earlier start)?"""
+    return (Path(data_dir).expanduser() / "pgdata" / "PG_VERSION").is_file()
+
+
+async def database_exists(server: Any, database: str = DATABASE) -> bool:
+    conn = await asyncpg.connect(asyncpg_url(server_url(server, "postgres")), timeout=10)
+    try:
+        return bool(await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database))
+    finally:
+        await conn.close()
+
+
+def start_embedded(data_dir: str | os.PathLike[str], *, create: bool = True) -> tuple[Any, str]:
+    """Blocking helper for the CLI: start the server and return (server, relay URL).
+    Without create, only an existing cluster and database are used (LookupError if
+    relay's database is not there)."""
+    if not create and not has_cluster(data_dir):
+        raise LookupError(f"no embedded PostgreSQL in {data_dir}")
     server = start_server(data_dir)
-    url = asyncio.run(ensure_database(server))
+    if create:
+        url = asyncio.run(ensure_database(server))
+    elif asyncio.run(database_exists(server)):
+        url = server_url(server, DATABASE)
+    else:
+        raise LookupError(f"no database {DATABASE!r} in the embedded PostgreSQL in {data_dir}")
     log.info("embedded PostgreSQL ready in %s", Path(data_dir).resolve())
     return server, url
 

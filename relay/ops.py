@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, TextIO
+from datetime import timedelta
+from typing import TextIO
 
+from rich.console import Console
+from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from relay import console
 from relay.db import horizon, ops
 from relay.horizon import is_above, remedy, summary
 from relay.supervise import Loop
@@ -22,48 +24,37 @@ from relay.supervise import Loop
 log = logging.getLogger(__name__)
 
 
-def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    if not rows:
-        return "  (none)\n"
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines) + "\n"
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
-    if isinstance(value, timedelta):
-        return str(value).split(".")[0]
-    return str(value)
-
-
 async def show_event(engine: AsyncEngine, event_id: str, tenant_id: str | None, out: TextIO) -> int:
     async with engine.connect() as conn:
         stories = await ops.event_stories(conn, event_id, tenant_id)
+    screen = console.console(out)
     if not stories:
-        out.write(f"no event {event_id!r}" + (f" for tenant {tenant_id!r}" if tenant_id else ""))
-        out.write("\n")
+        screen.print(
+            f"no event {event_id!r}" + (f" for tenant {tenant_id!r}" if tenant_id else ""),
+            markup=False,
+        )
         return 1
     for story in stories:
         e = story.event
-        out.write(f"event {e['id']}  tenant {e['tenant_id']}  topic {e['topic'] or '-'}\n")
-        out.write(f"  time {_cell(e['time'])}  eligible_for_retry {e['eligible_for_retry']}\n")
-        out.write(f"  data {e['data'][:500]}\n")
-        out.write("deliveries\n")
-        out.write(
-            _table(
+        head = Text()
+        head.append("event ", style="bold").append(e["id"], style="bold cyan")
+        head.append("  tenant ").append(e["tenant_id"], style="cyan")
+        head.append("  topic ").append(e["topic"] or "-", style="cyan")
+        screen.print(head)
+        line = Text("  time ").append(console.cell(e["time"]))
+        line.append("  eligible_for_retry ").append(console.cell(e["eligible_for_retry"]))
+        screen.print(line)
+        screen.print(Text("  data ").append(e["data"][:500]))
+        screen.print(Text("deliveries", style="bold"))
+        screen.print(
+            console.table(
                 story.deliveries,
                 ["destination_id", "status", "attempts", "next_attempt_at", "last_error"],
             )
         )
-        out.write("attempts\n")
-        out.write(
-            _table(
+        screen.print(Text("attempts", style="bold"))
+        screen.print(
+            console.table(
                 story.attempts,
                 [
                     "attempted_at",
@@ -95,15 +86,18 @@ async def replay(
         out.write(f"dry run: {total} deliveries would be replayed\n")
         return total
     done, after = 0, 0
-    while True:
-        async with engine.begin() as conn:
-            ids, last = await ops.replay_batch(conn, selection, after=after, limit=batch_size)
-        if last is None:
-            break
-        done += len(ids)
-        after = last
-        out.write(f"replayed {done}/{total}\n")
-        out.flush()
+    progress = console.Progress(out, "replayed", total, "deliveries")
+    try:
+        while True:
+            async with engine.begin() as conn:
+                ids, last = await ops.replay_batch(conn, selection, after=after, limit=batch_size)
+            if last is None:
+                break
+            done += len(ids)
+            after = last
+            progress.update(done)
+    finally:
+        progress.close()
     out.write(f"replayed {done} deliveries\n")
     return done
 
@@ -114,12 +108,15 @@ async def stats(engine: AsyncEngine, out: TextIO, *, warn_after: float = 0.0) ->
         backlog = await ops.backlog(conn)
         health = await ops.health(conn)
         holders = await horizon.holders(conn)
-    out.write("outbox backlog\n")
-    out.write(_table(backlog, ["status", "deliveries", "due_now", "oldest_age", "expired_leases"]))
-    _write_horizon(holders, warn_after, out)
-    out.write("destinations\n")
-    out.write(
-        _table(
+    screen = console.console(out)
+    screen.print(Text("outbox backlog", style="bold"))
+    screen.print(
+        console.table(backlog, ["status", "deliveries", "due_now", "oldest_age", "expired_leases"])
+    )
+    _write_horizon(holders, warn_after, screen)
+    screen.print(Text("destinations", style="bold"))
+    screen.print(
+        console.table(
             health,
             [
                 "tenant_id",
@@ -136,9 +133,13 @@ async def stats(engine: AsyncEngine, out: TextIO, *, warn_after: float = 0.0) ->
     )
 
 
-def _write_horizon(holders: list[horizon.Holder], warn_after: float, out: TextIO) -> None:
+def _write_horizon(holders: list[horizon.Holder], warn_after: float, screen: Console) -> None:
     """The oldest holders of the xmin horizon (relay/horizon.py), and the verdict."""
-    out.write("xmin horizon: the oldest snapshots and transactions (dead rows wait for them)\n")
+    screen.print(
+        Text("xmin horizon", style="bold").append(
+            ": the oldest snapshots and transactions (dead rows wait for them)", style="none"
+        )
+    )
     rows = [
         {
             "kind": h.kind,
@@ -154,14 +155,18 @@ def _write_horizon(holders: list[horizon.Holder], warn_after: float, out: TextIO
         for h in holders[:5]
     ]
     columns = ["kind", "age", "age_xids", "pid", "usename", "name", "state", "since", "query"]
-    out.write(_table(rows, columns))
+    screen.print(console.table(rows, columns))
     oldest = holders[0] if holders else None
     if oldest is not None and is_above(oldest, warn_after):
-        out.write(f"  warning: {summary(oldest, warn_after)}\n  {remedy(oldest)}\n")
+        screen.print(
+            Text(f"  warning: {summary(oldest, warn_after)}", style="yellow"), markup=False
+        )
+        screen.print(f"  {remedy(oldest)}", markup=False)
     if any(h.kind == "session" and h.age_seconds is None for h in holders[:5]):
-        out.write(
+        screen.print(
             "  (a session with no age belongs to a role whose transaction start relay's "
-            "role may not see: GRANT pg_read_all_stats TO relay's role)\n"
+            "role may not see: GRANT pg_read_all_stats TO relay's role)",
+            markup=False,
         )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TextIO
@@ -167,10 +168,12 @@ async def maintain(
     max_age: timedelta | None = None,
     retire: bool = True,
     now: datetime | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Round | None:
     """One round of slice maintenance; None if another process is doing it. Without
     retire, only slices ahead are made (at start, which must not wait on a detach). now:
-    the time to judge ages by (tests move it forward)."""
+    the time to judge ages by (tests move it forward). progress: called with (slices
+    dropped, slices to drop) after each."""
     age = timedelta(days=settings.max_age_days) if max_age is None else max_age
     done = Round()
     async with engine.connect() as wrapper:
@@ -201,13 +204,16 @@ async def maintain(
                 for starts_at, ends_at in made:
                     await db.create(conn, starts_at, ends_at)
                     done.made += 1
-            for s in expired(current, now, age, database_now) if retire else []:
+            doomed = expired(current, now, age, database_now) if retire else []
+            for s in doomed:
                 low, high = seq_range(s)
                 done.kept_events += await db.close(conn, s.starts_at, low, high)
                 await _drop(conn, partitions(s))
                 done.forgotten_keys += await _forget_keys(conn, low, high, settings.batch_size)
                 await db.forget(conn, s.starts_at)
                 done.retired.append(s)
+                if progress is not None:
+                    progress(len(done.retired), len(doomed))
             while retire and age > timedelta(0):
                 pruned = await db.prune_kept(conn, now - age, settings.batch_size)
                 done.pruned_kept += pruned
@@ -234,8 +240,22 @@ def describe(done: Round) -> str:
 async def prune(
     engine: AsyncEngine, settings: RetentionSettings, max_age: timedelta, out: TextIO
 ) -> Round | None:
-    """`relay prune`: one round now, with the given age."""
-    done = await maintain(engine, settings, max_age=max_age)
+    """`relay prune`: one round now, with the given age, showing progress per slice."""
+    from relay.console import Progress
+
+    bar: Progress | None = None
+
+    def progress(dropped: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = Progress(out, "dropped", total, "slices")
+        bar.update(dropped)
+
+    try:
+        done = await maintain(engine, settings, max_age=max_age, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
     if done is None:
         out.write("another process is maintaining history slices; try again later\n")
     else:

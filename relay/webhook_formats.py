@@ -108,6 +108,10 @@ class StandardFormat:
         object.__setattr__(self, "_timestamp", prefix + "timestamp")
         object.__setattr__(self, "_signature", prefix + "signature")
 
+    def header_name(self, key: str) -> str:
+        """The header that carries ``id``, ``timestamp`` or ``signature``."""
+        return self.prefix.lower() + key
+
     def write(
         self,
         headers: dict[str, str],
@@ -209,6 +213,11 @@ class OutpostFormat:
             value = self.signature(secrets, event_id=event_id, topic=topic, now=now, body=body)
             if value:  # as Outpost: a template that renders nothing sends no header
                 headers[name] = value
+
+    def header_name(self, key: str) -> str:
+        """The header that carries a system key (``event-id``, ``signature``, ``timestamp``,
+        ``topic``); "" when it is not sent."""
+        return self._headers[key]
 
     def signature(
         self, secrets: Sequence[str], *, event_id: str, topic: str, now: float, body: bytes

@@ -107,20 +107,26 @@ url = "{receiver.url("/in")}"
                     event_id = (await resp.json())["id"]
                 [request] = await receiver.wait_for(1)
                 assert request.json() == {"hi": 1}
-                await asyncio.sleep(0.3)  # the attempt row is written right after
 
-            psql = await asyncio.to_thread(
-                run,
-                "psql",
-                "--",
-                "-At",
-                "-c",
-                "SELECT e.id, d.status, a.status, a.http_status FROM relay.events e "
-                "JOIN relay.deliveries d ON d.event_seq = e.seq "
-                "JOIN relay.attempts a ON a.delivery_id = d.id",
-                env={"RELAY_CONFIG": str(config)},
-            )
-            assert psql.returncode == 0, psql.stderr
+            # The attempt row is written right after the answer: look until it is there
+            # (a loaded machine may take a while), not after a fixed sleep.
+            async with asyncio.timeout(30):
+                while True:
+                    psql = await asyncio.to_thread(
+                        run,
+                        "psql",
+                        "--",
+                        "-At",
+                        "-c",
+                        "SELECT e.id, d.status, a.status, a.http_status FROM relay.events e "
+                        "JOIN relay.deliveries d ON d.event_seq = e.seq "
+                        "JOIN relay.attempts a ON a.delivery_id = d.id",
+                        env={"RELAY_CONFIG": str(config)},
+                    )
+                    assert psql.returncode == 0, psql.stderr
+                    if psql.stdout.strip():
+                        break
+                    await asyncio.sleep(0.1)
             assert psql.stdout.strip() == f"{event_id}|delivered|success|200"
         finally:
             if process.returncode is None:

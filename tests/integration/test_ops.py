@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,7 +87,11 @@ async def test_replay_dry_run_counts_what_replay_then_replays(
         relay_cli, database_url, tmp_path, "replay", "--destination", "bad", "--batch-size", "2"
     )
     assert done.returncode == 0, done.stderr
-    assert "replayed 2/5" in done.stdout and "replayed 5 deliveries" in done.stdout
+    assert "replayed 5 deliveries" in done.stdout
+    # Piped, progress is a line per batch with the share, the rate and the time left.
+    assert re.search(
+        r"^replayed 2/5 \(40%\), [\d,]+ deliveries/s, ETA \d+:\d\d:\d\d$", done.stdout, re.M
+    )
     await receiver.wait_for(before + 5, path="/bad")
     async with asyncio.timeout(10):
         while (
@@ -150,9 +155,11 @@ async def test_stats_shows_backlog_and_health(
     health = shown.stdout.split("destinations\n")[1]
     rows = {line.split()[1]: line.split() for line in health.strip().splitlines()[1:]}
     assert set(rows) == {"good", "bad"}
-    # attempts_1h: good 5, bad 10 (two tries each); success rates 1 and 0.
-    assert rows["good"][4:6] == ["5", "1.0000"]
-    assert rows["bad"][4:6] == ["10", "0.0000"]
+    # attempts_1h: good 5, bad 10 (two tries each); success rates as percentages and
+    # booleans as yes/no (issue 21: not 1.0000 and True); piped, so no colour codes.
+    assert rows["good"][2:6] == ["yes", "0", "5", "100.0%"]
+    assert rows["bad"][2:6] == ["yes", "10", "10", "0.0%"]
+    assert "\x1b[" not in shown.stdout
 
 
 async def end_strays(database_url: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -247,6 +248,11 @@ async def test_relay_prune_drops_slices_by_the_age_given(
     )
     assert pruned.returncode == 0, pruned.stderr
     assert "slices of history: (legacy) to" in pruned.stdout
+    # Progress per slice dropped, with the rate and the time left (issue 21). The legacy
+    # slice, and more when the suite's template is older than its first slices.
+    assert re.search(
+        r"^dropped (\d+)/\1 \(100%\), [\d,]+ slices/s, ETA 0:00:00$", pruned.stdout, re.M
+    )
     assert not await db.fetchval(
         "SELECT count(*) FROM pg_class WHERE relnamespace = 'relay'::regnamespace "
         "AND relkind = 'r' AND relname LIKE '%\\_legacy'"

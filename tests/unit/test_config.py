@@ -380,3 +380,31 @@ def test_sinks_become_destinations_of_the_operator_tenant(tmp_path: Path) -> Non
     (sink,) = settings.declared_tenants()[0].destinations
     assert (sink.id, sink.topic_list) == ("ops", ["*"])
     assert load_settings(write(tmp_path, MINIMAL), env={}).operator_events.sinks == []
+
+
+def test_data_dir_resolves_the_same_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative data_dir, from the file, RELAY_DATA_DIR or the default, is relative to
+    the config file's directory; with no file, to RELAY_HOME, else the current directory
+    (issue 21)."""
+    home = tmp_path / "home"
+    (home / "config").mkdir(parents=True)
+    config = home / "config" / "relay.toml"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    config.write_text('[database]\ndata_dir = "../data"\n')
+    assert load_settings(config, env={}).database.data_dir == str(home / "data")
+    by_home = load_settings(env={"RELAY_HOME": str(home)})  # finds home/config/relay.toml
+    assert by_home.config_path == str(config)
+    assert by_home.database.data_dir == str(home / "data")
+    from_env = load_settings(config, env={"RELAY_DATA_DIR": "d"})
+    assert from_env.database.data_dir == str(home / "config" / "d")
+    config.write_text("")
+    assert load_settings(config, env={}).database.data_dir == str(home / "config" / ".relay")
+    # No file: RELAY_HOME, else the current directory (as before).
+    alone = {"RELAY_HOME": str(tmp_path / "nofile")}
+    assert load_settings(env=alone).database.data_dir == str(tmp_path / "nofile" / ".relay")
+    assert load_settings(env={}).database.data_dir == str(elsewhere / ".relay")
