@@ -15,9 +15,10 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay import hot_table, retention
+from relay import hot_table, retention, tracing
 from relay.api import metrics as metrics_api
 from relay.api import outpost, pod
+from relay.api.access import access_middleware
 from relay.api.errors import error_middleware
 from relay.appkeys import (
     DATABASE_URL,
@@ -28,6 +29,7 @@ from relay.appkeys import (
     METRICS,
     PUBLISHER,
     SETTINGS,
+    TRACING,
 )
 from relay.config import Settings
 from relay.db import migrate
@@ -121,7 +123,11 @@ async def wait_until_reachable(engine: AsyncEngine, wait_seconds: float) -> None
 
 async def run_dispatcher(app: web.Application) -> AsyncIterator[None]:
     dispatcher = Dispatcher(
-        app[ENGINE], app[DATABASE_URL], app[SETTINGS].delivery, metrics=app[METRICS]
+        app[ENGINE],
+        app[DATABASE_URL],
+        app[SETTINGS].delivery,
+        metrics=app[METRICS],
+        tracing=app[TRACING],
     )
     app[DISPATCHER] = dispatcher
     app[METRICS].supervisors.append(dispatcher.supervisor)
@@ -177,16 +183,37 @@ async def run_housekeeping(app: web.Application) -> AsyncIterator[None]:
         await supervisor.stop()
 
 
+async def flush_traces(app: web.Application) -> AsyncIterator[None]:
+    """The tracer provider relay made from OTEL_* variables: its last spans are exported
+    when the application stops (first in, so last out: after the dispatcher's)."""
+    yield
+    found = app[TRACING]
+    if found is not None:
+        await asyncio.to_thread(found.shutdown)
+
+
 def create_app(
-    settings: Settings, database_url: str, *, api: bool = True, dispatcher: bool = True
+    settings: Settings,
+    database_url: str,
+    *,
+    api: bool = True,
+    dispatcher: bool = True,
+    tracer: tracing.Tracing | None = None,
 ) -> web.Application:
+    """relay's application. ``tracer``: spans to make (tests); None: as the OTEL_*
+    environment variables say (relay/tracing.py), which is none unless configured."""
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=settings.server.max_body_bytes
+        # The access log outermost: it sees the answer the error middleware made.
+        middlewares=[access_middleware, error_middleware],
+        client_max_size=settings.server.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[DATABASE_URL] = database_url
     app[DISPATCHER] = None
     app[METRICS] = Metrics()
+    role = ("serve" if dispatcher else "api") if api else "dispatch"
+    app[TRACING] = tracer if tracer is not None else tracing.from_environment(role)
+    app.cleanup_ctx.append(flush_traces)
     metrics_api.setup(app)
     app.cleanup_ctx.append(prepare_database)
     if dispatcher:

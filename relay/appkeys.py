@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from relay.dispatcher import Dispatcher
     from relay.groupcommit import GroupCommit
     from relay.horizon import HorizonWatch
+    from relay.tracing import Tracing
 
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE_URL = web.AppKey("database_url", str)
@@ -23,3 +24,4 @@ HEAD_REVISION = web.AppKey("head_revision", str)
 METRICS = web.AppKey("metrics", Metrics)
 PUBLISHER: web.AppKey[GroupCommit] = web.AppKey("publisher")
 HORIZON: web.AppKey[HorizonWatch] = web.AppKey("horizon")
+TRACING: web.AppKey[Tracing | None] = web.AppKey("tracing")
