@@ -114,7 +114,7 @@ class ServerSpan:
 
     __slots__ = ("span", "token")
 
-    def __init__(self, span: Span, token: object) -> None:
+    def __init__(self, span: Span, token: Any) -> None:
         self.span = span
         self.token = token
 
@@ -162,7 +162,7 @@ class Tracing:
         if status >= 500:
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
         with contextlib.suppress(ValueError):  # detached in another context: harmless
-            self._context.detach(server.token)  # type: ignore[arg-type]
+            self._context.detach(server.token)
         span.end()
         return _hex_trace_id(span)
 

@@ -10,10 +10,11 @@ and duration. The same route, method and status label relay_http_request_duratio
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -34,11 +35,17 @@ QUIET_ROUTES = frozenset({"/healthz", "/metrics", "/api/v1/healthz"})
 CLIENT_CLOSED = 499
 
 
+# Ids made here: this process's random prefix and a counter (unique across processes in
+# practice, ordered within one, and a tenth of uuid4's cost per request).
+_PREFIX = secrets.token_hex(6)
+_COUNTER = itertools.count(1)
+
+
 def request_id(request: web.Request) -> str:
     given = request.headers.get(REQUEST_ID_HEADER)
     if given is not None and _SANE_ID.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return f"{_PREFIX}-{next(_COUNTER):x}"
 
 
 def route_of(request: web.Request) -> str:
@@ -51,11 +58,13 @@ def route_of(request: web.Request) -> str:
 async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     rid = request_id(request)
+    # Routing is done before the middlewares run.
+    route = route_of(request)
     status = 500
     span = None
     tracer = request.app[TRACING]
-    if tracer is not None:
-        span = tracer.server_span(request, route_of(request))
+    if tracer is not None and route not in QUIET_ROUTES:  # no trace per probe or scrape
+        span = tracer.server_span(request, route)
     try:
         response = await handler(request)
         status = response.status
@@ -70,7 +79,6 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise
     finally:
         seconds = time.perf_counter() - started
-        route = route_of(request)
         request.app[METRICS].http_request(route, request.method, status, seconds)
         trace_id = None
         if tracer is not None and span is not None:

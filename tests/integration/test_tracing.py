@@ -94,7 +94,11 @@ async def test_one_trace_from_the_producer_through_every_attempt(
         while len([s for s in exporter.get_finished_spans() if s.name == "deliver"]) < 2:
             await asyncio.sleep(0.05)
 
+    async with http.get(server.make_url("/healthz")) as resp:
+        assert resp.status == 200
+
     spans = exporter.get_finished_spans()
+    assert not [s for s in spans if s.name.endswith("/healthz")]  # probes make no traces
     (request,) = [s for s in spans if s.name == "POST /api/v1/publish"]
     (publish,) = [s for s in spans if s.name == "publish"]
     attempts = [s for s in spans if s.name == "deliver"]
