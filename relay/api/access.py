@@ -86,11 +86,14 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         if request.app[SETTINGS].logging.access_log:
             level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
             if log.isEnabledFor(level):
+                # As sent (percent-encoded), without the query: a decoded %0A would forge
+                # a log line, and a query string may hold what a log must not.
+                path = request.rel_url.raw_path
                 log.log(
                     level,
                     "%s %s -> %d in %.1f ms (route %s, request %s)",
                     request.method,
-                    request.path,
+                    path,
                     status,
                     seconds * 1000,
                     route,
@@ -99,7 +102,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
                         "request_id": rid,
                         "method": request.method,
                         "route": route,
-                        "path": request.path,
+                        "path": path,
                         "status": status,
                         "duration_ms": round(seconds * 1000, 3),
                         "remote": request.remote,

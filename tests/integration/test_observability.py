@@ -58,7 +58,7 @@ async def test_every_request_leaves_a_log_line_and_a_metric_refusals_included(
     ) as resp:
         assert resp.status == 200
         assert resp.headers["X-Request-Id"] != "not a sane\tid"
-    async with http.get(server.make_url("/no/such/path")) as resp:
+    async with http.get(server.make_url("/no/such/path%0Aforged?secret=1")) as resp:
         assert resp.status == 404
 
     lines = [orjson.loads(JsonFormatter().format(r)) for r in caplog.records]
@@ -73,6 +73,9 @@ async def test_every_request_leaves_a_log_line_and_a_metric_refusals_included(
     assert lines[0]["request_id"] == "producer-req-1"
     assert lines[1]["request_id"] == generated
     assert lines[3]["path"] == "/api/v1/tenants/acme"
+    # As sent, percent-encoded: no forged line, and no query string.
+    assert lines[4]["path"] == "/no/such/path%0Aforged"
+    assert all("\n" not in r.getMessage() for r in caplog.records)
     assert all(e["level"] == "info" and e["logger"] == "relay.access" for e in lines)
     assert all(isinstance(e["duration_ms"], float) and e["duration_ms"] >= 0 for e in lines)
 
