@@ -100,13 +100,23 @@ def new_provider(role: str, env: Mapping[str, str] | None = None) -> TracerProvi
 
     env = os.environ if env is None else env
     attributes: dict[str, Any] = {"relay.role": role}
-    if not env.get("OTEL_SERVICE_NAME"):
+    # Given attributes win over the environment's: the default only where it names none.
+    named = env.get("OTEL_SERVICE_NAME") or any(
+        pair.split("=", 1)[0].strip() == "service.name"
+        for pair in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(",")
+    )
+    if not named:
         attributes["service.name"] = "relay"
     return TracerProvider(resource=Resource.create(attributes))
 
 
-def _hex_trace_id(span: Span) -> str:
-    return format(span.get_span_context().trace_id, "032x")
+def _hex_trace_id(span: Span) -> str | None:
+    """The span's trace id in hex, or None when its trace is not sampled (nothing of it
+    is exported: an id no tracing tool knows would only mislead)."""
+    context = span.get_span_context()
+    if not context.trace_flags.sampled:
+        return None
+    return format(context.trace_id, "032x")
 
 
 class ServerSpan:
@@ -155,8 +165,8 @@ class Tracing:
         token = self._context.attach(self._trace.set_span_in_context(span, parent))
         return ServerSpan(span, token)
 
-    def end_server_span(self, server: ServerSpan, status: int) -> str:
-        """End a request's span; its trace id, in hex (for the access log)."""
+    def end_server_span(self, server: ServerSpan, status: int) -> str | None:
+        """End a request's span; its trace id, in hex, if sampled (for the access log)."""
         span = server.span
         span.set_attribute("http.response.status_code", status)
         if status >= 500:
@@ -203,7 +213,8 @@ class Tracing:
         self, claimed: Claimed, call: Awaitable[Outcome]
     ) -> tuple[Outcome, str | None]:
         """Run a delivery attempt (``call``) in a CONSUMER span, the child of its
-        event's publish span and linked to it; the outcome and the span's trace id."""
+        event's publish span and linked to it; the outcome and the span's trace id (None
+        if not sampled)."""
         trace = self._trace
         parent = self._parent(claimed)
         links = []

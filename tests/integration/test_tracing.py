@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from relay import tracing
+from relay.delivery import Outcome
 from tests.support.receiver import Receiver, Reply
 from tests.support.relay import (
     ADMIN_KEY,
@@ -58,6 +59,44 @@ def test_grpc_is_refused_with_the_fix(caplog: pytest.LogCaptureFixture) -> None:
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
     assert tracing.from_environment("serve", env) is None
     assert "http/protobuf" in caplog.text
+
+
+def test_service_name_defaults_to_relay_unless_the_environment_names_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("opentelemetry.sdk.trace", reason=EXTRA)
+    # The SDK reads the process's environment itself.
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.delenv("OTEL_RESOURCE_ATTRIBUTES", raising=False)
+
+    def name(**env: str) -> Any:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return tracing.new_provider("api").resource.attributes["service.name"]
+
+    assert name() == "relay"
+    assert tracing.new_provider("dispatch").resource.attributes["relay.role"] == "dispatch"
+    assert name(OTEL_RESOURCE_ATTRIBUTES="team=a, service.name=hooks-eu") == "hooks-eu"
+    assert name(OTEL_SERVICE_NAME="hooks") == "hooks"
+
+
+async def test_an_unsampled_attempt_writes_no_trace_id() -> None:
+    """A trace the sampler dropped is exported nowhere: its id on an attempt row would
+    name a trace no tool has."""
+    pytest.importorskip("opentelemetry.sdk.trace", reason=EXTRA)
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
+
+    from tests.unit.test_retry import NOW, claimed
+
+    async def sent() -> Outcome:
+        return Outcome(True, NOW, 3, http_status=200)
+
+    off = tracing.Tracing(TracerProvider(sampler=ALWAYS_OFF))
+    assert (await off.attempt(claimed(), sent()))[1] is None
+    on = tracing.Tracing(TracerProvider(sampler=ALWAYS_ON))
+    outcome, trace_id = await on.attempt(claimed(), sent())
+    assert outcome.success and trace_id is not None and len(trace_id) == 32
 
 
 async def test_one_trace_from_the_producer_through_every_attempt(
