@@ -15,9 +15,10 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay import hot_table, opevents, retention
+from relay import hot_table, opevents, retention, tracing
 from relay.api import metrics as metrics_api
 from relay.api import outpost, pod
+from relay.api.access import access_middleware
 from relay.api.errors import error_middleware
 from relay.appkeys import (
     DATABASE_URL,
@@ -29,6 +30,7 @@ from relay.appkeys import (
     OPERATOR_TOPICS,
     PUBLISHER,
     SETTINGS,
+    TRACING,
 )
 from relay.config import Settings
 from relay.db import migrate, operator_events
@@ -130,6 +132,7 @@ async def run_dispatcher(app: web.Application) -> AsyncIterator[None]:
         after_record=operator_events.Recorder(
             opevents.policy(settings), settings.operator_events.refresh_seconds
         ),
+        tracing=app[TRACING],
     )
     app[DISPATCHER] = dispatcher
     app[METRICS].supervisors.append(dispatcher.supervisor)
@@ -185,17 +188,38 @@ async def run_housekeeping(app: web.Application) -> AsyncIterator[None]:
         await supervisor.stop()
 
 
+async def flush_traces(app: web.Application) -> AsyncIterator[None]:
+    """The tracer provider relay made from OTEL_* variables: its last spans are exported
+    when the application stops (first in, so last out: after the dispatcher's)."""
+    yield
+    found = app[TRACING]
+    if found is not None:
+        await asyncio.to_thread(found.shutdown)
+
+
 def create_app(
-    settings: Settings, database_url: str, *, api: bool = True, dispatcher: bool = True
+    settings: Settings,
+    database_url: str,
+    *,
+    api: bool = True,
+    dispatcher: bool = True,
+    tracer: tracing.Tracing | None = None,
 ) -> web.Application:
+    """relay's application. ``tracer``: spans to make (tests); None: as the OTEL_*
+    environment variables say (relay/tracing.py), which is none unless configured."""
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=settings.server.max_body_bytes
+        # The access log outermost: it sees the answer the error middleware made.
+        middlewares=[access_middleware, error_middleware],
+        client_max_size=settings.server.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[DATABASE_URL] = database_url
     app[DISPATCHER] = None
     app[METRICS] = Metrics()
     app[OPERATOR_TOPICS] = operator_events.Subscriptions(settings.operator_events.refresh_seconds)
+    role = ("serve" if dispatcher else "api") if api else "dispatch"
+    app[TRACING] = tracer if tracer is not None else tracing.from_environment(role)
+    app.cleanup_ctx.append(flush_traces)
     metrics_api.setup(app)
     app.cleanup_ctx.append(prepare_database)
     if dispatcher:

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from relay.dispatcher import Dispatcher
     from relay.groupcommit import GroupCommit
     from relay.horizon import HorizonWatch
+    from relay.tracing import Tracing
 
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE_URL = web.AppKey("database_url", str)
@@ -26,3 +27,4 @@ PUBLISHER: web.AppKey[GroupCommit] = web.AppKey("publisher")
 HORIZON: web.AppKey[HorizonWatch] = web.AppKey("horizon")
 # The operator sinks' topics, cached (relay/db/operator_events.py).
 OPERATOR_TOPICS = web.AppKey("operator_topics", Subscriptions)
+TRACING: web.AppKey[Tracing | None] = web.AppKey("tracing")

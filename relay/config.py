@@ -284,6 +284,16 @@ class LoggingSettings(_Strict):
 
     # "text" for people, "json" (one object per line) for log pipelines.
     format: Literal["text", "json"] = "text"
+    # One line per HTTP request (logger relay.access): request id, route, status,
+    # duration. /healthz and /metrics are logged at DEBUG.
+    access_log: bool = True
+
+
+class MetricsSettings(_Strict):
+    # GET /metrics reads the database gauges (backlog, due, oldest pending, expired
+    # leases) at most once per this many seconds, however many scrapers ask; 0 = at
+    # every scrape.
+    database_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 5.0
 
 
 class DestinationConfig(_Strict):
@@ -453,6 +463,7 @@ class Settings(_Strict):
     topics: list[str] = Field(default_factory=list)
     retention: RetentionSettings = RetentionSettings()
     logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
     tenants: list[TenantConfig] = Field(default_factory=list)
     publishers: list[PublisherConfig] = Field(default_factory=list)
     operator_events: OperatorEventsSettings = OperatorEventsSettings()
@@ -585,6 +596,8 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "RELAY_RETENTION_DAYS": ("retention", "max_age_days"),
     "RELAY_LOG_LEVEL": ("logging", "level"),
     "RELAY_LOG_FORMAT": ("logging", "format"),
+    "RELAY_ACCESS_LOG": ("logging", "access_log"),
+    "RELAY_METRICS_DATABASE_CACHE_SECONDS": ("metrics", "database_cache_seconds"),
 }
 
 _ENV_BY_KEY = {".".join(path): name for name, path in ENV_OVERRIDES.items()}

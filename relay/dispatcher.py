@@ -64,6 +64,7 @@ from relay.delivery import Outcome, deliver
 from relay.metrics import Metrics, attempt_outcome
 from relay.retry import RetryPolicy, next_delay
 from relay.supervise import Loop, Supervisor
+from relay.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,14 @@ class Dispatcher:
         settings: DeliverySettings,
         metrics: Metrics | None = None,
         after_record: outbox.AfterRecord | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.engine = engine
         # Called in each recording transaction: operator events (relay/db/operator_events.py).
         self.after_record = after_record
         self.metrics = metrics
+        # Spans for attempts (relay/tracing.py); None: no tracing work at all.
+        self.tracing = tracing
         self.database_url = database_url
         self.settings = settings
         self.policy = RetryPolicy.from_settings(settings.retry)
@@ -502,12 +506,13 @@ class Dispatcher:
     async def _deliver_one(self, claimed: outbox.Claimed) -> None:
         assert self._session is not None
         slot = None
+        trace_id = None
         try:
             slot = await self._turn(claimed)
             if slot is None:
                 self._give_back(claimed)
                 return
-            outcome = await deliver(
+            sending = deliver(
                 self._session,
                 claimed,
                 timeout_seconds=self.settings.timeout_seconds,
@@ -515,6 +520,10 @@ class Dispatcher:
                 allowed_networks=self.allowed_networks,
                 formats=self.formats,
             )
+            if self.tracing is None:
+                outcome = await sending
+            else:
+                outcome, trace_id = await self.tracing.attempt(claimed, sending)
         except asyncio.CancelledError:
             # Shutdown cut this attempt short. The request may have reached the receiver:
             # stop() turns the try into an attempt row and the delivery back to pending,
@@ -542,7 +551,9 @@ class Dispatcher:
             self.stats.failed_attempts += 1
         if self._affects_health(not outcome.success, outcome.http_status):
             self._unjudged[claimed.destination] += 1
-        self._outcomes.put_nowait(decide(claimed, outcome, self.policy))
+        recorded = decide(claimed, outcome, self.policy)
+        recorded.trace_id = trace_id
+        self._outcomes.put_nowait(recorded)
 
     def _give_back(self, claimed: outbox.Claimed) -> None:
         """A row next in line that will not be sent: back to pending, with others."""

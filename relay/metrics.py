@@ -1,16 +1,27 @@
-"""Prometheus metrics: what this process did (counters, latency histogram), and what the
-database holds right now (backlog gauges, read at scrape time).
+"""Prometheus metrics: what this process did (counters, latency histograms, HTTP requests
+by route), the process itself (``process_*``), and what the database holds (backlog
+gauges, read at most once per ``metrics.database_cache_seconds`` however often scraped).
 
 Counters are per process, as Prometheus expects: with several relay processes, sum them
-in the query (`sum(rate(relay_events_published_total[5m]))`).
+in the query (`sum(rate(relay_events_published_total[5m]))`). No ``_created`` series: a
+sample per counter and histogram that doubles the series and that Prometheus ignores
+unless asked; they are left out per registry (``Metrics.render``), not by
+prometheus_client's process-wide switch, so other code in the process keeps its own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -39,6 +50,17 @@ LATENCY_BUCKETS = (
     21600,
 )
 
+# HTTP request buckets, seconds: a publish answered from a group commit (milliseconds) to
+# a slow history query (seconds).
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# Methods counted by name; anything else is "other" (a client may send any token).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+# Sample suffixes prometheus_client adds with the time a series was created.
+_CREATED = "_created"
+_HAS_CREATED = frozenset({"counter", "histogram", "summary", "gaugehistogram"})
+
 # Claim statement buckets, seconds: from an idle claim (well under a millisecond) to one
 # that waits for its commit's flush and a CPU on a busy machine (several milliseconds).
 CLAIM_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
@@ -49,6 +71,21 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # process_cpu_seconds_total, process_resident_memory_bytes, open fds, start time.
+        ProcessCollector(registry=self.registry)
+        # Requests by route template (/api/v1/tenants/{tenant_id}, not the path itself:
+        # the label set stays bounded), method and status; observed by the access
+        # middleware (relay/api/access.py).
+        self.http_requests = Histogram(
+            "relay_http_request_duration_seconds",
+            "HTTP requests answered by this process, by route template, method and status, "
+            "by duration until the response was ready.",
+            ["route", "method", "status"],
+            buckets=HTTP_BUCKETS,
+            registry=self.registry,
+        )
+        # Children by (route, method, status): labels() costs a few microseconds a call.
+        self._http_children: dict[tuple[str, str, int], Any] = {}
         self.published = Counter(
             "relay_events_published",
             "Events accepted (committed) by this process's publish APIs.",
@@ -110,6 +147,18 @@ class Metrics:
             registry=self.registry,
         )
 
+    def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One HTTP request answered (the route template, or "unmatched")."""
+        key = (route, method, status)
+        child = self._http_children.get(key)
+        if child is None:
+            if method not in HTTP_METHODS:
+                method = "other"
+            child = self.http_requests.labels(route, method, str(status))
+            if len(self._http_children) < 10_000:  # bounded, whatever the traffic
+                self._http_children[key] = child
+        child.observe(seconds)
+
     def claimed(self, seconds: float, rows: int) -> None:
         """One claim statement: how long it took and how many deliveries it took."""
         self.claim_duration.observe(seconds)
@@ -128,7 +177,21 @@ class Metrics:
             self.latency.observe(max(seconds, 0.0))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(_WithoutCreated(self.registry))
+
+
+class _WithoutCreated:
+    """A registry's metrics without their ``_created`` samples."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self.registry.collect():
+            if metric.type in _HAS_CREATED:
+                created = metric.name + _CREATED
+                metric.samples = [s for s in metric.samples if s.name != created]
+            yield metric
 
 
 def attempt_outcome(success: bool, http_status: int | None, error_code: str | None) -> str:

@@ -52,6 +52,10 @@ class Event:
     time: datetime | None = None
     # What receivers get instead of `data`, already serialized (pod events: an envelope).
     body: bytes | None = None
+    # The W3C traceparent of the span that published it (relay/tracing.py sets it when
+    # tracing is on; a producer may set its own): delivery attempts' spans are its
+    # children, in whichever process sends them.
+    trace_context: str | None = None
 
 
 @dataclass(slots=True)
@@ -409,6 +413,7 @@ def _row(p: Planned) -> publishing.NewEvent:
         # As the instant in UTC: PostgreSQL refuses offsets of 16 hours or more, which
         # RFC 3339 allows (the offset itself is not kept either way).
         time=e.time.astimezone(UTC) if e.time is not None and e.time.tzinfo else e.time,
+        trace_context=e.trace_context,
     )
 
 

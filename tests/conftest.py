@@ -150,8 +150,12 @@ async def start_relay(database_url: str) -> AsyncIterator[Any]:
 
     servers: list[TestServer] = []
 
-    async def start(settings: Any, *, api: bool = True, dispatcher: bool = True) -> TestServer:
-        app = create_app(settings, settings.database.url, api=api, dispatcher=dispatcher)
+    async def start(
+        settings: Any, *, api: bool = True, dispatcher: bool = True, tracer: Any = None
+    ) -> TestServer:
+        app = create_app(
+            settings, settings.database.url, api=api, dispatcher=dispatcher, tracer=tracer
+        )
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         servers.append(server)

@@ -16,6 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 from sqlalchemy import text
 
+from relay import tracing
 from relay.api import aggregates, config, destinations, logs, operator_events, retry, tenants
 from relay.api.auth import authenticate, require_admin
 from relay.api.errors import RETRY_AFTER_SECONDS, json_response
@@ -29,6 +30,7 @@ from relay.appkeys import (
     METRICS,
     PUBLISHER,
     SETTINGS,
+    TRACING,
 )
 from relay.db.migrate import current_revision
 from relay.errors import NotFound, ValidationFailed
@@ -146,7 +148,10 @@ async def publish_event(request: web.Request) -> web.Response:
     # Group commit: answered once the transaction holding this event has committed. Not
     # strict (the default): an unknown tenant or destination_id is a 202 with no
     # destination_ids, as Outpost answers, not a 404 or 422 (README, "Compatibility").
-    (result,) = await request.app[PUBLISHER].publish([event], strict=settings.api.strict_publish)
+    with tracing.publishing(request.app[TRACING], [event]):
+        (result,) = await request.app[PUBLISHER].publish(
+            [event], strict=settings.api.strict_publish
+        )
     # The transaction has committed: only now is the event acknowledged.
     if not result.stored:
         request.app[METRICS].unknown_tenant.inc()

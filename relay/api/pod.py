@@ -17,11 +17,11 @@ from datetime import UTC, datetime
 import orjson
 from aiohttp import web
 
-from relay import grants
+from relay import grants, tracing
 from relay.api.errors import json_response, use_error_shape
 from relay.api.rawjson import item_member_spans, member_span
 from relay.api.validation import read_body
-from relay.appkeys import ENGINE, METRICS, PUBLISHER, SETTINGS
+from relay.appkeys import ENGINE, METRICS, PUBLISHER, SETTINGS, TRACING
 from relay.config import PublisherConfig
 from relay.db import pods
 from relay.errors import BadRequest, Forbidden, NotFound, RelayError, Unauthorized
@@ -288,7 +288,8 @@ async def publish_to_pods(request: web.Request) -> web.Response:
     for event, event_id, tenant_ids in zip(events, ids, receivers, strict=True):
         written += copies(event, event_id, base, tenant_ids, publisher.name, time)
     # Group commit, all or nothing: answered once the copies have committed.
-    await request.app[PUBLISHER].publish(written)
+    with tracing.publishing(request.app[TRACING], written):
+        await request.app[PUBLISHER].publish(written)
     # Committed: the events and their outbox rows are durable.
     # One event row per receiving tenant, as in relay.events.
     request.app[METRICS].published_pod.inc(len(written))

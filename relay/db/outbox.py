@@ -79,7 +79,8 @@ _CLAIMED = """
     e.created_at AS published_at, d.updated_at AS claimed_at,
     t.url, t.custom_headers::text AS custom_headers, t.secret, t.previous_secret,
     t.previous_secret_invalid_at > now() AS previous_secret_valid,
-    t.signature_mode, t.timeout_seconds, t.delivery_metadata::text AS delivery_metadata
+    t.signature_mode, t.timeout_seconds, t.delivery_metadata::text AS delivery_metadata,
+    e.trace_context
 """
 
 # One statement: for each destination asked for (relay/claiming.py decides which, how
@@ -399,11 +400,11 @@ RECORD_OUTCOMES = text(f"""
             :delivery_id, :token, :event_seq, :tenant_id, :destination_id, :number,
             :attempt_status, :http_status, :error_code, :error_detail, :response_body,
             :response_headers, :duration_ms, :started_at, :next_status, :delay_seconds,
-            :manual
+            :manual, :trace_id
         ) AS o(delivery_id, token, event_seq, tenant_id, destination_id, number,
                attempt_status, http_status, error_code, error_detail, response_body,
                response_headers, duration_ms, started_at, next_status, delay_seconds,
-               manual)
+               manual, trace_id)
     ), held AS (
         -- The rows still ours, locked in key order first: the ends and the retries below
         -- are two passes, and lease upkeep locks the same rows in key order too (in two
@@ -449,10 +450,11 @@ RECORD_OUTCOMES = text(f"""
     INSERT INTO relay.attempts
         (delivery_id, event_seq, tenant_id, destination_id, number, status, http_status,
          error_code, error_detail, response_body, response_headers, duration_ms, started_at,
-         manual)
+         manual, trace_id)
     SELECT o.delivery_id, o.event_seq, o.tenant_id, o.destination_id, o.number,
            o.attempt_status, o.http_status, o.error_code, o.error_detail, o.response_body,
-           CAST(o.response_headers AS jsonb), o.duration_ms, o.started_at, o.manual
+           CAST(o.response_headers AS jsonb), o.duration_ms, o.started_at, o.manual,
+           o.trace_id
     FROM o
     WHERE NOT EXISTS (
         -- A probe per outcome, by the attempts' index on delivery_id, in the slices
@@ -486,6 +488,7 @@ RECORD_OUTCOMES = text(f"""
     bindparam("next_status", type_=ARRAY(Text)),
     bindparam("delay_seconds", type_=ARRAY(Float)),
     bindparam("manual", type_=ARRAY(Boolean)),
+    bindparam("trace_id", type_=ARRAY(Text)),
 )
 
 # Destination health: a success resets the count of consecutive failed attempts, each
@@ -565,6 +568,8 @@ class Claimed:
     delivery_metadata: str
     # Its next_attempt_at when claimed: with its id, its place in its destination's queue.
     due_at: datetime | None = None
+    # The publish span's W3C traceparent (relay/tracing.py), when it was traced.
+    trace_context: str | None = None
 
     @property
     def position(self) -> Position | None:
@@ -702,6 +707,7 @@ def _claimed(r: Mapping[str, Any], token: uuid.UUID) -> Claimed:
         timeout_seconds=r["timeout_seconds"],
         delivery_metadata=r["delivery_metadata"],
         due_at=r.get("due_at"),
+        trace_context=r["trace_context"],
     )
 
 
@@ -804,6 +810,8 @@ class Recorded:
     next_status: str  # delivered | pending | failed
     delay_seconds: float
     response_headers: Mapping[str, str] | None = None
+    # The attempt span's trace id (hex), when the dispatcher traces.
+    trace_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -911,6 +919,7 @@ async def record_outcomes(
         "next_status": [r.next_status for r in batch],
         "delay_seconds": [r.delay_seconds for r in batch],
         "manual": [r.claimed.manual for r in batch],
+        "trace_id": [r.trace_id for r in batch],
         # Attempts are written after their claim, by the same (the database's) clock.
         "written_since": min(r.claimed.claimed_at for r in batch),
     }

@@ -64,9 +64,10 @@ WRITE_EVENTS = f"""
         SELECT e.*
         FROM ROWS FROM (json_to_recordset($1::json) AS (
             tenant_id text, id text, topic text, data json, body json, metadata jsonb,
-            eligible_for_retry boolean, destination_id text, time timestamptz)
+            eligible_for_retry boolean, destination_id text, time timestamptz,
+            trace_context text)
         ) WITH ORDINALITY AS e(tenant_id, id, topic, data, body, metadata, eligible_for_retry,
-                               destination_id, time, n)
+                               destination_id, time, trace_context, n)
         WHERE $3::bigint IS NULL OR $3::bigint = (SELECT version FROM current)
     ), keys AS (
         -- Idempotency: the key is written first, and only a new key writes its event.
@@ -77,9 +78,10 @@ WRITE_EVENTS = f"""
     ), inserted AS (
         INSERT INTO relay.events
             (seq, tenant_id, id, topic, data, body, metadata, eligible_for_retry,
-             destination_id, time)
+             destination_id, time, trace_context)
         SELECT DISTINCT ON (k.seq) k.seq, e.tenant_id, e.id, e.topic, e.data, e.body,
-               e.metadata, e.eligible_for_retry, e.destination_id, COALESCE(e.time, now())
+               e.metadata, e.eligible_for_retry, e.destination_id, COALESCE(e.time, now()),
+               e.trace_context
         FROM keys k JOIN given e ON e.tenant_id = k.tenant_id AND e.id = k.id
         ORDER BY k.seq, e.n
         RETURNING seq, tenant_id, id
@@ -167,6 +169,8 @@ class NewEvent:
     eligible_for_retry: bool
     destination_id: str | None
     time: datetime | None
+    # W3C traceparent of the publish span (relay/tracing.py), or None.
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +244,7 @@ async def check_route_version(conn: asyncpg.Connection, route_version: int) -> N
 
 
 def _event_json(e: NewEvent) -> dict[str, object]:
-    return {
+    row: dict[str, object] = {
         "tenant_id": e.tenant_id,
         "id": e.id,
         "topic": e.topic,
@@ -251,6 +255,9 @@ def _event_json(e: NewEvent) -> dict[str, object]:
         "destination_id": e.destination_id,
         "time": e.time,
     }
+    if e.trace_context is not None:  # absent is NULL: nothing to encode when not tracing
+        row["trace_context"] = e.trace_context
+    return row
 
 
 async def event_destinations(

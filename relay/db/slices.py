@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 EVENT_COLUMNS = (
     "seq, tenant_id, id, topic, data, body, metadata, eligible_for_retry, destination_id, "
-    "time, created_at, routed_at"
+    "time, created_at, routed_at, trace_context"
 )
 
 # The maintenance of slices runs in one process at a time (a session lock, held across

@@ -146,6 +146,9 @@ events = Table(
     Column("routed_at", TS, server_default=NOW),
     # It outlived its slice (a delivery was still active): it lives in events_kept.
     Column("kept", Boolean, nullable=False, server_default=text("false")),
+    # The W3C traceparent of the span that published it (relay/tracing.py); NULL when
+    # not tracing. Attempts' spans are its children (migration 0011).
+    Column("trace_context", Text),
     PrimaryKeyConstraint("seq", "kept"),
     # Instants both PostgreSQL and Python hold (migration 0006): one outside would be
     # stored and never read back.
@@ -234,6 +237,8 @@ attempts = Table(
     Column("started_at", TS, nullable=False),
     # The partition key: the database's time when the attempt was written.
     Column("created_at", TS, nullable=False, server_default=NOW),
+    # The attempt span's trace id (32 hex digits), when its dispatcher was tracing.
+    Column("trace_id", Text),
     PrimaryKeyConstraint("id", "created_at"),
     CheckConstraint("status IN ('success', 'failed')", name="status"),
     Index("ix_attempts_delivery_id", "delivery_id"),
@@ -244,6 +249,8 @@ attempts = Table(
     Index(
         "ix_attempts_destination_started", "tenant_id", "destination_id", text("started_at DESC")
     ),
+    # SQL meets traces: the attempts of a trace. Untraced attempts have no entry.
+    Index("ix_attempts_trace_id", "trace_id", postgresql_where=text("trace_id IS NOT NULL")),
     postgresql_partition_by="RANGE (created_at)",
 )
 

@@ -260,6 +260,7 @@ OUTCOME_TYPES = {
     "next_status": "text[]",
     "delay_seconds": "float8[]",
     "manual": "boolean[]",
+    "trace_id": "text[]",
     "written_since": "timestamptz",
 }
 

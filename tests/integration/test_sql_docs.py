@@ -103,6 +103,23 @@ async def test_every_documented_query_answers_correctly(history: dict[str, Any],
     assert [r["attempt_number"] for r in story if r["destination_id"] == "broken"] == [1, 2, 3]
     assert not any(r["manual"] for r in story)
 
+    # As a tracing dispatcher writes them (test_tracing.py traces for real): evt-1's tries
+    # share its publish span's trace.
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    await db.execute(
+        "UPDATE relay.attempts a SET trace_id = $1 FROM relay.events e "
+        "WHERE e.seq = a.event_seq AND e.id = 'evt-1'",
+        trace,
+    )
+    traced = await q("trace_attempts", trace_id=trace)
+    assert sorted((r["destination_id"], r["attempt_number"]) for r in traced) == [
+        ("broken", 1),
+        ("broken", 2),
+        ("broken", 3),
+        ("ok", 1),
+    ]
+    assert {r["event_id"] for r in traced} == {"evt-1"}
+
     state = await q("event_state", tenant_id="acme", event_id="evt-1")
     assert [(r["destination_id"], r["status"], r["attempts"]) for r in state] == [
         ("broken", "failed", 3),

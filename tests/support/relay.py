@@ -1,12 +1,20 @@
-"""Building Settings and a live relay for tests."""
+"""Building Settings and a live relay for tests: in this process, or as CLI processes."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from relay.config import Settings
 
 ADMIN_KEY = "test-admin-key"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_settings(database_url: str, **sections: Any) -> Settings:
@@ -44,3 +52,59 @@ async def post_publish(http: Any, server: Any, body: Any, **kwargs: Any) -> tupl
         server.make_url("/api/v1/publish"), headers=admin_headers(), **({"json": body} | kwargs)
     ) as resp:
         return resp.status, await resp.json()
+
+
+class RelayProcess:
+    """A relay CLI process as a user starts it (``python -m relay --config F COMMAND``),
+    with its output in a log file. ``await ready()``, then ``stop()`` (SIGTERM, then
+    SIGKILL if it lingers)."""
+
+    def __init__(self, command: str, config: Path, log_path: Path, env: dict[str, str]) -> None:
+        self.command = command
+        self.log_path = log_path
+        self.env = env
+        with log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "relay", "--config", str(config), command],
+                cwd=REPO,
+                env=os.environ
+                | {"XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", "/tmp")}
+                | env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def ready(self, url: str, timeout: float = 60) -> None:
+        """Wait until ``url`` (its /healthz) answers 200."""
+        import aiohttp
+
+        async with asyncio.timeout(timeout), aiohttp.ClientSession() as http:
+            while True:
+                assert self.proc.poll() is None, f"relay {self.command} exited:\n{self.log}"
+                try:
+                    async with http.get(url) as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
