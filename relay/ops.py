@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
@@ -94,18 +94,35 @@ async def replay(
     if dry_run:
         out.write(f"dry run: {total} deliveries would be replayed\n")
         return total
+    done = 0
+    async for done, _ in replay_batches(engine, selection, batch_size=batch_size, total=total):
+        out.write(f"replayed {done}/{total}\n")
+        out.flush()
+    out.write(f"replayed {done} deliveries\n")
+    return done
+
+
+async def replay_batches(
+    engine: AsyncEngine,
+    selection: ops.ReplayFilter,
+    *,
+    batch_size: int = 1000,
+    total: int | None = None,
+) -> AsyncIterator[tuple[int, int]]:
+    """Replay in batches, each its own transaction; yield (done, total) after each one
+    (the CLI prints it, the console shows it)."""
+    if total is None:
+        async with engine.connect() as conn:
+            total = await ops.replay_count(conn, selection)
     done, after = 0, 0
     while True:
         async with engine.begin() as conn:
             ids, last = await ops.replay_batch(conn, selection, after=after, limit=batch_size)
         if last is None:
-            break
+            return
         done += len(ids)
         after = last
-        out.write(f"replayed {done}/{total}\n")
-        out.flush()
-    out.write(f"replayed {done} deliveries\n")
-    return done
+        yield done, total
 
 
 async def stats(engine: AsyncEngine, out: TextIO, *, warn_after: float = 0.0) -> None:

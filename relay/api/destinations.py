@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.helpers import ChainMapProxy
 from pydantic import BaseModel, ConfigDict, StrictStr
 
 from relay import routing, ssrf, webhook_formats, webhooks
@@ -150,8 +151,8 @@ def check_url(url: str, allowed: Sequence[ssrf.Network], problems: list[str]) ->
         problems.append(f"config.url is refused by the SSRF guard: {blocked}; {ssrf.HINT}")
 
 
-def allowed_networks(request: web.Request) -> tuple[ssrf.Network, ...]:
-    return ssrf.parse_networks(request.app[SETTINGS].delivery.allow_private_networks)
+def allowed_networks(config: ChainMapProxy) -> tuple[ssrf.Network, ...]:
+    return ssrf.parse_networks(config[SETTINGS].delivery.allow_private_networks)
 
 
 def parse_custom_headers(raw: str | None, problems: list[str]) -> dict[str, str]:
@@ -234,17 +235,25 @@ async def create_destination(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     tenant_id = request.match_info["tenant_id"]
     caller.check_tenant(tenant_id)
-    payload = await read_json(request)
+    created = await create(request.config_dict, caller, tenant_id, await read_json(request))
+    return json_response(destination_json(created), status=201)
+
+
+async def create(
+    config: ChainMapProxy, caller: Caller, tenant_id: str, payload: object
+) -> admin.Destination:
+    """Create a destination from an API-shaped JSON payload (the API and the portal)."""
+    caller.check_tenant(tenant_id)
     if isinstance(payload, dict) and isinstance(payload.get("type"), str):
         check_type(payload["type"])
     body = validate(DestinationCreate, payload)
     check_type(body.type)
-    settings = request.app[SETTINGS]
+    settings = config[SETTINGS]
     problems: list[str] = []
     if body.id is not None:
         check_id(body.id, "id")
     topics = topic_list(body.topics, settings.topics, problems)
-    check_url(body.config.url, allowed_networks(request), problems)
+    check_url(body.config.url, allowed_networks(config), problems)
     headers = parse_custom_headers(body.config.custom_headers, problems)
     mode = check_mode(body.config.webhook_mode, problems)
     rule = check_filter(body.filter, problems)
@@ -288,18 +297,29 @@ async def create_destination(request: web.Request) -> web.Response:
         created_at=created_at,
         updated_at=updated_at,
     )
-    async with request.app[ENGINE].begin() as conn:
+    async with config[ENGINE].begin() as conn:
         await require_tenant(conn, caller, tenant_id)
         created = await admin.insert_destination(conn, new)
     if created is None:
         raise Conflict(f"destination {new.id!r} already exists for tenant {tenant_id!r}")
-    return json_response(destination_json(created), status=201)
+    return created
 
 
 async def _load(request: web.Request, conn: Any, *, lock: bool) -> admin.Destination:
     caller = await authenticate(request)
-    tenant_id = request.match_info["tenant_id"]
-    destination_id = request.match_info["destination_id"]
+    return await load(
+        conn,
+        caller,
+        request.match_info["tenant_id"],
+        request.match_info["destination_id"],
+        lock=lock,
+    )
+
+
+async def load(
+    conn: Any, caller: Caller, tenant_id: str, destination_id: str, *, lock: bool
+) -> admin.Destination:
+    """The caller's destination, or 403/404."""
     await require_tenant(conn, caller, tenant_id)
     found = await admin.get_destination(conn, tenant_id, destination_id, lock=lock)
     if found is None:
@@ -307,11 +327,9 @@ async def _load(request: web.Request, conn: Any, *, lock: bool) -> admin.Destina
     return found
 
 
-def _api_owned(request: web.Request, d: admin.Destination) -> None:
+def _api_owned(config: ChainMapProxy, d: admin.Destination) -> None:
     if d.origin != "api":
-        raise config_conflict(
-            request.app[SETTINGS], f"destination {d.id!r} of tenant {d.tenant_id!r}"
-        )
+        raise config_conflict(config[SETTINGS], f"destination {d.id!r} of tenant {d.tenant_id!r}")
 
 
 @routes.get(PREFIX + "/{destination_id:[^/]+}")
@@ -429,31 +447,60 @@ def _aware(value: datetime | None) -> datetime | None:
 @routes.patch(PREFIX + "/{destination_id:[^/]+}")
 async def update_destination(request: web.Request) -> web.Response:
     caller = await authenticate(request)
-    body = validate(DestinationPatch, await read_json(request))
-    settings = request.app[SETTINGS]
-    async with request.app[ENGINE].begin() as conn:
-        current = await _load(request, conn, lock=True)
-        _api_owned(request, current)
+    payload = await read_json(request)
+    updated = await update(
+        request.config_dict,
+        caller,
+        request.match_info["tenant_id"],
+        request.match_info["destination_id"],
+        payload,
+    )
+    return json_response(destination_json(updated))
+
+
+async def update(
+    config: ChainMapProxy, caller: Caller, tenant_id: str, destination_id: str, payload: object
+) -> admin.Destination:
+    """Apply an API-shaped merge-patch payload (the API and the portal)."""
+    body = validate(DestinationPatch, payload)
+    settings = config[SETTINGS]
+    async with config[ENGINE].begin() as conn:
+        current = await load(conn, caller, tenant_id, destination_id, lock=True)
+        _api_owned(config, current)
         patched = apply_patch(
             current,
             body,
             caller,
             settings.topics,
-            allowed_networks(request),
+            allowed_networks(config),
             settings.delivery.webhook_mode,
         )
         updated = await admin.update_destination(conn, patched)
     assert updated is not None
-    return json_response(destination_json(updated))
+    return updated
 
 
-async def _set_enabled(request: web.Request, enabled: bool) -> web.Response:
-    async with request.app[ENGINE].begin() as conn:
-        current = await _load(request, conn, lock=True)
-        _api_owned(request, current)
+async def set_enabled(
+    config: ChainMapProxy, caller: Caller, tenant_id: str, destination_id: str, enabled: bool
+) -> admin.Destination:
+    async with config[ENGINE].begin() as conn:
+        current = await load(conn, caller, tenant_id, destination_id, lock=True)
+        _api_owned(config, current)
         disabled_at = None if enabled else (current.disabled_at or datetime.now(UTC))
         updated = await admin.update_destination(conn, replace(current, disabled_at=disabled_at))
     assert updated is not None
+    return updated
+
+
+async def _set_enabled(request: web.Request, enabled: bool) -> web.Response:
+    caller = await authenticate(request)
+    updated = await set_enabled(
+        request.config_dict,
+        caller,
+        request.match_info["tenant_id"],
+        request.match_info["destination_id"],
+        enabled,
+    )
     return json_response(destination_json(updated))
 
 
@@ -467,10 +514,22 @@ async def disable_destination(request: web.Request) -> web.Response:
     return await _set_enabled(request, False)
 
 
+async def delete(
+    config: ChainMapProxy, caller: Caller, tenant_id: str, destination_id: str
+) -> None:
+    async with config[ENGINE].begin() as conn:
+        current = await load(conn, caller, tenant_id, destination_id, lock=True)
+        _api_owned(config, current)
+        await admin.delete_destination(conn, current.tenant_id, current.id)
+
+
 @routes.delete(PREFIX + "/{destination_id:[^/]+}")
 async def delete_destination(request: web.Request) -> web.Response:
-    async with request.app[ENGINE].begin() as conn:
-        current = await _load(request, conn, lock=True)
-        _api_owned(request, current)
-        await admin.delete_destination(conn, current.tenant_id, current.id)
+    caller = await authenticate(request)
+    await delete(
+        request.config_dict,
+        caller,
+        request.match_info["tenant_id"],
+        request.match_info["destination_id"],
+    )
     return json_response({"success": True})
