@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp_jinja2
 import jinja2
@@ -36,8 +37,9 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    # Keeps a portal link's token out of any Referer, should a page ever be left with it.
-    "Referrer-Policy": "no-referrer",
+    # No Referer leaves relay (a portal link's token never reaches another site); within
+    # it, browsers then send Origin on form posts (with no-referrer they send "null").
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -85,6 +87,11 @@ def pretty_json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
 
 
+def segment(value: object) -> str:
+    """Quoted for a URL path segment or query value: "/" too (ids may hold one)."""
+    return quote(str(value), safe="")
+
+
 def environment(app: web.Application) -> jinja2.Environment:
     env = aiohttp_jinja2.setup(
         app,
@@ -92,7 +99,9 @@ def environment(app: web.Application) -> jinja2.Environment:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-    env.filters.update(when=when, iso=iso, age=age, percent=percent, pretty_json=pretty_json)
+    env.filters.update(
+        when=when, iso=iso, age=age, percent=percent, pretty_json=pretty_json, urlencode=segment
+    )
     return env
 
 

@@ -105,7 +105,7 @@ async def test_sdk_link_opens_a_session_and_leaves_the_address_bar(
             assert "acme-hook" in page and "theme-dark" in page
             csp = resp.headers["Content-Security-Policy"]
             assert "script-src 'self'" in csp and "unsafe-inline" not in csp
-            assert resp.headers["Referrer-Policy"] == "no-referrer"
+            assert resp.headers["Referrer-Policy"] == "same-origin"
     # An API token is no portal link, and a link is no API token.
     async with http.get(
         relay.make_url("/api/v1/tenants/acme/token"), headers=admin_headers()
