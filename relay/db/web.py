@@ -1,8 +1,9 @@
 """The SQL behind the web pages (relay/web/) that the API and the CLI do not already have.
 
-Health comes from the documented ``relay.destination_health`` view (docs/sql.md), scoped
-to one tenant where a tenant looks; the live attempts feed reads ``relay.attempts`` by
-its primary key order, from an id the page already shows.
+Every statement does bounded work whatever the history holds (a page must render in
+well under a second with a million attempts): health and latency look at each
+destination's latest attempts through ix_attempts_destination_started, the live attempts
+feed reads ``relay.attempts`` by its primary key from an id the page already shows.
 """
 
 from __future__ import annotations
@@ -12,21 +13,74 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-TENANT_HEALTH = text("""
-    SELECT destination_id, url, enabled, disabled_at, disabled_reason, consecutive_failures,
-           last_success_at, last_failure_at, attempts_24h, success_rate_24h, pending,
-           oldest_pending_at
-    FROM relay.destination_health
-    WHERE tenant_id = :tenant_id AND deleted_at IS NULL
-    ORDER BY destination_id
+from relay.db.history import LATENCY_SQL
+
+# A destination's health, bounded whatever its volume: its last RECENT attempts (an index
+# scan of ix_attempts_destination_started, newest first), its failures in a row, and its
+# pending deliveries counted up to PENDING_CAP. The relay.destination_health view counts
+# a whole day of attempts per destination: fine in psql, seconds on a page once a
+# destination takes a million a day (bench/results/portal_pages.md).
+RECENT = 100
+PENDING_CAP = 10_000
+HEALTH = f"""
+    SELECT t.id AS destination_id, t.url, t.disabled_at IS NULL AS enabled, t.disabled_at,
+           t.disabled_reason, t.consecutive_failures,
+           r.recent, r.recent_successes,
+           round(r.recent_successes::numeric / NULLIF(r.recent, 0), 4) AS success_rate,
+           r.last_attempt_at, r.last_status, p.pending, p.pending >= {PENDING_CAP} AS pending_capped
+    FROM relay.destinations t
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS recent,
+               count(*) FILTER (WHERE a.status = 'success') AS recent_successes,
+               max(a.started_at) AS last_attempt_at,
+               (array_agg(a.status ORDER BY a.started_at DESC))[1] AS last_status
+        FROM (SELECT a.status, a.started_at FROM relay.attempts a
+              WHERE a.tenant_id = t.tenant_id AND a.destination_id = t.id
+              ORDER BY a.started_at DESC LIMIT {RECENT}) a
+    ) r
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS pending
+        FROM (SELECT 1 FROM relay.deliveries d
+              WHERE d.tenant_id = t.tenant_id AND d.destination_id = t.id
+                AND d.status IN ('pending', 'delivering')
+              LIMIT {PENDING_CAP}) x
+    ) p
+    WHERE t.tenant_id = :tenant_id AND t.deleted_at IS NULL {{and_destination}}
+    ORDER BY t.id
+"""
+TENANT_HEALTH = text(HEALTH.format(and_destination=""))
+DESTINATION_HEALTH = text(HEALTH.format(and_destination="AND t.id = :destination_id"))
+
+# The last success and the last failure of one destination (its detail page).
+LAST_OUTCOMES = text("""
+    SELECT (SELECT max(a.started_at) FROM (
+                SELECT a.started_at FROM relay.attempts a
+                WHERE a.tenant_id = :tenant_id AND a.destination_id = :destination_id
+                  AND a.status = 'success' ORDER BY a.started_at DESC LIMIT 1) a
+           ) AS last_success_at,
+           (SELECT max(a.started_at) FROM (
+                SELECT a.started_at FROM relay.attempts a
+                WHERE a.tenant_id = :tenant_id AND a.destination_id = :destination_id
+                  AND a.status = 'failed' ORDER BY a.started_at DESC LIMIT 1) a
+           ) AS last_failure_at
 """)
 
-DESTINATION_HEALTH = text("""
-    SELECT destination_id, url, enabled, disabled_at, disabled_reason, consecutive_failures,
-           last_success_at, last_failure_at, attempts_24h, success_rate_24h, pending,
-           oldest_pending_at
-    FROM relay.destination_health
-    WHERE tenant_id = :tenant_id AND destination_id = :destination_id AND deleted_at IS NULL
+# Latency percentiles per destination over its last LATENCY_SAMPLE timed attempts: a
+# bounded sort, where percentiles over a window sort every attempt in it.
+LATENCY_SAMPLE = 1000
+LATENCY = text(f"""
+    SELECT t.id AS destination_id, l.n, l.p50, l.p95
+    FROM relay.destinations t
+    CROSS JOIN LATERAL (
+        SELECT count(a.latency) AS n,
+               percentile_cont(0.5) WITHIN GROUP (ORDER BY a.latency) AS p50,
+               percentile_cont(0.95) WITHIN GROUP (ORDER BY a.latency) AS p95
+        FROM (SELECT {LATENCY_SQL} AS latency FROM relay.attempts a
+              WHERE a.tenant_id = t.tenant_id AND a.destination_id = t.id
+              ORDER BY a.started_at DESC LIMIT {LATENCY_SAMPLE}) a
+    ) l
+    WHERE t.tenant_id = :tenant_id AND t.deleted_at IS NULL
+    ORDER BY t.id
 """)
 
 # Failing (a failure since the last success) or disabled, worst first; bounded.
@@ -64,7 +118,14 @@ async def destination_health(
 ) -> dict[str, Any] | None:
     params = {"tenant_id": tenant_id, "destination_id": destination_id}
     row = (await conn.execute(DESTINATION_HEALTH, params)).mappings().first()
-    return None if row is None else dict(row)
+    if row is None:
+        return None
+    outcomes = (await conn.execute(LAST_OUTCOMES, params)).mappings().one()
+    return dict(row) | dict(outcomes)
+
+
+async def latency(conn: AsyncConnection, tenant_id: str) -> list[dict[str, Any]]:
+    return [dict(r) for r in (await conn.execute(LATENCY, {"tenant_id": tenant_id})).mappings()]
 
 
 async def troubled_destinations(conn: AsyncConnection, limit: int = 100) -> list[dict[str, Any]]:

@@ -218,7 +218,14 @@ async def tenant_detail(request: web.Request) -> web.Response:
         if tenant is None:
             raise NotFound(f"tenant {tenant_id!r} not found")
         health = await web_db.tenant_health(conn, tenant_id)
-    return _page(request, "console/tenant.html", page="tenants", tenant=tenant, health=health)
+    return _page(
+        request,
+        "console/tenant.html",
+        page="tenants",
+        tenant=tenant,
+        health=health,
+        recent=web_db.RECENT,
+    )
 
 
 @routes.post("/tenants/{tenant_id:[^/]+}/portal")

@@ -19,7 +19,6 @@ from relay import routing
 from relay.api import destinations as destinations_api
 from relay.api import retry as retry_api
 from relay.api.auth import Caller
-from relay.api.params import parse_time
 from relay.appkeys import ENGINE, SETTINGS
 from relay.db import admin, aggregates, history
 from relay.db import web as web_db
@@ -137,7 +136,12 @@ async def destination_list(request: web.Request) -> web.Response:
         health = {h["destination_id"]: h for h in await web_db.tenant_health(conn, tenant_id)}
     rows = [{"d": d, "health": health.get(d.id)} for d in found]
     return _page(
-        request, "portal/destinations.html", page="destinations", rows=rows, notice=_notice(request)
+        request,
+        "portal/destinations.html",
+        page="destinations",
+        rows=rows,
+        recent=web_db.RECENT,
+        notice=_notice(request),
     )
 
 
@@ -630,24 +634,10 @@ async def metrics(request: web.Request) -> web.Response:
             raise BadRequest("hours must be one of 6, 24, 72 or 168")
         hours = int(raw)
     destination = _choice(request, "destination_id")
-    since = request.query.get("since")
-    if since:
-        parse_time(since)  # a 400 naming it when it is not a time
     async with request.config_dict[ENGINE].connect() as conn:
         chart = await _attempt_chart(conn, tenant_id, [destination] if destination else [], hours)
         destinations = await admin.list_destinations(conn, tenant_id)
-        end = datetime.now(UTC)
-        latency = await aggregates.attempt_metrics(
-            conn,
-            aggregates.Query(
-                end - timedelta(hours=hours),
-                end,
-                None,
-                ("destination_id",),
-                {"tenant_id": [tenant_id]},
-                ("count", "p50_latency", "p95_latency"),
-            ),
-        )
+        latency = await web_db.latency(conn, tenant_id)
     return _page(
         request,
         "portal/metrics.html",
@@ -656,5 +646,6 @@ async def metrics(request: web.Request) -> web.Response:
         hours=hours,
         destinations=destinations,
         filters={"destination_id": destination or ""},
-        latency=latency.buckets,
+        latency=latency,
+        sample=web_db.LATENCY_SAMPLE,
     )

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from relay.web import console, pages, portal
 
 STATIC = Path(__file__).parent / "static"
 
 
-def _area(routes: web.RouteTableDef, *middlewares: pages.Handler | object) -> web.Application:
-    app = web.Application(middlewares=[pages.security_headers, pages.html_errors, *middlewares])  # type: ignore[list-item]
+def _area(routes: web.RouteTableDef, area_middleware: Middleware) -> web.Application:
+    app = web.Application(middlewares=[pages.security_headers, pages.html_errors, area_middleware])
     pages.environment(app)
     app.add_routes(routes)
     app.router.add_static("/static", STATIC)

@@ -236,3 +236,50 @@ async def test_script_payloads_stay_text(
     await expect(page.locator("article.story")).to_contain_text("500")
     assert await page.evaluate("document.querySelectorAll('main img, main script').length") == 0
     assert watch.dialogs == [] and watch.errors == []
+
+
+async def test_keyboard_reaches_and_works_every_action(
+    start_relay: Any, database_url: str, http: aiohttp.ClientSession, receiver: Any, page: Any
+) -> None:
+    relay = await relay_with(start_relay, database_url)
+    await api(http, relay, "PUT", "/tenants/acme")
+    await api(
+        http,
+        relay,
+        "POST",
+        "/tenants/acme/destinations",
+        json={
+            "id": "hook",
+            "type": "webhook",
+            "topics": "*",
+            "config": {"url": receiver.url("/a")},
+        },
+    )
+    await page.goto(await portal_url(relay, "acme"))
+    await page.keyboard.press("Tab")
+    focused = "document.activeElement.textContent.trim()"
+    assert await page.evaluate(focused) == "Skip to content"
+    await page.keyboard.press("Enter")
+    assert await page.evaluate("document.activeElement.id") == "main"
+    # Into the destination by keyboard alone.
+    for _ in range(10):
+        await page.keyboard.press("Tab")
+        if await page.evaluate(focused) == "hook":
+            break
+    await page.keyboard.press("Enter")
+    await expect(page.locator("h1")).to_have_text("Destination hook")
+    # Every action on the page is reachable with Tab, in order, and visibly focused.
+    seen = []
+    for _ in range(30):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("document.activeElement === document.body"):
+            break  # past the last one
+        seen.append(await page.evaluate(focused))
+        outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+        assert outline != "none", seen[-1]
+    for action in ("Edit", "Reveal secret", "Disable", "Rotate secret", "Delete…"):
+        assert action in seen, (action, seen)
+    # And works: Disable, by keyboard.
+    await page.get_by_role("button", name="Disable").focus()
+    await page.keyboard.press("Enter")
+    await expect(page.locator(".notice")).to_have_text("Destination disabled.")

@@ -387,3 +387,56 @@ async def test_reveal_rotate_retry_delete(
     assert await db.fetchval(
         "SELECT deleted_at IS NOT NULL FROM relay.destinations WHERE id = 'acme-hook'"
     )
+
+
+async def test_edit_keeps_what_the_form_does_not_change(
+    relay: Any, http: aiohttp.ClientSession, receiver: Any
+) -> None:
+    await api(http, relay, "PUT", "/tenants/acme")
+    await api(
+        http,
+        relay,
+        "POST",
+        "/tenants/acme/destinations",
+        json={
+            "id": "hook",
+            "type": "webhook",
+            "topics": ["order.created"],
+            "filter": {"data": {"n": 1}},
+            "config": {"url": receiver.url("/a"), "custom_headers": '{"x-k": "v"}'},
+            "metadata": {"team": "ops"},
+        },
+    )
+    client = await browser_session(relay, "acme")
+    async with client:
+        async with client.get(relay.make_url("/portal/destinations/hook/edit")) as resp:
+            page = await resp.text()
+            # Prefilled with what is stored.
+            assert (
+                receiver.url("/a") in page
+                and "x-k" in page
+                and "checked> order.created"
+                in (page.replace('value="order.created" checked', "checked"))
+            )
+            csrf = csrf_of(page)
+        edit = relay.make_url("/portal/destinations/hook/edit")
+        async with client.post(
+            edit, data={"csrf": csrf, "url": "not a url", "topic": "order.created"}
+        ) as resp:
+            assert resp.status == 422 and "config.url" in await resp.text()
+        async with client.post(
+            edit,
+            data={
+                "csrf": csrf,
+                "url": receiver.url("/b"),
+                "topic": "user.deleted",
+                "filter": "",
+                "custom_headers": '{"x-k": "w"}',
+            },
+        ) as resp:
+            assert resp.status == 200 and "Changes saved." in await resp.text()
+    stored = await api(http, relay, "GET", "/tenants/acme/destinations/hook")
+    assert stored["config"]["url"] == receiver.url("/b")
+    assert stored["topics"] == ["user.deleted"] and stored["filter"] is None
+    assert stored["config"]["custom_headers"] == '{"x-k":"w"}'
+    assert stored["metadata"] == {"team": "ops"}  # not on the form: left alone
