@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from relay.db.history import LATENCY_SQL
 
 # A destination's health, bounded whatever its volume: its last RECENT attempts (an index
-# scan of ix_attempts_destination_started, newest first), its failures in a row, and its
+# scan of ix_attempts_destination_started, newest first: the success rate, the last
+# attempt, success and failure among them), its failures in a row, and its
 # pending deliveries counted up to PENDING_CAP. The relay.destination_health view counts
 # a whole day of attempts per destination: fine in psql, seconds on a page once a
 # destination takes a million a day (bench/results/portal_pages.md).
@@ -27,12 +28,15 @@ HEALTH = f"""
            t.disabled_reason, t.consecutive_failures,
            r.recent, r.recent_successes,
            round(r.recent_successes::numeric / NULLIF(r.recent, 0), 4) AS success_rate,
-           r.last_attempt_at, r.last_status, p.pending, p.pending >= {PENDING_CAP} AS pending_capped
+           r.last_attempt_at, r.last_status, r.last_success_at, r.last_failure_at, p.pending,
+           p.pending >= {PENDING_CAP} AS pending_capped
     FROM relay.destinations t
     CROSS JOIN LATERAL (
         SELECT count(*) AS recent,
                count(*) FILTER (WHERE a.status = 'success') AS recent_successes,
                max(a.started_at) AS last_attempt_at,
+               max(a.started_at) FILTER (WHERE a.status = 'success') AS last_success_at,
+               max(a.started_at) FILTER (WHERE a.status = 'failed') AS last_failure_at,
                (array_agg(a.status ORDER BY a.started_at DESC))[1] AS last_status
         FROM (SELECT a.status, a.started_at FROM relay.attempts a
               WHERE a.tenant_id = t.tenant_id AND a.destination_id = t.id
@@ -50,20 +54,6 @@ HEALTH = f"""
 """
 TENANT_HEALTH = text(HEALTH.format(and_destination=""))
 DESTINATION_HEALTH = text(HEALTH.format(and_destination="AND t.id = :destination_id"))
-
-# The last success and the last failure of one destination (its detail page).
-LAST_OUTCOMES = text("""
-    SELECT (SELECT max(a.started_at) FROM (
-                SELECT a.started_at FROM relay.attempts a
-                WHERE a.tenant_id = :tenant_id AND a.destination_id = :destination_id
-                  AND a.status = 'success' ORDER BY a.started_at DESC LIMIT 1) a
-           ) AS last_success_at,
-           (SELECT max(a.started_at) FROM (
-                SELECT a.started_at FROM relay.attempts a
-                WHERE a.tenant_id = :tenant_id AND a.destination_id = :destination_id
-                  AND a.status = 'failed' ORDER BY a.started_at DESC LIMIT 1) a
-           ) AS last_failure_at
-""")
 
 # Latency percentiles per destination over its last LATENCY_SAMPLE timed attempts: a
 # bounded sort, where percentiles over a window sort every attempt in it.
@@ -118,10 +108,7 @@ async def destination_health(
 ) -> dict[str, Any] | None:
     params = {"tenant_id": tenant_id, "destination_id": destination_id}
     row = (await conn.execute(DESTINATION_HEALTH, params)).mappings().first()
-    if row is None:
-        return None
-    outcomes = (await conn.execute(LAST_OUTCOMES, params)).mappings().one()
-    return dict(row) | dict(outcomes)
+    return None if row is None else dict(row)
 
 
 async def latency(conn: AsyncConnection, tenant_id: str) -> list[dict[str, Any]]:
