@@ -266,7 +266,7 @@ async def event_lookup(request: web.Request) -> web.Response:
 
 # --- replay --------------------------------------------------------------------------------
 
-STATUSES = ("failed", "pending", "success")
+STATUSES = ("failed", "delivered", "pending")
 
 
 def _selection(fields: dict[str, str], statuses: list[str]) -> ops.ReplayFilter:

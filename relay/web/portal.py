@@ -109,7 +109,7 @@ async def landing(request: web.Request) -> web.StreamResponse:
     )
     theme = request.query.get("theme")
     if theme in ("light", "dark"):
-        response.set_cookie("relay_theme", theme, path="/portal", samesite="Strict", httponly=True)
+        response.set_cookie("relay_theme", theme, path="/portal", samesite="Lax", httponly=True)
     raise response
 
 

@@ -2,7 +2,7 @@
 
 The portal starts from a short-lived link (``GET /api/v1/tenants/{id}/portal``): a JWT
 whose audience is the portal's, so it is not an API token, and an API token is not a
-link. Opening it sets an HttpOnly, SameSite=Strict cookie holding a signed session and
+link. Opening it sets an HttpOnly, SameSite=Lax cookie holding a signed session and
 redirects to a URL without the token. The console's session starts from the admin key,
 typed into its login form. Both sessions are JWTs signed with a key derived from
 relay's tenant-token key (rotating the admin key, or ``server.jwt_secret``, ends them),
@@ -189,7 +189,11 @@ def set_cookie(
         max_age=lifetime,
         path=_path(name),
         httponly=True,
-        samesite="Strict",
+        # Lax, not Strict: users arrive by a link on their application's site, and a
+        # navigation that began on another site carries no Strict cookie, even after
+        # relay's own redirect (the session would be missing on the first page). Posts
+        # from other sites still carry none, and each needs the CSRF token anyway.
+        samesite="Lax",
         secure=request.secure,
     )
 

@@ -83,7 +83,7 @@ async def test_sdk_portal_url_shows_that_tenant_only(
     await expect(page.get_by_text("globex-orders")).to_have_count(0)
     cookies = await page.context.cookies()
     session = next(c for c in cookies if c["name"] == "relay_portal")
-    assert session["httpOnly"] and session["sameSite"] == "Strict"
+    assert session["httpOnly"] and session["sameSite"] == "Lax"
     assert await page.evaluate("document.cookie") == ""  # not readable by script
 
     await page.get_by_role("link", name="Events").click()
@@ -283,3 +283,32 @@ async def test_keyboard_reaches_and_works_every_action(
     await page.get_by_role("button", name="Disable").focus()
     await page.keyboard.press("Enter")
     await expect(page.locator(".notice")).to_have_text("Destination disabled.")
+
+
+async def test_portal_link_followed_from_another_site(
+    start_relay: Any, database_url: str, http: aiohttp.ClientSession, receiver: Any, page: Any
+) -> None:
+    """The way users arrive: a link on the application's own site (another origin)."""
+    relay = await relay_with(start_relay, database_url)
+    await api(http, relay, "PUT", "/tenants/acme")
+    await api(
+        http,
+        relay,
+        "POST",
+        "/tenants/acme/destinations",
+        json={
+            "id": "hook",
+            "type": "webhook",
+            "topics": "*",
+            "config": {"url": receiver.url("/a")},
+        },
+    )
+    link = await portal_url(relay, "acme")
+    html = f'<!doctype html><a id="go" href="{link}">Webhooks</a>'
+    receiver.reply = lambda n, path: Reply(body=html, headers={"Content-Type": "text/html"})
+    # "localhost" and 127.0.0.1 are different sites to the browser.
+    await page.goto(f"http://localhost:{receiver.port}/app")
+    await page.click("#go")
+    await expect(page.locator("h1")).to_have_text("Destinations")
+    await expect(page.get_by_role("link", name="hook")).to_be_visible()
+    assert "token" not in page.url

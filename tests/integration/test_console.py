@@ -148,6 +148,19 @@ async def test_overview_story_replay_and_feed(
             assert resp.status == 400 and "after" in (await resp.json())["message"]
         async with client.get(relay.make_url(job)) as resp:
             assert "Replayed 3 of 3" in await resp.text()
+        # Delivered ones can be replayed too (the CLI's --status delivered).
+        deadline = time.monotonic() + 10
+        while (
+            await db.fetchval("SELECT count(*) FROM relay.deliveries WHERE status = 'delivered'")
+            < 3
+        ):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        async with client.post(
+            replay,
+            data={"csrf": csrf, "tenant_id": "acme", "status": "delivered", "action": "dry-run"},
+        ) as resp:
+            assert re.search(r"<strong>3</strong> deliveries would be replayed", await resp.text())
         async with client.get(relay.make_url("/console/tenants/acme")) as resp:
             assert "acme-hook" in await resp.text()
         async with client.get(relay.make_url("/console/tenants/ghost")) as resp:

@@ -97,7 +97,7 @@ async def test_sdk_link_opens_a_session_and_leaves_the_address_bar(
             # The token is exchanged for a cookie and gone from the next URL.
             assert resp.headers["Location"] == "/portal/destinations"
             cookie = resp.cookies[sessions.PORTAL_COOKIE]
-            assert cookie["httponly"] and cookie["samesite"] == "Strict"
+            assert cookie["httponly"] and cookie["samesite"] == "Lax"
             assert cookie["path"] == "/portal"
         async with client.get(relay.make_url("/portal/destinations")) as resp:
             assert resp.status == 200
