@@ -167,7 +167,7 @@ async def main(out: Path) -> None:
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
     try:
-        settings = make_settings(url)
+        settings = make_settings(url, topics=["order.created", "order.paid", "user.deleted"])
         app = create_app(settings, url)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
