@@ -292,6 +292,16 @@ async def _load(request: web.Request) -> admin.Destination:
 
 @routes.get("/destinations/{destination_id:[^/]+}")
 async def destination_detail(request: web.Request) -> web.Response:
+    return await _detail(request, revealed=False)
+
+
+@routes.post("/destinations/{destination_id:[^/]+}/reveal")
+async def destination_reveal(request: web.Request) -> web.Response:
+    """The secret, shown only on this explicit action (pages are never cached)."""
+    return await _detail(request, revealed=True)
+
+
+async def _detail(request: web.Request, *, revealed: bool) -> web.Response:
     d = await _load(request)
     tenant_id = _tenant(request)
     async with request.config_dict[ENGINE].connect() as conn:
@@ -312,8 +322,8 @@ async def destination_detail(request: web.Request) -> web.Response:
         health=health,
         attempts=page.rows,
         chart=chart,
-        revealed=None,
-        notice=_notice(request),
+        revealed=d.secret if revealed else None,
+        notice=None if revealed else _notice(request),
     )
 
 
@@ -330,27 +340,6 @@ def _notice(request: web.Request) -> str | None:
         if key in request.query:
             return text
     return None
-
-
-@routes.post("/destinations/{destination_id:[^/]+}/reveal")
-async def destination_reveal(request: web.Request) -> web.Response:
-    """The secret, shown only on this explicit action (and never cached)."""
-    d = await _load(request)
-    tenant_id = _tenant(request)
-    async with request.config_dict[ENGINE].connect() as conn:
-        health = await web_db.destination_health(conn, tenant_id, d.id)
-        chart = await _attempt_chart(conn, tenant_id, [d.id])
-    return _page(
-        request,
-        "portal/destination.html",
-        page="destinations",
-        d=d,
-        health=health,
-        attempts=[],
-        chart=chart,
-        revealed=d.secret,
-        notice=None,
-    )
 
 
 @routes.get("/destinations/{destination_id:[^/]+}/edit")
