@@ -9,18 +9,20 @@ API's validation messages, naming each field).
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from relay import routing
+from relay import delivery, routing, webhook_formats
 from relay.api import destinations as destinations_api
 from relay.api import retry as retry_api
 from relay.api.auth import Caller
 from relay.appkeys import ENGINE, SETTINGS
-from relay.db import admin, aggregates, history
+from relay.config import Settings
+from relay.db import admin, aggregates, history, outbox
 from relay.db import web as web_db
 from relay.errors import BadRequest, NotFound, RelayError, Unauthorized, ValidationFailed
 from relay.web import charts, sessions
@@ -564,14 +566,57 @@ async def attempt_detail(request: web.Request) -> web.Response:
         if attempt is None:
             raise NotFound(f"attempt {raw!r} not found")
         destination = await admin.get_destination(conn, tenant_id, attempt.destination_id)
+    sent = None
+    if destination is not None:
+        sent = request_headers(request.config_dict[SETTINGS], attempt, destination)
     return _page(
         request,
         "portal/attempt.html",
         page="attempts",
         a=attempt,
         destination=destination,
+        request_headers=sent,
         notice=_notice(request),
     )
+
+
+def request_headers(
+    settings: Settings, a: history.AttemptRow, d: admin.Destination
+) -> dict[str, str]:
+    """The headers of the attempt's request, rebuilt by the code that sent it
+    (relay/delivery.py) from the event and the destination as it is now: relay keeps a
+    response's headers, not a request's. Signatures are not shown (they depend on the
+    secret at the time)."""
+    claimed = outbox.Claimed(
+        id=0,
+        attempt=a.number,
+        token=uuid.UUID(int=0),
+        manual=a.manual,
+        tenant_id=a.tenant_id,
+        destination_id=a.destination_id,
+        event_seq=0,
+        event_id=a.event_id,
+        topic=a.topic,
+        body=orjson.dumps(a.event_data).decode() if a.event_data is not None else "{}",
+        metadata=orjson.dumps(a.event_metadata).decode(),
+        eligible_for_retry=a.eligible_for_retry,
+        published_at=a.event_time,
+        claimed_at=a.started_at,
+        url=d.url,
+        custom_headers=orjson.dumps(d.custom_headers).decode(),
+        secret=d.secret,
+        previous_secret=None,
+        previous_secret_valid=False,
+        signature_mode=d.webhook_mode,
+        timeout_seconds=None,
+        delivery_metadata=orjson.dumps(d.delivery_metadata).decode(),
+    )
+    formats = webhook_formats.from_settings(settings.delivery)
+    headers, _ = delivery.build_request(claimed, a.started_at.timestamp(), formats)
+    return {
+        name: "(signed with the destination's secret)" if name.endswith("signature") else value
+        for name, value in headers.items()
+    }
 
 
 @routes.post("/retry")

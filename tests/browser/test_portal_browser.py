@@ -218,7 +218,7 @@ async def test_script_payloads_stay_text(
         await page.reload()
     await page.locator("tr[data-attempt] a").first.click()
     await expect(page.locator("#response-body")).to_have_text(SCRIPT + IMG)
-    await expect(page.locator("table.headers")).to_contain_text(IMG)
+    await expect(page.locator("#response-headers")).to_contain_text(IMG)
     await expect(page.locator("#request-body")).to_contain_text(SCRIPT)
     # Nothing ran: no dialog, no error, and no element was made from the payloads.
     assert await page.locator("main script, main img").count() == 0

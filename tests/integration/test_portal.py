@@ -440,3 +440,42 @@ async def test_edit_keeps_what_the_form_does_not_change(
     assert stored["topics"] == ["user.deleted"] and stored["filter"] is None
     assert stored["config"]["custom_headers"] == '{"x-k":"w"}'
     assert stored["metadata"] == {"team": "ops"}  # not on the form: left alone
+
+
+async def test_attempt_shows_the_request_headers_without_signature(
+    relay: Any, http: aiohttp.ClientSession, receiver: Any, db: Any
+) -> None:
+    await api(http, relay, "PUT", "/tenants/acme")
+    created = await api(
+        http,
+        relay,
+        "POST",
+        "/tenants/acme/destinations",
+        json={
+            "id": "hook",
+            "type": "webhook",
+            "topics": "*",
+            "config": {"url": receiver.url("/a"), "custom_headers": '{"x-team": "ops"}'},
+        },
+    )
+    secret = created["credentials"]["secret"]
+    _, published = await post_publish(
+        http,
+        relay,
+        {"tenant_id": "acme", "topic": "order.created", "data": {"n": 1}, "metadata": {"k": "v"}},
+    )
+    (request,) = await receiver.wait_for(1)
+    await wait_attempts(db, 1)
+    attempt = await db.fetchval("SELECT id FROM relay.attempts")
+    client = await browser_session(relay, "acme")
+    async with client:
+        async with client.get(relay.make_url(f"/portal/attempts/{attempt}")) as resp:
+            page = await resp.text()
+    table = page[page.index('id="request-headers"') : page.index('id="response-headers"')]
+    # What the receiver got, header for header, but the signature.
+    for name in ("webhook-id", "webhook-topic", "x-team", "content-type", "k"):
+        assert f">{name}</th><td>{request.headers[name]}</td>" in table, name
+    assert ">webhook-timestamp</th>" in table  # its second: the attempt's start
+    assert request.headers["webhook-id"] == published["id"]
+    assert "webhook-signature</th><td>(signed with the destination&#39;s secret)" in table
+    assert request.headers["webhook-signature"] not in page and secret not in page
