@@ -194,7 +194,10 @@ async def tenant_list(request: web.Request) -> web.Response:
     after_time = request.query.get("after_time")
     after = None
     if after_id and after_time:
-        after = Position(parse_time(after_time), after_id)
+        try:
+            after = Position(parse_time(after_time), after_id)
+        except ValueError:
+            raise BadRequest("after_time must be a time (it comes from a Next link)") from None
     async with request.config_dict[ENGINE].connect() as conn:
         rows = await admin.list_tenants(
             conn, ids=None, after=after, descending=False, limit=TENANT_PAGE + 1

@@ -21,8 +21,9 @@ import jinja2
 import orjson
 from aiohttp import web
 
+from relay.api.errors import unstorable_value
 from relay.db.engine import is_connection_failure, statement_cancelled
-from relay.errors import RelayError, Unauthorized, ValidationFailed
+from relay.errors import BadRequest, RelayError, Unauthorized, ValidationFailed
 from relay.web.sessions import Session
 
 log = logging.getLogger(__name__)
@@ -178,8 +179,28 @@ async def html_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Exception as exc:
         if is_connection_failure(exc) or statement_cancelled(exc):
             return _error(request, 503, "the database is unavailable; retry shortly", [])
+        refused = unstorable_value(exc)
+        if refused is not None:
+            message = f"the request holds a value PostgreSQL cannot take: {refused}"
+            return _error(request, 400, message, [])
         log.exception("unhandled error in %s %s", request.method, request.path)
         return _error(request, 500, "internal server error", [])
+
+
+@web.middleware
+async def refuse_nul(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A NUL character in a path, a query or a form field is a 400 naming it: PostgreSQL
+    text cannot hold one, and no id, topic or URL relay keeps has one."""
+    fields: list[tuple[str, str]] = [*request.match_info.items(), *request.query.items()]
+    if request.method == "POST" and request.content_type in (
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ):
+        fields += [(k, v) for k, v in (await request.post()).items() if isinstance(v, str)]
+    for name, value in fields:
+        if "\x00" in value:
+            raise BadRequest(f"{name} must not contain NUL (\\u0000)", data=[name])
+    return await handler(request)
 
 
 def _wants_json(request: web.Request) -> bool:

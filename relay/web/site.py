@@ -13,7 +13,9 @@ STATIC = Path(__file__).parent / "static"
 
 
 def _area(routes: web.RouteTableDef, area_middleware: Middleware) -> web.Application:
-    app = web.Application(middlewares=[pages.security_headers, pages.html_errors, area_middleware])
+    app = web.Application(
+        middlewares=[pages.security_headers, pages.html_errors, pages.refuse_nul, area_middleware]
+    )
     pages.environment(app)
     app.add_routes(routes)
     app.router.add_static("/static", STATIC)

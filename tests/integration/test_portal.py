@@ -479,3 +479,55 @@ async def test_attempt_shows_the_request_headers_without_signature(
     assert request.headers["webhook-id"] == published["id"]
     assert "webhook-signature</th><td>(signed with the destination&#39;s secret)" in table
     assert request.headers["webhook-signature"] not in page and secret not in page
+
+
+async def test_bad_input_is_a_4xx_naming_it_never_a_500(
+    relay: Any, http: aiohttp.ClientSession, receiver: Any
+) -> None:
+    await tenant_with_destination(http, relay, "acme", receiver.url("/acme"), "acme-hook")
+    client = await browser_session(relay, "acme")
+    async with client:
+        async with client.get(relay.make_url("/portal/destinations")) as resp:
+            csrf = csrf_of(await resp.text())
+        for path in (
+            "/portal/events?topic=%00",
+            "/portal/events?destination_id=%00",
+            "/portal/events/a%00b",
+            "/portal/attempts?destination_id=%00",
+            "/portal/attempts/99999999999999999999",
+            "/portal/destinations/%00/edit",
+            "/portal/metrics?destination_id=%00",
+            "/portal/metrics?hours=abc",
+            "/portal/events?cursor=%00",
+        ):
+            async with client.get(relay.make_url(path)) as resp:
+                assert 400 <= resp.status < 500, (path, resp.status)
+        async with client.get(relay.make_url("/portal/events?topic=%00")) as resp:
+            assert "topic must not contain NUL" in await resp.text()
+        for path, data in (
+            ("/portal/destinations", {"url": "http://127.0.0.1/\x00", "all_topics": "on"}),
+            ("/portal/destinations", {"url": "http://127.0.0.1/", "filter": '{"a": "\\u0000"}'}),
+            ("/portal/retry", {"event_id": "\x00", "destination_id": "x"}),
+            ("/portal/destinations/acme-hook/disable", {"note": "\x00"}),
+        ):
+            async with client.post(relay.make_url(path), data={"csrf": csrf, **data}) as resp:
+                assert 400 <= resp.status < 500, (path, data, resp.status)
+    from tests.integration.test_console import signed_in
+
+    console, _, page = await signed_in(relay)
+    async with console:
+        csrf = csrf_of(page)
+        for path in (
+            "/console/events?id=%00",
+            "/console/tenants/%00",
+            "/console/tenants?after_id=x&after_time=nope",
+            "/console/attempts.json?tenant_id=%00",
+            "/console/attempts.json?after=99999999999999999999",
+        ):
+            async with console.get(relay.make_url(path)) as resp:
+                assert 400 <= resp.status < 500, (path, resp.status)
+        for data in ({"tenant_id": "\x00"}, {"since": "9999-99-99"}, {"until": "+275760-01-01"}):
+            async with console.post(
+                relay.make_url("/console/replay"), data={"csrf": csrf, **data}
+            ) as resp:
+                assert 400 <= resp.status < 500, (data, resp.status)
