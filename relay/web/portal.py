@@ -97,9 +97,7 @@ async def landing(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/portal/destinations")
     settings = request.config_dict[SETTINGS]
     async with request.config_dict[ENGINE].connect() as conn:
-        tenant_id = await sessions.redeem_link(settings, conn, token)
-        created = await admin.live_tenant_created_at(conn, tenant_id)
-    assert created is not None
+        tenant_id, created = await sessions.redeem_link(settings, conn, token)
     # A redirect, not a page: the address bar (and history) never keeps the token.
     response = web.HTTPSeeOther("/portal/destinations")
     sessions.set_cookie(

@@ -16,6 +16,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import jwt
@@ -63,7 +64,7 @@ class Session:
 
 
 def issue_link_token(
-    settings: Settings, tenant_id: str, created_at: Any, now: float | None = None
+    settings: Settings, tenant_id: str, created_at: datetime, now: float | None = None
 ) -> str:
     issued = int(time.time() if now is None else now)
     claims = {
@@ -96,18 +97,20 @@ def _decode(settings: Settings, token: str, purpose: bytes, audience: str) -> di
     return claims
 
 
-async def _check_live(conn: Any, tenant_id: str, claims: dict[str, Any]) -> None:
-    created = await live_tenant_created_at(conn, tenant_id)
+async def _check_live(conn: Any, tenant_id: str, claims: dict[str, Any]) -> datetime:
+    """The tenant's creation time, if the claims are for its live incarnation; else 401."""
+    created: datetime | None = await live_tenant_created_at(conn, tenant_id)
     if created is None or claims.get(INCARNATION) != incarnation(created):
         raise Unauthorized(f"tenant {tenant_id!r} no longer exists")
+    return created
 
 
-async def redeem_link(settings: Settings, conn: Any, token: str) -> str:
-    """The tenant a portal link was issued for (401 when expired, forged or stale)."""
+async def redeem_link(settings: Settings, conn: Any, token: str) -> tuple[str, datetime]:
+    """The tenant a portal link was issued for, and its creation time (401 when the link
+    expired, is forged, or its tenant was deleted since)."""
     claims = _decode(settings, token, b"link", LINK_AUDIENCE)
     tenant_id: str = claims["sub"]
-    await _check_live(conn, tenant_id, claims)
-    return tenant_id
+    return tenant_id, await _check_live(conn, tenant_id, claims)
 
 
 def _session_token(
@@ -129,7 +132,7 @@ def _session_token(
     return token, Session(tenant, nonce, issued + lifetime)
 
 
-def portal_session(settings: Settings, tenant_id: str, created_at: Any) -> str:
+def portal_session(settings: Settings, tenant_id: str, created_at: datetime) -> str:
     token, _ = _session_token(
         settings,
         PORTAL_AUDIENCE,
