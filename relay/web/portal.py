@@ -475,8 +475,10 @@ async def event_list(request: web.Request) -> web.Response:
     tenant_id = _tenant(request)
     destination = _choice(request, "destination_id")
     topic = _choice(request, "topic")
+    event_id = (request.query.get("id") or "").strip()
     f = history.EventFilter(
         tenant_ids=[tenant_id],
+        ids=[event_id] if event_id else [],
         topics=[topic] if topic else [],
         destination_ids=[destination] if destination else [],
     )
@@ -493,7 +495,7 @@ async def event_list(request: web.Request) -> web.Response:
         next=page.next,
         prev=page.prev,
         destinations=destinations,
-        filters={"destination_id": destination or "", "topic": topic or ""},
+        filters={"destination_id": destination or "", "topic": topic or "", "id": event_id},
     )
 
 

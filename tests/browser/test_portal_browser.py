@@ -88,6 +88,12 @@ async def test_sdk_portal_url_shows_that_tenant_only(
 
     await page.get_by_role("link", name="Events").click()
     await expect(page.get_by_role("link", name=mine["id"])).to_be_visible()
+    await page.get_by_label("Event id").fill(mine["id"])
+    await page.get_by_role("button", name="Filter").click()
+    await expect(page.locator("table.events tbody tr")).to_have_count(1)
+    await page.get_by_label("Event id").fill(theirs["id"])
+    await page.get_by_role("button", name="Filter").click()
+    await expect(page.locator("table.events")).to_contain_text("No events.")
     await expect(page.get_by_text(theirs["id"])).to_have_count(0)
     # Trying the other tenant's pages directly: not found, and nothing of theirs shown.
     for path in ("/portal/destinations/globex-orders", f"/portal/events/{theirs['id']}"):

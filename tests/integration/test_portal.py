@@ -197,6 +197,11 @@ async def test_a_session_reaches_nothing_of_another_tenant(
                 assert "other.example" not in await resp.text()
         async with client.get(relay.make_url("/portal/events")) as resp:
             assert theirs["id"] not in await resp.text()
+        # Searching by id finds only the session's tenant's events.
+        async with client.get(
+            relay.make_url("/portal/events"), params={"id": theirs["id"]}
+        ) as resp:
+            assert "No events." in await resp.text()
         async with client.get(relay.make_url("/portal/attempts")) as resp:
             assert "other-hook" not in await resp.text()
         async with client.get(
