@@ -43,6 +43,7 @@ from relay.metrics import Metrics
 from relay.ops import housekeeping_loop
 from relay.router import Router
 from relay.supervise import Supervisor
+from relay.web import site as web_site
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,7 @@ def create_app(
         app.cleanup_ctx.append(run_group_commit)
         outpost.setup(app)
         pod.setup(app)
+        web_site.setup(app)
     else:
         app.router.add_get("/healthz", outpost.healthz)
     return app

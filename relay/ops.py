@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import TextIO
 
@@ -85,21 +86,38 @@ async def replay(
     if dry_run:
         out.write(f"dry run: {total} deliveries would be replayed\n")
         return total
-    done, after = 0, 0
+    done = 0
     progress = console.Progress(out, "replayed", total, "deliveries")
     try:
-        while True:
-            async with engine.begin() as conn:
-                ids, last = await ops.replay_batch(conn, selection, after=after, limit=batch_size)
-            if last is None:
-                break
-            done += len(ids)
-            after = last
+        async for done, _ in replay_batches(engine, selection, batch_size=batch_size, total=total):
             progress.update(done)
     finally:
         progress.close()
     out.write(f"replayed {done} deliveries\n")
     return done
+
+
+async def replay_batches(
+    engine: AsyncEngine,
+    selection: ops.ReplayFilter,
+    *,
+    batch_size: int = 1000,
+    total: int | None = None,
+) -> AsyncIterator[tuple[int, int]]:
+    """Replay in batches, each its own transaction; yield (done, total) after each one
+    (the CLI prints it, the console shows it)."""
+    if total is None:
+        async with engine.connect() as conn:
+            total = await ops.replay_count(conn, selection)
+    done, after = 0, 0
+    while True:
+        async with engine.begin() as conn:
+            ids, last = await ops.replay_batch(conn, selection, after=after, limit=batch_size)
+        if last is None:
+            return
+        done += len(ids)
+        after = last
+        yield done, total
 
 
 async def stats(engine: AsyncEngine, out: TextIO, *, warn_after: float = 0.0) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.helpers import ChainMapProxy
 from pydantic import BaseModel, ConfigDict, StrictStr
 
 from relay import opevents, routing, ssrf, webhook_formats, webhooks
@@ -152,8 +153,8 @@ def check_url(url: str, allowed: Sequence[ssrf.Network], problems: list[str]) ->
         problems.append(f"config.url is refused by the SSRF guard: {blocked}; {ssrf.HINT}")
 
 
-def allowed_networks(request: web.Request) -> tuple[ssrf.Network, ...]:
-    return ssrf.parse_networks(request.app[SETTINGS].delivery.allow_private_networks)
+def allowed_networks(config: ChainMapProxy) -> tuple[ssrf.Network, ...]:
+    return ssrf.parse_networks(config[SETTINGS].delivery.allow_private_networks)
 
 
 def parse_custom_headers(raw: str | None, problems: list[str]) -> dict[str, str]:
@@ -214,20 +215,20 @@ def new_destination_id() -> str:
 
 
 async def subscription_before(
-    request: web.Request, conn: Connection, tenant_id: str
+    config: ChainMapProxy, conn: Connection, tenant_id: str
 ) -> tuple[list[str], int] | None:
     """A tenant's topics and count of destinations before a change, if an operator sink
     wants tenant.subscription.updated (else None, and no statement is spent)."""
     if tenant_id == opevents.OPERATOR_TENANT:
         return None
-    topics = await request.app[OPERATOR_TOPICS].topics(conn)
+    topics = await config[OPERATOR_TOPICS].topics(conn)
     if not opevents.wants(topics, opevents.SUBSCRIPTION_UPDATED):
         return None
     return await opevents_db.tenant_subscription(conn, tenant_id)
 
 
 async def subscription_after(
-    request: web.Request, conn: Connection, tenant_id: str, before: tuple[list[str], int] | None
+    config: ChainMapProxy, conn: Connection, tenant_id: str, before: tuple[list[str], int] | None
 ) -> None:
     """After the change, in its transaction: tenant.subscription.updated, if the topics
     or the count moved (as Outpost emits it, from the destination routes only)."""
@@ -239,7 +240,7 @@ async def subscription_after(
         before,
         after,
         now=datetime.now(UTC),
-        deployment_id=request.app[SETTINGS].operator_events.deployment_id,
+        deployment_id=config[SETTINGS].operator_events.deployment_id,
     )
     if event is not None:
         await opevents_db.write(conn, [event])
@@ -271,17 +272,25 @@ async def create_destination(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     tenant_id = request.match_info["tenant_id"]
     caller.check_tenant(tenant_id)
-    payload = await read_json(request)
+    created = await create(request.config_dict, caller, tenant_id, await read_json(request))
+    return json_response(destination_json(created), status=201)
+
+
+async def create(
+    config: ChainMapProxy, caller: Caller, tenant_id: str, payload: object
+) -> admin.Destination:
+    """Create a destination from an API-shaped JSON payload (the API and the portal)."""
+    caller.check_tenant(tenant_id)
     if isinstance(payload, dict) and isinstance(payload.get("type"), str):
         check_type(payload["type"])
     body = validate(DestinationCreate, payload)
     check_type(body.type)
-    settings = request.app[SETTINGS]
+    settings = config[SETTINGS]
     problems: list[str] = []
     if body.id is not None:
         check_id(body.id, "id")
     topics = topic_list(body.topics, settings.topics, problems)
-    check_url(body.config.url, allowed_networks(request), problems)
+    check_url(body.config.url, allowed_networks(config), problems)
     headers = parse_custom_headers(body.config.custom_headers, problems)
     mode = check_mode(body.config.webhook_mode, problems)
     rule = check_filter(body.filter, problems)
@@ -325,21 +334,32 @@ async def create_destination(request: web.Request) -> web.Response:
         created_at=created_at,
         updated_at=updated_at,
     )
-    async with request.app[ENGINE].begin() as conn:
+    async with config[ENGINE].begin() as conn:
         await require_tenant(conn, caller, tenant_id)
-        before = await subscription_before(request, conn, tenant_id)
+        before = await subscription_before(config, conn, tenant_id)
         created = await admin.insert_destination(conn, new)
         if created is not None:
-            await subscription_after(request, conn, tenant_id, before)
+            await subscription_after(config, conn, tenant_id, before)
     if created is None:
         raise Conflict(f"destination {new.id!r} already exists for tenant {tenant_id!r}")
-    return json_response(destination_json(created), status=201)
+    return created
 
 
 async def _load(request: web.Request, conn: Any, *, lock: bool) -> admin.Destination:
     caller = await authenticate(request)
-    tenant_id = request.match_info["tenant_id"]
-    destination_id = request.match_info["destination_id"]
+    return await load(
+        conn,
+        caller,
+        request.match_info["tenant_id"],
+        request.match_info["destination_id"],
+        lock=lock,
+    )
+
+
+async def load(
+    conn: Any, caller: Caller, tenant_id: str, destination_id: str, *, lock: bool
+) -> admin.Destination:
+    """The caller's destination, or 403/404."""
     await require_tenant(conn, caller, tenant_id)
     found = await admin.get_destination(conn, tenant_id, destination_id, lock=lock)
     if found is None:
@@ -347,11 +367,9 @@ async def _load(request: web.Request, conn: Any, *, lock: bool) -> admin.Destina
     return found
 
 
-def api_owned(request: web.Request, d: admin.Destination) -> None:
+def api_owned(config: ChainMapProxy, d: admin.Destination) -> None:
     if d.origin != "api":
-        raise config_conflict(
-            request.app[SETTINGS], f"destination {d.id!r} of tenant {d.tenant_id!r}"
-        )
+        raise config_conflict(config[SETTINGS], f"destination {d.id!r} of tenant {d.tenant_id!r}")
 
 
 @routes.get(PREFIX + "/{destination_id:[^/]+}")
@@ -469,33 +487,62 @@ def _aware(value: datetime | None) -> datetime | None:
 @routes.patch(PREFIX + "/{destination_id:[^/]+}")
 async def update_destination(request: web.Request) -> web.Response:
     caller = await authenticate(request)
-    body = validate(DestinationPatch, await read_json(request))
-    settings = request.app[SETTINGS]
-    async with request.app[ENGINE].begin() as conn:
-        current = await _load(request, conn, lock=True)
-        api_owned(request, current)
-        before = await subscription_before(request, conn, current.tenant_id)
+    payload = await read_json(request)
+    updated = await update(
+        request.config_dict,
+        caller,
+        request.match_info["tenant_id"],
+        request.match_info["destination_id"],
+        payload,
+    )
+    return json_response(destination_json(updated))
+
+
+async def update(
+    config: ChainMapProxy, caller: Caller, tenant_id: str, destination_id: str, payload: object
+) -> admin.Destination:
+    """Apply an API-shaped merge-patch payload (the API and the portal)."""
+    body = validate(DestinationPatch, payload)
+    settings = config[SETTINGS]
+    async with config[ENGINE].begin() as conn:
+        current = await load(conn, caller, tenant_id, destination_id, lock=True)
+        api_owned(config, current)
+        before = await subscription_before(config, conn, current.tenant_id)
         patched = apply_patch(
             current,
             body,
             caller,
             settings.topics,
-            allowed_networks(request),
+            allowed_networks(config),
             settings.delivery.webhook_mode,
         )
         updated = await admin.update_destination(conn, patched)
-        await subscription_after(request, conn, current.tenant_id, before)
+        await subscription_after(config, conn, current.tenant_id, before)
     assert updated is not None
-    return json_response(destination_json(updated))
+    return updated
 
 
-async def _set_enabled(request: web.Request, enabled: bool) -> web.Response:
-    async with request.app[ENGINE].begin() as conn:
-        current = await _load(request, conn, lock=True)
-        api_owned(request, current)
+async def set_enabled(
+    config: ChainMapProxy, caller: Caller, tenant_id: str, destination_id: str, enabled: bool
+) -> admin.Destination:
+    async with config[ENGINE].begin() as conn:
+        current = await load(conn, caller, tenant_id, destination_id, lock=True)
+        api_owned(config, current)
         disabled_at = None if enabled else (current.disabled_at or datetime.now(UTC))
         updated = await admin.update_destination(conn, replace(current, disabled_at=disabled_at))
     assert updated is not None
+    return updated
+
+
+async def _set_enabled(request: web.Request, enabled: bool) -> web.Response:
+    caller = await authenticate(request)
+    updated = await set_enabled(
+        request.config_dict,
+        caller,
+        request.match_info["tenant_id"],
+        request.match_info["destination_id"],
+        enabled,
+    )
     return json_response(destination_json(updated))
 
 
@@ -509,12 +556,24 @@ async def disable_destination(request: web.Request) -> web.Response:
     return await _set_enabled(request, False)
 
 
+async def delete(
+    config: ChainMapProxy, caller: Caller, tenant_id: str, destination_id: str
+) -> None:
+    async with config[ENGINE].begin() as conn:
+        current = await load(conn, caller, tenant_id, destination_id, lock=True)
+        api_owned(config, current)
+        before = await subscription_before(config, conn, current.tenant_id)
+        await admin.delete_destination(conn, current.tenant_id, current.id)
+        await subscription_after(config, conn, current.tenant_id, before)
+
+
 @routes.delete(PREFIX + "/{destination_id:[^/]+}")
 async def delete_destination(request: web.Request) -> web.Response:
-    async with request.app[ENGINE].begin() as conn:
-        current = await _load(request, conn, lock=True)
-        api_owned(request, current)
-        before = await subscription_before(request, conn, current.tenant_id)
-        await admin.delete_destination(conn, current.tenant_id, current.id)
-        await subscription_after(request, conn, current.tenant_id, before)
+    caller = await authenticate(request)
+    await delete(
+        request.config_dict,
+        caller,
+        request.match_info["tenant_id"],
+        request.match_info["destination_id"],
+    )
     return json_response({"success": True})

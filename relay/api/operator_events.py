@@ -96,7 +96,9 @@ async def create_sink(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     problems: list[str] = []
     topics = _operator_topics(body.topics, problems)
-    destinations.check_url(body.config.url, destinations.allowed_networks(request), problems)
+    destinations.check_url(
+        body.config.url, destinations.allowed_networks(request.config_dict), problems
+    )
     headers = destinations.parse_custom_headers(body.config.custom_headers, problems)
     mode = destinations.check_mode(body.config.webhook_mode, problems)
     secret = body.credentials.secret if body.credentials else None
@@ -163,13 +165,13 @@ async def update_sink(request: web.Request) -> web.Response:
     )
     async with request.app[ENGINE].begin() as conn:
         current = await _existing(request, conn)
-        destinations.api_owned(request, current)
+        destinations.api_owned(request.config_dict, current)
         patched = destinations.apply_patch(
             current,
             patch,
             Caller(),
             [],
-            destinations.allowed_networks(request),
+            destinations.allowed_networks(request.config_dict),
             settings.delivery.webhook_mode,
         )
         if topics is not None:

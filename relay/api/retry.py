@@ -13,9 +13,10 @@ from typing import Annotated
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay import routing
-from relay.api.auth import authenticate
+from relay.api.auth import Caller, authenticate
 from relay.api.errors import json_response
 from relay.api.validation import read_json, validate
 from relay.appkeys import ENGINE
@@ -36,7 +37,16 @@ class RetryBody(BaseModel):
 async def retry(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     body = validate(RetryBody, await read_json(request))
-    async with request.app[ENGINE].begin() as conn:
+    await retry_delivery(request.app[ENGINE], caller, body.event_id, body.destination_id)
+    return json_response({"success": True}, status=202)
+
+
+async def retry_delivery(
+    engine: AsyncEngine, caller: Caller, event_id: str, destination_id: str
+) -> None:
+    """Queue one manual attempt (the API and the portal); 404/400/409 as documented."""
+    body = validate(RetryBody, {"event_id": event_id, "destination_id": destination_id})
+    async with engine.begin() as conn:
         target = await admin.retry_target(
             conn, body.event_id, body.destination_id, caller.tenant_id
         )
@@ -58,7 +68,6 @@ async def retry(request: web.Request) -> web.Response:
             raise NotFound(f"event {body.event_id!r} not found")
         if not queued:
             raise Conflict("an attempt of this event to this destination is in progress; try again")
-    return json_response({"success": True}, status=202)
 
 
 def _refusal(target: admin.RetryTarget, destination_id: str) -> str | None:

@@ -1,10 +1,12 @@
-"""Tenants: PUT/GET/DELETE /tenants/{id}, GET /tenants, GET /tenants/{id}/token."""
+"""Tenants: PUT/GET/DELETE /tenants/{id}, GET /tenants, GET /tenants/{id}/token and
+GET /tenants/{id}/portal."""
 
 from __future__ import annotations
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncConnection
+from yarl import URL
 
 from relay.api import params
 from relay.api.auth import Caller, authenticate, issue_tenant_token, require_admin
@@ -17,6 +19,7 @@ from relay.db import admin
 from relay.db.history import Position, paginate
 from relay.errors import Conflict, NotFound, ValidationFailed
 from relay.opevents import OPERATOR_TENANT
+from relay.web import sessions
 
 PREFIX = "/api/v1"
 routes = web.RouteTableDef()
@@ -151,3 +154,24 @@ async def tenant_token(request: web.Request) -> web.Response:
         raise NotFound(f"tenant {tenant_id!r} not found")
     token = issue_tenant_token(request.app[SETTINGS], tenant_id, tenant.created_at)
     return json_response({"token": token, "tenant_id": tenant_id})
+
+
+@routes.get(PREFIX + "/tenants/{tenant_id:[^/]+}/portal")
+async def tenant_portal(request: web.Request) -> web.Response:
+    """Outpost's portal link: ``{redirect_url, tenant_id}``, the URL carrying a token that
+    is good for a few minutes and only for starting a portal session (relay/web/)."""
+    require_admin(request)
+    tenant_id = request.match_info["tenant_id"]
+    theme = params.single(request, "theme")
+    if theme is not None and theme not in ("light", "dark"):
+        raise ValidationFailed(["theme must be light or dark"])
+    async with request.app[ENGINE].connect() as conn:
+        tenant = await admin.get_tenant(conn, tenant_id)
+    if tenant is None:
+        raise NotFound(f"tenant {tenant_id!r} not found")
+    settings = request.app[SETTINGS]
+    token = sessions.issue_link_token(settings, tenant_id, tenant.created_at)
+    base = settings.server.public_url or str(request.url.origin())
+    query = {"token": token, "tenant_id": tenant_id} | ({"theme": theme} if theme else {})
+    url = URL(base.rstrip("/") + "/portal").with_query(query)
+    return json_response({"redirect_url": str(url), "tenant_id": tenant_id})

@@ -571,9 +571,9 @@ async def test_catalogue_types_and_openapi(
     assert (await api.call("GET", "/destination-types/kafka"))[0] == 404
     status, spec = await Client(http, api.server, {}).call("GET", "/openapi.json")
     assert status == 200 and spec["openapi"].startswith("3.")
-    # The document lists what relay implements: the metrics API, not Outpost's portal.
+    # The document lists what relay implements: the metrics API and the portal link.
     assert {"/publish", "/metrics/events", "/metrics/attempts"} <= set(spec["paths"])
-    assert "/tenants/{tenant_id}/portal" not in spec["paths"]
+    assert "/tenants/{tenant_id}/portal" in spec["paths"]
     status, answer = await api.call("GET", "/no-such-route")
     assert status == 404 and answer == {"status": 404, "message": "not found"}
     status, answer = await api.call("DELETE", "/publish")
