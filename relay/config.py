@@ -285,7 +285,25 @@ class LoggingSettings(_Strict):
     format: Literal["text", "json"] = "text"
 
 
-class DestinationConfig(_Strict):
+class Limits(_Strict):
+    """Delivery control shared by a destination and (as the default for each of its
+    destinations) a tenant: unset is no limit. Enforced across every dispatcher process."""
+
+    # At most this many deliveries a second, with bursts of up to rate_limit_burst.
+    rate_limit_per_second: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
+    # Unset: one second's worth of the rate (at least 1).
+    rate_limit_burst: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    # At most this many requests in flight (claimed, not yet answered), all processes.
+    max_in_flight: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+
+    @model_validator(mode="after")
+    def _burst_needs_a_rate(self) -> Limits:
+        if self.rate_limit_burst is not None and self.rate_limit_per_second is None:
+            raise ValueError("rate_limit_burst needs rate_limit_per_second")
+        return self
+
+
+class DestinationConfig(Limits):
     id: Annotated[str, Field(min_length=1, max_length=200)]
     type: Literal["webhook"] = "webhook"
     url: str
@@ -338,7 +356,7 @@ def _pod_url(value: str) -> str:
     return value
 
 
-class TenantConfig(_Strict):
+class TenantConfig(Limits):
     id: Annotated[str, Field(min_length=1, max_length=200)]
     metadata: dict[str, str] = Field(default_factory=dict)
     destinations: list[DestinationConfig] = Field(default_factory=list)

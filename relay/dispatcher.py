@@ -208,6 +208,9 @@ class Dispatcher:
         cap = settings.per_destination_concurrency
         self._claims = Claims(per_destination=cap + ahead_of(cap))
         self._plan: list[Take] = []
+        # Destinations under delivery control (rate limits, caps held by all processes,
+        # adaptive backoff), each with its rate now: as the last search found them.
+        self._controlled: dict[Destination, float | None] = {}
         self._search_at = 0.0
         self._sweep_at = 0.0
 
@@ -323,12 +326,7 @@ class Dispatcher:
                 self._plan = self._claims.plan(self._busy(), min(self.settings.batch_size, free))
                 self._claims.begin()
                 started = time.perf_counter()
-                batch = await outbox.claim(
-                    self._claim_conn,
-                    self._plan,
-                    lease_seconds=self.settings.lease_seconds,
-                    token=self.token,
-                )
+                batch = await self._claim(self._claim_conn, self._plan)
                 self._claims.took(self._plan, [(c.destination, c.position) for c in batch])
             except asyncio.CancelledError:
                 raise
@@ -365,6 +363,37 @@ class Dispatcher:
                 with loop.idle():
                     await self._wait(self._wake.wait())
 
+    async def _claim(self, conn: asyncpg.Connection, plan: list[Take]) -> list[outbox.Claimed]:
+        """One claim: destinations under delivery control through claim_limited (their
+        locks, buckets and deployment-wide caps), the others through the plain claim.
+        A controlled destination granted less than asked is asked again when its next
+        token is due (or in a fraction of a poll interval, for a cap another process may
+        free), since no wake-up says so."""
+        free = [t for t in plan if t.destination not in self._controlled]
+        held = [t for t in plan if t.destination in self._controlled]
+        lease = self.settings.lease_seconds
+        batch = await outbox.claim(conn, free, lease_seconds=lease, token=self.token)
+        if held:
+            limited = await outbox.claim_limited(
+                conn,
+                held,
+                lease_seconds=lease,
+                token=self.token,
+                default_in_flight=self.settings.per_destination_concurrency,
+            )
+            got = Counter(c.destination for c in limited)
+            poll = self.settings.poll_interval_seconds
+            again = []
+            for take in held:
+                if got[take.destination] < take.count:
+                    rate = self._controlled[take.destination]
+                    wait = poll / 4 if rate is None else min(max(1 / rate, 0.005), poll)
+                    again.append((wait, take.destination))
+            if again:
+                self._wake_in(again)
+            batch += limited
+        return batch
+
     async def _search(self, conn: asyncpg.Connection) -> None:
         """Every poll interval (and when a wake-up names no destination), look for
         destinations with due work; every SWEEP_SECONDS, from each one's head."""
@@ -376,7 +405,13 @@ class Dispatcher:
         if now >= self._search_at:
             self._search_at = now + self.settings.poll_interval_seconds
             self._claims.begin()
-            self._claims.found(await outbox.find_due(conn, dict(self._claims.cursors)))
+            found = await outbox.search_due(conn, dict(self._claims.cursors))
+            self._claims.found((d.destination, d.position) for d in found)
+            for d in found:
+                if d.controlled:
+                    self._controlled[d.destination] = d.rate
+                else:
+                    self._controlled.pop(d.destination, None)
 
     def _notified(self, payload: str) -> None:
         """A NOTIFY: new rows for the destination it names, or (naming none) rows that

@@ -117,6 +117,13 @@ def _queue(tenant: str, destination: str, since: str) -> str:
     return _QUEUE.format(tenant=tenant, destination=destination, since=since)
 
 
+# Destinations under delivery control (a rate limit or in-flight cap of their own or
+# their tenant's, or slowed down by adaptive backoff): ``t`` a destination, ``n`` its
+# tenant. CLAIM leaves them out; CLAIM_LIMITED takes them, under their lock.
+_CONTROLLED = """(t.rate_limit_per_second IS NOT NULL OR t.max_in_flight IS NOT NULL
+     OR n.rate_limit_per_second IS NOT NULL OR n.max_in_flight IS NOT NULL
+     OR t.throttle < 1 OR COALESCE(t.throttled_until > now(), false))"""
+
 CLAIM = text(f"""
     WITH asked AS (
         SELECT a.* FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
@@ -124,7 +131,8 @@ CLAIM = text(f"""
                                CAST(:since_id AS bigint[]))
             AS a(tenant_id, destination_id, count, since_at, since_id)
         JOIN relay.destinations t ON t.tenant_id = a.tenant_id AND t.id = a.destination_id
-        WHERE t.disabled_at IS NULL AND t.deleted_at IS NULL
+        LEFT JOIN relay.tenants n ON n.id = t.tenant_id
+        WHERE t.disabled_at IS NULL AND t.deleted_at IS NULL AND NOT {_CONTROLLED}
     ), due AS (
         SELECT p.id, p.manual, p.next_attempt_at
         FROM asked a
@@ -172,8 +180,11 @@ CLAIM_SESSION: dict[str, str] = {"enable_sort": "off"}
 # past their cursor (from the head for those without one), and the first one's position.
 # One probe of ix_deliveries_due per destination.
 FIND_DUE = text(f"""
-    SELECT t.tenant_id, t.id AS destination_id, first.next_attempt_at, first.id
+    SELECT t.tenant_id, t.id AS destination_id, first.next_attempt_at, first.id,
+           {_CONTROLLED} AS controlled,
+           COALESCE(t.rate_limit_per_second, n.rate_limit_per_second) * t.throttle AS rate
     FROM relay.destinations t
+    LEFT JOIN relay.tenants n ON n.id = t.tenant_id
     LEFT JOIN unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
                      CAST(:since_at AS timestamptz[]), CAST(:since_id AS bigint[]))
         AS c(tenant_id, destination_id, since_at, since_id)
@@ -189,6 +200,119 @@ FIND_DUE = text(f"""
     bindparam("destinations", type_=ARRAY(Text)),
     bindparam("since_at", type_=ARRAY(TS)),
     bindparam("since_id", type_=ARRAY(BigInteger)),
+)
+
+# --- delivery control -------------------------------------------------------------
+# Rate limits and in-flight caps hold across every dispatcher sharing the database. A
+# claim for destinations under control runs in a transaction that first takes each
+# one's advisory lock (in key order: two claims cannot deadlock), so that the claim's
+# snapshot, taken after the lock, sees every row claimed before it: the count of rows in
+# flight (``delivering``, all processes) is exact, and the token bucket is the one the
+# last claim left. Rows leave ``delivering`` without the lock (recorded, released): the
+# count can only be high, never low. One lock and one bucket row per destination: no row
+# is shared by all destinations (bench/limits_hot_row.py measures one destination's).
+LIMIT_LOCK_CLASS = 0x72656C61  # "rela": the first key of relay's two-key advisory locks
+
+LOCK_LIMITED = text(f"""
+    SELECT pg_advisory_xact_lock({LIMIT_LOCK_CLASS}, k)
+    FROM (SELECT DISTINCT hashtext(a.tenant_id || '/' || a.destination_id) AS k
+          FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]))
+              AS a(tenant_id, destination_id)
+          ORDER BY 1) keys
+""").bindparams(
+    bindparam("tenants", type_=ARRAY(Text)),
+    bindparam("destinations", type_=ARRAY(Text)),
+)
+
+# CLAIM for destinations under control. Each destination is granted the least of what
+# the plan asks, its in-flight cap less what is in flight, and the whole tokens in its
+# bucket (refilled at its rate since the last claim, up to its burst); a bucket is
+# written back less what was taken. Adaptive backoff scales the rate and the cap by
+# ``throttle`` (the cap of a destination with none is :default_in_flight, the per-process
+# one, now held by all processes together) and grants nothing before throttled_until.
+CLAIM_LIMITED = text(f"""
+    WITH asked AS (
+        SELECT a.*,
+               COALESCE(t.rate_limit_per_second, n.rate_limit_per_second) * t.throttle
+                   AS rate,
+               COALESCE(t.rate_limit_burst, n.rate_limit_burst,
+                        GREATEST(1, ceil(COALESCE(t.rate_limit_per_second,
+                                                  n.rate_limit_per_second)))::int) AS burst,
+               GREATEST(1, floor(COALESCE(t.max_in_flight, n.max_in_flight,
+                                          :default_in_flight) * t.throttle))::int AS cap
+        FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
+                    CAST(:counts AS int[]), CAST(:since_at AS timestamptz[]),
+                    CAST(:since_id AS bigint[]))
+            AS a(tenant_id, destination_id, count, since_at, since_id)
+        JOIN relay.destinations t ON t.tenant_id = a.tenant_id AND t.id = a.destination_id
+        LEFT JOIN relay.tenants n ON n.id = t.tenant_id
+        WHERE t.disabled_at IS NULL AND t.deleted_at IS NULL
+          AND (t.throttled_until IS NULL OR t.throttled_until <= now())
+    ), measured AS (
+        SELECT a.*, clock_timestamp() AS at,
+               (SELECT count(*) FROM relay.deliveries_active d
+                WHERE d.tenant_id = a.tenant_id AND d.destination_id = a.destination_id
+                  AND d.status = 'delivering') AS in_flight,
+               CASE WHEN a.rate IS NOT NULL THEN
+                   LEAST(a.burst, COALESCE(
+                       b.tokens + GREATEST(0, extract(epoch FROM clock_timestamp()
+                                                              - b.refilled_at)) * a.rate,
+                       a.burst))
+               END AS tokens
+        FROM asked a
+        LEFT JOIN relay.destination_buckets b
+          ON b.tenant_id = a.tenant_id AND b.destination_id = a.destination_id
+    ), granted AS (
+        SELECT m.*,
+               GREATEST(0, LEAST(m.count, m.cap - m.in_flight,
+                                 COALESCE(floor(m.tokens)::int, m.count))) AS grant
+        FROM measured m
+    ), due AS (
+        SELECT p.id, p.manual, p.next_attempt_at, g.tenant_id, g.destination_id
+        FROM granted g
+        CROSS JOIN LATERAL (
+            SELECT d.id, d.manual, d.next_attempt_at
+            {_queue("g.tenant_id", "g.destination_id", "g")}
+            LIMIT g.grant
+            FOR UPDATE SKIP LOCKED
+        ) p
+    ), claimed AS (
+        UPDATE relay.deliveries_active d
+        SET status = 'delivering',
+            attempts = d.attempts + 1,
+            manual = false,
+            claim_token = :token,
+            lease_expires_at = now() + make_interval(secs => :lease_seconds),
+            updated_at = now()
+        FROM due
+        WHERE d.id = ANY(ARRAY(SELECT id FROM due)) AND d.id = due.id
+        RETURNING d.*, due.manual AS was_manual
+    ), spent AS (
+        INSERT INTO relay.destination_buckets AS b (tenant_id, destination_id, tokens,
+                                                    refilled_at)
+        SELECT g.tenant_id, g.destination_id,
+               g.tokens - (SELECT count(*) FROM due
+                           WHERE due.tenant_id = g.tenant_id
+                             AND due.destination_id = g.destination_id),
+               g.at
+        FROM granted g
+        WHERE g.tokens IS NOT NULL
+        ON CONFLICT (tenant_id, destination_id) DO UPDATE
+        SET tokens = excluded.tokens, refilled_at = excluded.refilled_at
+    )
+    SELECT {_CLAIMED.format(manual="d.was_manual")}, d.next_attempt_at AS due_at
+    FROM claimed d
+    JOIN relay.events e ON e.seq = d.event_seq
+    JOIN relay.destinations t ON t.tenant_id = d.tenant_id AND t.id = d.destination_id
+""").bindparams(
+    bindparam("tenants", type_=ARRAY(Text)),
+    bindparam("destinations", type_=ARRAY(Text)),
+    bindparam("counts", type_=ARRAY(Integer)),
+    bindparam("since_at", type_=ARRAY(TS)),
+    bindparam("since_id", type_=ARRAY(BigInteger)),
+    bindparam("token", type_=UUID(as_uuid=True)),
+    bindparam("lease_seconds", type_=Float),
+    bindparam("default_in_flight", type_=Integer),
 )
 
 # A live dispatcher keeps its claims: in-flight rows get a fresh lease while it works.
@@ -637,11 +761,48 @@ async def claim(
     return [_claimed(r, token) for r in await _fetch(conn, CLAIM, params)]
 
 
-async def find_due(
-    conn: Connection, cursors: Mapping[Destination, Position]
-) -> list[tuple[Destination, Position]]:
+async def claim_limited(
+    conn: Connection,
+    plan: Sequence[Take],
+    *,
+    lease_seconds: float,
+    token: uuid.UUID,
+    default_in_flight: int,
+) -> list[Claimed]:
+    """Claim what ``plan`` asks for destinations under delivery control, within their
+    rate, burst and in-flight cap across all dispatchers: one transaction that takes
+    their locks, then claims (see CLAIM_LIMITED)."""
+    if not plan:
+        return []
+    params = claim_parameters(plan, lease_seconds=lease_seconds, token=token)
+    params["default_in_flight"] = default_in_flight
+    if isinstance(conn, asyncpg.Connection):
+        async with conn.transaction():
+            await _fetch(conn, LOCK_LIMITED, params)
+            rows = await _fetch(conn, CLAIM_LIMITED, params)
+    else:
+        async with conn.begin_nested() if conn.in_transaction() else conn.begin():
+            await _fetch(conn, LOCK_LIMITED, params)
+            rows = await _fetch(conn, CLAIM_LIMITED, params)
+    return [_claimed(r, token) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A destination with due rows, as the periodic search finds it."""
+
+    destination: Destination
+    # A cursor just before its first due row.
+    position: Position
+    # Under delivery control: claimed with claim_limited.
+    controlled: bool
+    # Its rate now (deliveries a second, adaptive backoff applied), if it has one.
+    rate: float | None
+
+
+async def search_due(conn: Connection, cursors: Mapping[Destination, Position]) -> list[Due]:
     """Enabled destinations with rows due past their cursor, each with a cursor just
-    before the first of them."""
+    before the first of them and whether it is under delivery control."""
     rows = await _fetch(
         conn,
         FIND_DUE,
@@ -653,8 +814,22 @@ async def find_due(
         },
     )
     return [
-        ((r["tenant_id"], r["destination_id"]), (r["next_attempt_at"], r["id"] - 1)) for r in rows
+        Due(
+            (r["tenant_id"], r["destination_id"]),
+            (r["next_attempt_at"], r["id"] - 1),
+            bool(r["controlled"]),
+            r["rate"],
+        )
+        for r in rows
     ]
+
+
+async def find_due(
+    conn: Connection, cursors: Mapping[Destination, Position]
+) -> list[tuple[Destination, Position]]:
+    """Enabled destinations with rows due past their cursor, each with a cursor just
+    before the first of them."""
+    return [(d.destination, d.position) for d in await search_due(conn, cursors)]
 
 
 async def claim_due(
@@ -670,9 +845,20 @@ async def claim_due(
     destination counting its ``in_flight`` ones: one search, one claim, from each
     destination's head. For tools and tests; the dispatcher keeps cursors instead."""
     claims = Claims(per_destination=per_destination)
-    claims.found(await find_due(conn, {}))
-    return await claim(
-        conn, claims.plan(in_flight or {}, limit), lease_seconds=lease_seconds, token=token
+    found = await search_due(conn, {})
+    claims.found((d.destination, d.position) for d in found)
+    controlled = {d.destination for d in found if d.controlled}
+    plan = claims.plan(in_flight or {}, limit)
+    free = [t for t in plan if t.destination not in controlled]
+    held = [t for t in plan if t.destination in controlled]
+    return await claim(conn, free, lease_seconds=lease_seconds, token=token) + (
+        await claim_limited(
+            conn,
+            held,
+            lease_seconds=lease_seconds,
+            token=token,
+            default_in_flight=per_destination,
+        )
     )
 
 

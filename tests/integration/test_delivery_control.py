@@ -1,0 +1,143 @@
+"""Delivery control across real ``relay dispatch`` processes sharing one database: rate
+limits and in-flight caps that hold for the whole deployment (issue 23), measured at a
+real receiver."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.integration.test_dispatcher_processes import (
+    SECRET,
+    Dispatch,
+    by_status,
+    publish_many,
+    wait_until,
+)
+from tests.support.receiver import Receiver, Reply
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def dispatchers(database_url: str, tmp_path: Path) -> AsyncIterator[Any]:
+    """``start(name, config)`` runs a ``relay dispatch`` process; all killed after."""
+    started: list[Dispatch] = []
+
+    async def start(name: str, config: Path, **env: str) -> Dispatch:
+        process = Dispatch(name, config, database_url, tmp_path, **env)
+        started.append(process)
+        await process.ready()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def write_config(
+    path: Path,
+    receiver: Receiver,
+    *,
+    tenant: dict[str, Any] | None = None,
+    destination: dict[str, Any] | None = None,
+    **delivery: Any,
+) -> Path:
+    """One tenant, acme, with one destination, orders, each with the keys given."""
+
+    def keys(values: dict[str, Any] | None) -> list[str]:
+        return [f"{k} = {orjson.dumps(v).decode()}" for k, v in (values or {}).items()]
+
+    lines = [
+        "[delivery]",
+        'allow_private_networks = ["127.0.0.0/8"]',
+        "poll_interval_seconds = 0.2",
+        *keys(delivery),
+        "",
+        "[[tenants]]",
+        'id = "acme"',
+        *keys(tenant),
+        "",
+        "[[tenants.destinations]]",
+        'id = "orders"',
+        f'url = "{receiver.url("/orders")}"',
+        f'secret = "{SECRET}"',
+        *keys(destination),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def test_three_dispatchers_hold_a_destination_to_its_rate_and_in_flight_cap(
+    dispatchers: Any, receiver: Receiver, db: Any, database_url: str, tmp_path: Path
+) -> None:
+    # Issue 23's must-show: 5,000 events, three processes, a destination limited to 50/s:
+    # 50/s +-10% at the receiver, never more than C in flight there. Each process alone
+    # could send 32 at a time (per_destination_concurrency) and ~1,000/s.
+    rate, cap, events = 50, 4, 5000
+    receiver.reply = lambda n, path: Reply(delay=0.05)
+    config = write_config(
+        tmp_path / "relay.toml",
+        receiver,
+        destination={"rate_limit_per_second": rate, "max_in_flight": cap},
+    )
+    for n in range(3):
+        await dispatchers(f"dispatch-{n}", config)
+    await publish_many(database_url, events, per_transaction=500)
+
+    async def all_delivered() -> bool:
+        return (await by_status(db)()).get("delivered", 0) == events
+
+    await wait_until(all_delivered, timeout=events / rate * 1.5 + 30)
+    times = sorted(r.at for r in receiver.requests)
+    assert len(times) == events
+    # The rate in the middle of the drain, past the first burst, over ~90 seconds.
+    start, end = times[0] + 5, times[-1] - 2
+    measured = sum(start <= t < end for t in times) / (end - start)
+    assert rate * 0.9 <= measured <= rate * 1.1, measured
+    assert receiver.max_in_flight <= cap
+    # Waiting for a token is never a failed attempt.
+    rows = await db.fetch("SELECT number, status, count(*) FROM relay.attempts GROUP BY 1, 2")
+    assert [tuple(r) for r in rows] == [(1, "success", events)]
+
+
+async def test_a_tenants_in_flight_cap_holds_across_three_dispatchers(
+    dispatchers: Any, receiver: Receiver, db: Any, database_url: str, tmp_path: Path
+) -> None:
+    # A slow receiver: without a deployment-wide cap, three processes would have up to
+    # 3 x 32 requests in flight to it.
+    events, cap = 60, 3
+    receiver.reply = lambda n, path: Reply(delay=0.3)
+    config = write_config(tmp_path / "relay.toml", receiver, tenant={"max_in_flight": cap})
+    for n in range(3):
+        await dispatchers(f"dispatch-{n}", config)
+    await publish_many(database_url, events)
+
+    async def all_delivered() -> bool:
+        return (await by_status(db)()).get("delivered", 0) == events
+
+    await wait_until(all_delivered, timeout=60)
+    assert receiver.max_in_flight == cap
+    assert len(receiver.requests) == events
+
+
+async def test_a_destination_without_limits_is_not_slowed(
+    dispatchers: Any, receiver: Receiver, db: Any, database_url: str, tmp_path: Path
+) -> None:
+    # The other side of the cap test: the same slow receiver, no limits: many at once.
+    events = 60
+    receiver.reply = lambda n, path: Reply(delay=0.3)
+    config = write_config(tmp_path / "relay.toml", receiver)
+    for n in range(3):
+        await dispatchers(f"dispatch-{n}", config)
+    await publish_many(database_url, events)
+
+    async def all_delivered() -> bool:
+        return (await by_status(db)()).get("delivered", 0) == events
+
+    await wait_until(all_delivered, timeout=60)
+    assert receiver.max_in_flight > 3 * 3
