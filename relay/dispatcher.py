@@ -112,6 +112,7 @@ def decide(claimed: outbox.Claimed, outcome: Outcome, policy: RetryPolicy) -> ou
         started_at=outcome.started_at,
         next_status=next_status,
         delay_seconds=delay,
+        retry_after=outcome.retry_after,
     )
 
 
@@ -164,6 +165,8 @@ class Dispatcher:
         self._sending: dict[Destination, asyncio.Semaphore] = {}
         # Destinations this process saw disabled: their rows next in line go back unsent.
         self._disabled: set[Destination] = set()
+        # Destinations that answered 429, 503 or timed out: paused until (loop time).
+        self._paused: dict[Destination, float] = {}
         # Judgements written: wakes rows next in line that wait for one (see _turn).
         self._judged = asyncio.Event()
         self._unsent: list[outbox.Claimed] = []
@@ -472,8 +475,16 @@ class Dispatcher:
             busy[key] = self._claims.per_destination
         return busy
 
-    def _affects_health(self, failed: bool, http_status: int | None) -> bool:
-        return failed and (http_status == 410 or self.settings.auto_disable_after_failures > 0)
+    def _affects_health(
+        self, failed: bool, http_status: int | None, error_code: str | None = None
+    ) -> bool:
+        """A failure the destination's next claims must wait for the judgement of: a 410
+        (disables it), any with auto-disable on, and one that slows it down."""
+        return failed and (
+            http_status == 410
+            or self.settings.auto_disable_after_failures > 0
+            or outbox.slows_down(http_status, error_code)
+        )
 
     async def _wait(self, awaitable: Awaitable[object]) -> None:
         waiter = asyncio.ensure_future(awaitable)
@@ -525,10 +536,37 @@ class Dispatcher:
         except BaseException:  # cancelled by the shutdown: not sent
             slot.release()
             raise
+        try:
+            await self._paused_out(key)
+        except BaseException:
+            slot.release()
+            raise
         if key in self._disabled or self._stopping.is_set():
             slot.release()
             return None
         return slot
+
+    def _pause(self, key: Destination, retry_after: float | None) -> None:
+        """The receiver said "slow down": this process sends it nothing more until the
+        pause the recorder is about to write for every process has run out."""
+        seconds = min(
+            outbox.PAUSE_SECONDS if retry_after is None else retry_after,
+            self.policy.max_retry_after,
+        )
+        until = asyncio.get_running_loop().time() + seconds
+        self._paused[key] = max(self._paused.get(key, 0.0), until)
+
+    async def _paused_out(self, key: Destination) -> None:
+        """Wait out the destination's pause (see _pause), if any, or until stopping."""
+        loop = asyncio.get_running_loop()
+        while (until := self._paused.get(key)) is not None and not self._stopping.is_set():
+            left = until - loop.time()
+            if left <= 0:
+                if self._paused.get(key) == until:
+                    del self._paused[key]
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), left)
 
     async def _deliver_one(self, claimed: outbox.Claimed) -> None:
         assert self._session is not None
@@ -571,8 +609,10 @@ class Dispatcher:
             self.stats.delivered += 1
         else:
             self.stats.failed_attempts += 1
-        if self._affects_health(not outcome.success, outcome.http_status):
+        if self._affects_health(not outcome.success, outcome.http_status, outcome.error_code):
             self._unjudged[claimed.destination] += 1
+        if outbox.slows_down(outcome.http_status, outcome.error_code):
+            self._pause(claimed.destination, outcome.retry_after)
         self._outcomes.put_nowait(decide(claimed, outcome, self.policy))
 
     def _give_back(self, claimed: outbox.Claimed) -> None:
@@ -656,7 +696,9 @@ class Dispatcher:
             self._held.pop(recorded.claimed.id, None)
             if recorded.next_status == "pending":
                 retries.append((recorded.delay_seconds, recorded.claimed.destination))
-            if self._affects_health(recorded.attempt_status == "failed", recorded.http_status):
+            if self._affects_health(
+                recorded.attempt_status == "failed", recorded.http_status, recorded.error_code
+            ):
                 key = recorded.claimed.destination
                 self._unjudged[key] -= 1
                 if self._unjudged[key] <= 0:
@@ -737,7 +779,10 @@ class Dispatcher:
             conn = self._record_conn = await self._connected(self._record_conn)
             async with conn.transaction():
                 return await outbox.record_outcomes(
-                    conn, batch, auto_disable_after=self.settings.auto_disable_after_failures
+                    conn,
+                    batch,
+                    auto_disable_after=self.settings.auto_disable_after_failures,
+                    max_pause=self.policy.max_retry_after,
                 )
         except BaseException:
             _discard(self._record_conn)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
@@ -620,15 +620,20 @@ UPDATE_HEALTH = text("""
     WITH h AS (
         SELECT * FROM unnest(CAST(:tenant_id AS text[]), CAST(:destination_id AS text[]),
                              CAST(:reset AS boolean[]), CAST(:failures AS int[]),
-                             CAST(:gone AS boolean[]))
-            AS h(tenant_id, destination_id, reset, failures, gone)
+                             CAST(:gone AS boolean[]), CAST(:slowed AS int[]),
+                             CAST(:retry_after AS float8[]), CAST(:slowed_by AS text[]),
+                             CAST(:recovered AS int[]))
+            AS h(tenant_id, destination_id, reset, failures, gone, slowed, retry_after,
+                 slowed_by, recovered)
     ), locked AS (
         SELECT t.tenant_id, t.id, h.gone, t.disabled_at IS NULL AS was_enabled,
                CASE WHEN h.reset THEN h.failures
-                    ELSE t.consecutive_failures + h.failures END AS failures
+                    ELSE t.consecutive_failures + h.failures END AS failures,
+               h.slowed, h.retry_after, h.slowed_by, h.recovered
         FROM relay.destinations t
         JOIN h ON h.tenant_id = t.tenant_id AND h.destination_id = t.id
-        WHERE h.failures > 0 OR t.consecutive_failures <> 0
+        WHERE h.failures > 0 OR t.consecutive_failures <> 0 OR h.slowed > 0
+           OR t.throttle < 1 OR t.throttled_until IS NOT NULL
         ORDER BY t.tenant_id, t.id
         FOR UPDATE OF t
     ), judged AS (
@@ -641,6 +646,23 @@ UPDATE_HEALTH = text("""
     )
     UPDATE relay.destinations t
     SET consecutive_failures = j.failures,
+        -- Adaptive backoff (docs/sql.md): halved by a batch that says "slow down", down
+        -- to :min_throttle; back up by :recover_step per healthy answer after it.
+        throttle = CASE
+            WHEN j.slowed > 0 THEN GREATEST(CAST(:min_throttle AS float8), t.throttle / 2)
+            ELSE LEAST(1, t.throttle + CAST(:recover_step AS float8) * j.recovered) END,
+        throttled_until = CASE
+            WHEN j.slowed > 0 AND COALESCE(j.retry_after, CAST(:pause_seconds AS float8)) > 0
+                THEN GREATEST(t.throttled_until, now() + make_interval(
+                    secs => LEAST(COALESCE(j.retry_after, CAST(:pause_seconds AS float8)),
+                                 CAST(:max_pause AS float8))))
+            WHEN t.throttled_until <= now() THEN NULL
+            ELSE t.throttled_until END,
+        throttle_reason = CASE
+            WHEN j.slowed > 0 THEN j.slowed_by
+            WHEN t.throttle + CAST(:recover_step AS float8) * j.recovered >= 1
+                 AND COALESCE(t.throttled_until <= now(), true) THEN NULL
+            ELSE t.throttle_reason END,
         disabled_at = CASE WHEN t.disabled_at IS NULL AND j.disable_reason IS NOT NULL
                            THEN now() ELSE t.disabled_at END,
         disabled_reason = CASE WHEN t.disabled_at IS NULL AND j.disable_reason IS NOT NULL
@@ -989,6 +1011,8 @@ class Recorded:
     next_status: str  # delivered | pending | failed
     delay_seconds: float
     response_headers: Mapping[str, str] | None = None
+    # Seconds the receiver asked for (Retry-After), when it said so.
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1001,6 +1025,12 @@ class HealthChange:
     reset: bool
     failures: int
     gone: bool
+    # Adaptive backoff: answers that say "slow down" (429, 503, a timeout), the longest
+    # Retry-After among them and what the last one was; the successes after the last.
+    slowed: int = 0
+    retry_after: float | None = None
+    slowed_by: str | None = None
+    recovered: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -1010,25 +1040,59 @@ class Disabled:
     reason: str
 
 
+# Answers that slow the whole destination down (adaptive backoff).
+SLOW_DOWN_STATUSES = frozenset({429, 503})
+SLOW_DOWN_ERRORS = frozenset({"timeout"})
+
+
+def slows_down(http_status: int | None, error_code: str | None) -> bool:
+    """A 429, a 503 or a timeout: the receiver is overwhelmed. Pure."""
+    return http_status in SLOW_DOWN_STATUSES or error_code in SLOW_DOWN_ERRORS
+
+
+def _slowed_by(r: Recorded) -> str:
+    if r.http_status is None:
+        return f"the receiver did not answer in time ({r.error_code})"
+    said = "" if r.retry_after is None else f" with Retry-After: {r.retry_after:g}"
+    return f"the receiver answered {r.http_status}{said}"
+
+
 def health_changes(batch: Sequence[Recorded]) -> list[HealthChange]:
     """Fold a batch of attempts (in the order they finished) per destination. Pure."""
-    state: dict[tuple[str, str], tuple[bool, int, bool]] = {}
+    state: dict[tuple[str, str], HealthChange] = {}
     for r in batch:
-        reset, failures, gone = state.get(r.claimed.destination, (False, 0, False))
+        tenant, dest = r.claimed.destination
+        h = state.get(r.claimed.destination) or HealthChange(tenant, dest, False, 0, False)
         if r.attempt_status == "success":
-            reset, failures = True, 0
+            h = replace(h, reset=True, failures=0, recovered=h.recovered + 1)
         else:
-            failures += 1
-            gone = gone or r.http_status == 410
-        state[r.claimed.destination] = (reset, failures, gone)
-    return [
-        HealthChange(tenant, dest, reset, failures, gone)
-        for (tenant, dest), (reset, failures, gone) in sorted(state.items())
-    ]
+            h = replace(h, failures=h.failures + 1, gone=h.gone or r.http_status == 410)
+            if slows_down(r.http_status, r.error_code):
+                wait = h.retry_after
+                if r.retry_after is not None:
+                    wait = max(wait or 0.0, r.retry_after)
+                h = replace(
+                    h, slowed=h.slowed + 1, retry_after=wait, slowed_by=_slowed_by(r), recovered=0
+                )
+        state[r.claimed.destination] = h
+    return [state[key] for key in sorted(state)]
+
+
+# Adaptive backoff: a batch that says "slow down" halves a destination's throttle (its
+# rate and in-flight cap, as a fraction), not below MIN_THROTTLE, and pauses it for the
+# longest Retry-After (PAUSE_SECONDS without one, at most retry.max_retry_after_seconds);
+# each healthy answer after that gives back RECOVER_STEP.
+MIN_THROTTLE = 0.05
+RECOVER_STEP = 0.05
+PAUSE_SECONDS = 1.0
 
 
 async def record_outcomes(
-    conn: Connection, batch: Sequence[Recorded], *, auto_disable_after: int = 0
+    conn: Connection,
+    batch: Sequence[Recorded],
+    *,
+    auto_disable_after: int = 0,
+    max_pause: float = 3600.0,
 ) -> list[Disabled]:
     """Write a batch of attempts and delivery states, then update destination health.
 
@@ -1076,7 +1140,15 @@ async def record_outcomes(
             "reset": [c.reset for c in changes],
             "failures": [c.failures for c in changes],
             "gone": [c.gone for c in changes],
+            "slowed": [c.slowed for c in changes],
+            "retry_after": [c.retry_after for c in changes],
+            "slowed_by": [c.slowed_by for c in changes],
+            "recovered": [c.recovered for c in changes],
             "threshold": auto_disable_after,
+            "min_throttle": MIN_THROTTLE,
+            "recover_step": RECOVER_STEP,
+            "pause_seconds": PAUSE_SECONDS,
+            "max_pause": max_pause,
         },
     )
     return [

@@ -49,8 +49,13 @@ def write_config(
 ) -> Path:
     """One tenant, acme, with one destination, orders, each with the keys given."""
 
+    def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        return orjson.dumps(v).decode()
+
     def keys(values: dict[str, Any] | None) -> list[str]:
-        return [f"{k} = {orjson.dumps(v).decode()}" for k, v in (values or {}).items()]
+        return [f"{k} = {value(v)}" for k, v in (values or {}).items()]
 
     lines = [
         "[delivery]",
@@ -141,3 +146,58 @@ async def test_a_destination_without_limits_is_not_slowed(
 
     await wait_until(all_delivered, timeout=60)
     assert receiver.max_in_flight > 3 * 3
+
+
+async def test_a_429_with_retry_after_pauses_the_destination_and_it_recovers(
+    dispatchers: Any, receiver: Receiver, db: Any, database_url: str, tmp_path: Path
+) -> None:
+    events, refused = 300, 40
+    receiver.reply = lambda n, path: (
+        Reply(status=429, headers={"Retry-After": "2"}) if n == refused else Reply(delay=0.02)
+    )
+    config = write_config(
+        tmp_path / "relay.toml",
+        receiver,
+        per_destination_concurrency=4,
+        retry={"schedule_seconds": [0.5], "jitter": 0},
+    )
+    await dispatchers("dispatch", config)
+    await publish_many(database_url, events)
+
+    await receiver.wait_for(refused + 1, timeout=30)
+    answered = receiver.requests[refused].at
+
+    async def judged() -> bool:
+        row = await db.fetchrow("SELECT throttled_until FROM relay.destinations")
+        return row["throttled_until"] is not None
+
+    await wait_until(judged, timeout=5)
+    row = await db.fetchrow(
+        "SELECT throttle, throttle_reason, throttled_until - now() AS left FROM relay.destinations"
+    )
+    # Halved (the requests already on their way, answered 200, may have given some back).
+    assert 0.5 <= row["throttle"] < 1
+    assert row["throttle_reason"] == "the receiver answered 429 with Retry-After: 2"
+
+    async def all_delivered() -> bool:
+        return (await by_status(db)()).get("delivered", 0) == events
+
+    await wait_until(all_delivered, timeout=60)
+    # Nothing was sent for 2 s after the 429 was answered, but what was already on its
+    # way (the four slots' requests, sent before relay read the 429).
+    after = sorted(r.at - answered for r in receiver.requests if r.at > answered)
+    assert after and after[0] >= 0
+    assert [t for t in after if 0.1 < t < 2.0] == []
+    assert sum(t <= 0.1 for t in after) <= 4
+    # Healthy answers since then brought it back to full speed.
+    row = await db.fetchrow(
+        "SELECT throttle, throttled_until, throttle_reason FROM relay.destinations"
+    )
+    assert tuple(row) == (1.0, None, None)
+    # The refused delivery was tried again after its Retry-After, and delivered.
+    rows = await db.fetch("SELECT number, status, count(*) FROM relay.attempts GROUP BY 1, 2")
+    assert sorted(tuple(r) for r in rows) == [
+        (1, "failed", 1),
+        (1, "success", events - 1),
+        (2, "success", 1),
+    ]
