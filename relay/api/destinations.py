@@ -63,6 +63,11 @@ class WebhookCredentials(BaseModel):
     rotate_secret: Any = None
 
 
+# relay's extension to Outpost's destination body: rate limits and an in-flight cap held
+# across every dispatcher (README, "Delivery control"). Any JSON: checked by check_control.
+CONTROL_KEYS = ("rate_limit_per_second", "rate_limit_burst", "max_in_flight")
+
+
 class DestinationCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -78,6 +83,7 @@ class DestinationCreate(BaseModel):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     disabled_at: datetime | None = None
+    delivery_control: Any = None
 
 
 class WebhookConfigPatch(BaseModel):
@@ -99,6 +105,7 @@ class DestinationPatch(BaseModel):
     delivery_metadata: StringMapPatch | None = None
     metadata: StringMapPatch | None = None
     disabled_at: datetime | None = None
+    delivery_control: Any = None
 
 
 # --- checks --------------------------------------------------------------------------
@@ -150,6 +157,15 @@ def check_url(url: str, allowed: Sequence[ssrf.Network], problems: list[str]) ->
         problems.append(f"config.url is refused by the SSRF guard: {blocked}; {ssrf.HINT}")
 
 
+async def check_resolved(url: str, allowed: Sequence[ssrf.Network], problems: list[str]) -> None:
+    """A host name whose every address the guard refuses now is refused now too, rather
+    than failing every delivery (one that resolves later to a refused address fails its
+    deliveries at once, with a ``blocked_address`` attempt saying why)."""
+    blocked = await ssrf.why_refused_host(url, allowed)
+    if blocked:
+        problems.append(f"config.url is refused by the SSRF guard: {blocked}; {ssrf.HINT}")
+
+
 def allowed_networks(request: web.Request) -> tuple[ssrf.Network, ...]:
     return ssrf.parse_networks(request.app[SETTINGS].delivery.allow_private_networks)
 
@@ -168,6 +184,42 @@ def parse_custom_headers(raw: str | None, problems: list[str]) -> dict[str, str]
         return {}
     problems.extend(f"config.custom_headers: {p}" for p in webhooks.header_problems(value))
     return dict(value)
+
+
+def check_control(
+    value: Any, problems: list[str], current: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``delivery_control`` (merged into ``current``, for a patch: a null key clears it,
+    a null object clears all): each limit a positive number (the burst and the cap whole
+    numbers), the burst only with a rate."""
+    merged: dict[str, Any] = dict(current or {})
+    if value is None:
+        return {k: None for k in CONTROL_KEYS}
+    if not isinstance(value, dict):
+        problems.append("delivery_control must be an object with " + ", ".join(CONTROL_KEYS))
+        return merged
+    for key, given in value.items():
+        name = f"delivery_control.{key}"
+        if key not in CONTROL_KEYS:
+            problems.append(f"{name} is not a delivery control; known: {', '.join(CONTROL_KEYS)}")
+        elif given is None:
+            merged[key] = None
+        elif key == "rate_limit_per_second":
+            if isinstance(given, bool) or not isinstance(given, int | float) or not given > 0:
+                problems.append(f"{name} must be a number greater than 0 (deliveries a second)")
+            elif given > 1_000_000:
+                problems.append(f"{name} must be at most 1000000")
+            else:
+                merged[key] = float(given)
+        elif isinstance(given, bool) or not isinstance(given, int) or not 1 <= given <= 1_000_000:
+            problems.append(f"{name} must be a whole number from 1 to 1000000")
+        else:
+            merged[key] = given
+    if merged.get("rate_limit_burst") is not None and merged.get("rate_limit_per_second") is None:
+        problems.append(
+            "delivery_control.rate_limit_burst needs delivery_control.rate_limit_per_second"
+        )
+    return merged
 
 
 def check_mode(value: str | None, problems: list[str]) -> str | None:
@@ -257,6 +309,13 @@ async def create_destination(request: web.Request) -> web.Response:
     created_at = check_past(body.created_at, "created_at", problems)
     updated_at = check_past(body.updated_at, "updated_at", problems)
     disabled_at = check_past(body.disabled_at, "disabled_at", problems)
+    control = (
+        check_control(body.delivery_control, problems)
+        if "delivery_control" in body.model_fields_set
+        else {}
+    )
+    if not problems:
+        await check_resolved(body.config.url, allowed_networks(request), problems)
     if problems:
         raise ValidationFailed(problems)
     admin_only(
@@ -287,6 +346,9 @@ async def create_destination(request: web.Request) -> web.Response:
         disabled_at=disabled_at,
         created_at=created_at,
         updated_at=updated_at,
+        rate_limit_per_second=control.get("rate_limit_per_second"),
+        rate_limit_burst=control.get("rate_limit_burst"),
+        max_in_flight=control.get("max_in_flight"),
     )
     async with request.app[ENGINE].begin() as conn:
         await require_tenant(conn, caller, tenant_id)
@@ -376,6 +438,9 @@ def apply_patch(
     if "disabled_at" in given:
         when = check_past(body.disabled_at, "disabled_at", problems)
         changes["disabled_at"] = when
+    if "delivery_control" in given:
+        current_control = {k: getattr(current, k) for k in CONTROL_KEYS}
+        changes |= check_control(body.delivery_control, problems, current_control)
     if problems:
         raise ValidationFailed(problems)
     return replace(current, **changes)
@@ -442,6 +507,11 @@ async def update_destination(request: web.Request) -> web.Response:
             allowed_networks(request),
             settings.delivery.webhook_mode,
         )
+        if patched.url != current.url:
+            problems: list[str] = []
+            await check_resolved(patched.url, allowed_networks(request), problems)
+            if problems:
+                raise ValidationFailed(problems)
         updated = await admin.update_destination(conn, patched)
     assert updated is not None
     return json_response(destination_json(updated))

@@ -192,7 +192,8 @@ async def count_tenants(conn: AsyncConnection, ids: Sequence[str] | None) -> int
 _DESTINATION_COLUMNS = """
     tenant_id, id, type, topics, url, custom_headers, secret, previous_secret,
     previous_secret_invalid_at, metadata, delivery_metadata, filter, origin,
-    disabled_at, created_at, updated_at, signature_mode
+    disabled_at, created_at, updated_at, signature_mode, rate_limit_per_second,
+    rate_limit_burst, max_in_flight, throttle, throttled_until, throttle_reason
 """
 
 LIST_DESTINATIONS = text(f"""
@@ -218,12 +219,13 @@ INSERT_DESTINATION = text(f"""
     INSERT INTO relay.destinations
         (tenant_id, id, type, topics, url, custom_headers, secret, signature_mode, metadata,
          delivery_metadata, filter, origin, disabled_at, disabled_reason, created_at,
-         updated_at)
+         updated_at, rate_limit_per_second, rate_limit_burst, max_in_flight)
     VALUES (:tenant_id, :id, :type, :topics, :url, CAST(:custom_headers AS jsonb), :secret,
             :webhook_mode, CAST(:metadata AS jsonb), CAST(:delivery_metadata AS jsonb),
             CAST(:filter AS jsonb), 'api', :disabled_at,
             CASE WHEN :disabled_at IS NOT NULL THEN 'disabled through the API' END,
-            COALESCE(:created_at, now()), COALESCE(:updated_at, :created_at, now()))
+            COALESCE(:created_at, now()), COALESCE(:updated_at, :created_at, now()),
+            :rate_limit_per_second, :rate_limit_burst, :max_in_flight)
     ON CONFLICT (tenant_id, id) DO UPDATE
     SET type = excluded.type, topics = excluded.topics, url = excluded.url,
         custom_headers = excluded.custom_headers, secret = excluded.secret,
@@ -233,6 +235,10 @@ INSERT_DESTINATION = text(f"""
         filter = excluded.filter, origin = 'api', disabled_at = excluded.disabled_at,
         disabled_reason = excluded.disabled_reason, consecutive_failures = 0,
         created_at = excluded.created_at, updated_at = excluded.updated_at,
+        rate_limit_per_second = excluded.rate_limit_per_second,
+        rate_limit_burst = excluded.rate_limit_burst,
+        max_in_flight = excluded.max_in_flight,
+        throttle = 1, throttled_until = NULL, throttle_reason = NULL,
         deleted_at = NULL
     WHERE destinations.deleted_at IS NOT NULL
     RETURNING {_DESTINATION_COLUMNS}
@@ -252,6 +258,9 @@ UPDATE_DESTINATION = text(f"""
         metadata = CAST(:metadata AS jsonb),
         delivery_metadata = CAST(:delivery_metadata AS jsonb),
         filter = CAST(:filter AS jsonb),
+        rate_limit_per_second = :rate_limit_per_second,
+        rate_limit_burst = :rate_limit_burst,
+        max_in_flight = :max_in_flight,
         disabled_reason = CASE
             WHEN :disabled_at IS NULL THEN NULL
             WHEN disabled_at IS NULL THEN 'disabled through the API'
@@ -311,6 +320,13 @@ class Destination:
     updated_at: datetime
     # "standard" or "outpost"; None: the global delivery.webhook_mode.
     webhook_mode: str | None = None
+    # Delivery control (None: the tenant's, else no limit) and adaptive backoff's state.
+    rate_limit_per_second: float | None = None
+    rate_limit_burst: int | None = None
+    max_in_flight: int | None = None
+    throttle: float = 1.0
+    throttled_until: datetime | None = None
+    throttle_reason: str | None = None
 
 
 def _destination(row: Row[Any]) -> Destination:
@@ -332,6 +348,12 @@ def _destination(row: Row[Any]) -> Destination:
         created_at=row.created_at,
         updated_at=row.updated_at,
         webhook_mode=row.signature_mode,
+        rate_limit_per_second=row.rate_limit_per_second,
+        rate_limit_burst=row.rate_limit_burst,
+        max_in_flight=row.max_in_flight,
+        throttle=row.throttle,
+        throttled_until=row.throttled_until,
+        throttle_reason=row.throttle_reason,
     )
 
 
@@ -368,6 +390,9 @@ class NewDestination:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     webhook_mode: str | None = None
+    rate_limit_per_second: float | None = None
+    rate_limit_burst: int | None = None
+    max_in_flight: int | None = None
 
 
 async def insert_destination(conn: AsyncConnection, new: NewDestination) -> Destination | None:
@@ -390,6 +415,9 @@ async def insert_destination(conn: AsyncConnection, new: NewDestination) -> Dest
                 "disabled_at": new.disabled_at,
                 "created_at": new.created_at,
                 "updated_at": new.updated_at,
+                "rate_limit_per_second": new.rate_limit_per_second,
+                "rate_limit_burst": new.rate_limit_burst,
+                "max_in_flight": new.max_in_flight,
             },
         )
     ).first()
@@ -415,6 +443,9 @@ async def update_destination(conn: AsyncConnection, d: Destination) -> Destinati
                 "delivery_metadata": _json(d.delivery_metadata),
                 "filter": _json(d.filter),
                 "disabled_at": d.disabled_at,
+                "rate_limit_per_second": d.rate_limit_per_second,
+                "rate_limit_burst": d.rate_limit_burst,
+                "max_in_flight": d.max_in_flight,
             },
         )
     ).first()

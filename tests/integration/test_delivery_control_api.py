@@ -1,0 +1,85 @@
+"""Delivery control through the API: relay's ``delivery_control`` extension to Outpost's
+destination body (README, "Delivery control"), stored where the claim reads it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.integration.test_destination_addresses import DESTINATIONS, call, relay_with, webhook
+
+
+async def test_limits_are_set_shown_merged_and_cleared(
+    start_relay: Any, http: Any, database_url: str, db: Any
+) -> None:
+    server = await relay_with(start_relay, http, database_url, ["127.0.0.0/8"])
+    body = webhook("http://127.0.0.1:9/hook") | {
+        "delivery_control": {"rate_limit_per_second": 50, "max_in_flight": 4}
+    }
+    status, created = await call(http, server, "POST", DESTINATIONS, body)
+    assert status == 201, created
+    assert created["delivery_control"] == {"rate_limit_per_second": 50.0, "max_in_flight": 4}
+    row = await db.fetchrow(
+        "SELECT rate_limit_per_second, rate_limit_burst, max_in_flight FROM relay.destinations"
+    )
+    assert tuple(row) == (50.0, None, 4)
+    path = f"{DESTINATIONS}/{created['id']}"
+    # Merge-patch: a key given changes, a null key clears, the others stay.
+    status, patched = await call(
+        http,
+        server,
+        "PATCH",
+        path,
+        {"delivery_control": {"rate_limit_burst": 10, "max_in_flight": None}},
+    )
+    assert status == 200, patched
+    assert patched["delivery_control"] == {"rate_limit_per_second": 50.0, "rate_limit_burst": 10}
+    # null clears them all; a destination without any shows no delivery_control.
+    status, patched = await call(http, server, "PATCH", path, {"delivery_control": None})
+    assert status == 200 and "delivery_control" not in patched, patched
+    # A plain Outpost body is untouched by it.
+    status, plain = await call(
+        http, server, "POST", DESTINATIONS, webhook("http://127.0.0.1:9/other")
+    )
+    assert status == 201 and "delivery_control" not in plain
+
+
+async def test_bad_limits_are_a_422_naming_each_field(
+    start_relay: Any, http: Any, database_url: str
+) -> None:
+    server = await relay_with(start_relay, http, database_url, ["127.0.0.0/8"])
+    body = webhook("http://127.0.0.1:9/hook") | {
+        "delivery_control": {
+            "rate_limit_per_second": 0,
+            "rate_limit_burst": 2.5,
+            "max_in_flight": "4",
+            "rate": 3,
+        }
+    }
+    status, answer = await call(http, server, "POST", DESTINATIONS, body)
+    assert status == 422, answer
+    fields = sorted(p.split(" ")[0] for p in answer["data"])
+    assert fields == [
+        "delivery_control.max_in_flight",
+        "delivery_control.rate",
+        "delivery_control.rate_limit_burst",
+        "delivery_control.rate_limit_per_second",
+    ], answer
+    status, answer = await call(
+        http,
+        server,
+        "POST",
+        DESTINATIONS,
+        webhook("http://127.0.0.1:9/h") | {"delivery_control": 5},
+    )
+    assert status == 422 and answer["data"][0].startswith("delivery_control must be"), answer
+    status, answer = await call(
+        http,
+        server,
+        "POST",
+        DESTINATIONS,
+        webhook("http://127.0.0.1:9/h") | {"delivery_control": {"rate_limit_burst": 5}},
+    )
+    assert answer["data"] == [
+        "delivery_control.rate_limit_burst needs delivery_control.rate_limit_per_second"
+    ], answer
+    assert (await call(http, server, "GET", DESTINATIONS)) == (200, [])
