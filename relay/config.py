@@ -319,6 +319,12 @@ class DestinationConfig(Limits):
         default=None, validation_alias=AliasChoices("webhook_mode", "signature_mode")
     )
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] | None = None
+    # Ordered delivery: the metadata key whose value orders events to this destination
+    # (same value: one at a time, in publish order); unset: no ordering.
+    ordering_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    # A key's head that finally fails: "block" keeps it at the head (nothing more of its
+    # key is sent until an operator retries it), "skip" fails it and the key goes on.
+    ordering_on_failure: Literal["block", "skip"] = "block"
 
     @field_validator("url")
     @classmethod

@@ -43,6 +43,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -100,6 +101,10 @@ def decide(claimed: outbox.Claimed, outcome: Outcome, policy: RetryPolicy) -> ou
             retry_after=outcome.retry_after,
         )
         next_status, delay = ("failed", 0.0) if retry_in is None else ("pending", retry_in)
+    if next_status == "failed" and claimed.ordering_key is not None and claimed.ordering_blocks:
+        # The head of an ordered key that blocks on failure: it stays pending, never due,
+        # and holds its key until an operator retries it (docs/sql.md, ordered delivery).
+        next_status, delay = "pending", math.inf
     return outbox.Recorded(
         claimed=claimed,
         attempt_status="success" if outcome.success else "failed",
@@ -377,7 +382,7 @@ class Dispatcher:
         lease = self.settings.lease_seconds
         batch = await outbox.claim(conn, free, lease_seconds=lease, token=self.token)
         if held:
-            limited = await outbox.claim_limited(
+            limited, still_due = await outbox.claim_limited(
                 conn,
                 held,
                 lease_seconds=lease,
@@ -388,7 +393,7 @@ class Dispatcher:
             poll = self.settings.poll_interval_seconds
             again = []
             for take in held:
-                if got[take.destination] < take.count:
+                if got[take.destination] < take.count and take.destination in still_due:
                     rate = self._controlled[take.destination]
                     wait = poll / 4 if rate is None else min(max(1 / rate, 0.005), poll)
                     again.append((wait, take.destination))
@@ -694,6 +699,10 @@ class Dispatcher:
         retries = []
         for recorded in batch:
             self._held.pop(recorded.claimed.id, None)
+            if recorded.claimed.ordering_key is not None:
+                # Its key's next row may be claimed now.
+                self._claims.announce(recorded.claimed.destination)
+                self._wake.set()
             if recorded.next_status == "pending":
                 retries.append((recorded.delay_seconds, recorded.claimed.destination))
             if self._affects_health(

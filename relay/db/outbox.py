@@ -79,7 +79,8 @@ _CLAIMED = """
     e.created_at AS published_at, d.updated_at AS claimed_at,
     t.url, t.custom_headers::text AS custom_headers, t.secret, t.previous_secret,
     t.previous_secret_invalid_at > now() AS previous_secret_valid,
-    t.signature_mode, t.timeout_seconds, t.delivery_metadata::text AS delivery_metadata
+    t.signature_mode, t.timeout_seconds, t.delivery_metadata::text AS delivery_metadata,
+    d.ordering_key, t.ordering_on_failure = 'block' AS ordering_blocks
 """
 
 # One statement: for each destination asked for (relay/claiming.py decides which, how
@@ -122,7 +123,8 @@ def _queue(tenant: str, destination: str, since: str) -> str:
 # tenant. CLAIM leaves them out; CLAIM_LIMITED takes them, under their lock.
 _CONTROLLED = """(t.rate_limit_per_second IS NOT NULL OR t.max_in_flight IS NOT NULL
      OR n.rate_limit_per_second IS NOT NULL OR n.max_in_flight IS NOT NULL
-     OR t.throttle < 1 OR COALESCE(t.throttled_until > now(), false))"""
+     OR t.throttle < 1 OR COALESCE(t.throttled_until > now(), false)
+     OR t.ordering_key IS NOT NULL)"""
 
 CLAIM = text(f"""
     WITH asked AS (
@@ -239,7 +241,8 @@ CLAIM_LIMITED = text(f"""
                         GREATEST(1, ceil(COALESCE(t.rate_limit_per_second,
                                                   n.rate_limit_per_second)))::int) AS burst,
                GREATEST(1, floor(COALESCE(t.max_in_flight, n.max_in_flight,
-                                          :default_in_flight) * t.throttle))::int AS cap
+                                          :default_in_flight) * t.throttle))::int AS cap,
+               t.ordering_key IS NOT NULL AS ordered
         FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
                     CAST(:counts AS int[]), CAST(:since_at AS timestamptz[]),
                     CAST(:since_id AS bigint[]))
@@ -276,6 +279,27 @@ CLAIM_LIMITED = text(f"""
             LIMIT g.grant
             FOR UPDATE SKIP LOCKED
         ) p
+        WHERE NOT g.ordered
+        UNION ALL
+        -- An ordered destination: from its head (no cursor: a row passed over because
+        -- its key was busy is taken later), only the first row of each key still in
+        -- the hot table (pending or in flight, any dispatcher's), and rows without a key.
+        SELECT p.id, p.manual, p.next_attempt_at, g.tenant_id, g.destination_id
+        FROM granted g
+        CROSS JOIN LATERAL (
+            SELECT d.id, d.manual, d.next_attempt_at
+            FROM relay.deliveries_active d
+            WHERE d.tenant_id = g.tenant_id AND d.destination_id = g.destination_id
+              AND d.status = 'pending' AND d.next_attempt_at <= now()
+              AND (d.ordering_key IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM relay.deliveries_active o
+                  WHERE o.tenant_id = d.tenant_id AND o.destination_id = d.destination_id
+                    AND o.ordering_key = d.ordering_key AND o.id < d.id))
+            ORDER BY d.next_attempt_at, d.id
+            LIMIT g.grant
+            FOR UPDATE SKIP LOCKED
+        ) p
+        WHERE g.ordered
     ), claimed AS (
         UPDATE relay.deliveries_active d
         SET status = 'delivering',
@@ -554,7 +578,9 @@ RECORD_OUTCOMES = text(f"""
     ), updated AS (
         UPDATE relay.deliveries_active d
         SET status = 'pending',
-            next_attempt_at = now() + make_interval(secs => h.delay_seconds),
+            -- An infinite delay: an ordered key's head that blocks it (never due).
+            next_attempt_at = CASE WHEN h.delay_seconds = 'Infinity' THEN 'infinity'
+                                   ELSE now() + make_interval(secs => h.delay_seconds) END,
             claim_token = NULL,
             lease_expires_at = NULL,
             last_error = h.error,
@@ -567,7 +593,7 @@ RECORD_OUTCOMES = text(f"""
         -- this transaction: announced all the same.
         SELECT {announce("first_retry")}
         FROM (SELECT tenant_id, destination_id, min(next_attempt_at) AS first_retry
-              FROM updated WHERE status = 'pending'
+              FROM updated WHERE status = 'pending' AND next_attempt_at < 'infinity'
               GROUP BY tenant_id, destination_id) AS each_destination
     )
     INSERT INTO relay.attempts
@@ -710,6 +736,10 @@ class Claimed:
     delivery_metadata: str
     # Its next_attempt_at when claimed: with its id, its place in its destination's queue.
     due_at: datetime | None = None
+    # Ordered delivery: the event's key at this destination (None: unordered), and
+    # whether a head that finally fails blocks its key (else it is skipped).
+    ordering_key: str | None = None
+    ordering_blocks: bool = False
 
     @property
     def position(self) -> Position | None:
@@ -783,6 +813,23 @@ async def claim(
     return [_claimed(r, token) for r in await _fetch(conn, CLAIM, params)]
 
 
+# After CLAIM_LIMITED, in its transaction: which of the destinations still have rows
+# due (their claim was held back by a limit, or another process holds their keys): the
+# dispatcher asks them again soon, since no wake-up will say so.
+STILL_DUE = text("""
+    SELECT a.tenant_id, a.destination_id
+    FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]))
+        AS a(tenant_id, destination_id)
+    WHERE EXISTS (
+        SELECT 1 FROM relay.deliveries_active d
+        WHERE d.tenant_id = a.tenant_id AND d.destination_id = a.destination_id
+          AND d.status = 'pending' AND d.next_attempt_at <= now())
+""").bindparams(
+    bindparam("tenants", type_=ARRAY(Text)),
+    bindparam("destinations", type_=ARRAY(Text)),
+)
+
+
 async def claim_limited(
     conn: Connection,
     plan: Sequence[Take],
@@ -790,23 +837,27 @@ async def claim_limited(
     lease_seconds: float,
     token: uuid.UUID,
     default_in_flight: int,
-) -> list[Claimed]:
+) -> tuple[list[Claimed], set[Destination]]:
     """Claim what ``plan`` asks for destinations under delivery control, within their
-    rate, burst and in-flight cap across all dispatchers: one transaction that takes
-    their locks, then claims (see CLAIM_LIMITED)."""
+    rate, burst, in-flight cap and key order across all dispatchers: one transaction
+    that takes their locks, then claims (see CLAIM_LIMITED). The rows, and the
+    destinations that still have rows due."""
     if not plan:
-        return []
+        return [], set()
     params = claim_parameters(plan, lease_seconds=lease_seconds, token=token)
     params["default_in_flight"] = default_in_flight
     if isinstance(conn, asyncpg.Connection):
         async with conn.transaction():
             await _fetch(conn, LOCK_LIMITED, params)
             rows = await _fetch(conn, CLAIM_LIMITED, params)
+            due = await _fetch(conn, STILL_DUE, params)
     else:
         async with conn.begin_nested() if conn.in_transaction() else conn.begin():
             await _fetch(conn, LOCK_LIMITED, params)
             rows = await _fetch(conn, CLAIM_LIMITED, params)
-    return [_claimed(r, token) for r in rows]
+            due = await _fetch(conn, STILL_DUE, params)
+    still = {(r["tenant_id"], r["destination_id"]) for r in due}
+    return [_claimed(r, token) for r in rows], still
 
 
 @dataclass(frozen=True, slots=True)
@@ -873,15 +924,10 @@ async def claim_due(
     plan = claims.plan(in_flight or {}, limit)
     free = [t for t in plan if t.destination not in controlled]
     held = [t for t in plan if t.destination in controlled]
-    return await claim(conn, free, lease_seconds=lease_seconds, token=token) + (
-        await claim_limited(
-            conn,
-            held,
-            lease_seconds=lease_seconds,
-            token=token,
-            default_in_flight=per_destination,
-        )
+    limited, _ = await claim_limited(
+        conn, held, lease_seconds=lease_seconds, token=token, default_in_flight=per_destination
     )
+    return await claim(conn, free, lease_seconds=lease_seconds, token=token) + limited
 
 
 def _claimed(r: Mapping[str, Any], token: uuid.UUID) -> Claimed:
@@ -909,6 +955,8 @@ def _claimed(r: Mapping[str, Any], token: uuid.UUID) -> Claimed:
         timeout_seconds=r["timeout_seconds"],
         delivery_metadata=r["delivery_metadata"],
         due_at=r.get("due_at"),
+        ordering_key=r["ordering_key"],
+        ordering_blocks=bool(r["ordering_blocks"]),
     )
 
 

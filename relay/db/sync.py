@@ -53,13 +53,15 @@ UPSERT_DESTINATION = text("""
     INSERT INTO relay.destinations
         (tenant_id, id, type, topics, url, custom_headers, secret, signature_mode,
          timeout_seconds, metadata, origin, disabled_at, disabled_reason,
-         rate_limit_per_second, rate_limit_burst, max_in_flight)
+         rate_limit_per_second, rate_limit_burst, max_in_flight, ordering_key,
+         ordering_on_failure)
     VALUES (:tenant_id, :id, :type, :topics, :url, CAST(:custom_headers AS jsonb),
             COALESCE(:secret, :generated_secret), :signature_mode, :timeout_seconds,
             CAST(:metadata AS jsonb), 'config',
             CASE WHEN :enabled THEN NULL ELSE now() END,
             CASE WHEN :enabled THEN NULL ELSE :disabled_in_file END,
-            :rate_limit_per_second, :rate_limit_burst, :max_in_flight)
+            :rate_limit_per_second, :rate_limit_burst, :max_in_flight, :ordering_key,
+            :ordering_on_failure)
     ON CONFLICT (tenant_id, id) DO UPDATE
     SET type = excluded.type, topics = excluded.topics, url = excluded.url,
         custom_headers = excluded.custom_headers,
@@ -70,6 +72,8 @@ UPSERT_DESTINATION = text("""
         rate_limit_per_second = excluded.rate_limit_per_second,
         rate_limit_burst = excluded.rate_limit_burst,
         max_in_flight = excluded.max_in_flight,
+        ordering_key = excluded.ordering_key,
+        ordering_on_failure = excluded.ordering_on_failure,
         metadata = excluded.metadata, origin = 'config', deleted_at = NULL,
         -- The file has no keys for these: what the API once set must not linger where
         -- the API can no longer change it.
@@ -144,6 +148,8 @@ async def sync_config(conn: AsyncConnection, settings: Settings) -> None:
                     "disabled_in_file": DISABLED_IN_FILE,
                     "removed_from_file": REMOVED_FROM_FILE,
                     **_limits(dest),
+                    "ordering_key": dest.ordering_key,
+                    "ordering_on_failure": dest.ordering_on_failure,
                 },
             )
     await conn.execute(

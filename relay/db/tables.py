@@ -106,12 +106,17 @@ destinations = Table(
     Column("throttle", Float, nullable=False, server_default=text("1")),
     Column("throttled_until", TS),
     Column("throttle_reason", Text),
+    # Ordered delivery (migration 0013): the metadata key whose value orders events to
+    # this destination (NULL: unordered), and what a key's head that finally fails does.
+    Column("ordering_key", Text),
+    Column("ordering_on_failure", Text, nullable=False, server_default="block"),
     Column("created_at", TS, nullable=False, server_default=NOW),
     Column("updated_at", TS, nullable=False, server_default=NOW),
     Column("deleted_at", TS),
     PrimaryKeyConstraint("tenant_id", "id"),
     CheckConstraint("origin IN ('config', 'api')", name="origin"),
     CheckConstraint("signature_mode IN ('standard', 'outpost')", name="signature_mode"),
+    CheckConstraint("ordering_on_failure IN ('block', 'skip')", name="ordering_on_failure"),
     CheckConstraint(LIMITS_CHECK, name="limits"),
 )
 
@@ -237,6 +242,8 @@ deliveries = Table(
     Column("manual", Boolean, nullable=False, server_default=text("false")),
     Column("created_at", TS, nullable=False, server_default=NOW),
     Column("updated_at", TS, nullable=False, server_default=NOW),
+    # The event's ordering key for an ordered destination (NULL: unordered).
+    Column("ordering_key", Text),
     CheckConstraint("status IN ('pending', 'delivering', 'delivered', 'failed')", name="status"),
     Index("ix_deliveries_destination", "tenant_id", "destination_id", "status"),
     postgresql_partition_by="LIST (status)",
