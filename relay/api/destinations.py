@@ -65,7 +65,15 @@ class WebhookCredentials(BaseModel):
 
 # relay's extension to Outpost's destination body: rate limits and an in-flight cap held
 # across every dispatcher (README, "Delivery control"). Any JSON: checked by check_control.
-CONTROL_KEYS = ("rate_limit_per_second", "rate_limit_burst", "max_in_flight")
+CONTROL_KEYS = (
+    "rate_limit_per_second",
+    "rate_limit_burst",
+    "max_in_flight",
+    "ordering_key",
+    "ordering_on_failure",
+)
+# What a null (or a null delivery_control) sets a key back to.
+CONTROL_DEFAULTS: dict[str, Any] = dict.fromkeys(CONTROL_KEYS) | {"ordering_on_failure": "block"}
 
 
 class DestinationCreate(BaseModel):
@@ -194,7 +202,7 @@ def check_control(
     numbers), the burst only with a rate."""
     merged: dict[str, Any] = dict(current or {})
     if value is None:
-        return {k: None for k in CONTROL_KEYS}
+        return dict(CONTROL_DEFAULTS)
     if not isinstance(value, dict):
         problems.append("delivery_control must be an object with " + ", ".join(CONTROL_KEYS))
         return merged
@@ -203,7 +211,20 @@ def check_control(
         if key not in CONTROL_KEYS:
             problems.append(f"{name} is not a delivery control; known: {', '.join(CONTROL_KEYS)}")
         elif given is None:
-            merged[key] = None
+            merged[key] = CONTROL_DEFAULTS[key]
+        elif key == "ordering_key":
+            if not isinstance(given, str) or not 1 <= len(given) <= 200:
+                problems.append(
+                    f"{name} must be the name of a metadata key (1 to 200 characters), "
+                    "or null for no ordering"
+                )
+            else:
+                merged[key] = given
+        elif key == "ordering_on_failure":
+            if given not in ("block", "skip"):
+                problems.append(f'{name} must be "block" or "skip"')
+            else:
+                merged[key] = given
         elif key == "rate_limit_per_second":
             if isinstance(given, bool) or not isinstance(given, int | float) or not given > 0:
                 problems.append(f"{name} must be a number greater than 0 (deliveries a second)")
@@ -349,6 +370,8 @@ async def create_destination(request: web.Request) -> web.Response:
         rate_limit_per_second=control.get("rate_limit_per_second"),
         rate_limit_burst=control.get("rate_limit_burst"),
         max_in_flight=control.get("max_in_flight"),
+        ordering_key=control.get("ordering_key"),
+        ordering_on_failure=control.get("ordering_on_failure") or "block",
     )
     async with request.app[ENGINE].begin() as conn:
         await require_tenant(conn, caller, tenant_id)

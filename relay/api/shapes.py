@@ -87,6 +87,8 @@ def delivery_control_json(d: Destination) -> dict[str, Any]:
         "max_in_flight": d.max_in_flight,
     }
     shown: dict[str, Any] = {k: v for k, v in limits.items() if v is not None}
+    if d.ordering_key is not None:
+        shown |= {"ordering_key": d.ordering_key, "ordering_on_failure": d.ordering_on_failure}
     if d.throttle < 1 or d.throttled_until is not None:
         shown |= {
             "throttle": d.throttle,

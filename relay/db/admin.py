@@ -193,7 +193,8 @@ _DESTINATION_COLUMNS = """
     tenant_id, id, type, topics, url, custom_headers, secret, previous_secret,
     previous_secret_invalid_at, metadata, delivery_metadata, filter, origin,
     disabled_at, created_at, updated_at, signature_mode, rate_limit_per_second,
-    rate_limit_burst, max_in_flight, throttle, throttled_until, throttle_reason
+    rate_limit_burst, max_in_flight, throttle, throttled_until, throttle_reason,
+    ordering_key, ordering_on_failure
 """
 
 LIST_DESTINATIONS = text(f"""
@@ -219,13 +220,15 @@ INSERT_DESTINATION = text(f"""
     INSERT INTO relay.destinations
         (tenant_id, id, type, topics, url, custom_headers, secret, signature_mode, metadata,
          delivery_metadata, filter, origin, disabled_at, disabled_reason, created_at,
-         updated_at, rate_limit_per_second, rate_limit_burst, max_in_flight)
+         updated_at, rate_limit_per_second, rate_limit_burst, max_in_flight, ordering_key,
+         ordering_on_failure)
     VALUES (:tenant_id, :id, :type, :topics, :url, CAST(:custom_headers AS jsonb), :secret,
             :webhook_mode, CAST(:metadata AS jsonb), CAST(:delivery_metadata AS jsonb),
             CAST(:filter AS jsonb), 'api', :disabled_at,
             CASE WHEN :disabled_at IS NOT NULL THEN 'disabled through the API' END,
             COALESCE(:created_at, now()), COALESCE(:updated_at, :created_at, now()),
-            :rate_limit_per_second, :rate_limit_burst, :max_in_flight)
+            :rate_limit_per_second, :rate_limit_burst, :max_in_flight, :ordering_key,
+            :ordering_on_failure)
     ON CONFLICT (tenant_id, id) DO UPDATE
     SET type = excluded.type, topics = excluded.topics, url = excluded.url,
         custom_headers = excluded.custom_headers, secret = excluded.secret,
@@ -238,6 +241,8 @@ INSERT_DESTINATION = text(f"""
         rate_limit_per_second = excluded.rate_limit_per_second,
         rate_limit_burst = excluded.rate_limit_burst,
         max_in_flight = excluded.max_in_flight,
+        ordering_key = excluded.ordering_key,
+        ordering_on_failure = excluded.ordering_on_failure,
         throttle = 1, throttled_until = NULL, throttle_reason = NULL,
         deleted_at = NULL
     WHERE destinations.deleted_at IS NOT NULL
@@ -261,6 +266,8 @@ UPDATE_DESTINATION = text(f"""
         rate_limit_per_second = :rate_limit_per_second,
         rate_limit_burst = :rate_limit_burst,
         max_in_flight = :max_in_flight,
+        ordering_key = :ordering_key,
+        ordering_on_failure = :ordering_on_failure,
         disabled_reason = CASE
             WHEN :disabled_at IS NULL THEN NULL
             WHEN disabled_at IS NULL THEN 'disabled through the API'
@@ -327,6 +334,10 @@ class Destination:
     throttle: float = 1.0
     throttled_until: datetime | None = None
     throttle_reason: str | None = None
+    # Ordered delivery: the metadata key that orders its events (None: unordered), and
+    # "block" or "skip" for a key's head that finally fails.
+    ordering_key: str | None = None
+    ordering_on_failure: str = "block"
 
 
 def _destination(row: Row[Any]) -> Destination:
@@ -354,6 +365,8 @@ def _destination(row: Row[Any]) -> Destination:
         throttle=row.throttle,
         throttled_until=row.throttled_until,
         throttle_reason=row.throttle_reason,
+        ordering_key=row.ordering_key,
+        ordering_on_failure=row.ordering_on_failure,
     )
 
 
@@ -393,6 +406,8 @@ class NewDestination:
     rate_limit_per_second: float | None = None
     rate_limit_burst: int | None = None
     max_in_flight: int | None = None
+    ordering_key: str | None = None
+    ordering_on_failure: str = "block"
 
 
 async def insert_destination(conn: AsyncConnection, new: NewDestination) -> Destination | None:
@@ -418,6 +433,8 @@ async def insert_destination(conn: AsyncConnection, new: NewDestination) -> Dest
                 "rate_limit_per_second": new.rate_limit_per_second,
                 "rate_limit_burst": new.rate_limit_burst,
                 "max_in_flight": new.max_in_flight,
+                "ordering_key": new.ordering_key,
+                "ordering_on_failure": new.ordering_on_failure,
             },
         )
     ).first()
@@ -446,6 +463,8 @@ async def update_destination(conn: AsyncConnection, d: Destination) -> Destinati
                 "rate_limit_per_second": d.rate_limit_per_second,
                 "rate_limit_burst": d.rate_limit_burst,
                 "max_in_flight": d.max_in_flight,
+                "ordering_key": d.ordering_key,
+                "ordering_on_failure": d.ordering_on_failure,
             },
         )
     ).first()

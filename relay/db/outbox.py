@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeAlias
 
@@ -1107,23 +1107,26 @@ def _slowed_by(r: Recorded) -> str:
 
 def health_changes(batch: Sequence[Recorded]) -> list[HealthChange]:
     """Fold a batch of attempts (in the order they finished) per destination. Pure."""
-    state: dict[tuple[str, str], HealthChange] = {}
+    # Per destination: reset, failures, gone, slowed, retry_after, slowed_by, recovered
+    # (a list, not a dataclass copied per attempt: this runs for every delivery).
+    state: dict[tuple[str, str], list[Any]] = {}
     for r in batch:
-        tenant, dest = r.claimed.destination
-        h = state.get(r.claimed.destination) or HealthChange(tenant, dest, False, 0, False)
+        h = state.get(r.claimed.destination)
+        if h is None:
+            h = state[r.claimed.destination] = [False, 0, False, 0, None, None, 0]
         if r.attempt_status == "success":
-            h = replace(h, reset=True, failures=0, recovered=h.recovered + 1)
-        else:
-            h = replace(h, failures=h.failures + 1, gone=h.gone or r.http_status == 410)
-            if slows_down(r.http_status, r.error_code):
-                wait = h.retry_after
-                if r.retry_after is not None:
-                    wait = max(wait or 0.0, r.retry_after)
-                h = replace(
-                    h, slowed=h.slowed + 1, retry_after=wait, slowed_by=_slowed_by(r), recovered=0
-                )
-        state[r.claimed.destination] = h
-    return [state[key] for key in sorted(state)]
+            h[0], h[1] = True, 0
+            h[6] += 1
+            continue
+        h[1] += 1
+        h[2] = h[2] or r.http_status == 410
+        if r.http_status in SLOW_DOWN_STATUSES or r.error_code in SLOW_DOWN_ERRORS:
+            h[3] += 1
+            if r.retry_after is not None:
+                h[4] = max(h[4] or 0.0, r.retry_after)
+            h[5] = _slowed_by(r)
+            h[6] = 0
+    return [HealthChange(t, d, *h) for (t, d), h in sorted(state.items())]
 
 
 # Adaptive backoff: a batch that says "slow down" halves a destination's throttle (its

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.integration.test_destination_addresses import DESTINATIONS, call, relay_with, webhook
+from tests.support.relay import admin_headers
 
 
 async def test_limits_are_set_shown_merged_and_cleared(
@@ -83,3 +84,38 @@ async def test_bad_limits_are_a_422_naming_each_field(
         "delivery_control.rate_limit_burst needs delivery_control.rate_limit_per_second"
     ], answer
     assert (await call(http, server, "GET", DESTINATIONS)) == (200, [])
+
+
+async def test_ordering_is_set_through_the_api_and_routes_publishes_by_it(
+    start_relay: Any, http: Any, database_url: str, db: Any
+) -> None:
+    server = await relay_with(start_relay, http, database_url, ["127.0.0.0/8"])
+    body = webhook("http://127.0.0.1:9/hook") | {"delivery_control": {"ordering_key": "order"}}
+    status, created = await call(http, server, "POST", DESTINATIONS, body)
+    assert status == 201, created
+    assert created["delivery_control"] == {"ordering_key": "order", "ordering_on_failure": "block"}
+    path = f"{DESTINATIONS}/{created['id']}"
+    status, answer = await call(
+        http, server, "PATCH", path, {"delivery_control": {"ordering_on_failure": "sometimes"}}
+    )
+    assert status == 422, answer
+    assert answer["data"] == ['delivery_control.ordering_on_failure must be "block" or "skip"']
+    status, patched = await call(
+        http, server, "PATCH", path, {"delivery_control": {"ordering_on_failure": "skip"}}
+    )
+    assert patched["delivery_control"]["ordering_on_failure"] == "skip", patched
+    # A publish after the change (the route cache follows it) carries its key.
+    for n, key in enumerate(["a", "b", None]):
+        event = {"tenant_id": "acme", "topic": "t", "data": {"n": n}, "id": f"e{n}"}
+        if key:
+            event["metadata"] = {"order": key}
+        async with http.post(
+            server.make_url("/api/v1/publish"), json=event, headers=admin_headers()
+        ) as resp:
+            assert resp.status == 202, await resp.text()
+    rows = await db.fetch("SELECT ordering_key FROM relay.deliveries ORDER BY id")
+    assert [r["ordering_key"] for r in rows] == ["a", "b", None]
+    status, patched = await call(
+        http, server, "PATCH", path, {"delivery_control": {"ordering_key": None}}
+    )
+    assert "delivery_control" not in patched, patched
