@@ -113,6 +113,7 @@ async def stats(engine: AsyncEngine, out: TextIO, *, warn_after: float = 0.0) ->
     async with engine.connect() as conn:
         backlog = await ops.backlog(conn)
         health = await ops.health(conn)
+        control = await ops.control(conn)
         holders = await horizon.holders(conn)
     out.write("outbox backlog\n")
     out.write(_table(backlog, ["status", "deliveries", "due_now", "oldest_age", "expired_leases"]))
@@ -134,6 +135,21 @@ async def stats(engine: AsyncEngine, out: TextIO, *, warn_after: float = 0.0) ->
             ],
         )
     )
+    if control:
+        out.write("delivery control: destinations slowed down or with ordered keys blocked\n")
+        out.write(
+            _table(
+                control,
+                [
+                    "tenant_id",
+                    "destination_id",
+                    "throttle",
+                    "throttled_until",
+                    "blocked_keys",
+                    "throttle_reason",
+                ],
+            )
+        )
 
 
 def _write_horizon(holders: list[horizon.Holder], warn_after: float, out: TextIO) -> None:

@@ -24,6 +24,7 @@ from tests.integration.test_dispatcher_processes import (
     publish_many,
     wait_until,
 )
+from tests.integration.test_ops import relay_cli
 from tests.support.receiver import Receiver, Reply
 
 pytestmark = pytest.mark.slow
@@ -281,3 +282,76 @@ async def test_ordered_keys_arrive_in_publish_order_through_failures_and_a_kill_
         f"ordered: {events} events over {keys} keys delivered in {took:.1f} s "
         f"({events / took:.0f}/s), {len(receiver.requests)} requests"
     )
+
+
+@pytest.mark.parametrize("policy", ["block", "skip"])
+async def test_a_failing_head_holds_only_its_key_and_the_policy_decides(
+    dispatchers: Any,
+    receiver: Receiver,
+    db: Any,
+    database_url: str,
+    tmp_path: Path,
+    http: Any,
+    policy: str,
+) -> None:
+    # k1's first event always fails; k2's go through. Three tries (two retries).
+    def reply(number: int, path: str) -> Reply:
+        event = receiver.requests[number].json()
+        return Reply(status=500) if (event["key"], event["n"]) == ("k1", 0) else Reply()
+
+    receiver.reply = reply
+    config = write_config(
+        tmp_path / "relay.toml",
+        receiver,
+        destination={"ordering_key": "order", "ordering_on_failure": policy},
+        retry={"schedule_seconds": [0.1, 0.1], "jitter": 0},
+    )
+    process = await dispatchers("dispatch", config)
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        for n in range(5):
+            async with engine.begin() as conn:
+                for key in ("k1", "k2"):
+                    data = orjson.dumps({"key": key, "n": n})
+                    meta = {"order": key}
+                    await publish(conn, Event("acme", "t", data, id=f"{key}-{n}", metadata=meta))
+    finally:
+        await engine.dispose()
+
+    def seen(key: str) -> list[int]:
+        return [r.json()["n"] for r in receiver.requests if r.json()["key"] == key]
+
+    if policy == "skip":
+        # The head fails for good, and its key goes on, in order.
+        await receiver.wait_for(3 + 4 + 5, timeout=30)
+        assert seen("k1") == [0, 0, 0, 1, 2, 3, 4]
+        assert seen("k2") == [0, 1, 2, 3, 4]
+        return
+
+    async def blocked() -> bool:
+        return bool(
+            await db.fetchval(
+                "SELECT count(*) FROM relay.deliveries_active WHERE next_attempt_at = 'infinity'"
+            )
+        )
+
+    await wait_until(blocked, timeout=30)
+    await asyncio.sleep(1)  # nothing more of k1 goes out
+    assert seen("k1") == [0, 0, 0]
+    assert seen("k2") == [0, 1, 2, 3, 4]
+    # Visible in SQL (above), in the dispatcher's metrics, and in relay stats.
+    async with http.get(process.health_url.replace("/healthz", "/metrics")) as resp:
+        metrics = await resp.text()
+    assert 'relay_ordered_keys_blocked{destination_id="orders",tenant_id="acme"} 1.0' in metrics
+    stats = await asyncio.to_thread(relay_cli, database_url, tmp_path, "stats")
+    assert "ordered keys blocked" in stats.stdout and "orders" in stats.stdout, stats
+    # An operator's retry (what POST /api/v1/retry does to a pending row: due now,
+    # manual) sends the head again; the receiver takes it now, and the key goes on.
+    receiver.reply = lambda number, path: Reply()
+    await db.execute(
+        "UPDATE relay.deliveries_active SET next_attempt_at = now(), manual = true"
+        " WHERE next_attempt_at = 'infinity'"
+    )
+    await db.execute("NOTIFY relay_outbox")
+    await receiver.wait_for(3 + 5 + 5, timeout=30)
+    assert seen("k1") == [0, 0, 0, 0, 1, 2, 3, 4]
