@@ -13,7 +13,8 @@ clock, to its arrival at the receiver. Timings are reported, never asserted.
     .venv/bin/python bench/fairness.py --burst 20000 --quiet-seconds 15
 """
 
-# ruff: noqa: ASYNC220, ASYNC221 (a driver script: its processes start before the load)
+# ruff: noqa: ASYNC110, ASYNC220, ASYNC221
+# (a driver script: it starts and watches its processes around the load)
 
 from __future__ import annotations
 
@@ -147,19 +148,53 @@ url = "http://127.0.0.1:{port}/hook"
         b = B(url, args.rate)
         producer = asyncio.create_task(b.run())
         await asyncio.sleep(args.quiet_seconds)
-        b.phase = "burst"
+        dispatcher = procs[-1]
+        if args.backlog:
+            # A's burst waits in the outbox first: the dispatcher is stopped while it is
+            # published (B's events of that time are left out), then drains it.
+            b.phase = "stopped"
+            dispatcher.terminate()
+            dispatcher.wait(30)
+            await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, __file__, "--burst-child", url, "--burst", str(args.burst)],
+                cwd=REPO,
+                check=True,
+            )
+            b.phase = "drain"
+            await asyncio.sleep(3)  # B's events of the stop are due now: not measured
+            log_path = out / "fairness-dispatch-backlog.log"
+            procs.append(
+                subprocess.Popen(
+                    [RELAY, "--config", str(config), "dispatch"],
+                    env=env | {"RELAY_HEALTH_PORT": str(free_port())},
+                    stdout=log_path.open("wb"),
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            # Measured from when it runs (what waited for its start is not fairness).
+            while "relay dispatch running" not in log_path.read_text(errors="replace"):
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1)
+            b.phase = "burst"
+            child = procs[-1]
+            published_at_start = True
+        else:
+            published_at_start = False
+            b.phase = "burst"
         burst_started = time.monotonic()
-        child = subprocess.Popen(
-            [sys.executable, __file__, "--burst-child", url, "--burst", str(args.burst)],
-            cwd=REPO,
-        )
-        procs.append(child)
+        if not published_at_start:
+            child = subprocess.Popen(
+                [sys.executable, __file__, "--burst-child", url, "--burst", str(args.burst)],
+                cwd=REPO,
+            )
+            procs.append(child)
         db = await asyncpg.connect(url)
         published_in = drained_in = None
         while True:
             await asyncio.sleep(1)
-            if published_in is None and child.poll() is not None:
-                published_in = time.monotonic() - burst_started
+            if published_in is None and (published_at_start or child.poll() is not None):
+                published_in = 0.0 if published_at_start else time.monotonic() - burst_started
             left = await db.fetchval(
                 "SELECT count(*) FROM relay.deliveries_active WHERE tenant_id = 'tenant-a'"
             )
@@ -225,7 +260,15 @@ def report(
             "",
             f"Tenant B publishes {args.rate:g}/s (one event a transaction); tenant A publishes "
             f"{args.burst:,} events (500 a transaction, another process) after "
-            f"{args.quiet_seconds:g} s. {args.dispatchers} `relay dispatch` process(es), "
+            f"{args.quiet_seconds:g} s"
+            + (
+                " while the dispatcher is stopped, then it is started and drains them (the "
+                "burst phase: the drain; B's events published while it was stopped are left "
+                "out). "
+                if args.backlog
+                else ". "
+            )
+            + f"{args.dispatchers} `relay dispatch` process(es), "
             "default settings; bench/receiver.py. Latency: B's commit to its arrival, ms.",
             "",
             "| B's events | n | p50 ms | p99 ms | max ms |",
@@ -242,7 +285,8 @@ def report(
     )
     print(text)
     results = REPO / "bench" / "results"
-    path = results / f"fairness-{datetime.now(UTC):%Y%m%d-%H%M%S}.md"
+    kind = "-backlog" if args.backlog else ""
+    path = results / f"fairness{kind}-{datetime.now(UTC):%Y%m%d-%H%M%S}.md"
     path.write_text(text)
     print(f"written to {path.relative_to(REPO)}")
 
@@ -254,6 +298,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--quiet-seconds", type=float, default=30.0)
     parser.add_argument("--dispatchers", type=int, default=1)
+    parser.add_argument(
+        "--backlog", action="store_true", help="publish A's burst first, then drain it"
+    )
     parser.add_argument("--burst-child", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     try:
