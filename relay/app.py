@@ -15,7 +15,7 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay import hot_table, retention
+from relay import hot_table, opevents, retention
 from relay.api import metrics as metrics_api
 from relay.api import outpost, pod
 from relay.api.errors import error_middleware
@@ -26,11 +26,12 @@ from relay.appkeys import (
     HEAD_REVISION,
     HORIZON,
     METRICS,
+    OPERATOR_TOPICS,
     PUBLISHER,
     SETTINGS,
 )
 from relay.config import Settings
-from relay.db import migrate
+from relay.db import migrate, operator_events
 from relay.db.engine import create_engine, is_connection_failure
 from relay.db.sync import sync_config
 from relay.dispatcher import Dispatcher
@@ -120,8 +121,15 @@ async def wait_until_reachable(engine: AsyncEngine, wait_seconds: float) -> None
 
 
 async def run_dispatcher(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
     dispatcher = Dispatcher(
-        app[ENGINE], app[DATABASE_URL], app[SETTINGS].delivery, metrics=app[METRICS]
+        app[ENGINE],
+        app[DATABASE_URL],
+        settings.delivery,
+        metrics=app[METRICS],
+        after_record=operator_events.Recorder(
+            opevents.policy(settings), settings.operator_events.refresh_seconds
+        ),
     )
     app[DISPATCHER] = dispatcher
     app[METRICS].supervisors.append(dispatcher.supervisor)
@@ -187,6 +195,7 @@ def create_app(
     app[DATABASE_URL] = database_url
     app[DISPATCHER] = None
     app[METRICS] = Metrics()
+    app[OPERATOR_TOPICS] = operator_events.Subscriptions(settings.operator_events.refresh_seconds)
     metrics_api.setup(app)
     app.cleanup_ctx.append(prepare_database)
     if dispatcher:

@@ -8,6 +8,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from relay.config import Settings
+from relay.db.operator_events import Subscriptions
 from relay.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -23,3 +24,5 @@ HEAD_REVISION = web.AppKey("head_revision", str)
 METRICS = web.AppKey("metrics", Metrics)
 PUBLISHER: web.AppKey[GroupCommit] = web.AppKey("publisher")
 HORIZON: web.AppKey[HorizonWatch] = web.AppKey("horizon")
+# The operator sinks' topics, cached (relay/db/operator_events.py).
+OPERATOR_TOPICS = web.AppKey("operator_topics", Subscriptions)

@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from relay import sigtemplate, ssrf, webhook_formats, webhooks
+from relay import opevents, sigtemplate, ssrf, webhook_formats, webhooks
 
 DEFAULT_CONFIG_PATH = Path("config/relay.toml")
 
@@ -384,6 +384,46 @@ class TenantConfig(Limits):
         return self
 
 
+class OperatorSinkConfig(DestinationConfig):
+    """An operator sink: a webhook destination of the internal tenant relay/operator,
+    subscribed to operator event topics (relay/opevents.py)."""
+
+    @field_validator("topics")
+    @classmethod
+    def _operator_topics(cls, value: list[str] | str) -> list[str] | str:
+        for index, topic in enumerate([value] if isinstance(value, str) else value):
+            problem = opevents.topic_problem(topic)
+            if problem:
+                raise ValueError(f"topics[{index}]: {problem}")
+        return value
+
+
+class OperatorEventsSettings(_Strict):
+    """Outpost's operator events, delivered to the sinks declared here (and to those the
+    /api/v1/operator-events API creates)."""
+
+    # Sent as the envelope's deployment_id when set.
+    deployment_id: str = ""
+    # The consecutive-failure count that is 100% for alert.destination.consecutive_failure
+    # while delivery.auto_disable_after_failures is 0 (Outpost's ALERT_CONSECUTIVE_FAILURE_
+    # COUNT, whose default this is); when that is set, it is the 100% and this is unused.
+    consecutive_failure_count: Annotated[int, Field(ge=0)] = 100
+    # How often a dispatcher reads the sinks' topics again (a new sink, a sink's new
+    # topics, take up to this long to apply). No statement is spent on a batch of outcomes
+    # no sink wants an event of.
+    refresh_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    sinks: list[OperatorSinkConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_sinks(self) -> OperatorEventsSettings:
+        seen: set[str] = set()
+        for index, sink in enumerate(self.sinks):
+            if sink.id in seen:
+                raise ValueError(f"sinks[{index}].id {sink.id!r} is declared twice")
+            seen.add(sink.id)
+        return self
+
+
 class GrantConfig(_Strict):
     """What a publisher may publish: to these recipients ("*": any), on these topics."""
 
@@ -438,11 +478,19 @@ class Settings(_Strict):
     logging: LoggingSettings = LoggingSettings()
     tenants: list[TenantConfig] = Field(default_factory=list)
     publishers: list[PublisherConfig] = Field(default_factory=list)
+    operator_events: OperatorEventsSettings = OperatorEventsSettings()
 
     @model_validator(mode="after")
     def _unique_tenants(self) -> Settings:
         seen: set[str] = set()
         for index, tenant in enumerate(self.tenants):
+            if tenant.id == opevents.OPERATOR_TENANT:
+                raise _at_key(
+                    f"tenants[{index}].id",
+                    f"{tenant.id!r} is relay's own tenant for operator events",
+                    "declare operator sinks under [[operator_events.sinks]], and give this "
+                    "tenant another id",
+                )
             if tenant.id in seen:
                 raise ValueError(f"tenants[{index}].id {tenant.id!r} is declared twice")
             seen.add(tenant.id)
@@ -483,18 +531,33 @@ class Settings(_Strict):
     def _destinations_deliverable(self) -> Settings:
         # Judged here, not in DestinationConfig: it needs delivery.allow_private_networks.
         allowed = ssrf.parse_networks(self.delivery.allow_private_networks)
-        for t_index, tenant in enumerate(self.tenants):
-            for d_index, dest in enumerate(tenant.destinations):
-                blocked = ssrf.why_refused_url(dest.url, allowed)
-                if blocked:
-                    raise _at_key(
-                        f"tenants[{t_index}].destinations[{d_index}].url",
-                        blocked,
-                        "add a CIDR holding it to delivery.allow_private_networks (or "
-                        "RELAY_ALLOW_PRIVATE_NETWORKS) if relay should deliver there, "
-                        "or use a public address",
-                    )
+        declared = [
+            (f"tenants[{t_index}].destinations[{d_index}]", dest)
+            for t_index, tenant in enumerate(self.tenants)
+            for d_index, dest in enumerate(tenant.destinations)
+        ] + [
+            (f"operator_events.sinks[{index}]", sink)
+            for index, sink in enumerate(self.operator_events.sinks)
+        ]
+        for key, dest in declared:
+            blocked = ssrf.why_refused_url(dest.url, allowed)
+            if blocked:
+                raise _at_key(
+                    f"{key}.url",
+                    blocked,
+                    "add a CIDR holding it to delivery.allow_private_networks (or "
+                    "RELAY_ALLOW_PRIVATE_NETWORKS) if relay should deliver there, "
+                    "or use a public address",
+                )
         return self
+
+    def declared_tenants(self) -> list[TenantConfig]:
+        """The file's tenants, and relay/operator with the sinks if any are declared."""
+        sinks = self.operator_events.sinks
+        if not sinks:
+            return list(self.tenants)
+        operator = TenantConfig(id=opevents.OPERATOR_TENANT, destinations=list(sinks))
+        return [*self.tenants, operator]
 
     @property
     def admin_api_key(self) -> str | None:
@@ -645,25 +708,29 @@ def _resolve_env_references(raw: dict[str, Any], env: Mapping[str, str], source:
             )
         publisher["key"] = env[name]
 
+    declared: list[tuple[str, Any]] = []
     tenants = raw.get("tenants")
-    if not isinstance(tenants, list):
-        return
-    for t_index, tenant in enumerate(tenants):
+    for t_index, tenant in enumerate(tenants if isinstance(tenants, list) else []):
         dests = tenant.get("destinations") if isinstance(tenant, dict) else None
-        if not isinstance(dests, list):
+        if isinstance(dests, list):
+            key = f"tenants[{t_index}].destinations"
+            declared += [(f"{key}[{d_index}]", d) for d_index, d in enumerate(dests)]
+    operator = raw.get("operator_events")
+    sinks = operator.get("sinks") if isinstance(operator, dict) else None
+    if isinstance(sinks, list):
+        declared += [(f"operator_events.sinks[{index}]", d) for index, d in enumerate(sinks)]
+    for key, dest in declared:
+        if not isinstance(dest, dict) or not dest.get("secret_env") or dest.get("secret"):
             continue
-        for d_index, dest in enumerate(dests):
-            if not isinstance(dest, dict) or not dest.get("secret_env") or dest.get("secret"):
-                continue
-            name = dest["secret_env"]
-            if name not in env:
-                raise ConfigError(
-                    source,
-                    f"tenants[{t_index}].destinations[{d_index}].secret_env",
-                    f"environment variable {name} is not set",
-                    f"export {name}=whsec_..., or set secret inline",
-                )
-            dest["secret"] = env[name]
+        name = dest["secret_env"]
+        if name not in env:
+            raise ConfigError(
+                source,
+                f"{key}.secret_env",
+                f"environment variable {name} is not set",
+                f"export {name}=whsec_..., or set secret inline",
+            )
+        dest["secret"] = env[name]
 
 
 def _at_key(key: str, problem: str, fix: str) -> PydanticCustomError:

@@ -26,7 +26,8 @@
   the dispatcher stops.
 - Outcomes are written in batches by one recorder task, so a delivery costs a share of
   one transaction instead of one of its own. Destination health (consecutive failures,
-  410 Gone, auto-disable) is updated in the same transaction.
+  410 Gone, auto-disable) is updated in the same transaction, and the operator events the
+  batch causes are written in it too (relay/opevents.py).
 - Every loop survives the database going away: it logs, waits and tries again. The
   loops run under a Supervisor (relay/supervise.py): a loop that crashes is logged with
   its traceback at once and started again, and health reports a loop that crashed or
@@ -146,8 +147,11 @@ class Dispatcher:
         database_url: str,
         settings: DeliverySettings,
         metrics: Metrics | None = None,
+        after_record: outbox.AfterRecord | None = None,
     ) -> None:
         self.engine = engine
+        # Called in each recording transaction: operator events (relay/db/operator_events.py).
+        self.after_record = after_record
         self.metrics = metrics
         self.database_url = database_url
         self.settings = settings
@@ -728,7 +732,7 @@ class Dispatcher:
         failures = 0
         while True:
             try:
-                return await self._write_once(batch), 0
+                return await self._write_once(batch, after=self.after_record), 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -763,15 +767,27 @@ class Dispatcher:
             error_detail=f"the receiver's answer could not be stored: {_brief(exc)}",
         )
         delay = 0.1
+        # Last, the outcome without its operator events: an event that cannot be written
+        # must not keep the delivery from ending as it did.
+        after = self.after_record
         while True:
             try:
-                return await self._write_once([stripped]), 0
+                return await self._write_once([stripped], after=after), 0
             except asyncio.CancelledError:
                 raise
             except Exception as again:
                 if is_connection_failure(again):  # not this outcome's fault: wait, retry
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
+                    continue
+                if after is not None:
+                    log.error(
+                        "the operator events of delivery %d's outcome cannot be written "
+                        "(%s); writing the outcome without them",
+                        recorded.claimed.id,
+                        _brief(again),
+                    )
+                    after = None
                     continue
                 log.error(
                     "dropping the outcome of delivery %d, which cannot be written (%s); "
@@ -781,9 +797,12 @@ class Dispatcher:
                 )
                 return [], 1
 
-    async def _write_once(self, batch: list[outbox.Recorded]) -> list[outbox.Disabled]:
-        """One transaction writing ``batch``; on any failure the connection is dropped
-        (its state is unknown) and the error raised."""
+    async def _write_once(
+        self, batch: list[outbox.Recorded], *, after: outbox.AfterRecord | None = None
+    ) -> list[outbox.Disabled]:
+        """One transaction writing ``batch`` (and, unless told otherwise, its operator
+        events); on any failure the connection is dropped (its state is unknown) and the
+        error raised."""
         try:
             conn = self._record_conn = await self._connected(self._record_conn)
             async with conn.transaction():
@@ -792,6 +811,7 @@ class Dispatcher:
                     batch,
                     auto_disable_after=self.settings.auto_disable_after_failures,
                     max_pause=self.policy.max_retry_after,
+                    after=after,
                 )
         except BaseException:
             _discard(self._record_conn)

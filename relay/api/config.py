@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from relay import opevents
 from relay.api.auth import require_admin
 from relay.api.errors import json_response, outpost_error_shape
 from relay.appkeys import SETTINGS
@@ -67,8 +68,10 @@ def managed_config(settings: Settings) -> dict[str, str]:
         # Unset: the prefix and Outpost's name, as in Outpost, which shows it unset too.
         if header is not None:
             config[f"DESTINATIONS_WEBHOOK_{name}_HEADER_NAME"] = header
-    if delivery.auto_disable_after_failures > 0:
-        config["ALERT_CONSECUTIVE_FAILURE_COUNT"] = str(delivery.auto_disable_after_failures)
+    # The count operator events alert at (the disable threshold when auto-disable is on).
+    config["ALERT_CONSECUTIVE_FAILURE_COUNT"] = str(opevents.policy(settings).max_failures)
+    # Every delivery that gives up is reported: no deduplication window.
+    config["ALERT_EXHAUSTED_RETRIES_WINDOW_SECONDS"] = "0"
     retry = delivery.retry
     if retry.schedule_seconds is not None:
         config["RETRY_SCHEDULE"] = ",".join(_number(s) for s in retry.schedule_seconds)

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictStr
 
-from relay import routing, ssrf, webhook_formats, webhooks
+from relay import opevents, routing, ssrf, webhook_formats, webhooks
 from relay.api import params
 from relay.api.auth import Caller, authenticate
 from relay.api.errors import json_response
@@ -30,8 +30,10 @@ from relay.api.validation import (
     read_json,
     validate,
 )
-from relay.appkeys import ENGINE, SETTINGS
+from relay.appkeys import ENGINE, OPERATOR_TOPICS, SETTINGS
 from relay.db import admin
+from relay.db import operator_events as opevents_db
+from relay.db.outbox import Connection
 from relay.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from relay.signing import generate_secret
 
@@ -281,6 +283,41 @@ def new_destination_id() -> str:
     return "des_" + secrets.token_hex(12)
 
 
+# --- tenant.subscription.updated ------------------------------------------------------
+
+
+async def subscription_before(
+    request: web.Request, conn: Connection, tenant_id: str
+) -> tuple[list[str], int] | None:
+    """A tenant's topics and count of destinations before a change, if an operator sink
+    wants tenant.subscription.updated (else None, and no statement is spent)."""
+    if tenant_id == opevents.OPERATOR_TENANT:
+        return None
+    topics = await request.app[OPERATOR_TOPICS].topics(conn)
+    if not opevents.wants(topics, opevents.SUBSCRIPTION_UPDATED):
+        return None
+    return await opevents_db.tenant_subscription(conn, tenant_id)
+
+
+async def subscription_after(
+    request: web.Request, conn: Connection, tenant_id: str, before: tuple[list[str], int] | None
+) -> None:
+    """After the change, in its transaction: tenant.subscription.updated, if the topics
+    or the count moved (as Outpost emits it, from the destination routes only)."""
+    if before is None:
+        return
+    after = await opevents_db.tenant_subscription(conn, tenant_id)
+    event = opevents.subscription_updated(
+        tenant_id,
+        before,
+        after,
+        now=datetime.now(UTC),
+        deployment_id=request.app[SETTINGS].operator_events.deployment_id,
+    )
+    if event is not None:
+        await opevents_db.write(conn, [event])
+
+
 # --- handlers ------------------------------------------------------------------------
 
 
@@ -375,7 +412,10 @@ async def create_destination(request: web.Request) -> web.Response:
     )
     async with request.app[ENGINE].begin() as conn:
         await require_tenant(conn, caller, tenant_id)
+        before = await subscription_before(request, conn, tenant_id)
         created = await admin.insert_destination(conn, new)
+        if created is not None:
+            await subscription_after(request, conn, tenant_id, before)
     if created is None:
         raise Conflict(f"destination {new.id!r} already exists for tenant {tenant_id!r}")
     return json_response(destination_json(created), status=201)
@@ -392,7 +432,7 @@ async def _load(request: web.Request, conn: Any, *, lock: bool) -> admin.Destina
     return found
 
 
-def _api_owned(request: web.Request, d: admin.Destination) -> None:
+def api_owned(request: web.Request, d: admin.Destination) -> None:
     if d.origin != "api":
         raise config_conflict(
             request.app[SETTINGS], f"destination {d.id!r} of tenant {d.tenant_id!r}"
@@ -521,7 +561,8 @@ async def update_destination(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     async with request.app[ENGINE].begin() as conn:
         current = await _load(request, conn, lock=True)
-        _api_owned(request, current)
+        api_owned(request, current)
+        before = await subscription_before(request, conn, current.tenant_id)
         patched = apply_patch(
             current,
             body,
@@ -536,6 +577,7 @@ async def update_destination(request: web.Request) -> web.Response:
             if problems:
                 raise ValidationFailed(problems)
         updated = await admin.update_destination(conn, patched)
+        await subscription_after(request, conn, current.tenant_id, before)
     assert updated is not None
     return json_response(destination_json(updated))
 
@@ -543,7 +585,7 @@ async def update_destination(request: web.Request) -> web.Response:
 async def _set_enabled(request: web.Request, enabled: bool) -> web.Response:
     async with request.app[ENGINE].begin() as conn:
         current = await _load(request, conn, lock=True)
-        _api_owned(request, current)
+        api_owned(request, current)
         disabled_at = None if enabled else (current.disabled_at or datetime.now(UTC))
         updated = await admin.update_destination(conn, replace(current, disabled_at=disabled_at))
     assert updated is not None
@@ -564,6 +606,8 @@ async def disable_destination(request: web.Request) -> web.Response:
 async def delete_destination(request: web.Request) -> web.Response:
     async with request.app[ENGINE].begin() as conn:
         current = await _load(request, conn, lock=True)
-        _api_owned(request, current)
+        api_owned(request, current)
+        before = await subscription_before(request, conn, current.tenant_id)
         await admin.delete_destination(conn, current.tenant_id, current.id)
+        await subscription_after(request, conn, current.tenant_id, before)
     return json_response({"success": True})

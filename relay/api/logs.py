@@ -88,7 +88,7 @@ def _attempt_filter(
     )
 
 
-async def _attempt_page(
+async def attempt_page(
     request: web.Request, f: history.AttemptFilter, *, types: list[str] | None = None
 ) -> web.Response:
     params.order_by(request, "time")
@@ -136,7 +136,7 @@ async def list_attempts(request: web.Request) -> web.Response:
     f = _attempt_filter(
         request, _tenant_ids(request, caller), params.multi(request, "destination_id")
     )
-    return await _attempt_page(request, f, types=types or None)
+    return await attempt_page(request, f, types=types or None)
 
 
 async def _one_attempt(request: web.Request, f: history.AttemptFilter) -> web.Response:
@@ -185,7 +185,7 @@ async def _destination_scope(request: web.Request) -> tuple[str, str]:
 @routes.get(DESTINATION_ATTEMPTS)
 async def list_destination_attempts(request: web.Request) -> web.Response:
     tenant_id, destination_id = await _destination_scope(request)
-    return await _attempt_page(request, _attempt_filter(request, [tenant_id], [destination_id]))
+    return await attempt_page(request, _attempt_filter(request, [tenant_id], [destination_id]))
 
 
 @routes.get(DESTINATION_ATTEMPTS + "/{attempt_id:[^/]+}")

@@ -2,8 +2,8 @@
 
 This module holds publish, health, topics, destination types and the OpenAPI document,
 and composes the rest: tenants.py, destinations.py, logs.py (events and attempts),
-aggregates.py (metrics), retry.py and config.py. What relay implements is described by openapi.json,
-served as it is.
+aggregates.py (metrics), retry.py, config.py and operator_events.py. What relay
+implements is described by openapi.json, served as it is.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 from sqlalchemy import text
 
-from relay.api import aggregates, config, destinations, logs, retry, tenants
+from relay.api import aggregates, config, destinations, logs, operator_events, retry, tenants
 from relay.api.auth import authenticate, require_admin
 from relay.api.errors import RETRY_AFTER_SECONDS, json_response
 from relay.api.rawjson import member_span
@@ -32,6 +32,7 @@ from relay.appkeys import (
 )
 from relay.db.migrate import current_revision
 from relay.errors import NotFound, ValidationFailed
+from relay.opevents import OPERATOR_TENANT
 from relay.publish import (
     CONTROL,
     NO_CONTROL,
@@ -68,6 +69,14 @@ class PublishBody(BaseModel):
         # PostgreSQL text cannot hold NUL; say so here, naming the field.
         if value is not None and "\x00" in value:
             raise ValueError("must not contain NUL (\\u0000)")
+        return value
+
+    @field_validator("tenant_id")
+    @classmethod
+    def _not_relays_own(cls, value: str) -> str:
+        # Operator events are relay's to write (relay/opevents.py), not a producer's.
+        if value == OPERATOR_TENANT:
+            raise ValueError(f"{value!r} is relay's own tenant for operator events")
         return value
 
     @field_validator("id", "topic")
@@ -257,3 +266,4 @@ def setup(app: web.Application) -> None:
     app.add_routes(retry.routes)
     app.add_routes(aggregates.routes)
     app.add_routes(config.routes)
+    app.add_routes(operator_events.routes)

@@ -16,6 +16,7 @@ from relay.config import Settings
 from relay.db import admin
 from relay.db.history import Position, paginate
 from relay.errors import Conflict, NotFound, ValidationFailed
+from relay.opevents import OPERATOR_TENANT
 
 PREFIX = "/api/v1"
 routes = web.RouteTableDef()
@@ -38,8 +39,16 @@ def check_id(value: str, field: str) -> None:
         raise ValidationFailed([f"{field} must not contain spaces, control characters or '/'"])
 
 
+def not_relays_own(caller: Caller, tenant_id: str) -> None:
+    """relay/operator is reached through /operator-events only (relay/api/operator_events.py
+    acts as it), never as a tenant: an id with '/' still reaches here spelled %2F."""
+    if tenant_id == OPERATOR_TENANT and caller.tenant_id != OPERATOR_TENANT:
+        raise NotFound(f"tenant {tenant_id!r} not found")
+
+
 async def require_tenant(conn: AsyncConnection, caller: Caller, tenant_id: str) -> admin.Tenant:
     caller.check_tenant(tenant_id)
+    not_relays_own(caller, tenant_id)
     tenant = await admin.get_tenant(conn, tenant_id)
     if tenant is None:
         raise NotFound(f"tenant {tenant_id!r} not found")
@@ -84,6 +93,7 @@ async def delete_tenant(request: web.Request) -> web.Response:
     caller = await authenticate(request)
     tenant_id = request.match_info["tenant_id"]
     caller.check_tenant(tenant_id)
+    not_relays_own(caller, tenant_id)
     async with request.app[ENGINE].begin() as conn:
         origin = await admin.tenant_origin(conn, tenant_id)
         if origin is None:
@@ -134,6 +144,7 @@ async def list_tenants(request: web.Request) -> web.Response:
 async def tenant_token(request: web.Request) -> web.Response:
     require_admin(request)
     tenant_id = request.match_info["tenant_id"]
+    not_relays_own(Caller(), tenant_id)
     async with request.app[ENGINE].connect() as conn:
         tenant = await admin.get_tenant(conn, tenant_id)
     if tenant is None:

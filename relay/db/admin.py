@@ -70,10 +70,12 @@ DELETE_TENANT_DESTINATIONS = text("""
 
 # Seek pagination on (created_at, id); the page is read one past its size to learn
 # whether there is more.
+# Tenants as the API lists them: relay's own tenant for operator events
+# (relay/opevents.py) is not one of them.
 LIST_TENANTS = """
     SELECT {columns}
     FROM relay.tenants t
-    WHERE t.deleted_at IS NULL
+    WHERE t.deleted_at IS NULL AND t.id <> 'relay/operator'
       AND (CAST(:ids AS text[]) IS NULL OR t.id = ANY(CAST(:ids AS text[])))
       {seek}
     ORDER BY t.created_at {order}, t.id {order}
@@ -82,7 +84,7 @@ LIST_TENANTS = """
 
 COUNT_TENANTS = text("""
     SELECT count(*) FROM relay.tenants t
-    WHERE t.deleted_at IS NULL
+    WHERE t.deleted_at IS NULL AND t.id <> 'relay/operator'
       AND (CAST(:ids AS text[]) IS NULL OR t.id = ANY(CAST(:ids AS text[])))
 """).bindparams(bindparam("ids", type_=ARRAY(Text)))
 

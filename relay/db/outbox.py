@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import asyncpg
 import orjson
@@ -616,7 +616,7 @@ RECORD_OUTCOMES = text(f"""
         OFFSET 0)
       -- Always true; it is there to run woken (a SELECT CTE nothing reads is not run).
       AND (SELECT count(*) FROM woken) >= 0
-    RETURNING delivery_id, number
+    RETURNING delivery_id, number, id
 """).bindparams(
     bindparam("delivery_id", type_=ARRAY(BigInteger)),
     bindparam("token", type_=ARRAY(UUID(as_uuid=True))),
@@ -653,6 +653,7 @@ UPDATE_HEALTH = text("""
                  slowed_by, recovered)
     ), locked AS (
         SELECT t.tenant_id, t.id, h.gone, t.disabled_at IS NULL AS was_enabled,
+               t.consecutive_failures AS previous,
                CASE WHEN h.reset THEN h.failures
                     ELSE t.consecutive_failures + h.failures END AS failures,
                h.slowed, h.retry_after, h.slowed_by, h.recovered
@@ -696,9 +697,9 @@ UPDATE_HEALTH = text("""
         updated_at = now()
     FROM judged j
     WHERE t.tenant_id = j.tenant_id AND t.id = j.id
-    RETURNING t.tenant_id, t.id, t.consecutive_failures,
+    RETURNING t.tenant_id, t.id, t.consecutive_failures, j.previous,
               j.was_enabled AND j.disable_reason IS NOT NULL AS disabled_now,
-              t.disabled_reason
+              t.disabled_at, t.disabled_reason
 """)
 
 
@@ -1105,6 +1106,41 @@ def _slowed_by(r: Recorded) -> str:
     return f"the receiver answered {r.http_status}{said}"
 
 
+@dataclass(frozen=True, slots=True)
+class HealthRow:
+    """What a batch did to one destination's health."""
+
+    previous: int
+    failures: int
+    disabled_now: bool
+    disabled_at: datetime | None
+
+
+class AfterRecord(Protocol):
+    """Called in the recording transaction once a batch is written (operator events:
+    relay/db/operator_events.py)."""
+
+    async def __call__(
+        self,
+        conn: Connection,
+        batch: Sequence[Recorded],
+        attempt_ids: Mapping[tuple[int, int], int],
+        health_rows: Sequence[Mapping[str, Any]],
+    ) -> None: ...
+
+
+def health_by_destination(
+    rows: Sequence[Mapping[str, Any]],
+) -> dict[tuple[str, str], HealthRow]:
+    """UPDATE_HEALTH's rows (what record_outcomes passes its ``after``), by destination."""
+    return {
+        (r["tenant_id"], r["id"]): HealthRow(
+            r["previous"], r["consecutive_failures"], r["disabled_now"], r["disabled_at"]
+        )
+        for r in rows
+    }
+
+
 def health_changes(batch: Sequence[Recorded]) -> list[HealthChange]:
     """Fold a batch of attempts (in the order they finished) per destination. Pure."""
     # Per destination: reset, failures, gone, slowed, retry_after, slowed_by, recovered
@@ -1144,8 +1180,10 @@ async def record_outcomes(
     *,
     auto_disable_after: int = 0,
     max_pause: float = 3600.0,
+    after: AfterRecord | None = None,
 ) -> list[Disabled]:
-    """Write a batch of attempts and delivery states, then update destination health.
+    """Write a batch of attempts and delivery states, then update destination health,
+    then call ``after`` (in the same transaction, if the caller holds one).
 
     Returns the destinations this batch disabled (410 Gone, or too many failures)."""
     if not batch:
@@ -1175,33 +1213,36 @@ async def record_outcomes(
         "written_since": min(r.claimed.claimed_at for r in batch),
     }
     inserted = {
-        (r["delivery_id"], r["number"]) for r in await _fetch(conn, RECORD_OUTCOMES, columns)
+        (r["delivery_id"], r["number"]): r["id"]
+        for r in await _fetch(conn, RECORD_OUTCOMES, columns)
     }
     if len(inserted) < len(batch):  # some were written before (a retried batch)
         batch = [r for r in batch if (r.claimed.id, r.claimed.attempt) in inserted]
     changes = health_changes(batch)
-    if not changes:
-        return []
-    rows = await _fetch(
-        conn,
-        UPDATE_HEALTH,
-        {
-            "tenant_id": [c.tenant_id for c in changes],
-            "destination_id": [c.destination_id for c in changes],
-            "reset": [c.reset for c in changes],
-            "failures": [c.failures for c in changes],
-            "gone": [c.gone for c in changes],
-            "slowed": [c.slowed for c in changes],
-            "retry_after": [c.retry_after for c in changes],
-            "slowed_by": [c.slowed_by for c in changes],
-            "recovered": [c.recovered for c in changes],
-            "threshold": auto_disable_after,
-            "min_throttle": MIN_THROTTLE,
-            "recover_step": RECOVER_STEP,
-            "pause_seconds": PAUSE_SECONDS,
-            "max_pause": max_pause,
-        },
-    )
+    rows: Sequence[Mapping[str, Any]] = []
+    if changes:
+        rows = await _fetch(
+            conn,
+            UPDATE_HEALTH,
+            {
+                "tenant_id": [c.tenant_id for c in changes],
+                "destination_id": [c.destination_id for c in changes],
+                "reset": [c.reset for c in changes],
+                "failures": [c.failures for c in changes],
+                "gone": [c.gone for c in changes],
+                "slowed": [c.slowed for c in changes],
+                "retry_after": [c.retry_after for c in changes],
+                "slowed_by": [c.slowed_by for c in changes],
+                "recovered": [c.recovered for c in changes],
+                "threshold": auto_disable_after,
+                "min_throttle": MIN_THROTTLE,
+                "recover_step": RECOVER_STEP,
+                "pause_seconds": PAUSE_SECONDS,
+                "max_pause": max_pause,
+            },
+        )
+    if after is not None and batch:
+        await after(conn, batch, inserted, rows)
     return [
         Disabled(r["tenant_id"], r["id"], r["disabled_reason"]) for r in rows if r["disabled_now"]
     ]

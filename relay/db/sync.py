@@ -116,7 +116,7 @@ def _limits(declared: Limits) -> dict[str, float | int | None]:
 async def sync_config(conn: AsyncConnection, settings: Settings) -> None:
     await conn.execute(LOCK)
     declared: list[str] = []
-    for tenant in settings.tenants:
+    for tenant in settings.declared_tenants():
         await conn.execute(
             UPSERT_TENANT,
             {
@@ -155,4 +155,6 @@ async def sync_config(conn: AsyncConnection, settings: Settings) -> None:
     await conn.execute(
         DISABLE_REMOVED, {"declared": declared, "removed_from_file": REMOVED_FROM_FILE}
     )
-    await conn.execute(RELEASE_REMOVED_TENANTS, {"declared": [t.id for t in settings.tenants]})
+    await conn.execute(
+        RELEASE_REMOVED_TENANTS, {"declared": [t.id for t in settings.declared_tenants()]}
+    )

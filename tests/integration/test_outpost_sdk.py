@@ -309,6 +309,7 @@ async def test_configuration_reads_the_settings_in_force(
         assert config.delivery_timeout_seconds == "7.5"
         assert config.alert_auto_disable_destination == "true"
         assert config.alert_consecutive_failure_count == "20"
+        assert config.alert_exhausted_retries_window_seconds == "0"
         # make_settings' schedule: two retries.
         assert config.retry_schedule == "0.2,0.4" and config.max_retry_limit == "2"
 
@@ -322,3 +323,14 @@ async def test_configuration_reads_the_settings_in_force(
     async with Outpost(api_key="wrong", server_url=url) as intruder:
         with pytest.raises(errors.UnauthorizedError):
             await intruder.configuration.get_managed_config_async()
+
+
+async def test_health_schemas_and_topics(sdk: Outpost) -> None:
+    health = await sdk.health.check_async()
+    assert health is not None
+    types = await sdk.schemas.list_destination_types_async()
+    assert [t.type for t in types] == ["webhook"]
+    webhook = await sdk.schemas.get_destination_type_async(type_="webhook")
+    assert webhook.type == "webhook"
+    assert any(field.key == "url" and field.required for field in webhook.config_fields or [])
+    assert await sdk.topics.list_async() == ["order.created", "user.deleted"]

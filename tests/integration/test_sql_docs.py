@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from relay.db import outbox
+from relay import opevents
+from relay.db import operator_events, outbox
 from relay.db.engine import create_engine
 from tests.support.receiver import Reply
 from tests.support.relay import admin_headers, make_settings
@@ -151,6 +153,25 @@ async def test_every_documented_query_answers_correctly(history: dict[str, Any],
 
     volume = {r["topic"]: r["events"] for r in await q("topic_volume")}
     assert volume == {"order.created": 2, "user.created": 1, "nobody.cares": 1}
+
+    # An operator event about broken, written as the recorder writes one; no sink wants
+    # it, so it has no delivery.
+    disabled_event = opevents.envelope(
+        opevents.DESTINATION_DISABLED,
+        "acme",
+        {"tenant_id": "acme", "reason": "gone"},
+        now=datetime.now(UTC),
+        destination=("acme", "broken"),
+    )
+    await db.execute(
+        "INSERT INTO relay.tenants (id) VALUES ($1) ON CONFLICT DO NOTHING",
+        opevents.OPERATOR_TENANT,
+    )
+    assert await operator_events.write(db, [disabled_event]) == 1
+    told = await q("operator_events")
+    assert [(r["topic"], r["tenant_id"], r["destination_id"], r["sink"]) for r in told] == [
+        (opevents.DESTINATION_DISABLED, "acme", "broken", None)
+    ]
 
     assert await q("controlled_destinations") == []
     await db.execute(

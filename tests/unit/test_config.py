@@ -183,9 +183,14 @@ def test_secret_env_reference_must_be_set(tmp_path: Path) -> None:
 
 def test_shipped_config_files_are_valid(repo_root: Path) -> None:
     load_settings(repo_root / "config" / "relay.toml", env={})
-    env = {"RELAY_ADMIN_API_KEY": "k", "ACME_WEBHOOK_SECRET": "whsec_x"}
+    env = {
+        "RELAY_ADMIN_API_KEY": "k",
+        "ACME_WEBHOOK_SECRET": "whsec_x",
+        "PAGER_WEBHOOK_SECRET": "whsec_y",
+    }
     example = load_settings(repo_root / "config" / "relay.example.toml", env=env)
     assert example.tenants
+    assert example.operator_events.sinks[0].secret == "whsec_y"
 
 
 @pytest.mark.parametrize(
@@ -327,3 +332,51 @@ def test_system_headers_under_one_name_are_refused(tmp_path: Path) -> None:
         load_settings(write(tmp_path, text), env={})
     assert info.value.key == "delivery.webhook.outpost"
     assert "event-id and topic headers are both named" in info.value.problem
+
+
+SINK = "[[operator_events.sinks]]\nid = 'ops'\nurl = 'https://ops.example.com/'\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        (
+            SINK + "topics = ['alert.destination.disabld']\n",
+            "operator_events.sinks[0].topics",
+            "'alert.destination.disabld' is not an operator event topic",
+        ),
+        (SINK + "topics = []\n", "operator_events.sinks[0].topics", "at least one"),
+        (SINK + SINK, "operator_events", "sinks[1].id 'ops' is declared twice"),
+        (
+            SINK.replace("https://ops.example.com/", "http://127.0.0.1:9/"),
+            "operator_events.sinks[0].url",
+            "loopback",
+        ),
+        (
+            SINK + "secret_env = 'OPS_SECRET'\n",
+            "operator_events.sinks[0].secret_env",
+            "OPS_SECRET is not set",
+        ),
+        ("[[tenants]]\nid = 'relay/operator'\n", "tenants[0].id", "relay's own tenant"),
+        (
+            "[operator_events]\nconsecutive_failure_count = -1\n",
+            "operator_events.consecutive_failure_count",
+            "greater than or equal to 0",
+        ),
+    ],
+)
+def test_operator_event_settings_are_checked_naming_the_key(
+    tmp_path: Path, text: str, key: str, words: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), env={})
+    assert info.value.key == key, info.value
+    assert words in info.value.problem, info.value
+
+
+def test_sinks_become_destinations_of_the_operator_tenant(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, SINK + "topics = '*'\n"), env={})
+    assert [t.id for t in settings.declared_tenants()] == ["relay/operator"]
+    (sink,) = settings.declared_tenants()[0].destinations
+    assert (sink.id, sink.topic_list) == ("ops", ["*"])
+    assert load_settings(write(tmp_path, MINIMAL), env={}).operator_events.sinks == []
