@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, StrictStr
 from relay import opevents, routing, ssrf, webhook_formats, webhooks
 from relay.api import params
 from relay.api.auth import Caller, authenticate
+from relay.api.control import CONTROL_KEYS, check_control
 from relay.api.errors import json_response
 from relay.api.shapes import destination_json
 from relay.api.tenants import check_id, config_conflict, require_tenant
@@ -63,19 +64,6 @@ class WebhookCredentials(BaseModel):
     previous_secret_invalid_at: datetime | None = None
     # Any JSON value, read as Outpost reads it (rotates()).
     rotate_secret: Any = None
-
-
-# relay's extension to Outpost's destination body: rate limits and an in-flight cap held
-# across every dispatcher (README, "Delivery control"). Any JSON: checked by check_control.
-CONTROL_KEYS = (
-    "rate_limit_per_second",
-    "rate_limit_burst",
-    "max_in_flight",
-    "ordering_key",
-    "ordering_on_failure",
-)
-# What a null (or a null delivery_control) sets a key back to.
-CONTROL_DEFAULTS: dict[str, Any] = dict.fromkeys(CONTROL_KEYS) | {"ordering_on_failure": "block"}
 
 
 class DestinationCreate(BaseModel):
@@ -194,55 +182,6 @@ def parse_custom_headers(raw: str | None, problems: list[str]) -> dict[str, str]
         return {}
     problems.extend(f"config.custom_headers: {p}" for p in webhooks.header_problems(value))
     return dict(value)
-
-
-def check_control(
-    value: Any, problems: list[str], current: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """``delivery_control`` (merged into ``current``, for a patch: a null key clears it,
-    a null object clears all): each limit a positive number (the burst and the cap whole
-    numbers), the burst only with a rate."""
-    merged: dict[str, Any] = dict(current or {})
-    if value is None:
-        return dict(CONTROL_DEFAULTS)
-    if not isinstance(value, dict):
-        problems.append("delivery_control must be an object with " + ", ".join(CONTROL_KEYS))
-        return merged
-    for key, given in value.items():
-        name = f"delivery_control.{key}"
-        if key not in CONTROL_KEYS:
-            problems.append(f"{name} is not a delivery control; known: {', '.join(CONTROL_KEYS)}")
-        elif given is None:
-            merged[key] = CONTROL_DEFAULTS[key]
-        elif key == "ordering_key":
-            if not isinstance(given, str) or not 1 <= len(given) <= 200:
-                problems.append(
-                    f"{name} must be the name of a metadata key (1 to 200 characters), "
-                    "or null for no ordering"
-                )
-            else:
-                merged[key] = given
-        elif key == "ordering_on_failure":
-            if given not in ("block", "skip"):
-                problems.append(f'{name} must be "block" or "skip"')
-            else:
-                merged[key] = given
-        elif key == "rate_limit_per_second":
-            if isinstance(given, bool) or not isinstance(given, int | float) or not given > 0:
-                problems.append(f"{name} must be a number greater than 0 (deliveries a second)")
-            elif given > 1_000_000:
-                problems.append(f"{name} must be at most 1000000")
-            else:
-                merged[key] = float(given)
-        elif isinstance(given, bool) or not isinstance(given, int) or not 1 <= given <= 1_000_000:
-            problems.append(f"{name} must be a whole number from 1 to 1000000")
-        else:
-            merged[key] = given
-    if merged.get("rate_limit_burst") is not None and merged.get("rate_limit_per_second") is None:
-        problems.append(
-            "delivery_control.rate_limit_burst needs delivery_control.rate_limit_per_second"
-        )
-    return merged
 
 
 def check_mode(value: str | None, problems: list[str]) -> str | None:

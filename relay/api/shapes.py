@@ -23,7 +23,7 @@ def iso(value: datetime | None) -> str | None:
 
 
 def tenant_json(t: Tenant) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "id": t.id,
         "destinations_count": t.destinations_count,
         "topics": t.topics,
@@ -31,6 +31,16 @@ def tenant_json(t: Tenant) -> dict[str, Any]:
         "created_at": iso(t.created_at),
         "updated_at": iso(t.updated_at),
     }
+    limits = {
+        "rate_limit_per_second": t.rate_limit_per_second,
+        "rate_limit_burst": t.rate_limit_burst,
+        "max_in_flight": t.max_in_flight,
+    }
+    shown = {k: v for k, v in limits.items() if v is not None}
+    if shown:
+        # relay's extension, as on destinations (README, "Delivery control").
+        body["delivery_control"] = shown
+    return body
 
 
 def _target(url: str) -> str:

@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.types import Text
+from sqlalchemy.types import Float, Integer, Text
 
 from relay.db import outbox, slices
 from relay.db.history import Position
@@ -26,7 +26,8 @@ from relay.db.tables import TS
 # --- tenants -------------------------------------------------------------------------
 
 _TENANT_COLUMNS = """
-    t.id, t.metadata, t.origin, t.created_at, t.updated_at,
+    t.id, t.metadata, t.origin, t.created_at, t.updated_at, t.rate_limit_per_second,
+    t.rate_limit_burst, t.max_in_flight,
     (SELECT count(*) FROM relay.destinations d
      WHERE d.tenant_id = t.id AND d.deleted_at IS NULL) AS destinations_count,
     ARRAY(SELECT DISTINCT unnest(d.topics) FROM relay.destinations d
@@ -45,18 +46,31 @@ LOCK_TENANT = text("""
 
 # A tenant that was deleted comes back as new: fresh metadata and creation time.
 UPSERT_TENANT = text("""
-    INSERT INTO relay.tenants (id, metadata, origin)
-    VALUES (:id, COALESCE(CAST(:metadata AS jsonb), '{}'::jsonb), 'api')
+    INSERT INTO relay.tenants (id, metadata, origin, rate_limit_per_second,
+                               rate_limit_burst, max_in_flight)
+    VALUES (:id, COALESCE(CAST(:metadata AS jsonb), '{}'::jsonb), 'api',
+            :rate_limit_per_second, :rate_limit_burst, :max_in_flight)
     ON CONFLICT (id) DO UPDATE
     SET metadata = CASE WHEN tenants.deleted_at IS NOT NULL
                         THEN COALESCE(CAST(:metadata AS jsonb), '{}'::jsonb)
                         ELSE COALESCE(CAST(:metadata AS jsonb), tenants.metadata) END,
         created_at = CASE WHEN tenants.deleted_at IS NOT NULL
                           THEN now() ELSE tenants.created_at END,
+        rate_limit_per_second = CASE WHEN :set_limits THEN :rate_limit_per_second
+            WHEN tenants.deleted_at IS NOT NULL THEN NULL
+            ELSE tenants.rate_limit_per_second END,
+        rate_limit_burst = CASE WHEN :set_limits THEN :rate_limit_burst
+            WHEN tenants.deleted_at IS NOT NULL THEN NULL ELSE tenants.rate_limit_burst END,
+        max_in_flight = CASE WHEN :set_limits THEN :max_in_flight
+            WHEN tenants.deleted_at IS NOT NULL THEN NULL ELSE tenants.max_in_flight END,
         deleted_at = NULL,
         updated_at = now()
     WHERE tenants.origin = 'api'
-""")
+""").bindparams(
+    bindparam("rate_limit_per_second", type_=Float),
+    bindparam("rate_limit_burst", type_=Integer),
+    bindparam("max_in_flight", type_=Integer),
+)
 
 DELETE_TENANT = text("""
     UPDATE relay.tenants SET deleted_at = now(), updated_at = now()
@@ -98,6 +112,10 @@ class Tenant:
     updated_at: datetime
     destinations_count: int
     topics: list[str]
+    # Delivery control: the default for each of its destinations (None: no limit).
+    rate_limit_per_second: float | None = None
+    rate_limit_burst: int | None = None
+    max_in_flight: int | None = None
 
 
 def _tenant(row: Row[Any]) -> Tenant:
@@ -110,6 +128,9 @@ def _tenant(row: Row[Any]) -> Tenant:
         updated_at=row.updated_at,
         destinations_count=row.destinations_count,
         topics=["*"] if "*" in topics else topics,
+        rate_limit_per_second=row.rate_limit_per_second,
+        rate_limit_burst=row.rate_limit_burst,
+        max_in_flight=row.max_in_flight,
     )
 
 
@@ -140,16 +161,31 @@ async def tenant_origin(conn: AsyncConnection, tenant_id: str, *, live: bool = T
 
 
 async def upsert_tenant(
-    conn: AsyncConnection, tenant_id: str, metadata: Mapping[str, str] | None
+    conn: AsyncConnection,
+    tenant_id: str,
+    metadata: Mapping[str, str] | None,
+    limits: Mapping[str, Any] | None = None,
 ) -> bool | None:
     """Create or update an API tenant: True when created, False when updated, None when
-    the tenant belongs to the config file (nothing written)."""
+    the tenant belongs to the config file (nothing written). ``limits``: its delivery
+    control defaults (None: keep them)."""
     row = (await conn.execute(LOCK_TENANT, {"id": tenant_id})).first()
     if row is not None and row.origin != "api":
         return None
     created = row is None or row.deleted_at is not None
     encoded = None if metadata is None else orjson.dumps(dict(metadata)).decode()
-    await conn.execute(UPSERT_TENANT, {"id": tenant_id, "metadata": encoded})
+    given = limits or {}
+    await conn.execute(
+        UPSERT_TENANT,
+        {
+            "id": tenant_id,
+            "metadata": encoded,
+            "set_limits": limits is not None,
+            "rate_limit_per_second": given.get("rate_limit_per_second"),
+            "rate_limit_burst": given.get("rate_limit_burst"),
+            "max_in_flight": given.get("max_in_flight"),
+        },
+    )
     return created
 
 

@@ -119,3 +119,33 @@ async def test_ordering_is_set_through_the_api_and_routes_publishes_by_it(
         http, server, "PATCH", path, {"delivery_control": {"ordering_key": None}}
     )
     assert "delivery_control" not in patched, patched
+
+
+async def test_a_tenants_defaults_are_set_through_the_api(
+    start_relay: Any, http: Any, database_url: str, db: Any
+) -> None:
+    server = await relay_with(start_relay, http, database_url, ["127.0.0.1/32"])
+    tenant = "/api/v1/tenants/acme"
+    status, answer = await call(
+        http, server, "PUT", tenant, {"delivery_control": {"max_in_flight": 3}}
+    )
+    assert status == 200 and answer["delivery_control"] == {"max_in_flight": 3}, answer
+    # Absent: kept (a PUT of metadata alone leaves them).
+    status, answer = await call(http, server, "PUT", tenant, {"metadata": {"k": "v"}})
+    assert answer["delivery_control"] == {"max_in_flight": 3}, answer
+    row = await db.fetchrow("SELECT max_in_flight, rate_limit_per_second FROM relay.tenants")
+    assert tuple(row) == (3, None)
+    status, answer = await call(
+        http,
+        server,
+        "PUT",
+        tenant,
+        {"delivery_control": {"ordering_key": "order", "max_in_flight": 0}},
+    )
+    assert status == 422, answer
+    assert sorted(p.split(" ")[0] for p in answer["data"]) == [
+        "delivery_control.max_in_flight",
+        "delivery_control.ordering_key",
+    ]
+    status, answer = await call(http, server, "PUT", tenant, {"delivery_control": None})
+    assert status == 200 and "delivery_control" not in answer, answer
