@@ -86,6 +86,12 @@ class B:
         start = time.monotonic()
         try:
             while not self.stop.is_set():
+                if self.phase == "stopped":
+                    # --backlog: B waits while A's burst is queued (else B's own events
+                    # of that time would be a backlog B's later events wait behind).
+                    await asyncio.sleep(0.05)
+                    start = time.monotonic() - n / self.rate
+                    continue
                 event_id = f"b-{n}"
                 async with engine.begin() as conn:
                     await publish(conn, Event("tenant-b", "steady", b"{}", id=event_id))
@@ -262,9 +268,8 @@ def report(
             f"{args.burst:,} events (500 a transaction, another process) after "
             f"{args.quiet_seconds:g} s"
             + (
-                " while the dispatcher is stopped, then it is started and drains them (the "
-                "burst phase: the drain; B's events published while it was stopped are left "
-                "out). "
+                " while the dispatcher is stopped (B pauses meanwhile), then it is started and "
+                "drains them; the burst phase is the drain. "
                 if args.backlog
                 else ". "
             )
