@@ -202,7 +202,6 @@ async def old_record_outcomes(
             "threshold": auto_disable_after,
             "min_throttle": outbox.MIN_THROTTLE,
             "recover_step": outbox.RECOVER_STEP,
-            "pause_seconds": outbox.PAUSE_SECONDS,
             "max_pause": 3600.0,
         },
     )

@@ -620,7 +620,7 @@ class Dispatcher:
             self.stats.failed_attempts += 1
         if self._affects_health(not outcome.success, outcome.http_status, outcome.error_code):
             self._unjudged[claimed.destination] += 1
-        if outbox.slows_down(outcome.http_status, outcome.error_code):
+        if outcome.http_status in outbox.SLOW_DOWN_STATUSES:  # a timeout pauses nothing
             self._pause(claimed.destination, outcome.retry_after)
         self._outcomes.put_nowait(decide(claimed, outcome, self.policy))
 

@@ -679,10 +679,9 @@ UPDATE_HEALTH = text("""
             WHEN j.slowed > 0 THEN GREATEST(CAST(:min_throttle AS float8), t.throttle / 2)
             ELSE LEAST(1, t.throttle + CAST(:recover_step AS float8) * j.recovered) END,
         throttled_until = CASE
-            WHEN j.slowed > 0 AND COALESCE(j.retry_after, CAST(:pause_seconds AS float8)) > 0
+            WHEN j.slowed > 0 AND j.retry_after > 0
                 THEN GREATEST(t.throttled_until, now() + make_interval(
-                    secs => LEAST(COALESCE(j.retry_after, CAST(:pause_seconds AS float8)),
-                                 CAST(:max_pause AS float8))))
+                    secs => LEAST(j.retry_after, CAST(:max_pause AS float8))))
             WHEN t.throttled_until <= now() THEN NULL
             ELSE t.throttled_until END,
         throttle_reason = CASE
@@ -1160,15 +1159,18 @@ def health_changes(batch: Sequence[Recorded]) -> list[HealthChange]:
             h[3] += 1
             if r.retry_after is not None:
                 h[4] = max(h[4] or 0.0, r.retry_after)
+            elif r.http_status is not None:  # a 429 or 503 without one pauses it too
+                h[4] = max(h[4] or 0.0, PAUSE_SECONDS)
             h[5] = _slowed_by(r)
             h[6] = 0
     return [HealthChange(t, d, *h) for (t, d), h in sorted(state.items())]
 
 
 # Adaptive backoff: a batch that says "slow down" halves a destination's throttle (its
-# rate and in-flight cap, as a fraction), not below MIN_THROTTLE, and pauses it for the
-# longest Retry-After (PAUSE_SECONDS without one, at most retry.max_retry_after_seconds);
-# each healthy answer after that gives back RECOVER_STEP.
+# rate and in-flight cap, as a fraction), not below MIN_THROTTLE; a 429 or 503 also
+# pauses it for the longest Retry-After (PAUSE_SECONDS without one, at most
+# retry.max_retry_after_seconds); a timeout does not (it took its time already). Each
+# healthy answer after that gives back RECOVER_STEP.
 MIN_THROTTLE = 0.05
 RECOVER_STEP = 0.05
 PAUSE_SECONDS = 1.0
@@ -1237,7 +1239,6 @@ async def record_outcomes(
                 "threshold": auto_disable_after,
                 "min_throttle": MIN_THROTTLE,
                 "recover_step": RECOVER_STEP,
-                "pause_seconds": PAUSE_SECONDS,
                 "max_pause": max_pause,
             },
         )

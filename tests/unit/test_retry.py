@@ -209,5 +209,6 @@ def test_health_changes_count_slowdowns_and_the_recovery_after_the_last() -> Non
     # A 503 and a timeout slow it down too; a 500 does not.
     timed_out = Recorded(c, "failed", None, "timeout", None, None, 1, NOW, "pending", 1.0)
     [change] = health_changes([_recorded(c, "failed", 503), timed_out, _recorded(c, "failed", 500)])
-    assert (change.slowed, change.retry_after, change.recovered) == (2, None, 0)
+    # The 503 pauses it a second (no Retry-After); the timeout does not pause it.
+    assert (change.slowed, change.retry_after, change.recovered) == (2, 1.0, 0)
     assert change.slowed_by == "the receiver did not answer in time (timeout)"
