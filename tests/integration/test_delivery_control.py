@@ -84,6 +84,8 @@ def write_config(
     return path
 
 
+# The sizes: 100 s at 50/s; 10,000 ordered deliveries on a busy machine.
+@pytest.mark.timeout(420)
 async def test_three_dispatchers_hold_a_destination_to_its_rate_and_in_flight_cap(
     dispatchers: Any, receiver: Receiver, db: Any, database_url: str, tmp_path: Path
 ) -> None:
@@ -210,6 +212,8 @@ async def test_a_429_with_retry_after_pauses_the_destination_and_it_recovers(
     ]
 
 
+# The sizes: 100 s at 50/s; 10,000 ordered deliveries on a busy machine.
+@pytest.mark.timeout(420)
 async def test_ordered_keys_arrive_in_publish_order_through_failures_and_a_kill_9(
     dispatchers: Any, receiver: Receiver, db: Any, database_url: str, tmp_path: Path
 ) -> None:
