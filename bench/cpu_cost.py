@@ -200,6 +200,29 @@ async def delivery(args: argparse.Namespace) -> None:
         pg.cleanup()
 
 
+async def at_revision_of(url: str, checkout: str | None) -> None:
+    """Take a fresh database (migrated by this checkout) down to the schema of another,
+    older checkout: it refuses to run on a schema newer than it knows."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from relay.db.engine import create_engine
+    from relay.db.migrate import alembic_config
+
+    assert checkout is not None
+    theirs = Config()
+    theirs.set_main_option("script_location", str(Path(checkout) / "migrations"))
+    head = ScriptDirectory.from_config(theirs).get_current_head()
+    assert head is not None
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda sync: command.downgrade(alembic_config(sync), head))
+    finally:
+        await engine.dispose()
+
+
 async def drain(
     b: bench.Bench,
     http: aiohttp.ClientSession,
@@ -217,11 +240,19 @@ async def drain(
         command = [bench.PY, str(bench.BENCH / "minimal_loop.py"), "--dsn", url, "--url", hook]
     else:
         url = await b.fresh_db()
+        if name == "old":
+            await at_revision_of(url, old)
         await bench.seed_relay(url, receiver_port, pending=total)
         conn = await asyncpg.connect(url)
         await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         await conn.execute("SELECT pg_stat_statements_reset()")
-        config = str(b.config(url, receiver_port, **bench.DISPATCH_SETTINGS))
+        path = b.config(url, receiver_port, **bench.DISPATCH_SETTINGS)
+        if name == "old":
+            # The schema is this checkout's: an older relay must not try to migrate it.
+            path.write_text(
+                path.read_text().replace("[database]\n", "[database]\nmigrate_on_start = false\n")
+            )
+        config = str(path)
         command = [*relay_command(old if name == "old" else None), "--config", config, "dispatch"]
     start: dict[str, float] = {}
     exited_cpu: list[float] = []

@@ -17,7 +17,7 @@ ran, so the new statement's NOT EXISTS, which looks at the slices since an hour 
 outcome started, still probes them).
 Each round claims 200 deliveries with outbox.claim_due (the recorder's typical batch;
 RECORD_BATCH is at most 500), builds their outcomes with the dispatcher's decide() (9 in 10
-answered 200, 1 in 10 answered 503 and set to retry) and writes them in one transaction
+answered 200, 1 in 10 answered 500 and set to retry) and writes them in one transaction
 on a raw asyncpg connection, as the dispatcher's recorder does, with either
 
     new: outbox.record_outcomes as it is in the working tree (an index probe of
@@ -89,7 +89,7 @@ OK_HEADERS = {
     "date": "Sun, 06 Dec 2026 12:00:00 GMT",
     "server": "Python/3.11 aiohttp/3.11.18",
 }
-FAIL_EVERY = 10  # one outcome in ten fails (503), and is set to retry
+FAIL_EVERY = 10  # one outcome in ten fails (500), and is set to retry
 
 Record = Callable[..., Awaitable[list[outbox.Disabled]]]
 
@@ -195,7 +195,14 @@ async def old_record_outcomes(
             "reset": [c.reset for c in changes],
             "failures": [c.failures for c in changes],
             "gone": [c.gone for c in changes],
+            "slowed": [c.slowed for c in changes],
+            "retry_after": [c.retry_after for c in changes],
+            "slowed_by": [c.slowed_by for c in changes],
+            "recovered": [c.recovered for c in changes],
             "threshold": auto_disable_after,
+            "min_throttle": outbox.MIN_THROTTLE,
+            "recover_step": outbox.RECOVER_STEP,
+            "max_pause": 3600.0,
         },
     )
     return [
@@ -309,7 +316,9 @@ async def claim_batch(db: Db) -> list[outbox.Recorded]:
                 False,
                 started_at,
                 12,
-                http_status=503,
+                # A 500, not a 503: a 503 would slow the destination down (adaptive
+                # backoff) and the claims here would find it paused.
+                http_status=500,
                 response_body="unavailable",
                 response_headers={**OK_HEADERS, "content-length": "11"},
             )

@@ -29,9 +29,14 @@ read once from its head.
 Which destinations. The claim reads only destinations known to have due work
 (``active``): announced, found by the periodic search (``find_due``, every poll
 interval: polling is the truth), or whose last claim took all it asked for. A
-destination at its cap is left out until a delivery frees a slot. The batch is shared
-out among the destinations with room, an equal share each, starting from a different
-destination each time, so one destination's backlog cannot fill every batch.
+destination at its cap is left out until a delivery frees a slot.
+
+Fairness. The batch is shared out first among tenants, an equal share each, then within
+each tenant among its destinations with room, an equal share each; each level starts
+from a different tenant (destination) at every claim. So neither a tenant's backlog nor
+one spread over many destinations can fill every batch: a fresh row of another tenant
+waits at most for the next claim, never behind the backlog (the due index is read per
+destination, never in one global order).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 Destination = tuple[str, str]
 # A row's place in its destination's queue: (next_attempt_at, id). A cursor is the
@@ -83,6 +89,30 @@ def share_out(
     return [(rooms[i][0], n) for i, n in enumerate(counts) if n > 0]
 
 
+def _rotated(items: list[Any], turn: int) -> list[Any]:
+    if not items:
+        return items
+    turn %= len(items)
+    return items[turn:] + items[:turn]
+
+
+def share_by_tenant(
+    rooms: Sequence[tuple[Destination, int]], limit: int, turn: int = 0
+) -> list[tuple[Destination, int]]:
+    """Split ``limit`` rows equally among the tenants of ``rooms`` (what one cannot use
+    goes to the others), then each tenant's share equally among its destinations. The
+    ``turn`` rotates which tenant, and which of its destinations, get the odd rows. Pure."""
+    tenants: dict[str, list[tuple[Destination, int]]] = {}
+    for d, room in sorted(rooms):
+        tenants.setdefault(d[0], []).append((d, room))
+    order = _rotated(sorted(tenants), turn)
+    shares = share_out([((t, ""), sum(r for _, r in tenants[t])) for t in order], limit)
+    out: list[tuple[Destination, int]] = []
+    for (tenant, _), count in shares:
+        out += share_out(_rotated(tenants[tenant], turn), count)
+    return out
+
+
 @dataclass
 class Claims:
     """The dispatcher's view of the queue between claims."""
@@ -113,7 +143,8 @@ class Claims:
         self.begin()
 
     def plan(self, in_flight: Mapping[Destination, int], limit: int) -> list[Take]:
-        """The next claim: active destinations below their cap, sharing ``limit``."""
+        """The next claim: active destinations below their cap, sharing ``limit`` fairly
+        between tenants, then between each tenant's destinations."""
         rooms = sorted(
             (d, self.per_destination - in_flight.get(d, 0))
             for d in self.active
@@ -121,9 +152,10 @@ class Claims:
         )
         if not rooms:
             return []
-        self.turn = (self.turn + 1) % len(rooms)
-        rooms = rooms[self.turn :] + rooms[: self.turn]
-        return [Take(d, n, self.cursors.get(d)) for d, n in share_out(rooms, limit)]
+        self.turn += 1
+        return [
+            Take(d, n, self.cursors.get(d)) for d, n in share_by_tenant(rooms, limit, self.turn)
+        ]
 
     def took(
         self, plan: Sequence[Take], rows: Iterable[tuple[Destination, Position | None]]

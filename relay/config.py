@@ -296,7 +296,25 @@ class MetricsSettings(_Strict):
     database_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 5.0
 
 
-class DestinationConfig(_Strict):
+class Limits(_Strict):
+    """Delivery control shared by a destination and (as the default for each of its
+    destinations) a tenant: unset is no limit. Enforced across every dispatcher process."""
+
+    # At most this many deliveries a second, with bursts of up to rate_limit_burst.
+    rate_limit_per_second: Annotated[float, Field(gt=0, le=1_000_000)] | None = None
+    # Unset: one second's worth of the rate (at least 1).
+    rate_limit_burst: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    # At most this many requests in flight (claimed, not yet answered), all processes.
+    max_in_flight: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+
+    @model_validator(mode="after")
+    def _burst_needs_a_rate(self) -> Limits:
+        if self.rate_limit_burst is not None and self.rate_limit_per_second is None:
+            raise ValueError("rate_limit_burst needs rate_limit_per_second")
+        return self
+
+
+class DestinationConfig(Limits):
     id: Annotated[str, Field(min_length=1, max_length=200)]
     type: Literal["webhook"] = "webhook"
     url: str
@@ -312,6 +330,12 @@ class DestinationConfig(_Strict):
         default=None, validation_alias=AliasChoices("webhook_mode", "signature_mode")
     )
     timeout_seconds: Annotated[float, Field(gt=0, le=300)] | None = None
+    # Ordered delivery: the metadata key whose value orders events to this destination
+    # (same value: one at a time, in publish order); unset: no ordering.
+    ordering_key: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    # A key's head that finally fails: "block" keeps it at the head (nothing more of its
+    # key is sent until an operator retries it), "skip" fails it and the key goes on.
+    ordering_on_failure: Literal["block", "skip"] = "block"
 
     @field_validator("url")
     @classmethod
@@ -349,7 +373,7 @@ def _pod_url(value: str) -> str:
     return value
 
 
-class TenantConfig(_Strict):
+class TenantConfig(Limits):
     id: Annotated[str, Field(min_length=1, max_length=200)]
     metadata: dict[str, str] = Field(default_factory=dict)
     destinations: list[DestinationConfig] = Field(default_factory=list)

@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -102,6 +103,10 @@ def decide(claimed: outbox.Claimed, outcome: Outcome, policy: RetryPolicy) -> ou
             retry_after=outcome.retry_after,
         )
         next_status, delay = ("failed", 0.0) if retry_in is None else ("pending", retry_in)
+    if next_status == "failed" and claimed.ordering_key is not None and claimed.ordering_blocks:
+        # The head of an ordered key that blocks on failure: it stays pending, never due,
+        # and holds its key until an operator retries it (docs/sql.md, ordered delivery).
+        next_status, delay = "pending", math.inf
     return outbox.Recorded(
         claimed=claimed,
         attempt_status="success" if outcome.success else "failed",
@@ -114,6 +119,7 @@ def decide(claimed: outbox.Claimed, outcome: Outcome, policy: RetryPolicy) -> ou
         started_at=outcome.started_at,
         next_status=next_status,
         delay_seconds=delay,
+        retry_after=outcome.retry_after,
     )
 
 
@@ -172,6 +178,8 @@ class Dispatcher:
         self._sending: dict[Destination, asyncio.Semaphore] = {}
         # Destinations this process saw disabled: their rows next in line go back unsent.
         self._disabled: set[Destination] = set()
+        # Destinations that answered 429, 503 or timed out: paused until (loop time).
+        self._paused: dict[Destination, float] = {}
         # Judgements written: wakes rows next in line that wait for one (see _turn).
         self._judged = asyncio.Event()
         self._unsent: list[outbox.Claimed] = []
@@ -216,6 +224,9 @@ class Dispatcher:
         cap = settings.per_destination_concurrency
         self._claims = Claims(per_destination=cap + ahead_of(cap))
         self._plan: list[Take] = []
+        # Destinations under delivery control (rate limits, caps held by all processes,
+        # adaptive backoff), each with its rate now: as the last search found them.
+        self._controlled: dict[Destination, float | None] = {}
         self._search_at = 0.0
         self._sweep_at = 0.0
 
@@ -331,12 +342,7 @@ class Dispatcher:
                 self._plan = self._claims.plan(self._busy(), min(self.settings.batch_size, free))
                 self._claims.begin()
                 started = time.perf_counter()
-                batch = await outbox.claim(
-                    self._claim_conn,
-                    self._plan,
-                    lease_seconds=self.settings.lease_seconds,
-                    token=self.token,
-                )
+                batch = await self._claim(self._claim_conn, self._plan)
                 self._claims.took(self._plan, [(c.destination, c.position) for c in batch])
             except asyncio.CancelledError:
                 raise
@@ -373,6 +379,37 @@ class Dispatcher:
                 with loop.idle():
                     await self._wait(self._wake.wait())
 
+    async def _claim(self, conn: asyncpg.Connection, plan: list[Take]) -> list[outbox.Claimed]:
+        """One claim: destinations under delivery control through claim_limited (their
+        locks, buckets and deployment-wide caps), the others through the plain claim.
+        A controlled destination granted less than asked is asked again when its next
+        token is due (or in a fraction of a poll interval, for a cap another process may
+        free), since no wake-up says so."""
+        free = [t for t in plan if t.destination not in self._controlled]
+        held = [t for t in plan if t.destination in self._controlled]
+        lease = self.settings.lease_seconds
+        batch = await outbox.claim(conn, free, lease_seconds=lease, token=self.token)
+        if held:
+            limited, still_due = await outbox.claim_limited(
+                conn,
+                held,
+                lease_seconds=lease,
+                token=self.token,
+                default_in_flight=self.settings.per_destination_concurrency,
+            )
+            got = Counter(c.destination for c in limited)
+            poll = self.settings.poll_interval_seconds
+            again = []
+            for take in held:
+                if got[take.destination] < take.count and take.destination in still_due:
+                    rate = self._controlled[take.destination]
+                    wait = poll / 4 if rate is None else min(max(1 / rate, 0.005), poll)
+                    again.append((wait, take.destination))
+            if again:
+                self._wake_in(again)
+            batch += limited
+        return batch
+
     async def _search(self, conn: asyncpg.Connection) -> None:
         """Every poll interval (and when a wake-up names no destination), look for
         destinations with due work; every SWEEP_SECONDS, from each one's head."""
@@ -384,7 +421,13 @@ class Dispatcher:
         if now >= self._search_at:
             self._search_at = now + self.settings.poll_interval_seconds
             self._claims.begin()
-            self._claims.found(await outbox.find_due(conn, dict(self._claims.cursors)))
+            found = await outbox.search_due(conn, dict(self._claims.cursors))
+            self._claims.found((d.destination, d.position) for d in found)
+            for d in found:
+                if d.controlled:
+                    self._controlled[d.destination] = d.rate
+                else:
+                    self._controlled.pop(d.destination, None)
 
     def _notified(self, payload: str) -> None:
         """A NOTIFY: new rows for the destination it names, or (naming none) rows that
@@ -445,8 +488,16 @@ class Dispatcher:
             busy[key] = self._claims.per_destination
         return busy
 
-    def _affects_health(self, failed: bool, http_status: int | None) -> bool:
-        return failed and (http_status == 410 or self.settings.auto_disable_after_failures > 0)
+    def _affects_health(
+        self, failed: bool, http_status: int | None, error_code: str | None = None
+    ) -> bool:
+        """A failure the destination's next claims must wait for the judgement of: a 410
+        (disables it), any with auto-disable on, and one that slows it down."""
+        return failed and (
+            http_status == 410
+            or self.settings.auto_disable_after_failures > 0
+            or outbox.slows_down(http_status, error_code)
+        )
 
     async def _wait(self, awaitable: Awaitable[object]) -> None:
         waiter = asyncio.ensure_future(awaitable)
@@ -498,10 +549,37 @@ class Dispatcher:
         except BaseException:  # cancelled by the shutdown: not sent
             slot.release()
             raise
+        try:
+            await self._paused_out(key)
+        except BaseException:
+            slot.release()
+            raise
         if key in self._disabled or self._stopping.is_set():
             slot.release()
             return None
         return slot
+
+    def _pause(self, key: Destination, retry_after: float | None) -> None:
+        """The receiver said "slow down": this process sends it nothing more until the
+        pause the recorder is about to write for every process has run out."""
+        seconds = min(
+            outbox.PAUSE_SECONDS if retry_after is None else retry_after,
+            self.policy.max_retry_after,
+        )
+        until = asyncio.get_running_loop().time() + seconds
+        self._paused[key] = max(self._paused.get(key, 0.0), until)
+
+    async def _paused_out(self, key: Destination) -> None:
+        """Wait out the destination's pause (see _pause), if any, or until stopping."""
+        loop = asyncio.get_running_loop()
+        while (until := self._paused.get(key)) is not None and not self._stopping.is_set():
+            left = until - loop.time()
+            if left <= 0:
+                if self._paused.get(key) == until:
+                    del self._paused[key]
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), left)
 
     async def _deliver_one(self, claimed: outbox.Claimed) -> None:
         assert self._session is not None
@@ -549,8 +627,10 @@ class Dispatcher:
             self.stats.delivered += 1
         else:
             self.stats.failed_attempts += 1
-        if self._affects_health(not outcome.success, outcome.http_status):
+        if self._affects_health(not outcome.success, outcome.http_status, outcome.error_code):
             self._unjudged[claimed.destination] += 1
+        if outcome.http_status in outbox.SLOW_DOWN_STATUSES:  # a timeout pauses nothing
+            self._pause(claimed.destination, outcome.retry_after)
         recorded = decide(claimed, outcome, self.policy)
         recorded.trace_id = trace_id
         self._outcomes.put_nowait(recorded)
@@ -634,9 +714,15 @@ class Dispatcher:
         retries = []
         for recorded in batch:
             self._held.pop(recorded.claimed.id, None)
+            if recorded.claimed.ordering_key is not None:
+                # Its key's next row may be claimed now.
+                self._claims.announce(recorded.claimed.destination)
+                self._wake.set()
             if recorded.next_status == "pending":
                 retries.append((recorded.delay_seconds, recorded.claimed.destination))
-            if self._affects_health(recorded.attempt_status == "failed", recorded.http_status):
+            if self._affects_health(
+                recorded.attempt_status == "failed", recorded.http_status, recorded.error_code
+            ):
                 key = recorded.claimed.destination
                 self._unjudged[key] -= 1
                 if self._unjudged[key] <= 0:
@@ -735,6 +821,7 @@ class Dispatcher:
                     conn,
                     batch,
                     auto_disable_after=self.settings.auto_disable_after_failures,
+                    max_pause=self.policy.max_retry_after,
                     after=after,
                 )
         except BaseException:

@@ -213,11 +213,22 @@ class BacklogRow:
     expired_leases: int
 
 
+@dataclass(frozen=True, slots=True)
+class ControlRow:
+    tenant_id: str
+    destination_id: str
+    throttle: float
+    paused: bool
+    blocked_keys: int
+
+
 class BacklogCollector(Collector):
-    """Gauges from relay.outbox_backlog, filled in just before a scrape renders."""
+    """Gauges from relay.outbox_backlog (and delivery control's state), filled in just
+    before a scrape renders."""
 
     def __init__(self) -> None:
         self.rows: list[BacklogRow] = []
+        self.control: list[ControlRow] = []
 
     def collect(self) -> Iterable[Metric]:
         backlog = GaugeMetricFamily(
@@ -242,6 +253,31 @@ class BacklogCollector(Collector):
             "In-flight deliveries whose lease ran out.",
             value=sum(r.expired_leases for r in self.rows),
         )
+        labels = ["tenant_id", "destination_id"]
+        throttle = GaugeMetricFamily(
+            "relay_destination_throttle",
+            "Adaptive backoff: the share of its rate and in-flight cap a destination that "
+            "answered 429, 503 or timed out gets now (listed while below 1 or paused).",
+            labels=labels,
+        )
+        paused = GaugeMetricFamily(
+            "relay_destination_paused",
+            "1 while nothing is claimed for the destination (its Retry-After).",
+            labels=labels,
+        )
+        blocked = GaugeMetricFamily(
+            "relay_ordered_keys_blocked",
+            "Ordered keys held by a head that failed for good (ordering_on_failure block).",
+            labels=labels,
+        )
+        for c in self.control:
+            key = [c.tenant_id, c.destination_id]
+            throttle.add_metric(key, c.throttle)
+            paused.add_metric(key, 1.0 if c.paused else 0.0)
+            blocked.add_metric(key, c.blocked_keys)
+        yield throttle
+        yield paused
+        yield blocked
 
 
 class LoopCollector(Collector):

@@ -125,6 +125,7 @@ async def stats(engine: AsyncEngine, out: TextIO, *, warn_after: float = 0.0) ->
     async with engine.connect() as conn:
         backlog = await ops.backlog(conn)
         health = await ops.health(conn)
+        control = await ops.control(conn)
         holders = await horizon.holders(conn)
     screen = console.console(out)
     screen.print(Text("outbox backlog", style="bold"))
@@ -149,6 +150,25 @@ async def stats(engine: AsyncEngine, out: TextIO, *, warn_after: float = 0.0) ->
             ],
         )
     )
+    if control:
+        screen.print(
+            Text("delivery control", style="bold").append(
+                ": destinations slowed down or with ordered keys blocked", style="none"
+            )
+        )
+        screen.print(
+            console.table(
+                control,
+                [
+                    "tenant_id",
+                    "destination_id",
+                    "throttle",
+                    "throttled_until",
+                    "blocked_keys",
+                    "throttle_reason",
+                ],
+            )
+        )
 
 
 def _write_horizon(holders: list[horizon.Holder], warn_after: float, screen: Console) -> None:

@@ -77,6 +77,8 @@ class Planned:
     event: Event
     id: str
     destination_ids: list[str]
+    # Ordered destinations among them: destination id -> the event's ordering key there.
+    ordering_keys: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -332,7 +334,12 @@ def _plan(
         event.data,
         event.time,
     )
-    return Planned(event, event_id, destination_ids)
+    keys = {
+        d.id: key
+        for d in destinations
+        if d.ordering_key is not None and (key := d.key_of(event.metadata)) is not None
+    }
+    return Planned(event, event_id, destination_ids, keys)
 
 
 def route_event(
@@ -376,7 +383,11 @@ async def write(
         first.setdefault(p.key, p)
     # Destination order, as the dispatcher's health update locks them: no deadlock.
     deliveries = sorted(
-        ((p.event.tenant_id, p.id, d) for p in first.values() for d in p.destination_ids),
+        (
+            (p.event.tenant_id, p.id, d, p.ordering_keys.get(d) if p.ordering_keys else None)
+            for p in first.values()
+            for d in p.destination_ids
+        ),
         key=lambda r: (r[0], r[2]),
     )
     # Events in key order too: two groups that share ids (a producer's retries racing)

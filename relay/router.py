@@ -37,27 +37,23 @@ async def route_pending(conn: asyncpg.Connection, limit: int = 500) -> int:
         await slices.keep_revived(conn, [e.seq for e in events])
         routes = await publishing.tenant_routes(conn, sorted({e.tenant_id for e in events}))
         tenants = routes.tenants
-        rows: list[tuple[int, str, str]] = []
+        rows: list[tuple[int, str, str, str | None]] = []
         for e in events:
             destinations = tenants.get(e.tenant_id)
             if destinations is None:
                 # Deleted since it was published: nowhere to deliver, the event stays.
                 continue
             try:
+                metadata = orjson.loads(e.metadata)
                 chosen = route_event(
-                    destinations,
-                    e.id,
-                    e.topic,
-                    e.destination_id,
-                    orjson.loads(e.metadata),
-                    e.data,
-                    e.time,
+                    destinations, e.id, e.topic, e.destination_id, metadata, e.data, e.time
                 )
             except Exception:
                 # One event must not block the queue behind it; it stays, undelivered.
                 log.exception("could not route event %s of tenant %s", e.id, e.tenant_id)
                 continue
-            rows += [(e.seq, e.tenant_id, d) for d in chosen]
+            keys = {d.id: d.key_of(metadata) for d in destinations if d.ordering_key}
+            rows += [(e.seq, e.tenant_id, d, keys.get(d)) for d in chosen]
         await publishing.insert_deliveries(conn, sorted(rows, key=lambda r: (r[1], r[2])))
         await publishing.mark_routed(conn, [e.seq for e in events])
     return len(events)

@@ -12,6 +12,7 @@ NAT64) is refused when the IPv4 address inside would be.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import socket
@@ -183,3 +184,32 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+# How long the API waits for DNS when it judges a destination's host name.
+RESOLVE_SECONDS = 2.0
+
+
+async def why_refused_host(url: str, allowed: Sequence[Network] = ()) -> str | None:
+    """Why the guard refuses ``url``'s host name now: every address DNS answers is
+    refused (the fact, without the fix). None when one may be reached, for an IP literal
+    (``why_refused_url`` judges those) and when the name does not resolve (yet): DNS may
+    change before delivery, and delivery judges it again."""
+    host = URL(url).host
+    if not host or literal_host(url) is not None:
+        return None
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), RESOLVE_SECONDS
+        )
+    except (OSError, TimeoutError, UnicodeError):
+        return None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    reasons = [refusal(a, allowed) for a in addresses]
+    if not addresses or any(r is None for r in reasons):
+        return None
+    first = ipaddress.ip_address(addresses[0].split("%")[0])
+    return (
+        f"{host} resolves only to refused addresses ({addresses[0]}: {why_refused(first, allowed)})"
+    )

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, StrictStr
 from relay import opevents, routing, ssrf, webhook_formats, webhooks
 from relay.api import params
 from relay.api.auth import Caller, authenticate
+from relay.api.control import CONTROL_KEYS, check_control
 from relay.api.errors import json_response
 from relay.api.shapes import destination_json
 from relay.api.tenants import check_id, config_conflict, require_tenant
@@ -81,6 +82,7 @@ class DestinationCreate(BaseModel):
     created_at: datetime | None = None
     updated_at: datetime | None = None
     disabled_at: datetime | None = None
+    delivery_control: Any = None
 
 
 class WebhookConfigPatch(BaseModel):
@@ -102,6 +104,7 @@ class DestinationPatch(BaseModel):
     delivery_metadata: StringMapPatch | None = None
     metadata: StringMapPatch | None = None
     disabled_at: datetime | None = None
+    delivery_control: Any = None
 
 
 # --- checks --------------------------------------------------------------------------
@@ -149,6 +152,15 @@ def check_url(url: str, allowed: Sequence[ssrf.Network], problems: list[str]) ->
         return
     # Every delivery to it would be refused, so say so now rather than at delivery time.
     blocked = ssrf.why_refused_url(url, allowed)
+    if blocked:
+        problems.append(f"config.url is refused by the SSRF guard: {blocked}; {ssrf.HINT}")
+
+
+async def check_resolved(url: str, allowed: Sequence[ssrf.Network], problems: list[str]) -> None:
+    """A host name whose every address the guard refuses now is refused now too, rather
+    than failing every delivery (one that resolves later to a refused address fails its
+    deliveries at once, with a ``blocked_address`` attempt saying why)."""
+    blocked = await ssrf.why_refused_host(url, allowed)
     if blocked:
         problems.append(f"config.url is refused by the SSRF guard: {blocked}; {ssrf.HINT}")
 
@@ -303,6 +315,13 @@ async def create(
     created_at = check_past(body.created_at, "created_at", problems)
     updated_at = check_past(body.updated_at, "updated_at", problems)
     disabled_at = check_past(body.disabled_at, "disabled_at", problems)
+    control = (
+        check_control(body.delivery_control, problems)
+        if "delivery_control" in body.model_fields_set
+        else {}
+    )
+    if not problems:
+        await check_resolved(body.config.url, allowed_networks(config), problems)
     if problems:
         raise ValidationFailed(problems)
     admin_only(
@@ -333,6 +352,11 @@ async def create(
         disabled_at=disabled_at,
         created_at=created_at,
         updated_at=updated_at,
+        rate_limit_per_second=control.get("rate_limit_per_second"),
+        rate_limit_burst=control.get("rate_limit_burst"),
+        max_in_flight=control.get("max_in_flight"),
+        ordering_key=control.get("ordering_key"),
+        ordering_on_failure=control.get("ordering_on_failure") or "block",
     )
     async with config[ENGINE].begin() as conn:
         await require_tenant(conn, caller, tenant_id)
@@ -434,6 +458,9 @@ def apply_patch(
     if "disabled_at" in given:
         when = check_past(body.disabled_at, "disabled_at", problems)
         changes["disabled_at"] = when
+    if "delivery_control" in given:
+        current_control = {k: getattr(current, k) for k in CONTROL_KEYS}
+        changes |= check_control(body.delivery_control, problems, current_control)
     if problems:
         raise ValidationFailed(problems)
     return replace(current, **changes)
@@ -516,6 +543,11 @@ async def update(
             allowed_networks(config),
             settings.delivery.webhook_mode,
         )
+        if patched.url != current.url:
+            problems: list[str] = []
+            await check_resolved(patched.url, allowed_networks(config), problems)
+            if problems:
+                raise ValidationFailed(problems)
         updated = await admin.update_destination(conn, patched)
         await subscription_after(config, conn, current.tenant_id, before)
     assert updated is not None

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from relay.appkeys import ENGINE, METRICS, SETTINGS
 from relay.db import ops
-from relay.metrics import BacklogRow
+from relay.metrics import BacklogRow, ControlRow
 
 
 class GaugeCache:
@@ -45,9 +46,21 @@ async def refresh_gauges(app: web.Application) -> None:
             return
         async with app[ENGINE].connect() as conn:
             rows = await ops.backlog(conn)
+            control = await ops.control(conn)
         cache.reads += 1
         cache.read_at = time.monotonic()
-    app[METRICS].backlog.rows = [
+    registry = app[METRICS]
+    registry.backlog.control = [
+        ControlRow(
+            tenant_id=r["tenant_id"],
+            destination_id=r["destination_id"],
+            throttle=float(r["throttle"]),
+            paused=r["throttled_until"] is not None and r["throttled_until"] > datetime.now(UTC),
+            blocked_keys=int(r["blocked_keys"]),
+        )
+        for r in control
+    ]
+    registry.backlog.rows = [
         BacklogRow(
             status=str(r["status"]),
             deliveries=int(r["deliveries"]),

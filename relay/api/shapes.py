@@ -23,7 +23,7 @@ def iso(value: datetime | None) -> str | None:
 
 
 def tenant_json(t: Tenant) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "id": t.id,
         "destinations_count": t.destinations_count,
         "topics": t.topics,
@@ -31,6 +31,16 @@ def tenant_json(t: Tenant) -> dict[str, Any]:
         "created_at": iso(t.created_at),
         "updated_at": iso(t.updated_at),
     }
+    limits = {
+        "rate_limit_per_second": t.rate_limit_per_second,
+        "rate_limit_burst": t.rate_limit_burst,
+        "max_in_flight": t.max_in_flight,
+    }
+    shown = {k: v for k, v in limits.items() if v is not None}
+    if shown:
+        # relay's extension, as on destinations (README, "Delivery control").
+        body["delivery_control"] = shown
+    return body
 
 
 def _target(url: str) -> str:
@@ -64,6 +74,9 @@ def destination_json(d: Destination, *, credentials: bool = True) -> dict[str, A
         "target": _target(d.url),
         "target_url": d.url,
     }
+    control = delivery_control_json(d)
+    if control:
+        body["delivery_control"] = control
     if credentials:
         creds: dict[str, str] = {"secret": d.secret}
         if d.previous_secret:
@@ -73,6 +86,26 @@ def destination_json(d: Destination, *, credentials: bool = True) -> dict[str, A
                 creds["previous_secret_invalid_at"] = invalid_at
         body["credentials"] = creds
     return body
+
+
+def delivery_control_json(d: Destination) -> dict[str, Any]:
+    """relay's extension (README, "Delivery control"): the destination's own limits and
+    adaptive backoff's state, shown when there is any (Outpost's SDKs ignore the key)."""
+    limits = {
+        "rate_limit_per_second": d.rate_limit_per_second,
+        "rate_limit_burst": d.rate_limit_burst,
+        "max_in_flight": d.max_in_flight,
+    }
+    shown: dict[str, Any] = {k: v for k, v in limits.items() if v is not None}
+    if d.ordering_key is not None:
+        shown |= {"ordering_key": d.ordering_key, "ordering_on_failure": d.ordering_on_failure}
+    if d.throttle < 1 or d.throttled_until is not None:
+        shown |= {
+            "throttle": d.throttle,
+            "throttled_until": iso(d.throttled_until),
+            "throttle_reason": d.throttle_reason,
+        }
+    return shown
 
 
 def event_json(e: EventRow) -> dict[str, Any]:

@@ -3,6 +3,8 @@ GET /tenants/{id}/portal."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -10,6 +12,7 @@ from yarl import URL
 
 from relay.api import params
 from relay.api.auth import Caller, authenticate, issue_tenant_token, require_admin
+from relay.api.control import LIMIT_KEYS, check_control
 from relay.api.errors import json_response
 from relay.api.shapes import tenant_json
 from relay.api.validation import StringMap, validate
@@ -63,6 +66,9 @@ class TenantUpsertBody(BaseModel):
 
     # Values of other JSON types are converted to strings, as Outpost converts them.
     metadata: StringMap | None = None
+    # relay's extension: the tenant's delivery control defaults (absent: kept; an object
+    # replaces them all; null clears them). Checked by relay/api/control.py.
+    delivery_control: Any = None
 
 
 @routes.put(PREFIX + "/tenants/{tenant_id:[^/]+}")
@@ -74,8 +80,14 @@ async def upsert_tenant(request: web.Request) -> web.Response:
     body = validate(TenantUpsertBody, await params.optional_json(request))
     # Absent: keep what is stored; null: clear it.
     metadata = (body.metadata or {}) if "metadata" in body.model_fields_set else None
+    limits = None
+    if "delivery_control" in body.model_fields_set:
+        problems: list[str] = []
+        limits = check_control(body.delivery_control, problems, {}, LIMIT_KEYS)
+        if problems:
+            raise ValidationFailed(problems)
     async with request.app[ENGINE].begin() as conn:
-        created = await admin.upsert_tenant(conn, tenant_id, metadata)
+        created = await admin.upsert_tenant(conn, tenant_id, metadata, limits)
         if created is None:
             raise config_conflict(request.app[SETTINGS], f"tenant {tenant_id!r}")
         tenant = await admin.get_tenant(conn, tenant_id)

@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.types import Text
+from sqlalchemy.types import Float, Integer, Text
 
 from relay.db import outbox, slices
 from relay.db.history import Position
@@ -26,7 +26,8 @@ from relay.db.tables import TS
 # --- tenants -------------------------------------------------------------------------
 
 _TENANT_COLUMNS = """
-    t.id, t.metadata, t.origin, t.created_at, t.updated_at,
+    t.id, t.metadata, t.origin, t.created_at, t.updated_at, t.rate_limit_per_second,
+    t.rate_limit_burst, t.max_in_flight,
     (SELECT count(*) FROM relay.destinations d
      WHERE d.tenant_id = t.id AND d.deleted_at IS NULL) AS destinations_count,
     ARRAY(SELECT DISTINCT unnest(d.topics) FROM relay.destinations d
@@ -45,18 +46,31 @@ LOCK_TENANT = text("""
 
 # A tenant that was deleted comes back as new: fresh metadata and creation time.
 UPSERT_TENANT = text("""
-    INSERT INTO relay.tenants (id, metadata, origin)
-    VALUES (:id, COALESCE(CAST(:metadata AS jsonb), '{}'::jsonb), 'api')
+    INSERT INTO relay.tenants (id, metadata, origin, rate_limit_per_second,
+                               rate_limit_burst, max_in_flight)
+    VALUES (:id, COALESCE(CAST(:metadata AS jsonb), '{}'::jsonb), 'api',
+            :rate_limit_per_second, :rate_limit_burst, :max_in_flight)
     ON CONFLICT (id) DO UPDATE
     SET metadata = CASE WHEN tenants.deleted_at IS NOT NULL
                         THEN COALESCE(CAST(:metadata AS jsonb), '{}'::jsonb)
                         ELSE COALESCE(CAST(:metadata AS jsonb), tenants.metadata) END,
         created_at = CASE WHEN tenants.deleted_at IS NOT NULL
                           THEN now() ELSE tenants.created_at END,
+        rate_limit_per_second = CASE WHEN :set_limits THEN :rate_limit_per_second
+            WHEN tenants.deleted_at IS NOT NULL THEN NULL
+            ELSE tenants.rate_limit_per_second END,
+        rate_limit_burst = CASE WHEN :set_limits THEN :rate_limit_burst
+            WHEN tenants.deleted_at IS NOT NULL THEN NULL ELSE tenants.rate_limit_burst END,
+        max_in_flight = CASE WHEN :set_limits THEN :max_in_flight
+            WHEN tenants.deleted_at IS NOT NULL THEN NULL ELSE tenants.max_in_flight END,
         deleted_at = NULL,
         updated_at = now()
     WHERE tenants.origin = 'api'
-""")
+""").bindparams(
+    bindparam("rate_limit_per_second", type_=Float),
+    bindparam("rate_limit_burst", type_=Integer),
+    bindparam("max_in_flight", type_=Integer),
+)
 
 DELETE_TENANT = text("""
     UPDATE relay.tenants SET deleted_at = now(), updated_at = now()
@@ -98,6 +112,10 @@ class Tenant:
     updated_at: datetime
     destinations_count: int
     topics: list[str]
+    # Delivery control: the default for each of its destinations (None: no limit).
+    rate_limit_per_second: float | None = None
+    rate_limit_burst: int | None = None
+    max_in_flight: int | None = None
 
 
 def _tenant(row: Row[Any]) -> Tenant:
@@ -110,6 +128,9 @@ def _tenant(row: Row[Any]) -> Tenant:
         updated_at=row.updated_at,
         destinations_count=row.destinations_count,
         topics=["*"] if "*" in topics else topics,
+        rate_limit_per_second=row.rate_limit_per_second,
+        rate_limit_burst=row.rate_limit_burst,
+        max_in_flight=row.max_in_flight,
     )
 
 
@@ -140,16 +161,31 @@ async def tenant_origin(conn: AsyncConnection, tenant_id: str, *, live: bool = T
 
 
 async def upsert_tenant(
-    conn: AsyncConnection, tenant_id: str, metadata: Mapping[str, str] | None
+    conn: AsyncConnection,
+    tenant_id: str,
+    metadata: Mapping[str, str] | None,
+    limits: Mapping[str, Any] | None = None,
 ) -> bool | None:
     """Create or update an API tenant: True when created, False when updated, None when
-    the tenant belongs to the config file (nothing written)."""
+    the tenant belongs to the config file (nothing written). ``limits``: its delivery
+    control defaults (None: keep them)."""
     row = (await conn.execute(LOCK_TENANT, {"id": tenant_id})).first()
     if row is not None and row.origin != "api":
         return None
     created = row is None or row.deleted_at is not None
     encoded = None if metadata is None else orjson.dumps(dict(metadata)).decode()
-    await conn.execute(UPSERT_TENANT, {"id": tenant_id, "metadata": encoded})
+    given = limits or {}
+    await conn.execute(
+        UPSERT_TENANT,
+        {
+            "id": tenant_id,
+            "metadata": encoded,
+            "set_limits": limits is not None,
+            "rate_limit_per_second": given.get("rate_limit_per_second"),
+            "rate_limit_burst": given.get("rate_limit_burst"),
+            "max_in_flight": given.get("max_in_flight"),
+        },
+    )
     return created
 
 
@@ -194,7 +230,9 @@ async def count_tenants(conn: AsyncConnection, ids: Sequence[str] | None) -> int
 _DESTINATION_COLUMNS = """
     tenant_id, id, type, topics, url, custom_headers, secret, previous_secret,
     previous_secret_invalid_at, metadata, delivery_metadata, filter, origin,
-    disabled_at, created_at, updated_at, signature_mode
+    disabled_at, created_at, updated_at, signature_mode, rate_limit_per_second,
+    rate_limit_burst, max_in_flight, throttle, throttled_until, throttle_reason,
+    ordering_key, ordering_on_failure
 """
 
 LIST_DESTINATIONS = text(f"""
@@ -220,12 +258,15 @@ INSERT_DESTINATION = text(f"""
     INSERT INTO relay.destinations
         (tenant_id, id, type, topics, url, custom_headers, secret, signature_mode, metadata,
          delivery_metadata, filter, origin, disabled_at, disabled_reason, created_at,
-         updated_at)
+         updated_at, rate_limit_per_second, rate_limit_burst, max_in_flight, ordering_key,
+         ordering_on_failure)
     VALUES (:tenant_id, :id, :type, :topics, :url, CAST(:custom_headers AS jsonb), :secret,
             :webhook_mode, CAST(:metadata AS jsonb), CAST(:delivery_metadata AS jsonb),
             CAST(:filter AS jsonb), 'api', :disabled_at,
             CASE WHEN :disabled_at IS NOT NULL THEN 'disabled through the API' END,
-            COALESCE(:created_at, now()), COALESCE(:updated_at, :created_at, now()))
+            COALESCE(:created_at, now()), COALESCE(:updated_at, :created_at, now()),
+            :rate_limit_per_second, :rate_limit_burst, :max_in_flight, :ordering_key,
+            :ordering_on_failure)
     ON CONFLICT (tenant_id, id) DO UPDATE
     SET type = excluded.type, topics = excluded.topics, url = excluded.url,
         custom_headers = excluded.custom_headers, secret = excluded.secret,
@@ -235,6 +276,12 @@ INSERT_DESTINATION = text(f"""
         filter = excluded.filter, origin = 'api', disabled_at = excluded.disabled_at,
         disabled_reason = excluded.disabled_reason, consecutive_failures = 0,
         created_at = excluded.created_at, updated_at = excluded.updated_at,
+        rate_limit_per_second = excluded.rate_limit_per_second,
+        rate_limit_burst = excluded.rate_limit_burst,
+        max_in_flight = excluded.max_in_flight,
+        ordering_key = excluded.ordering_key,
+        ordering_on_failure = excluded.ordering_on_failure,
+        throttle = 1, throttled_until = NULL, throttle_reason = NULL,
         deleted_at = NULL
     WHERE destinations.deleted_at IS NOT NULL
     RETURNING {_DESTINATION_COLUMNS}
@@ -254,6 +301,11 @@ UPDATE_DESTINATION = text(f"""
         metadata = CAST(:metadata AS jsonb),
         delivery_metadata = CAST(:delivery_metadata AS jsonb),
         filter = CAST(:filter AS jsonb),
+        rate_limit_per_second = :rate_limit_per_second,
+        rate_limit_burst = :rate_limit_burst,
+        max_in_flight = :max_in_flight,
+        ordering_key = :ordering_key,
+        ordering_on_failure = :ordering_on_failure,
         disabled_reason = CASE
             WHEN :disabled_at IS NULL THEN NULL
             WHEN disabled_at IS NULL THEN 'disabled through the API'
@@ -313,6 +365,17 @@ class Destination:
     updated_at: datetime
     # "standard" or "outpost"; None: the global delivery.webhook_mode.
     webhook_mode: str | None = None
+    # Delivery control (None: the tenant's, else no limit) and adaptive backoff's state.
+    rate_limit_per_second: float | None = None
+    rate_limit_burst: int | None = None
+    max_in_flight: int | None = None
+    throttle: float = 1.0
+    throttled_until: datetime | None = None
+    throttle_reason: str | None = None
+    # Ordered delivery: the metadata key that orders its events (None: unordered), and
+    # "block" or "skip" for a key's head that finally fails.
+    ordering_key: str | None = None
+    ordering_on_failure: str = "block"
 
 
 def _destination(row: Row[Any]) -> Destination:
@@ -334,6 +397,14 @@ def _destination(row: Row[Any]) -> Destination:
         created_at=row.created_at,
         updated_at=row.updated_at,
         webhook_mode=row.signature_mode,
+        rate_limit_per_second=row.rate_limit_per_second,
+        rate_limit_burst=row.rate_limit_burst,
+        max_in_flight=row.max_in_flight,
+        throttle=row.throttle,
+        throttled_until=row.throttled_until,
+        throttle_reason=row.throttle_reason,
+        ordering_key=row.ordering_key,
+        ordering_on_failure=row.ordering_on_failure,
     )
 
 
@@ -370,6 +441,11 @@ class NewDestination:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     webhook_mode: str | None = None
+    rate_limit_per_second: float | None = None
+    rate_limit_burst: int | None = None
+    max_in_flight: int | None = None
+    ordering_key: str | None = None
+    ordering_on_failure: str = "block"
 
 
 async def insert_destination(conn: AsyncConnection, new: NewDestination) -> Destination | None:
@@ -392,6 +468,11 @@ async def insert_destination(conn: AsyncConnection, new: NewDestination) -> Dest
                 "disabled_at": new.disabled_at,
                 "created_at": new.created_at,
                 "updated_at": new.updated_at,
+                "rate_limit_per_second": new.rate_limit_per_second,
+                "rate_limit_burst": new.rate_limit_burst,
+                "max_in_flight": new.max_in_flight,
+                "ordering_key": new.ordering_key,
+                "ordering_on_failure": new.ordering_on_failure,
             },
         )
     ).first()
@@ -417,6 +498,11 @@ async def update_destination(conn: AsyncConnection, d: Destination) -> Destinati
                 "delivery_metadata": _json(d.delivery_metadata),
                 "filter": _json(d.filter),
                 "disabled_at": d.disabled_at,
+                "rate_limit_per_second": d.rate_limit_per_second,
+                "rate_limit_burst": d.rate_limit_burst,
+                "max_in_flight": d.max_in_flight,
+                "ordering_key": d.ordering_key,
+                "ordering_on_failure": d.ordering_on_failure,
             },
         )
     ).first()

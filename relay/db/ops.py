@@ -165,6 +165,29 @@ HEALTH = text("""
 """)
 
 
+# Delivery control at a glance: destinations slowed down by adaptive backoff, and the
+# ordered keys each holds blocked (a head that failed for good under "block").
+CONTROL = text("""
+    SELECT t.tenant_id, t.id AS destination_id, t.throttle, t.throttled_until,
+           t.throttle_reason, COALESCE(b.blocked_keys, 0) AS blocked_keys
+    FROM relay.destinations t
+    LEFT JOIN (
+        SELECT tenant_id, destination_id, count(*) AS blocked_keys
+        FROM relay.deliveries_active
+        WHERE status = 'pending' AND next_attempt_at = 'infinity'
+        GROUP BY tenant_id, destination_id
+    ) b ON b.tenant_id = t.tenant_id AND b.destination_id = t.id
+    WHERE t.deleted_at IS NULL
+      AND (t.throttle < 1 OR t.throttled_until > now() OR b.blocked_keys > 0)
+    ORDER BY t.tenant_id, t.id
+""")
+
+
+async def control(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Destinations slowed down (adaptive backoff) or with ordered keys blocked."""
+    return [dict(r) for r in (await conn.execute(CONTROL)).mappings()]
+
+
 async def backlog(conn: AsyncConnection) -> list[dict[str, Any]]:
     return [dict(r) for r in (await conn.execute(BACKLOG)).mappings()]
 

@@ -80,7 +80,8 @@ _CLAIMED = """
     t.url, t.custom_headers::text AS custom_headers, t.secret, t.previous_secret,
     t.previous_secret_invalid_at > now() AS previous_secret_valid,
     t.signature_mode, t.timeout_seconds, t.delivery_metadata::text AS delivery_metadata,
-    e.trace_context
+    e.trace_context,
+    d.ordering_key, t.ordering_on_failure = 'block' AS ordering_blocks
 """
 
 # One statement: for each destination asked for (relay/claiming.py decides which, how
@@ -118,6 +119,14 @@ def _queue(tenant: str, destination: str, since: str) -> str:
     return _QUEUE.format(tenant=tenant, destination=destination, since=since)
 
 
+# Destinations under delivery control (a rate limit or in-flight cap of their own or
+# their tenant's, or slowed down by adaptive backoff): ``t`` a destination, ``n`` its
+# tenant. CLAIM leaves them out; CLAIM_LIMITED takes them, under their lock.
+_CONTROLLED = """(t.rate_limit_per_second IS NOT NULL OR t.max_in_flight IS NOT NULL
+     OR n.rate_limit_per_second IS NOT NULL OR n.max_in_flight IS NOT NULL
+     OR t.throttle < 1 OR COALESCE(t.throttled_until > now(), false)
+     OR t.ordering_key IS NOT NULL)"""
+
 CLAIM = text(f"""
     WITH asked AS (
         SELECT a.* FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
@@ -125,7 +134,8 @@ CLAIM = text(f"""
                                CAST(:since_id AS bigint[]))
             AS a(tenant_id, destination_id, count, since_at, since_id)
         JOIN relay.destinations t ON t.tenant_id = a.tenant_id AND t.id = a.destination_id
-        WHERE t.disabled_at IS NULL AND t.deleted_at IS NULL
+        LEFT JOIN relay.tenants n ON n.id = t.tenant_id
+        WHERE t.disabled_at IS NULL AND t.deleted_at IS NULL AND NOT {_CONTROLLED}
     ), due AS (
         SELECT p.id, p.manual, p.next_attempt_at
         FROM asked a
@@ -173,8 +183,11 @@ CLAIM_SESSION: dict[str, str] = {"enable_sort": "off"}
 # past their cursor (from the head for those without one), and the first one's position.
 # One probe of ix_deliveries_due per destination.
 FIND_DUE = text(f"""
-    SELECT t.tenant_id, t.id AS destination_id, first.next_attempt_at, first.id
+    SELECT t.tenant_id, t.id AS destination_id, first.next_attempt_at, first.id,
+           {_CONTROLLED} AS controlled,
+           COALESCE(t.rate_limit_per_second, n.rate_limit_per_second) * t.throttle AS rate
     FROM relay.destinations t
+    LEFT JOIN relay.tenants n ON n.id = t.tenant_id
     LEFT JOIN unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
                      CAST(:since_at AS timestamptz[]), CAST(:since_id AS bigint[]))
         AS c(tenant_id, destination_id, since_at, since_id)
@@ -190,6 +203,141 @@ FIND_DUE = text(f"""
     bindparam("destinations", type_=ARRAY(Text)),
     bindparam("since_at", type_=ARRAY(TS)),
     bindparam("since_id", type_=ARRAY(BigInteger)),
+)
+
+# --- delivery control -------------------------------------------------------------
+# Rate limits and in-flight caps hold across every dispatcher sharing the database. A
+# claim for destinations under control runs in a transaction that first takes each
+# one's advisory lock (in key order: two claims cannot deadlock), so that the claim's
+# snapshot, taken after the lock, sees every row claimed before it: the count of rows in
+# flight (``delivering``, all processes) is exact, and the token bucket is the one the
+# last claim left. Rows leave ``delivering`` without the lock (recorded, released): the
+# count can only be high, never low. One lock and one bucket row per destination: no row
+# is shared by all destinations (bench/limits_hot_row.py measures one destination's).
+LIMIT_LOCK_CLASS = 0x72656C61  # "rela": the first key of relay's two-key advisory locks
+
+LOCK_LIMITED = text(f"""
+    SELECT pg_advisory_xact_lock({LIMIT_LOCK_CLASS}, k)
+    FROM (SELECT DISTINCT hashtext(a.tenant_id || '/' || a.destination_id) AS k
+          FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]))
+              AS a(tenant_id, destination_id)
+          ORDER BY 1) keys
+""").bindparams(
+    bindparam("tenants", type_=ARRAY(Text)),
+    bindparam("destinations", type_=ARRAY(Text)),
+)
+
+# CLAIM for destinations under control. Each destination is granted the least of what
+# the plan asks, its in-flight cap less what is in flight, and the whole tokens in its
+# bucket (refilled at its rate since the last claim, up to its burst); a bucket is
+# written back less what was taken. Adaptive backoff scales the rate and the cap by
+# ``throttle`` (the cap of a destination with none is :default_in_flight, the per-process
+# one, now held by all processes together) and grants nothing before throttled_until.
+CLAIM_LIMITED = text(f"""
+    WITH asked AS (
+        SELECT a.*,
+               COALESCE(t.rate_limit_per_second, n.rate_limit_per_second) * t.throttle
+                   AS rate,
+               COALESCE(t.rate_limit_burst, n.rate_limit_burst,
+                        GREATEST(1, ceil(COALESCE(t.rate_limit_per_second,
+                                                  n.rate_limit_per_second)))::int) AS burst,
+               GREATEST(1, floor(COALESCE(t.max_in_flight, n.max_in_flight,
+                                          :default_in_flight) * t.throttle))::int AS cap,
+               t.ordering_key IS NOT NULL AS ordered
+        FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
+                    CAST(:counts AS int[]), CAST(:since_at AS timestamptz[]),
+                    CAST(:since_id AS bigint[]))
+            AS a(tenant_id, destination_id, count, since_at, since_id)
+        JOIN relay.destinations t ON t.tenant_id = a.tenant_id AND t.id = a.destination_id
+        LEFT JOIN relay.tenants n ON n.id = t.tenant_id
+        WHERE t.disabled_at IS NULL AND t.deleted_at IS NULL
+          AND (t.throttled_until IS NULL OR t.throttled_until <= now())
+    ), measured AS (
+        SELECT a.*, clock_timestamp() AS at,
+               (SELECT count(*) FROM relay.deliveries_active d
+                WHERE d.tenant_id = a.tenant_id AND d.destination_id = a.destination_id
+                  AND d.status = 'delivering') AS in_flight,
+               CASE WHEN a.rate IS NOT NULL THEN
+                   LEAST(a.burst, COALESCE(
+                       b.tokens + GREATEST(0, extract(epoch FROM clock_timestamp()
+                                                              - b.refilled_at)) * a.rate,
+                       a.burst))
+               END AS tokens
+        FROM asked a
+        LEFT JOIN relay.destination_buckets b
+          ON b.tenant_id = a.tenant_id AND b.destination_id = a.destination_id
+    ), granted AS (
+        SELECT m.*,
+               GREATEST(0, LEAST(m.count, m.cap - m.in_flight,
+                                 COALESCE(floor(m.tokens)::int, m.count))) AS grant
+        FROM measured m
+    ), due AS (
+        SELECT p.id, p.manual, p.next_attempt_at, g.tenant_id, g.destination_id
+        FROM granted g
+        CROSS JOIN LATERAL (
+            SELECT d.id, d.manual, d.next_attempt_at
+            {_queue("g.tenant_id", "g.destination_id", "g")}
+            LIMIT g.grant
+            FOR UPDATE SKIP LOCKED
+        ) p
+        WHERE NOT g.ordered
+        UNION ALL
+        -- An ordered destination: from its head (no cursor: a row passed over because
+        -- its key was busy is taken later), only the first row of each key still in
+        -- the hot table (pending or in flight, any dispatcher's), and rows without a key.
+        SELECT p.id, p.manual, p.next_attempt_at, g.tenant_id, g.destination_id
+        FROM granted g
+        CROSS JOIN LATERAL (
+            SELECT d.id, d.manual, d.next_attempt_at
+            FROM relay.deliveries_active d
+            WHERE d.tenant_id = g.tenant_id AND d.destination_id = g.destination_id
+              AND d.status = 'pending' AND d.next_attempt_at <= now()
+              AND (d.ordering_key IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM relay.deliveries_active o
+                  WHERE o.tenant_id = d.tenant_id AND o.destination_id = d.destination_id
+                    AND o.ordering_key = d.ordering_key AND o.id < d.id))
+            ORDER BY d.next_attempt_at, d.id
+            LIMIT g.grant
+            FOR UPDATE SKIP LOCKED
+        ) p
+        WHERE g.ordered
+    ), claimed AS (
+        UPDATE relay.deliveries_active d
+        SET status = 'delivering',
+            attempts = d.attempts + 1,
+            manual = false,
+            claim_token = :token,
+            lease_expires_at = now() + make_interval(secs => :lease_seconds),
+            updated_at = now()
+        FROM due
+        WHERE d.id = ANY(ARRAY(SELECT id FROM due)) AND d.id = due.id
+        RETURNING d.*, due.manual AS was_manual
+    ), spent AS (
+        INSERT INTO relay.destination_buckets AS b (tenant_id, destination_id, tokens,
+                                                    refilled_at)
+        SELECT g.tenant_id, g.destination_id,
+               g.tokens - (SELECT count(*) FROM due
+                           WHERE due.tenant_id = g.tenant_id
+                             AND due.destination_id = g.destination_id),
+               g.at
+        FROM granted g
+        WHERE g.tokens IS NOT NULL
+        ON CONFLICT (tenant_id, destination_id) DO UPDATE
+        SET tokens = excluded.tokens, refilled_at = excluded.refilled_at
+    )
+    SELECT {_CLAIMED.format(manual="d.was_manual")}, d.next_attempt_at AS due_at
+    FROM claimed d
+    JOIN relay.events e ON e.seq = d.event_seq
+    JOIN relay.destinations t ON t.tenant_id = d.tenant_id AND t.id = d.destination_id
+""").bindparams(
+    bindparam("tenants", type_=ARRAY(Text)),
+    bindparam("destinations", type_=ARRAY(Text)),
+    bindparam("counts", type_=ARRAY(Integer)),
+    bindparam("since_at", type_=ARRAY(TS)),
+    bindparam("since_id", type_=ARRAY(BigInteger)),
+    bindparam("token", type_=UUID(as_uuid=True)),
+    bindparam("lease_seconds", type_=Float),
+    bindparam("default_in_flight", type_=Integer),
 )
 
 # A live dispatcher keeps its claims: in-flight rows get a fresh lease while it works.
@@ -431,7 +579,9 @@ RECORD_OUTCOMES = text(f"""
     ), updated AS (
         UPDATE relay.deliveries_active d
         SET status = 'pending',
-            next_attempt_at = now() + make_interval(secs => h.delay_seconds),
+            -- An infinite delay: an ordered key's head that blocks it (never due).
+            next_attempt_at = CASE WHEN h.delay_seconds = 'Infinity' THEN 'infinity'
+                                   ELSE now() + make_interval(secs => h.delay_seconds) END,
             claim_token = NULL,
             lease_expires_at = NULL,
             last_error = h.error,
@@ -444,7 +594,7 @@ RECORD_OUTCOMES = text(f"""
         -- this transaction: announced all the same.
         SELECT {announce("first_retry")}
         FROM (SELECT tenant_id, destination_id, min(next_attempt_at) AS first_retry
-              FROM updated WHERE status = 'pending'
+              FROM updated WHERE status = 'pending' AND next_attempt_at < 'infinity'
               GROUP BY tenant_id, destination_id) AS each_destination
     )
     INSERT INTO relay.attempts
@@ -499,16 +649,21 @@ UPDATE_HEALTH = text("""
     WITH h AS (
         SELECT * FROM unnest(CAST(:tenant_id AS text[]), CAST(:destination_id AS text[]),
                              CAST(:reset AS boolean[]), CAST(:failures AS int[]),
-                             CAST(:gone AS boolean[]))
-            AS h(tenant_id, destination_id, reset, failures, gone)
+                             CAST(:gone AS boolean[]), CAST(:slowed AS int[]),
+                             CAST(:retry_after AS float8[]), CAST(:slowed_by AS text[]),
+                             CAST(:recovered AS int[]))
+            AS h(tenant_id, destination_id, reset, failures, gone, slowed, retry_after,
+                 slowed_by, recovered)
     ), locked AS (
         SELECT t.tenant_id, t.id, h.gone, t.disabled_at IS NULL AS was_enabled,
                t.consecutive_failures AS previous,
                CASE WHEN h.reset THEN h.failures
-                    ELSE t.consecutive_failures + h.failures END AS failures
+                    ELSE t.consecutive_failures + h.failures END AS failures,
+               h.slowed, h.retry_after, h.slowed_by, h.recovered
         FROM relay.destinations t
         JOIN h ON h.tenant_id = t.tenant_id AND h.destination_id = t.id
-        WHERE h.failures > 0 OR t.consecutive_failures <> 0
+        WHERE h.failures > 0 OR t.consecutive_failures <> 0 OR h.slowed > 0
+           OR t.throttle < 1 OR t.throttled_until IS NOT NULL
         ORDER BY t.tenant_id, t.id
         FOR UPDATE OF t
     ), judged AS (
@@ -521,6 +676,22 @@ UPDATE_HEALTH = text("""
     )
     UPDATE relay.destinations t
     SET consecutive_failures = j.failures,
+        -- Adaptive backoff (docs/sql.md): halved by a batch that says "slow down", down
+        -- to :min_throttle; back up by :recover_step per healthy answer after it.
+        throttle = CASE
+            WHEN j.slowed > 0 THEN GREATEST(CAST(:min_throttle AS float8), t.throttle / 2)
+            ELSE LEAST(1, t.throttle + CAST(:recover_step AS float8) * j.recovered) END,
+        throttled_until = CASE
+            WHEN j.slowed > 0 AND j.retry_after > 0
+                THEN GREATEST(t.throttled_until, now() + make_interval(
+                    secs => LEAST(j.retry_after, CAST(:max_pause AS float8))))
+            WHEN t.throttled_until <= now() THEN NULL
+            ELSE t.throttled_until END,
+        throttle_reason = CASE
+            WHEN j.slowed > 0 THEN j.slowed_by
+            WHEN t.throttle + CAST(:recover_step AS float8) * j.recovered >= 1
+                 AND COALESCE(t.throttled_until <= now(), true) THEN NULL
+            ELSE t.throttle_reason END,
         disabled_at = CASE WHEN t.disabled_at IS NULL AND j.disable_reason IS NOT NULL
                            THEN now() ELSE t.disabled_at END,
         disabled_reason = CASE WHEN t.disabled_at IS NULL AND j.disable_reason IS NOT NULL
@@ -570,6 +741,10 @@ class Claimed:
     due_at: datetime | None = None
     # The publish span's W3C traceparent (relay/tracing.py), when it was traced.
     trace_context: str | None = None
+    # Ordered delivery: the event's key at this destination (None: unordered), and
+    # whether a head that finally fails blocks its key (else it is skipped).
+    ordering_key: str | None = None
+    ordering_blocks: bool = False
 
     @property
     def position(self) -> Position | None:
@@ -643,11 +818,69 @@ async def claim(
     return [_claimed(r, token) for r in await _fetch(conn, CLAIM, params)]
 
 
-async def find_due(
-    conn: Connection, cursors: Mapping[Destination, Position]
-) -> list[tuple[Destination, Position]]:
+# After CLAIM_LIMITED, in its transaction: which of the destinations still have rows
+# due (their claim was held back by a limit, or another process holds their keys): the
+# dispatcher asks them again soon, since no wake-up will say so.
+STILL_DUE = text("""
+    SELECT a.tenant_id, a.destination_id
+    FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]))
+        AS a(tenant_id, destination_id)
+    WHERE EXISTS (
+        SELECT 1 FROM relay.deliveries_active d
+        WHERE d.tenant_id = a.tenant_id AND d.destination_id = a.destination_id
+          AND d.status = 'pending' AND d.next_attempt_at <= now())
+""").bindparams(
+    bindparam("tenants", type_=ARRAY(Text)),
+    bindparam("destinations", type_=ARRAY(Text)),
+)
+
+
+async def claim_limited(
+    conn: Connection,
+    plan: Sequence[Take],
+    *,
+    lease_seconds: float,
+    token: uuid.UUID,
+    default_in_flight: int,
+) -> tuple[list[Claimed], set[Destination]]:
+    """Claim what ``plan`` asks for destinations under delivery control, within their
+    rate, burst, in-flight cap and key order across all dispatchers: one transaction
+    that takes their locks, then claims (see CLAIM_LIMITED). The rows, and the
+    destinations that still have rows due."""
+    if not plan:
+        return [], set()
+    params = claim_parameters(plan, lease_seconds=lease_seconds, token=token)
+    params["default_in_flight"] = default_in_flight
+    if isinstance(conn, asyncpg.Connection):
+        async with conn.transaction():
+            await _fetch(conn, LOCK_LIMITED, params)
+            rows = await _fetch(conn, CLAIM_LIMITED, params)
+            due = await _fetch(conn, STILL_DUE, params)
+    else:
+        async with conn.begin_nested() if conn.in_transaction() else conn.begin():
+            await _fetch(conn, LOCK_LIMITED, params)
+            rows = await _fetch(conn, CLAIM_LIMITED, params)
+            due = await _fetch(conn, STILL_DUE, params)
+    still = {(r["tenant_id"], r["destination_id"]) for r in due}
+    return [_claimed(r, token) for r in rows], still
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A destination with due rows, as the periodic search finds it."""
+
+    destination: Destination
+    # A cursor just before its first due row.
+    position: Position
+    # Under delivery control: claimed with claim_limited.
+    controlled: bool
+    # Its rate now (deliveries a second, adaptive backoff applied), if it has one.
+    rate: float | None
+
+
+async def search_due(conn: Connection, cursors: Mapping[Destination, Position]) -> list[Due]:
     """Enabled destinations with rows due past their cursor, each with a cursor just
-    before the first of them."""
+    before the first of them and whether it is under delivery control."""
     rows = await _fetch(
         conn,
         FIND_DUE,
@@ -659,8 +892,22 @@ async def find_due(
         },
     )
     return [
-        ((r["tenant_id"], r["destination_id"]), (r["next_attempt_at"], r["id"] - 1)) for r in rows
+        Due(
+            (r["tenant_id"], r["destination_id"]),
+            (r["next_attempt_at"], r["id"] - 1),
+            bool(r["controlled"]),
+            r["rate"],
+        )
+        for r in rows
     ]
+
+
+async def find_due(
+    conn: Connection, cursors: Mapping[Destination, Position]
+) -> list[tuple[Destination, Position]]:
+    """Enabled destinations with rows due past their cursor, each with a cursor just
+    before the first of them."""
+    return [(d.destination, d.position) for d in await search_due(conn, cursors)]
 
 
 async def claim_due(
@@ -676,10 +923,16 @@ async def claim_due(
     destination counting its ``in_flight`` ones: one search, one claim, from each
     destination's head. For tools and tests; the dispatcher keeps cursors instead."""
     claims = Claims(per_destination=per_destination)
-    claims.found(await find_due(conn, {}))
-    return await claim(
-        conn, claims.plan(in_flight or {}, limit), lease_seconds=lease_seconds, token=token
+    found = await search_due(conn, {})
+    claims.found((d.destination, d.position) for d in found)
+    controlled = {d.destination for d in found if d.controlled}
+    plan = claims.plan(in_flight or {}, limit)
+    free = [t for t in plan if t.destination not in controlled]
+    held = [t for t in plan if t.destination in controlled]
+    limited, _ = await claim_limited(
+        conn, held, lease_seconds=lease_seconds, token=token, default_in_flight=per_destination
     )
+    return await claim(conn, free, lease_seconds=lease_seconds, token=token) + limited
 
 
 def _claimed(r: Mapping[str, Any], token: uuid.UUID) -> Claimed:
@@ -708,6 +961,8 @@ def _claimed(r: Mapping[str, Any], token: uuid.UUID) -> Claimed:
         delivery_metadata=r["delivery_metadata"],
         due_at=r.get("due_at"),
         trace_context=r["trace_context"],
+        ordering_key=r["ordering_key"],
+        ordering_blocks=bool(r["ordering_blocks"]),
     )
 
 
@@ -812,6 +1067,8 @@ class Recorded:
     response_headers: Mapping[str, str] | None = None
     # The attempt span's trace id (hex), when the dispatcher traces.
     trace_id: str | None = None
+    # Seconds the receiver asked for (Retry-After), when it said so.
+    retry_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -824,6 +1081,12 @@ class HealthChange:
     reset: bool
     failures: int
     gone: bool
+    # Adaptive backoff: answers that say "slow down" (429, 503, a timeout), the longest
+    # Retry-After among them and what the last one was; the successes after the last.
+    slowed: int = 0
+    retry_after: float | None = None
+    slowed_by: str | None = None
+    recovered: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -831,6 +1094,23 @@ class Disabled:
     tenant_id: str
     destination_id: str
     reason: str
+
+
+# Answers that slow the whole destination down (adaptive backoff).
+SLOW_DOWN_STATUSES = frozenset({429, 503})
+SLOW_DOWN_ERRORS = frozenset({"timeout"})
+
+
+def slows_down(http_status: int | None, error_code: str | None) -> bool:
+    """A 429, a 503 or a timeout: the receiver is overwhelmed. Pure."""
+    return http_status in SLOW_DOWN_STATUSES or error_code in SLOW_DOWN_ERRORS
+
+
+def _slowed_by(r: Recorded) -> str:
+    if r.http_status is None:
+        return f"the receiver did not answer in time ({r.error_code})"
+    said = "" if r.retry_after is None else f" with Retry-After: {r.retry_after:g}"
+    return f"the receiver answered {r.http_status}{said}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -870,19 +1150,38 @@ def health_by_destination(
 
 def health_changes(batch: Sequence[Recorded]) -> list[HealthChange]:
     """Fold a batch of attempts (in the order they finished) per destination. Pure."""
-    state: dict[tuple[str, str], tuple[bool, int, bool]] = {}
+    # Per destination: reset, failures, gone, slowed, retry_after, slowed_by, recovered
+    # (a list, not a dataclass copied per attempt: this runs for every delivery).
+    state: dict[tuple[str, str], list[Any]] = {}
     for r in batch:
-        reset, failures, gone = state.get(r.claimed.destination, (False, 0, False))
+        h = state.get(r.claimed.destination)
+        if h is None:
+            h = state[r.claimed.destination] = [False, 0, False, 0, None, None, 0]
         if r.attempt_status == "success":
-            reset, failures = True, 0
-        else:
-            failures += 1
-            gone = gone or r.http_status == 410
-        state[r.claimed.destination] = (reset, failures, gone)
-    return [
-        HealthChange(tenant, dest, reset, failures, gone)
-        for (tenant, dest), (reset, failures, gone) in sorted(state.items())
-    ]
+            h[0], h[1] = True, 0
+            h[6] += 1
+            continue
+        h[1] += 1
+        h[2] = h[2] or r.http_status == 410
+        if r.http_status in SLOW_DOWN_STATUSES or r.error_code in SLOW_DOWN_ERRORS:
+            h[3] += 1
+            if r.retry_after is not None:
+                h[4] = max(h[4] or 0.0, r.retry_after)
+            elif r.http_status is not None:  # a 429 or 503 without one pauses it too
+                h[4] = max(h[4] or 0.0, PAUSE_SECONDS)
+            h[5] = _slowed_by(r)
+            h[6] = 0
+    return [HealthChange(t, d, *h) for (t, d), h in sorted(state.items())]
+
+
+# Adaptive backoff: a batch that says "slow down" halves a destination's throttle (its
+# rate and in-flight cap, as a fraction), not below MIN_THROTTLE; a 429 or 503 also
+# pauses it for the longest Retry-After (PAUSE_SECONDS without one, at most
+# retry.max_retry_after_seconds); a timeout does not (it took its time already). Each
+# healthy answer after that gives back RECOVER_STEP.
+MIN_THROTTLE = 0.05
+RECOVER_STEP = 0.05
+PAUSE_SECONDS = 1.0
 
 
 async def record_outcomes(
@@ -890,6 +1189,7 @@ async def record_outcomes(
     batch: Sequence[Recorded],
     *,
     auto_disable_after: int = 0,
+    max_pause: float = 3600.0,
     after: AfterRecord | None = None,
 ) -> list[Disabled]:
     """Write a batch of attempts and delivery states, then update destination health,
@@ -941,7 +1241,14 @@ async def record_outcomes(
                 "reset": [c.reset for c in changes],
                 "failures": [c.failures for c in changes],
                 "gone": [c.gone for c in changes],
+                "slowed": [c.slowed for c in changes],
+                "retry_after": [c.retry_after for c in changes],
+                "slowed_by": [c.slowed_by for c in changes],
+                "recovered": [c.recovered for c in changes],
                 "threshold": auto_disable_after,
+                "min_throttle": MIN_THROTTLE,
+                "recover_step": RECOVER_STEP,
+                "max_pause": max_pause,
             },
         )
     if after is not None and batch:

@@ -12,7 +12,7 @@ has JSON codecs installed that a plain one lacks, and text works the same on bot
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,11 +30,11 @@ ROUTE_CHANNEL = "relay_route"
 # and the route version they were read at (one row of NULLs but the version if no tenant
 # is found), from the same snapshot.
 TENANT_ROUTES = """
-    SELECT v.version, r.tenant_id, r.id, r.topics, r.enabled, r.filter
+    SELECT v.version, r.tenant_id, r.id, r.topics, r.enabled, r.filter, r.ordering_key
     FROM relay.route_version v
     LEFT JOIN (
         SELECT t.id AS tenant_id, d.id, d.topics, d.disabled_at IS NULL AS enabled,
-               NULLIF(d.filter, '{}'::jsonb)::text AS filter, d.created_at
+               NULLIF(d.filter, '{}'::jsonb)::text AS filter, d.created_at, d.ordering_key
         FROM relay.tenants t
         LEFT JOIN relay.destinations d ON d.tenant_id = t.id AND d.deleted_at IS NULL
         WHERE t.id = ANY($1::text[]) AND t.deleted_at IS NULL
@@ -86,11 +86,12 @@ WRITE_EVENTS = f"""
         ORDER BY k.seq, e.n
         RETURNING seq, tenant_id, id
     ), queued AS (
-        INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id)
-        SELECT inserted.seq, k.tenant_id, k.destination_id
+        INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id, ordering_key)
+        SELECT inserted.seq, k.tenant_id, k.destination_id, k.ordering_key
         FROM ROWS FROM (
-            json_to_recordset($2::json) AS (tenant_id text, id text, destination_id text)
-        ) WITH ORDINALITY AS k(tenant_id, id, destination_id, n)
+            json_to_recordset($2::json)
+                AS (tenant_id text, id text, destination_id text, ordering_key text)
+        ) WITH ORDINALITY AS k(tenant_id, id, destination_id, ordering_key, n)
         JOIN inserted ON inserted.tenant_id = k.tenant_id AND inserted.id = k.id
         ORDER BY k.n
         RETURNING tenant_id, destination_id
@@ -119,8 +120,8 @@ EVENT_DESTINATIONS = """
 
 INSERT_DELIVERIES = f"""
     WITH queued AS (
-        INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id)
-        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[])
+        INSERT INTO relay.deliveries (event_seq, tenant_id, destination_id, ordering_key)
+        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
         RETURNING tenant_id, destination_id
     )
     SELECT {ANNOUNCE}
@@ -154,6 +155,12 @@ class DestinationRoute:
     enabled: bool
     # The destination's filter as JSON text, or None.
     filter: str | None
+    # Ordered delivery: the metadata key whose value orders its events (None: unordered).
+    ordering_key: str | None = None
+
+    def key_of(self, metadata: Mapping[str, str]) -> str | None:
+        """An event's ordering key at this destination (None: delivered unordered)."""
+        return None if self.ordering_key is None else metadata.get(self.ordering_key)
 
 
 @dataclass(slots=True)  # one per event: not frozen, as relay.publish.Event
@@ -201,18 +208,21 @@ async def tenant_routes(conn: asyncpg.Connection, tenant_ids: Sequence[str]) -> 
             continue
         routes = found.setdefault(r["tenant_id"], [])
         if r["id"] is not None:
-            routes.append(DestinationRoute(r["id"], r["topics"], r["enabled"], r["filter"]))
+            routes.append(
+                DestinationRoute(r["id"], r["topics"], r["enabled"], r["filter"], r["ordering_key"])
+            )
     return Routes(rows[0]["version"], found)
 
 
 async def write_events(
     conn: asyncpg.Connection,
     events: Sequence[NewEvent],
-    deliveries: Sequence[tuple[str, str, str]],
+    deliveries: Sequence[tuple[str, str, str, str | None]],
     route_version: int | None = None,
 ) -> dict[tuple[str, str], int]:
-    """Insert events, and outbox rows (tenant_id, event id, destination_id) for those that
-    were new, in one statement; (tenant_id, id) -> seq for the new events (not repeats).
+    """Insert events, and outbox rows (tenant_id, event id, destination_id, ordering key)
+    for those that were new, in one statement; (tenant_id, id) -> seq for the new events
+    (not repeats).
 
     ``deliveries`` must be in lock order (tenant, destination), as the dispatcher's health
     update takes them: concurrent writers then cannot deadlock. With ``route_version``,
@@ -225,7 +235,12 @@ async def write_events(
         # naive, PostgreSQL would read it in the session's time zone.
         orjson.dumps([_event_json(e) for e in events], option=orjson.OPT_NAIVE_UTC).decode(),
         orjson.dumps(
-            [{"tenant_id": t, "id": i, "destination_id": d} for t, i, d in deliveries]
+            [
+                {"tenant_id": t, "id": i, "destination_id": d}
+                if k is None
+                else {"tenant_id": t, "id": i, "destination_id": d, "ordering_key": k}
+                for t, i, d, k in deliveries
+            ]
         ).decode(),
         route_version,
     )
@@ -273,12 +288,19 @@ async def event_destinations(
     return found
 
 
-async def insert_deliveries(conn: asyncpg.Connection, rows: Sequence[tuple[int, str, str]]) -> None:
-    """Outbox rows (event_seq, tenant_id, destination_id), announced on commit."""
+async def insert_deliveries(
+    conn: asyncpg.Connection, rows: Sequence[tuple[int, str, str, str | None]]
+) -> None:
+    """Outbox rows (event_seq, tenant_id, destination_id, ordering key), announced on
+    commit."""
     if not rows:
         return
     await conn.execute(
-        INSERT_DELIVERIES, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+        INSERT_DELIVERIES,
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        [r[2] for r in rows],
+        [r[3] for r in rows],
     )
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import Text
 
-from relay.config import Settings
+from relay.config import Limits, Settings
 from relay.signing import generate_secret
 
 # Reasons relay itself writes when the file turns a destination off; only these are
@@ -24,13 +24,21 @@ REMOVED_FROM_FILE = "removed from config file"
 LOCK = text("SELECT pg_advisory_xact_lock(hashtext('relay.sync_config'))")
 
 UPSERT_TENANT = text("""
-    INSERT INTO relay.tenants (id, metadata, pods, origin)
-    VALUES (:id, CAST(:metadata AS jsonb), :pods, 'config')
+    INSERT INTO relay.tenants (id, metadata, pods, origin, rate_limit_per_second,
+                               rate_limit_burst, max_in_flight)
+    VALUES (:id, CAST(:metadata AS jsonb), :pods, 'config', :rate_limit_per_second,
+            :rate_limit_burst, :max_in_flight)
     ON CONFLICT (id) DO UPDATE
     SET metadata = excluded.metadata, pods = excluded.pods, origin = 'config',
+        rate_limit_per_second = excluded.rate_limit_per_second,
+        rate_limit_burst = excluded.rate_limit_burst,
+        max_in_flight = excluded.max_in_flight,
         deleted_at = NULL, updated_at = now()
     WHERE tenants.metadata IS DISTINCT FROM excluded.metadata
        OR tenants.pods IS DISTINCT FROM excluded.pods
+       OR (tenants.rate_limit_per_second, tenants.rate_limit_burst, tenants.max_in_flight)
+          IS DISTINCT FROM (excluded.rate_limit_per_second, excluded.rate_limit_burst,
+                            excluded.max_in_flight)
        OR tenants.origin <> 'config' OR tenants.deleted_at IS NOT NULL
 """).bindparams(bindparam("pods", type_=ARRAY(Text)))
 
@@ -44,12 +52,16 @@ RELEASE_REMOVED_TENANTS = text("""
 UPSERT_DESTINATION = text("""
     INSERT INTO relay.destinations
         (tenant_id, id, type, topics, url, custom_headers, secret, signature_mode,
-         timeout_seconds, metadata, origin, disabled_at, disabled_reason)
+         timeout_seconds, metadata, origin, disabled_at, disabled_reason,
+         rate_limit_per_second, rate_limit_burst, max_in_flight, ordering_key,
+         ordering_on_failure)
     VALUES (:tenant_id, :id, :type, :topics, :url, CAST(:custom_headers AS jsonb),
             COALESCE(:secret, :generated_secret), :signature_mode, :timeout_seconds,
             CAST(:metadata AS jsonb), 'config',
             CASE WHEN :enabled THEN NULL ELSE now() END,
-            CASE WHEN :enabled THEN NULL ELSE :disabled_in_file END)
+            CASE WHEN :enabled THEN NULL ELSE :disabled_in_file END,
+            :rate_limit_per_second, :rate_limit_burst, :max_in_flight, :ordering_key,
+            :ordering_on_failure)
     ON CONFLICT (tenant_id, id) DO UPDATE
     SET type = excluded.type, topics = excluded.topics, url = excluded.url,
         custom_headers = excluded.custom_headers,
@@ -57,6 +69,11 @@ UPSERT_DESTINATION = text("""
         secret = COALESCE(:secret, destinations.secret),
         signature_mode = excluded.signature_mode,
         timeout_seconds = excluded.timeout_seconds,
+        rate_limit_per_second = excluded.rate_limit_per_second,
+        rate_limit_burst = excluded.rate_limit_burst,
+        max_in_flight = excluded.max_in_flight,
+        ordering_key = excluded.ordering_key,
+        ordering_on_failure = excluded.ordering_on_failure,
         metadata = excluded.metadata, origin = 'config', deleted_at = NULL,
         -- The file has no keys for these: what the API once set must not linger where
         -- the API can no longer change it.
@@ -88,6 +105,14 @@ DISABLE_REMOVED = text("""
 """).bindparams(bindparam("declared", type_=ARRAY(Text)))
 
 
+def _limits(declared: Limits) -> dict[str, float | int | None]:
+    return {
+        "rate_limit_per_second": declared.rate_limit_per_second,
+        "rate_limit_burst": declared.rate_limit_burst,
+        "max_in_flight": declared.max_in_flight,
+    }
+
+
 async def sync_config(conn: AsyncConnection, settings: Settings) -> None:
     await conn.execute(LOCK)
     declared: list[str] = []
@@ -98,6 +123,7 @@ async def sync_config(conn: AsyncConnection, settings: Settings) -> None:
                 "id": tenant.id,
                 "metadata": orjson.dumps(tenant.metadata).decode(),
                 "pods": tenant.pods,
+                **_limits(tenant),
             },
         )
         for dest in tenant.destinations:
@@ -121,6 +147,9 @@ async def sync_config(conn: AsyncConnection, settings: Settings) -> None:
                     "enabled": dest.enabled,
                     "disabled_in_file": DISABLED_IN_FILE,
                     "removed_from_file": REMOVED_FROM_FILE,
+                    **_limits(dest),
+                    "ordering_key": dest.ordering_key,
+                    "ordering_on_failure": dest.ordering_on_failure,
                 },
             )
     await conn.execute(

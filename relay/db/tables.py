@@ -38,6 +38,11 @@ metadata = MetaData(
 )
 
 TS = TIMESTAMP(timezone=True)
+LIMITS_CHECK = (
+    "(rate_limit_per_second IS NULL OR rate_limit_per_second > 0)"
+    " AND (rate_limit_burst IS NULL OR rate_limit_burst >= 1)"
+    " AND (max_in_flight IS NULL OR max_in_flight >= 1)"
+)
 NOW = text("now()")
 
 # Where a tenant or destination came from: the config file is the source of truth for
@@ -53,11 +58,17 @@ tenants = Table(
     # Pod identities (e.g. https://user.example.com/profile/card#me) this tenant answers
     # for in the pod-style publish API.
     Column("pods", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    # Delivery control (migration 0012): NULL is no limit. A destination's own values
+    # win over its tenant's, which are the default for each of the tenant's destinations.
+    Column("rate_limit_per_second", Float),
+    Column("rate_limit_burst", Integer),
+    Column("max_in_flight", Integer),
     Column("created_at", TS, nullable=False, server_default=NOW),
     Column("updated_at", TS, nullable=False, server_default=NOW),
     # Soft delete: events and attempts keep pointing at a deleted tenant.
     Column("deleted_at", TS),
     CheckConstraint("origin IN ('config', 'api')", name="origin"),
+    CheckConstraint(LIMITS_CHECK, name="limits"),
     Index("ix_tenants_pods", "pods", postgresql_using="gin"),
 )
 
@@ -85,12 +96,41 @@ destinations = Table(
     Column("disabled_at", TS),
     Column("disabled_reason", Text),
     Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    # Delivery control (migration 0012): NULL is no limit. A destination's own values
+    # win over its tenant's, which are the default for each of the tenant's destinations.
+    Column("rate_limit_per_second", Float),
+    Column("rate_limit_burst", Integer),
+    Column("max_in_flight", Integer),
+    # Adaptive backoff: 1 is full speed; 429, 503 and timeouts lower it, healthy answers
+    # raise it again. Nothing is claimed for the destination before throttled_until.
+    Column("throttle", Float, nullable=False, server_default=text("1")),
+    Column("throttled_until", TS),
+    Column("throttle_reason", Text),
+    # Ordered delivery (migration 0013): the metadata key whose value orders events to
+    # this destination (NULL: unordered), and what a key's head that finally fails does.
+    Column("ordering_key", Text),
+    Column("ordering_on_failure", Text, nullable=False, server_default="block"),
     Column("created_at", TS, nullable=False, server_default=NOW),
     Column("updated_at", TS, nullable=False, server_default=NOW),
     Column("deleted_at", TS),
     PrimaryKeyConstraint("tenant_id", "id"),
     CheckConstraint("origin IN ('config', 'api')", name="origin"),
     CheckConstraint("signature_mode IN ('standard', 'outpost')", name="signature_mode"),
+    CheckConstraint("ordering_on_failure IN ('block', 'skip')", name="ordering_on_failure"),
+    CheckConstraint(LIMITS_CHECK, name="limits"),
+)
+
+# A token bucket per rate-limited destination, read and written only by the claim while
+# it holds the destination's advisory lock (relay/db/outbox.py, CLAIM_LIMITED).
+destination_buckets = Table(
+    "destination_buckets",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("destination_id", Text, nullable=False),
+    Column("tokens", Float, nullable=False),
+    Column("refilled_at", TS, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "destination_id"),
+    postgresql_with={"fillfactor": "50"},
 )
 
 # History is kept in time slices: partitions of events, finished deliveries and attempts
@@ -205,6 +245,8 @@ deliveries = Table(
     Column("manual", Boolean, nullable=False, server_default=text("false")),
     Column("created_at", TS, nullable=False, server_default=NOW),
     Column("updated_at", TS, nullable=False, server_default=NOW),
+    # The event's ordering key for an ordered destination (NULL: unordered).
+    Column("ordering_key", Text),
     CheckConstraint("status IN ('pending', 'delivering', 'delivered', 'failed')", name="status"),
     Index("ix_deliveries_destination", "tenant_id", "destination_id", "status"),
     postgresql_partition_by="LIST (status)",

@@ -1,6 +1,7 @@
-"""A destination whose URL is an IP literal the SSRF guard refuses is refused when it is
-created (API and config file), not only when a delivery is tried. Names are not resolved
-then: DNS may answer differently at delivery, where the guard still runs."""
+"""A destination whose URL the SSRF guard refuses is refused when it is created (API and
+config file), not only when a delivery is tried: an IP literal always, and through the
+API a host name whose every address is refused now. A name that does not resolve is
+accepted: DNS may answer differently at delivery, where the guard still runs."""
 
 from __future__ import annotations
 
@@ -61,10 +62,33 @@ async def test_api_refuses_a_blocked_ip_literal_at_creation(
     assert status == 422, answer
     assert_names_field_and_fix(answer, address)
     assert (await call(http, server, "GET", DESTINATIONS)) == (200, [])
-    # Names are left to the delivery-time guard; a public IP literal is fine.
-    for fine in ("http://localhost:8000/hook", "https://93.184.215.14/hook"):
+    # A name that does not resolve is left to the delivery-time guard; a public IP
+    # literal is fine.
+    for fine in ("http://relay-test.invalid:8000/hook", "https://93.184.215.14/hook"):
         status, answer = await call(http, server, "POST", DESTINATIONS, webhook(fine))
         assert status == 201, answer
+
+
+async def test_api_refuses_a_host_name_that_resolves_only_to_refused_addresses(
+    start_relay: Any, http: Any, database_url: str
+) -> None:
+    server = await relay_with(start_relay, http, database_url, [])
+    status, answer = await call(
+        http, server, "POST", DESTINATIONS, webhook("http://localhost:8000/hook")
+    )
+    assert status == 422, answer
+    [problem] = answer["data"]
+    assert problem.startswith("config.url is refused by the SSRF guard: localhost resolves")
+    assert "loopback" in problem and "RELAY_ALLOW_PRIVATE_NETWORKS" in problem
+    status, created = await call(
+        http, server, "POST", DESTINATIONS, webhook("https://93.184.215.14/hook")
+    )
+    assert status == 201, created
+    path = f"{DESTINATIONS}/{created['id']}"
+    status, answer = await call(
+        http, server, "PATCH", path, {"config": {"url": "http://localhost/hook"}}
+    )
+    assert status == 422 and answer["data"][0].startswith("config.url "), answer
 
 
 async def test_api_refuses_a_patch_to_a_blocked_ip_literal(

@@ -190,4 +190,30 @@ async def test_every_documented_query_answers_correctly(history: dict[str, Any],
         (opevents.DESTINATION_DISABLED, "acme", "broken", None)
     ]
 
+    assert await q("controlled_destinations") == []
+    await db.execute(
+        "UPDATE relay.destinations SET throttle = 0.5, throttled_until = now() + interval"
+        " '1 minute', throttle_reason = 'the receiver answered 429' WHERE id = 'broken'"
+    )
+    await db.execute("UPDATE relay.tenants SET max_in_flight = 3 WHERE id = 'acme'")
+    controlled = await q("controlled_destinations")
+    assert [(r["destination_id"], r["max_in_flight"], r["throttle"]) for r in controlled] == [
+        ("broken", 3, 0.5),
+        ("off", 3, 1.0),
+        ("ok", 3, 1.0),
+    ]
+    assert controlled[0]["throttle_reason"] == "the receiver answered 429"
+
+    assert await q("blocked_keys") == []
+    # evt-4's delivery to ok, as a key's head that failed for good would be left.
+    await db.execute(
+        "UPDATE relay.deliveries_active SET status = 'pending', ordering_key = 'k',"
+        " next_attempt_at = 'infinity', last_error = 'http_500', claim_token = NULL,"
+        " lease_expires_at = NULL WHERE destination_id = 'ok'"
+    )
+    blocked = await q("blocked_keys")
+    assert [(r["destination_id"], r["ordering_key"], r["event_id"]) for r in blocked] == [
+        ("ok", "k", "evt-4")
+    ]
+
     assert checked == set(documented_queries()), "a documented query has no check here"

@@ -43,6 +43,9 @@ class Receiver:
         self._arrived = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # Requests being answered now, and the most at any moment.
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -57,9 +60,14 @@ class Receiver:
         async with self._arrived:
             self._arrived.notify_all()
         reply = self.reply(number, request.path)
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
-        return web.Response(status=reply.status, text=reply.body, headers=reply.headers)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+            return web.Response(status=reply.status, text=reply.body, headers=reply.headers)
+        finally:
+            self.in_flight -= 1
 
     async def wait_for(
         self, count: int, *, path: str | None = None, timeout: float = 10.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from relay.claiming import Claims, share_out
+from relay.claiming import Claims, share_by_tenant, share_out
 
 A, B, C = ("t", "a"), ("t", "b"), ("t", "c")
 T0 = datetime(2026, 12, 7, tzinfo=UTC)
@@ -89,3 +89,26 @@ def test_rows_announced_while_a_claim_runs_are_not_jumped_over_by_its_answer() -
     claims.begin()
     claims.took(claims.plan({}, 1), [(A, (T0 + timedelta(seconds=2), 50))])
     assert claims.cursors[A] == (T0 + timedelta(seconds=2), 50)
+
+
+def test_the_batch_is_shared_between_tenants_first_then_their_destinations() -> None:
+    # Tenant t has three destinations with a backlog, tenant u one fresh row: u gets its
+    # row at once, and t's share is split among its destinations.
+    u = ("u", "x")
+    rooms = [(A, 100), (B, 100), (C, 100), (u, 1)]
+    assert dict(share_by_tenant(rooms, 10)) == {A: 3, B: 3, C: 3, u: 1}
+    # Per destination alone, t would take 3 shares of 4 whatever u needed.
+    assert dict(share_by_tenant([(A, 100), (B, 100), (u, 100)], 10)) == {A: 3, B: 2, u: 5}
+    # Fewer rows than tenants: the turn says who goes first.
+    assert share_by_tenant([(A, 5), (u, 5)], 1, turn=0) == [(A, 1)]
+    assert share_by_tenant([(A, 5), (u, 5)], 1, turn=1) == [(u, 1)]
+
+
+def test_a_tenant_with_many_destinations_cannot_crowd_out_another() -> None:
+    many = [(("big", f"d{n}"), 32) for n in range(50)]
+    small = ("small", "d")
+    claims = Claims(per_destination=32, active={d for d, _ in many} | {small})
+    for _ in range(10):
+        plan = {t.destination: t.count for t in claims.plan({}, 20)}
+        assert plan[small] == 10
+        assert sum(plan.values()) == 20

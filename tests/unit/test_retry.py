@@ -191,3 +191,24 @@ def test_health_changes_all_success_resets_to_zero() -> None:
 def test_retry_after_date_in_the_past_is_zero() -> None:
     past = (NOW - timedelta(hours=1)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     assert parse_retry_after(past, now=NOW) == 0.0
+
+
+def test_health_changes_count_slowdowns_and_the_recovery_after_the_last() -> None:
+    c = claimed()
+    limited = Recorded(c, "failed", 429, None, None, None, 1, NOW, "pending", 2.0, retry_after=2.0)
+    batch = [
+        _recorded(c, "success", 200),
+        limited,
+        _recorded(c, "failed", None),
+        _recorded(c, "success", 200),
+        _recorded(c, "success", 200),
+    ]
+    [change] = health_changes(batch)
+    assert (change.slowed, change.retry_after, change.recovered) == (1, 2.0, 2)
+    assert change.slowed_by == "the receiver answered 429 with Retry-After: 2"
+    # A 503 and a timeout slow it down too; a 500 does not.
+    timed_out = Recorded(c, "failed", None, "timeout", None, None, 1, NOW, "pending", 1.0)
+    [change] = health_changes([_recorded(c, "failed", 503), timed_out, _recorded(c, "failed", 500)])
+    # The 503 pauses it a second (no Retry-After); the timeout does not pause it.
+    assert (change.slowed, change.retry_after, change.recovered) == (2, 1.0, 0)
+    assert change.slowed_by == "the receiver did not answer in time (timeout)"
