@@ -187,23 +187,7 @@ async def old_record_outcomes(
     await outbox._fetch(conn, OLD_RECORD_OUTCOMES, columns)
     changes = outbox.health_changes(batch)
     rows = await outbox._fetch(
-        conn,
-        outbox.UPDATE_HEALTH,
-        {
-            "tenant_id": [c.tenant_id for c in changes],
-            "destination_id": [c.destination_id for c in changes],
-            "reset": [c.reset for c in changes],
-            "failures": [c.failures for c in changes],
-            "gone": [c.gone for c in changes],
-            "slowed": [c.slowed for c in changes],
-            "retry_after": [c.retry_after for c in changes],
-            "slowed_by": [c.slowed_by for c in changes],
-            "recovered": [c.recovered for c in changes],
-            "threshold": auto_disable_after,
-            "min_throttle": outbox.MIN_THROTTLE,
-            "recover_step": outbox.RECOVER_STEP,
-            "max_pause": 3600.0,
-        },
+        conn, outbox.UPDATE_HEALTH, outbox.health_params(changes, auto_disable_after, 3600.0)
     )
     return [
         outbox.Disabled(r["tenant_id"], r["id"], r["disabled_reason"])

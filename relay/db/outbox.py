@@ -1184,6 +1184,27 @@ RECOVER_STEP = 0.05
 PAUSE_SECONDS = 1.0
 
 
+def health_params(
+    changes: Sequence[HealthChange], auto_disable_after: int, max_pause: float
+) -> dict[str, Any]:
+    """UPDATE_HEALTH's parameters for a batch's health changes."""
+    return {
+        "tenant_id": [c.tenant_id for c in changes],
+        "destination_id": [c.destination_id for c in changes],
+        "reset": [c.reset for c in changes],
+        "failures": [c.failures for c in changes],
+        "gone": [c.gone for c in changes],
+        "slowed": [c.slowed for c in changes],
+        "retry_after": [c.retry_after for c in changes],
+        "slowed_by": [c.slowed_by for c in changes],
+        "recovered": [c.recovered for c in changes],
+        "threshold": auto_disable_after,
+        "min_throttle": MIN_THROTTLE,
+        "recover_step": RECOVER_STEP,
+        "max_pause": max_pause,
+    }
+
+
 async def record_outcomes(
     conn: Connection,
     batch: Sequence[Recorded],
@@ -1233,23 +1254,7 @@ async def record_outcomes(
     rows: Sequence[Mapping[str, Any]] = []
     if changes:
         rows = await _fetch(
-            conn,
-            UPDATE_HEALTH,
-            {
-                "tenant_id": [c.tenant_id for c in changes],
-                "destination_id": [c.destination_id for c in changes],
-                "reset": [c.reset for c in changes],
-                "failures": [c.failures for c in changes],
-                "gone": [c.gone for c in changes],
-                "slowed": [c.slowed for c in changes],
-                "retry_after": [c.retry_after for c in changes],
-                "slowed_by": [c.slowed_by for c in changes],
-                "recovered": [c.recovered for c in changes],
-                "threshold": auto_disable_after,
-                "min_throttle": MIN_THROTTLE,
-                "recover_step": RECOVER_STEP,
-                "max_pause": max_pause,
-            },
+            conn, UPDATE_HEALTH, health_params(changes, auto_disable_after, max_pause)
         )
     if after is not None and batch:
         await after(conn, batch, inserted, rows)
