@@ -25,7 +25,7 @@ from aiohttp import web
 from rich.console import Console
 from rich.text import Text
 
-from relay import console, webhook_formats
+from relay import terminal, webhook_formats
 from relay.config import Settings
 
 # Standard Webhooks' recommended tolerance for the timestamp header.
@@ -52,7 +52,7 @@ def listen(args: argparse.Namespace, settings: Settings, database_url: str | Non
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname or parts.port is None:
         raise SystemExit(f"relay: listen: {url!r} must be http://HOST:PORT/PATH")
-    screen = console.console(sys.stdout)
+    screen = terminal.console(sys.stdout)
     formats = webhook_formats.from_settings(settings.delivery)
     receiver = Receiver(url, settings, formats, database_url, args.secret, args.mode, screen)
     receiver.status = args.status

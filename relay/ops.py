@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay import console
+from relay import terminal
 from relay.db import horizon, ops
 from relay.horizon import is_above, remedy, summary
 from relay.supervise import Loop
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 async def show_event(engine: AsyncEngine, event_id: str, tenant_id: str | None, out: TextIO) -> int:
     async with engine.connect() as conn:
         stories = await ops.event_stories(conn, event_id, tenant_id)
-    screen = console.console(out)
+    screen = terminal.console(out)
     if not stories:
         screen.print(
             f"no event {event_id!r}" + (f" for tenant {tenant_id!r}" if tenant_id else ""),
@@ -42,20 +42,20 @@ async def show_event(engine: AsyncEngine, event_id: str, tenant_id: str | None, 
         head.append("  tenant ").append(e["tenant_id"], style="cyan")
         head.append("  topic ").append(e["topic"] or "-", style="cyan")
         screen.print(head)
-        line = Text("  time ").append(console.cell(e["time"]))
-        line.append("  eligible_for_retry ").append(console.cell(e["eligible_for_retry"]))
+        line = Text("  time ").append(terminal.cell(e["time"]))
+        line.append("  eligible_for_retry ").append(terminal.cell(e["eligible_for_retry"]))
         screen.print(line)
         screen.print(Text("  data ").append(e["data"][:500]))
         screen.print(Text("deliveries", style="bold"))
         screen.print(
-            console.table(
+            terminal.table(
                 story.deliveries,
                 ["destination_id", "status", "attempts", "next_attempt_at", "last_error"],
             )
         )
         screen.print(Text("attempts", style="bold"))
         screen.print(
-            console.table(
+            terminal.table(
                 story.attempts,
                 [
                     "attempted_at",
@@ -87,7 +87,7 @@ async def replay(
         out.write(f"dry run: {total} deliveries would be replayed\n")
         return total
     done = 0
-    progress = console.Progress(out, "replayed", total, "deliveries")
+    progress = terminal.Progress(out, "replayed", total, "deliveries")
     try:
         async for done, _ in replay_batches(engine, selection, batch_size=batch_size, total=total):
             progress.update(done)
@@ -127,15 +127,15 @@ async def stats(engine: AsyncEngine, out: TextIO, *, warn_after: float = 0.0) ->
         health = await ops.health(conn)
         control = await ops.control(conn)
         holders = await horizon.holders(conn)
-    screen = console.console(out)
+    screen = terminal.console(out)
     screen.print(Text("outbox backlog", style="bold"))
     screen.print(
-        console.table(backlog, ["status", "deliveries", "due_now", "oldest_age", "expired_leases"])
+        terminal.table(backlog, ["status", "deliveries", "due_now", "oldest_age", "expired_leases"])
     )
     _write_horizon(holders, warn_after, screen)
     screen.print(Text("destinations", style="bold"))
     screen.print(
-        console.table(
+        terminal.table(
             health,
             [
                 "tenant_id",
@@ -157,7 +157,7 @@ async def stats(engine: AsyncEngine, out: TextIO, *, warn_after: float = 0.0) ->
             )
         )
         screen.print(
-            console.table(
+            terminal.table(
                 control,
                 [
                     "tenant_id",
@@ -193,7 +193,7 @@ def _write_horizon(holders: list[horizon.Holder], warn_after: float, screen: Con
         for h in holders[:5]
     ]
     columns = ["kind", "age", "age_xids", "pid", "usename", "name", "state", "since", "query"]
-    screen.print(console.table(rows, columns))
+    screen.print(terminal.table(rows, columns))
     oldest = holders[0] if holders else None
     if oldest is not None and is_above(oldest, warn_after):
         screen.print(

@@ -241,7 +241,7 @@ async def prune(
     engine: AsyncEngine, settings: RetentionSettings, max_age: timedelta, out: TextIO
 ) -> Round | None:
     """`relay prune`: one round now, with the given age, showing progress per slice."""
-    from relay.console import Progress
+    from relay.terminal import Progress
 
     bar: Progress | None = None
 
