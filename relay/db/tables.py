@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     text,
@@ -294,6 +295,34 @@ attempts = Table(
     # SQL meets traces: the attempts of a trace. Untraced attempts have no entry.
     Index("ix_attempts_trace_id", "trace_id", postgresql_where=text("trace_id IS NOT NULL")),
     postgresql_partition_by="RANGE (created_at)",
+)
+
+# Attempts counted per hour (UTC, by started_at), tenant, destination, status and code:
+# what the metrics read for whole hours (relay/db/aggregates.py). Kept by statement
+# triggers on relay.attempts (migration 0014), in the writing transaction; ``shard`` is the
+# writing session's (its backend pid modulo 16), so that concurrent recorders do not
+# queue on one row: readers add the shards up. Counts may fall to 0 (an attempt updated
+# or deleted); readers skip those groups.
+attempt_hours = Table(
+    "attempt_hours",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("hour", TS, nullable=False),
+    Column("destination_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    # The HTTP status as text, else the error code, else '' (aggregates' "code").
+    Column("code", Text, nullable=False),
+    Column("shard", SmallInteger, nullable=False),
+    Column("attempts", BigInteger, nullable=False),
+    Column("first_attempts", BigInteger, nullable=False),
+    Column("manual_attempts", BigInteger, nullable=False),
+    Column("number_sum", BigInteger, nullable=False),
+    # Those with a latency (history.LATENCY_SQL), and the sum of their duration_ms.
+    Column("timed_attempts", BigInteger, nullable=False),
+    Column("latency_ms_sum", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "hour", "destination_id", "status", "code", "shard"),
+    Index("ix_attempt_hours_hour", "hour"),
+    postgresql_with={"fillfactor": "70"},
 )
 
 # One row: its version goes up at the commit of any change to tenants or destinations
