@@ -15,8 +15,10 @@
   for one destination do not queue on one row until each other's commit. Readers add the
   shards up. Retention drops partitions without DELETE: readers trust the rollup only
   after the oldest slice kept (relay/retention.py deletes the hours before it).
-- Backfilled from relay.attempts here, under the trigger's lock: an attempt written while
-  this runs waits for it, then counts through the trigger.
+- Backfilled from relay.attempts here by relay.recount_attempt_hours() (which counts
+  everything again, for attempts written with the triggers off: docs/sql.md), under the
+  trigger's lock: an attempt written while this runs waits for it, then counts through
+  the trigger.
 
 Revision ID: 0014
 Revises: 0013
@@ -101,6 +103,21 @@ BEGIN
 END $$
 """
 
+# Everything counted again: for attempts written with the triggers not firing (docs/sql.md),
+# and the migration's backfill. Writers of attempts wait from the lock to the commit.
+RECOUNT = f"""
+CREATE FUNCTION relay.recount_attempt_hours() RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    counted bigint;
+BEGIN
+    LOCK TABLE relay.attempts IN SHARE ROW EXCLUSIVE MODE;
+    DELETE FROM relay.attempt_hours;
+    {_upsert("SELECT 1 AS sign, a.* FROM relay.attempts a", "0::smallint")};
+    GET DIAGNOSTICS counted = ROW_COUNT;
+    RETURN counted;
+END $$
+"""
+
 TRIGGERS = {
     "attempt_hours_insert": "AFTER INSERT ON relay.attempts REFERENCING NEW TABLE AS new_attempts",
     "attempt_hours_update": (
@@ -149,12 +166,14 @@ def upgrade() -> None:
             f"CREATE TRIGGER {name} {when} FOR EACH STATEMENT"
             " EXECUTE FUNCTION relay.count_attempt_hours()"
         )
-    op.execute(_upsert("SELECT 1 AS sign, a.* FROM relay.attempts a", "0::smallint"))
+    op.execute(RECOUNT)
+    op.execute("SELECT relay.recount_attempt_hours()")
 
 
 def downgrade() -> None:
     for name in TRIGGERS:
         op.execute(f"DROP TRIGGER {name} ON relay.attempts")
+    op.execute("DROP FUNCTION relay.recount_attempt_hours()")
     op.execute("DROP FUNCTION relay.count_attempt_hours()")
     op.drop_index(op.f("ix_attempt_hours_hour"), table_name="attempt_hours", schema="relay")
     op.drop_table("attempt_hours", schema="relay")

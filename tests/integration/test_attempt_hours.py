@@ -346,6 +346,20 @@ async def test_the_migration_backfills_what_was_written_before_it(
     await rollup_is_exact(db)
 
 
+async def test_attempts_written_with_the_triggers_off_are_counted_by_a_recount(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    base = floor_hour(datetime.now(UTC)) - 5 * HOUR
+    await write(database_url, random_attempts(random.Random(3), base, 6, 300), "UTC")
+    async with db.transaction():
+        await db.execute("SET LOCAL session_replication_role = replica")
+        await db.execute(INSERT, *random_attempts(random.Random(4), base, 6, 100))
+    with pytest.raises(AssertionError):
+        await rollup_is_exact(db)
+    assert await db.fetchval("SELECT relay.recount_attempt_hours()") > 0
+    await rollup_is_exact(db)
+
+
 def test_the_rollup_times_the_attempts_history_times() -> None:
     """The trigger (migration 0014) leaves out of latency the codes history does."""
     path = Path(__file__).resolve().parents[2] / "migrations/versions"
