@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import orjson
+from sqlalchemy.engine import make_url
 
 from relay.db import outbox
 from relay.db.engine import connect_raw
@@ -113,6 +114,11 @@ async def run_variant(url: str, limited: bool, workers: int, args: argparse.Name
     return done[0] / (time.monotonic() - started)
 
 
+def with_database(url: str, name: str) -> str:
+    """The server's URL naming another database (a socket's ?host= kept)."""
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
 ROLLUP_VARIANTS = ("no rollup", "rollup", "rollup, one shard")
 SHARD_EXPRESSION = "(pg_backend_pid() % 16)::smallint"
 
@@ -151,7 +157,7 @@ async def main_rollup(args: argparse.Namespace) -> None:
     for name in names.values():
         await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
-    urls = {v: args.server.rsplit("/", 1)[0] + "/" + name for v, name in names.items()}
+    urls = {v: with_database(args.server, name) for v, name in names.items()}
     try:
         for variant, url in urls.items():
             await setup(url, args.events)
