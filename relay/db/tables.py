@@ -325,6 +325,25 @@ attempt_hours = Table(
     postgresql_with={"fillfactor": "70"},
 )
 
+# A replay started from the operator console (relay/web/console.py): any relay process
+# shows its progress. ``done`` is written in each batch's transaction.
+replay_jobs = Table(
+    "replay_jobs",
+    metadata,
+    Column("id", Text, primary_key=True),
+    # ops.ReplayFilter as JSON: statuses, tenant_id, destination_id, since, until.
+    Column("selection", JSONB, nullable=False),
+    Column("total", BigInteger, nullable=False),
+    Column("done", BigInteger, nullable=False, server_default=text("0")),
+    # The newest attempt when it started: the page shows the attempts after it.
+    Column("after_attempt", BigInteger, nullable=False),
+    Column("started_at", TS, nullable=False, server_default=NOW),
+    # Its last progress; a replay unfinished and long unchanged lost its process.
+    Column("updated_at", TS, nullable=False, server_default=NOW),
+    Column("finished_at", TS),
+    Column("error", Text),
+)
+
 # One row: its version goes up at the commit of any change to tenants or destinations
 # that routing reads (triggers in migration 0005). Publishers cache routes under it.
 route_version = Table(
