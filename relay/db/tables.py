@@ -344,6 +344,15 @@ replay_jobs = Table(
     Column("error", Text),
 )
 
+# Portal links opened (relay/web/sessions.py): a link works once. Kept until the link
+# would have expired; older rows go as links are opened.
+portal_links_used = Table(
+    "portal_links_used",
+    metadata,
+    Column("jti", Text, primary_key=True),
+    Column("expires_at", TS, nullable=False),
+)
+
 # One row: its version goes up at the commit of any change to tenants or destinations
 # that routing reads (triggers in migration 0005). Publishers cache routes under it.
 route_version = Table(
