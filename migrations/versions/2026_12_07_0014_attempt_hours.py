@@ -168,6 +168,7 @@ def upgrade() -> None:
         )
     op.execute(RECOUNT)
     op.execute("SELECT relay.recount_attempt_hours()")
+    op.execute("ANALYZE relay.attempt_hours")
 
 
 def downgrade() -> None:
