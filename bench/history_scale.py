@@ -192,7 +192,8 @@ async def load(conn: asyncpg.Connection, attempts: int, pending: int) -> dict[st
     timings["indexes"] = time.perf_counter() - started
     started = time.perf_counter()
     await conn.execute(
-        "VACUUM ANALYZE relay.events, relay.deliveries, relay.attempts, relay.event_keys"
+        "VACUUM ANALYZE relay.events, relay.deliveries, relay.attempts, relay.event_keys,"
+        " relay.attempt_hours"
     )
     timings["vacuum analyze"] = time.perf_counter() - started
     return timings

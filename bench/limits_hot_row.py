@@ -11,6 +11,15 @@ repeat. Timings are reported, never asserted.
 
     .venv/bin/python bench/limits_hot_row.py                # 20 s per variant, 2 rounds
     .venv/bin/python bench/limits_hot_row.py --seconds 5 --rounds 1
+
+With --rollup it asks the same of the hourly rollup of attempts (migration 0014): every
+batch recorded also upserts its destination's row of relay.attempt_hours for the hour,
+by a trigger. Three databases, seeded alike, all claimed plainly (unlimited): "no rollup"
+(the triggers dropped), "rollup" (as migrated: each session writes its own shard of the
+row, its backend pid modulo 16) and "rollup, one shard" (the trigger's function changed
+to write shard 0 from every session: the single hot row the shards avoid).
+
+    .venv/bin/python bench/limits_hot_row.py --rollup --seconds 10 --rounds 2
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import orjson
+from sqlalchemy.engine import make_url
 
 from relay.db import outbox
 from relay.db.engine import connect_raw
@@ -104,7 +114,84 @@ async def run_variant(url: str, limited: bool, workers: int, args: argparse.Name
     return done[0] / (time.monotonic() - started)
 
 
+def with_database(url: str, name: str) -> str:
+    """The server's URL naming another database (a socket's ?host= kept)."""
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+ROLLUP_VARIANTS = ("no rollup", "rollup", "rollup, one shard")
+SHARD_EXPRESSION = "(pg_backend_pid() % 16)::smallint"
+
+
+async def rollup_twin(url: str, variant: str) -> None:
+    """Make the database the variant says (setup has run on it)."""
+    conn = await asyncpg.connect(url)
+    try:
+        if variant == "no rollup":
+            for when in ("insert", "update", "delete", "truncate"):
+                await conn.execute(f"DROP TRIGGER attempt_hours_{when} ON relay.attempts")
+        elif variant == "rollup, one shard":
+            definition = await conn.fetchval(
+                "SELECT pg_get_functiondef('relay.count_attempt_hours'::regproc)"
+            )
+            assert SHARD_EXPRESSION in definition, "migration 0014's shard expression changed"
+            await conn.execute(definition.replace(SHARD_EXPRESSION, "0::smallint"))
+    finally:
+        await conn.close()
+
+
+async def shards(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT shard, sum(attempts) AS n FROM relay.attempt_hours GROUP BY 1 ORDER BY 1"
+        )
+    finally:
+        await conn.close()
+    return ", ".join(f"shard {r['shard']}: {r['n']:,}" for r in rows) or "(none)"
+
+
+async def main_rollup(args: argparse.Namespace) -> None:
+    names = {v: f"relay_hotrow_{os.getpid()}_{i}" for i, v in enumerate(ROLLUP_VARIANTS)}
+    admin = await asyncpg.connect(args.server)
+    for name in names.values():
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    urls = {v: with_database(args.server, name) for v, name in names.items()}
+    try:
+        for variant, url in urls.items():
+            await setup(url, args.events)
+            await rollup_twin(url, variant)
+        results: dict[tuple[str, int], list[float]] = {}
+        for n in range(args.rounds):
+            for workers in (1, 3):
+                order = ROLLUP_VARIANTS if n % 2 == 0 else ROLLUP_VARIANTS[::-1]
+                for variant in order:
+                    rate = await run_variant(urls[variant], False, workers, args)
+                    results.setdefault((variant, workers), []).append(rate)
+                    print(f"  {variant}, claimers={workers}: {rate:,.0f} deliveries/s")
+        for variant in ROLLUP_VARIANTS[1:]:
+            print(f"  {variant}: rows of the rollup by shard: {await shards(urls[variant])}")
+        print()
+        header = " | ".join(ROLLUP_VARIANTS)
+        print(f"| claimers | {header} | rollup / none | one shard / none |")
+        print("|---:|" + "---:|" * (len(ROLLUP_VARIANTS) + 2))
+        for workers in (1, 3):
+            rates = [statistics.median(results[(v, workers)]) for v in ROLLUP_VARIANTS]
+            cells = " | ".join(f"{r:,.0f}/s" for r in rates)
+            print(
+                f"| {workers} | {cells} | {rates[1] / rates[0]:.2f}x | {rates[2] / rates[0]:.2f}x |"
+            )
+    finally:
+        admin = await asyncpg.connect(args.server)
+        for name in names.values():
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 async def main_async(args: argparse.Namespace) -> None:
+    if args.rollup:
+        return await main_rollup(args)
     name = f"relay_hotrow_{os.getpid()}"
     admin = await asyncpg.connect(args.server)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -139,6 +226,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--rollup", action="store_true", help="the hourly rollup's row instead")
     asyncio.run(main_async(parser.parse_args()))
 
 

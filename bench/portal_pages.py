@@ -14,6 +14,11 @@ server time plus a loopback round trip). Two histories:
     RELAY_BENCH_DATABASE_URL=postgresql://... .venv/bin/python bench/portal_pages.py
     .venv/bin/python bench/portal_pages.py --attempts 100000    # smaller
 
+The pages that chart attempts per hour (a destination's, the metrics page) are then
+timed again in the same run, interleaved request by request, two ways: as relay reads
+them (whole hours from relay.attempt_hours, migration 0014) and from relay.attempts alone
+(aggregates.attempt_metrics_from_attempts, what relay did before: the baseline).
+
 It writes bench/results/portal_pages.md. Times are printed, never asserted.
 """
 
@@ -96,7 +101,8 @@ async def load_hot(conn: asyncpg.Connection, attempts: int) -> dict[str, float]:
         """
     )
     await conn.execute(
-        "VACUUM ANALYZE relay.events, relay.deliveries, relay.attempts, relay.event_keys"
+        "VACUUM ANALYZE relay.events, relay.deliveries, relay.attempts, relay.event_keys,"
+        " relay.attempt_hours"
     )
     return {"load": time.perf_counter() - started}
 
@@ -110,6 +116,50 @@ async def timed(client: aiohttp.ClientSession, method: str, url: str, **kw: Any)
             assert resp.status == 200, (url, resp.status, body[:300])
         times.append((time.perf_counter() - started) * 1000)
     return times
+
+
+# The pages whose charts relay.attempt_hours answers, timed with it and without it.
+CHARTED = (
+    ("destination (health, chart, attempts)", "/portal/destinations/{destination}"),
+    ("metrics, 24 h", "/portal/metrics"),
+    ("metrics, 7 days", "/portal/metrics?hours=168"),
+)
+FROM_ROLLUP = "hourly rollup"
+FROM_ATTEMPTS = "attempts alone (baseline)"
+
+
+async def rollup_against_attempts(
+    portal: aiohttp.ClientSession, base: str, destination: str
+) -> list[tuple[str, list[float]]]:
+    """Each charted page, one request each way in turn (alternating which goes first),
+    REPEAT times: the server runs in this process, so the baseline swaps the function the
+    pages call."""
+    from relay.db import aggregates
+
+    ways = {FROM_ROLLUP: aggregates.attempt_metrics}
+    ways[FROM_ATTEMPTS] = aggregates.attempt_metrics_from_attempts
+    times: dict[tuple[str, str], list[float]] = {}
+    try:
+        for n in range(REPEAT):
+            for label, path in CHARTED:
+                order = list(ways) if n % 2 == 0 else list(ways)[::-1]
+                for way in order:
+                    aggregates.attempt_metrics = ways[way]  # type: ignore[assignment]
+                    url = base + path.format(destination=destination)
+                    started = time.perf_counter()
+                    async with portal.get(url) as resp:
+                        await resp.read()
+                        assert resp.status == 200, (url, resp.status)
+                    times.setdefault((label, way), []).append(
+                        (time.perf_counter() - started) * 1000
+                    )
+    finally:
+        aggregates.attempt_metrics = ways[FROM_ROLLUP]  # type: ignore[assignment]
+    return [
+        (f"same run: portal: {label}, {way}", times[(label, way)])
+        for label, _ in CHARTED
+        for way in ways
+    ]
 
 
 async def measure_pages(base: str, tenant: str, destination: str) -> list[tuple[str, list[float]]]:
@@ -152,6 +202,7 @@ async def measure_pages(base: str, tenant: str, destination: str) -> list[tuple[
         ]
         for label, path in pages:
             results.append((label, await timed(portal, "GET", base + path)))
+        results += await rollup_against_attempts(portal, base, destination)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as console:
         async with console.get(f"{base}/console/login") as r:
             nonce = re.search(r'name="login_nonce" value="([^"]+)"', await r.text())
@@ -299,6 +350,24 @@ def write_report(
             lines.append(
                 f"| {label} | {min(times):.1f} | {statistics.median(times):.1f} "
                 f"| {max(times):.1f} |"
+            )
+        lines.append("")
+        by_label = dict(rows)
+        lines += [
+            "Same run, interleaved: the charted pages with the hourly rollup against the "
+            "same pages from relay.attempts alone (the baseline, as before migration 0014):",
+            "",
+            "| page | rollup min / median (ms) | attempts alone min / median (ms) "
+            "| ratio of medians |",
+            "|---|---:|---:|---:|",
+        ]
+        for label, _ in CHARTED:
+            new = by_label[f"same run: portal: {label}, {FROM_ROLLUP}"]
+            old = by_label[f"same run: portal: {label}, {FROM_ATTEMPTS}"]
+            lines.append(
+                f"| {label} | {min(new):.1f} / {statistics.median(new):.1f} "
+                f"| {min(old):.1f} / {statistics.median(old):.1f} "
+                f"| {statistics.median(new) / statistics.median(old):.2f}x |"
             )
         lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)

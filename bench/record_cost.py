@@ -41,6 +41,13 @@ committed, then written again (same connection), as after a lost COMMIT answer; 
 prints the second write's time and how many attempt rows it added (new: none; old: the
 batch again).
 
+With --baseline no-rollup, the baseline is relay's record_outcomes as it is, on a twin
+of each database whose relay.attempts has no rollup triggers (migration 0014's
+relay.attempt_hours, dropped after migrating): what counting attempts per hour adds to
+recording, in the same run. The twins are seeded alike; "old" claims and writes in the
+twin, "new" in the database with the triggers. pg_stat_statements then tracks nested
+statements too, and the trigger's upsert is reported on its own.
+
 Timings are printed, never asserted.
 """
 
@@ -200,14 +207,26 @@ async def old_record_outcomes(
 
 VARIANTS: dict[str, Record] = {"new": outbox.record_outcomes, "old": old_record_outcomes}
 
+# --baseline no-rollup: drop what migration 0014 added to relay.attempts' writes.
+ROLLUP_TRIGGERS = (
+    "attempt_hours_insert",
+    "attempt_hours_update",
+    "attempt_hours_delete",
+    "attempt_hours_truncate",
+)
+
 
 @dataclass
 class Db:
     name: str
     url: str
     history: int
+    # --baseline no-rollup: the twin without the rollup's triggers, where "old" runs.
+    twin_url: str | None = None
     claim: asyncpg.Connection = field(init=False)
     record: asyncpg.Connection = field(init=False)
+    old_claim: asyncpg.Connection = field(init=False)
+    old_record: asyncpg.Connection = field(init=False)
     # variant -> [(to the end of record_outcomes, to the end of COMMIT)] in seconds
     times: dict[str, list[tuple[float, float]]] = field(
         default_factory=lambda: {name: [] for name in VARIANTS}
@@ -285,10 +304,11 @@ POLICY = RetryPolicy.from_settings(RetrySettings())
 AUTO_DISABLE = DeliverySettings().auto_disable_after_failures
 
 
-async def claim_batch(db: Db) -> list[outbox.Recorded]:
+async def claim_batch(db: Db, variant: str = "new") -> list[outbox.Recorded]:
     """Claim BATCH due deliveries (committed, as the dispatcher's claim is) and decide
     their outcomes as the dispatcher would after sending them."""
-    claimed = await outbox.claim_due(db.claim, limit=BATCH, lease_seconds=600, token=uuid.uuid4())
+    conn = db.old_claim if variant == "old" else db.claim
+    claimed = await outbox.claim_due(conn, limit=BATCH, lease_seconds=600, token=uuid.uuid4())
     if len(claimed) < BATCH:
         raise RuntimeError(f"{db.name}: the backlog ran out ({len(claimed)} claimed)")
     now = datetime.now(UTC)
@@ -322,11 +342,12 @@ async def claim_batch(db: Db) -> list[outbox.Recorded]:
 async def write(db: Db, variant: str, batch: list[outbox.Recorded]) -> tuple[float, float]:
     """One transaction, as the recorder writes it: (to the end of record_outcomes, to the
     end of COMMIT), seconds from before BEGIN."""
-    tx = db.record.transaction()
+    conn = db.old_record if variant == "old" else db.record
+    tx = conn.transaction()
     start = time.perf_counter()
     await tx.start()
     try:
-        await VARIANTS[variant](db.record, batch, auto_disable_after=AUTO_DISABLE)
+        await VARIANTS[variant](conn, batch, auto_disable_after=AUTO_DISABLE)
     except BaseException:
         await tx.rollback()
         raise
@@ -335,9 +356,9 @@ async def write(db: Db, variant: str, batch: list[outbox.Recorded]) -> tuple[flo
     return recorded - start, time.perf_counter() - start
 
 
-async def attempt_rows(db: Db, batch: list[outbox.Recorded]) -> int:
+async def attempt_rows(db: Db, batch: list[outbox.Recorded], variant: str = "new") -> int:
     return int(
-        await db.claim.fetchval(
+        await (db.old_claim if variant == "old" else db.claim).fetchval(
             "SELECT count(*) FROM relay.attempts WHERE delivery_id = ANY($1::bigint[])",
             [r.claimed.id for r in batch],
         )
@@ -398,23 +419,38 @@ def report(db: Db) -> list[str]:
     return lines
 
 
+STATEMENT_STATS = """
+    SELECT query LIKE '%NOT EXISTS%' AS new, calls, total_exec_time, wal_records,
+           shared_blks_hit + shared_blks_read + shared_blks_dirtied AS blocks,
+           query LIKE '%relay.attempt_hours%' AS rollup
+    FROM pg_stat_statements
+    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND ((query LIKE '%INSERT INTO relay.attempts%' AND query LIKE '%unnest(%')
+           OR query LIKE '%INSERT INTO relay.attempt_hours%')
+      AND query NOT LIKE '%pg_stat_statements%'
+"""
+
+
 async def statement_stats(db: Db) -> list[str]:
-    """pg_stat_statements' view of the two record statements since the warm-up."""
-    rows = await db.claim.fetch(
-        """
-        SELECT query LIKE '%NOT EXISTS%' AS new, calls, total_exec_time, wal_records,
-               shared_blks_hit + shared_blks_read + shared_blks_dirtied AS blocks
-        FROM pg_stat_statements
-        WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND query LIKE '%INSERT INTO relay.attempts%' AND query LIKE '%unnest(%'
-          AND query NOT LIKE '%pg_stat_statements%'
-        """
-    )
+    """pg_stat_statements' view of the record statements since the warm-up (and, with a
+    twin, of the rollup trigger's upsert, nested in the new one's)."""
+    if db.twin_url is None:
+        rows = [(None, r) for r in await db.claim.fetch(STATEMENT_STATS)]
+    else:
+        rows = [
+            (variant, r)
+            for variant, conn in (("new", db.claim), ("old", db.old_claim))
+            for r in await conn.fetch(STATEMENT_STATS)
+        ]
     lines = []
-    for r in sorted(rows, key=lambda r: not r["new"]):
+    for variant, r in sorted(rows, key=lambda vr: (vr[1]["rollup"], vr[0] != "new")):
         outcomes = r["calls"] * BATCH
+        if r["rollup"]:
+            label = "rollup trigger's upsert (part of the new record statement's time)"
+        else:
+            label = f"{variant or ('new' if r['new'] else 'old')} record statement"
         lines.append(
-            f"  {'new' if r['new'] else 'old'} record statement in PostgreSQL: "
+            f"  {label} in PostgreSQL: "
             f"{r['total_exec_time'] / r['calls']:.2f} ms/batch, "
             f"{r['total_exec_time'] * 1000 / outcomes:.1f} µs/outcome, "
             f"{r['blocks'] / outcomes:.1f} buffers/outcome, "
@@ -481,11 +517,11 @@ async def retry_case(db: Db) -> list[str]:
     """A batch written and committed, then written again: a lost COMMIT answer."""
     lines = []
     for variant in VARIANTS:
-        batch = await claim_batch(db)
+        batch = await claim_batch(db, variant)
         await write(db, variant, batch)
-        first = await attempt_rows(db, batch)
+        first = await attempt_rows(db, batch, variant)
         again = await write(db, variant, batch)
-        second = await attempt_rows(db, batch)
+        second = await attempt_rows(db, batch, variant)
         lines.append(
             f"  {variant}: the same batch written again took {again[0] * 1000:.2f} ms "
             f"({again[0] * 1e6 / BATCH:.1f} µs/outcome; {again[1] * 1000:.2f} ms with COMMIT) "
@@ -531,20 +567,36 @@ async def main_async(args: argparse.Namespace) -> None:
     pg = PgServer()
     dbs: list[Db] = []
     try:
-        bench.start_postgres(pg, shared_preload_libraries="pg_stat_statements")
+        twins = args.baseline == "no-rollup"
+        extra = {"shared_preload_libraries": "pg_stat_statements"}
+        if twins:
+            extra["pg_stat_statements.track"] = "all"
+        bench.start_postgres(pg, **extra)
         b = bench.Bench(pg, args.quick, 1)
         for name, history in (("empty", 0), ("history", args.history)):
             db = Db(name, await b.fresh_db(), history)
-            taken = await seed(db.url, history, pending)
-            print(
-                f"seeded {name}: "
-                + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in taken.items()),
-                flush=True,
-            )
+            if twins:
+                db.twin_url = await b.fresh_db()
+                conn = await asyncpg.connect(db.twin_url)
+                for trigger in ROLLUP_TRIGGERS:
+                    await conn.execute(f"DROP TRIGGER {trigger} ON relay.attempts")
+                await conn.close()
+            for url in (db.url, db.twin_url) if twins else (db.url,):
+                assert url is not None
+                taken = await seed(url, history, pending)
+                print(
+                    f"seeded {name}{' (no rollup)' if url == db.twin_url else ''}: "
+                    + ", ".join(f"{step} {seconds:.1f} s" for step, seconds in taken.items()),
+                    flush=True,
+                )
             dbs.append(db)
         for db in dbs:
             db.claim = await asyncpg.connect(db.url)
             db.record = await asyncpg.connect(db.url)
+            db.old_claim, db.old_record = db.claim, db.record
+            if db.twin_url is not None:
+                db.old_claim = await asyncpg.connect(db.twin_url)
+                db.old_record = await asyncpg.connect(db.twin_url)
 
         for n in range(args.warmup + args.rounds):
             if n == args.warmup:
@@ -553,7 +605,7 @@ async def main_async(args: argparse.Namespace) -> None:
             for db in dbs:
                 order = ["new", "old"] if n % 2 == 0 else ["old", "new"]
                 for variant in order:
-                    batch = await claim_batch(db)
+                    batch = await claim_batch(db, variant)
                     taken_s = await write(db, variant, batch)
                     if n >= args.warmup:
                         db.times[variant].append(taken_s)
@@ -577,8 +629,9 @@ async def main_async(args: argparse.Namespace) -> None:
             print(f"{db.name}: {size:,} attempt rows at the end")
     finally:
         for db in dbs:
-            for conn in (getattr(db, "claim", None), getattr(db, "record", None)):
-                if conn is not None:
+            for name in ("claim", "record", "old_claim", "old_record"):
+                conn = getattr(db, name, None)
+                if conn is not None and not conn.is_closed():
                     await conn.close()
         pg.cleanup()
     print(f"done in {time.monotonic() - began:.0f} s; {machine()}", flush=True)
@@ -590,7 +643,16 @@ def main() -> None:
     parser.add_argument("--history", type=int, help="attempt rows of history (2,000,000)")
     parser.add_argument("--rounds", type=int, help="measured rounds (200)")
     parser.add_argument("--warmup", type=int, help="uncounted rounds first (6)")
+    parser.add_argument(
+        "--baseline",
+        choices=("8a26928", "no-rollup"),
+        default="8a26928",
+        help="old: the statement before idempotent recording (8a26928), or relay's own "
+        "on a twin database without the hourly rollup's triggers (migration 0014)",
+    )
     args = parser.parse_args()
+    if args.baseline == "no-rollup":
+        VARIANTS["old"] = outbox.record_outcomes
     defaults = (2000, 2, 1) if args.quick else (2_000_000, 200, 6)
     args.history = defaults[0] if args.history is None else args.history
     args.rounds = defaults[1] if args.rounds is None else args.rounds

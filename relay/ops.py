@@ -103,9 +103,11 @@ async def replay_batches(
     *,
     batch_size: int = 1000,
     total: int | None = None,
+    job: str | None = None,
 ) -> AsyncIterator[tuple[int, int]]:
     """Replay in batches, each its own transaction; yield (done, total) after each one
-    (the CLI prints it, the console shows it)."""
+    (the CLI prints it, the console shows it). job: a relay.replay_jobs row whose count
+    each batch's transaction moves on."""
     if total is None:
         async with engine.connect() as conn:
             total = await ops.replay_count(conn, selection)
@@ -113,6 +115,8 @@ async def replay_batches(
     while True:
         async with engine.begin() as conn:
             ids, last = await ops.replay_batch(conn, selection, after=after, limit=batch_size)
+            if job is not None and ids:
+                await ops.replay_job_progress(conn, job, done + len(ids))
         if last is None:
             return
         done += len(ids)

@@ -9,7 +9,9 @@ the retention age, oldest first:
    it (a delivery still active, or not routed yet) to relay.events_kept;
 2. detach its three partitions CONCURRENTLY and drop them: no DELETE, no dead tuples;
 3. forget the event keys of its events, in batches (idempotency lasts until then);
-4. forget the slice.
+4. forget the slice, and the hourly counts of attempts (relay.attempt_hours) from before
+   the oldest slice left: the metrics read the hours since from there, and the hours
+   before from the attempts that are left (relay/db/aggregates.py).
 
 Each step can be repeated, so a round cut short anywhere is finished by the next one.
 Slices made ahead at another width (the migration's ten minutes, or before the retention
@@ -158,6 +160,8 @@ class Round:
     retired: list[db.Slice] = field(default_factory=list)
     kept_events: int = 0
     forgotten_keys: int = 0
+    # Rows of relay.attempt_hours from before the oldest slice left.
+    forgotten_hours: int = 0
     pruned_kept: int = 0
 
 
@@ -212,6 +216,7 @@ async def maintain(
                 done.forgotten_keys += await _forget_keys(conn, low, high, settings.batch_size)
                 await db.forget(conn, s.starts_at)
                 done.retired.append(s)
+                done.forgotten_hours += await db.forget_hours(conn)
                 if progress is not None:
                     progress(len(done.retired), len(doomed))
             while retire and age > timedelta(0):

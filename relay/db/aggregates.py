@@ -1,10 +1,15 @@
-"""Aggregates over history, for Outpost's metrics API (GET /metrics/events, /attempts).
+"""Aggregates over history, for Outpost's metrics API (GET /metrics/events, /attempts)
+and the portal's charts.
 
-Nothing is precomputed: each query is one GROUP BY over relay.events (events, joined to
-relay.deliveries when a destination is asked about) or relay.attempts (joined to
-relay.events when a topic is), bounded by a time range the indexes on ``events.time``
-and ``attempts.started_at`` serve. Buckets are in UTC; weeks start on Monday. Only
-buckets with rows are returned.
+Each query is one GROUP BY over relay.events (events, joined to relay.deliveries when a
+destination is asked about) or relay.attempts (joined to relay.events when a topic is),
+bounded by a time range the indexes on ``events.time`` and ``attempts.started_at`` serve.
+Attempts are also counted per hour in relay.attempt_hours (migration 0014, kept by
+triggers in the transaction that writes them): a query that buckets by whole hours and
+asks for nothing that table lacks reads the hours its window holds whole from there, and
+only the hours it cuts from relay.attempts, with the same answer (tests/integration/
+test_attempt_hours.py). Buckets are in UTC; weeks start on Monday. Only buckets with rows
+are returned.
 
 Dimension and measure names come from the fixed tables below, never from the request;
 values are bound parameters.
@@ -16,14 +21,16 @@ import calendar
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import RowMapping
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import Boolean, Integer, Text
 
 from relay.db.history import LATENCY_SQL, TimeRange, Where
+from relay.db.tables import TS
 
 # Rows a query returns at most; one more tells it was truncated.
 ROW_LIMIT = 100_000
@@ -186,7 +193,19 @@ async def event_metrics(conn: AsyncConnection, q: Query) -> Result:
 
 
 async def attempt_metrics(conn: AsyncConnection, q: Query) -> Result:
-    """Delivery attempts started in the window."""
+    """Delivery attempts started in the window: its whole hours from relay.attempt_hours
+    when it can answer (``by_hours``), else everything from relay.attempts."""
+    webhook = q.filters.get("destination_type")
+    if webhook is not None and "webhook" not in webhook:
+        return Result([], False)
+    hours = hours_within(q.start, q.end)
+    if hours is not None and by_hours(q):
+        return await _attempt_hours_metrics(conn, q, *hours)
+    return await attempt_metrics_from_attempts(conn, q)
+
+
+async def attempt_metrics_from_attempts(conn: AsyncConnection, q: Query) -> Result:
+    """The same answer from relay.attempts alone, whatever the query."""
     source = "relay.attempts a"
     if "topic" in q.dimensions or "topic" in q.filters:
         source += " JOIN relay.events e ON e.seq = a.event_seq"
@@ -212,6 +231,151 @@ async def attempt_metrics(conn: AsyncConnection, q: Query) -> Result:
         f",\n    {sql} AS {name}" for name, sql in LATENCY_MEASURES.items() if name in q.measures
     )
     return await _aggregate(conn, q, source, "a.started_at", ATTEMPT_DIMENSIONS, measures, where)
+
+
+# --- attempts by the hour (relay.attempt_hours) ------------------------------------------
+
+# What relay.attempt_hours keeps of an attempt, as columns of ``u`` (the union below).
+HOURLY_DIMENSIONS = {
+    "tenant_id": "u.tenant_id",
+    "destination_id": "u.destination_id",
+    "destination_type": "'webhook'",
+    "status": "u.status",
+    "code": "u.code",
+}
+# Percentiles need every duration; the rollup keeps their sum.
+PERCENTILES = frozenset({"p50_latency", "p95_latency", "p99_latency"})
+HOUR = timedelta(hours=1)
+
+
+def by_hours(q: Query) -> bool:
+    """Whether relay.attempt_hours can answer q: its buckets are whole UTC hours (or there
+    are none), and it asks for no dimension, filter or measure the rollup lacks (topic,
+    manual, attempt_number, percentiles). Pure."""
+    g = q.granularity
+    whole_hours = g is None or g.unit in "hdwM" or (g.unit == "m" and g.count == 60)
+    return (
+        whole_hours
+        and all(name in HOURLY_DIMENSIONS for name in (*q.dimensions, *q.filters))
+        and PERCENTILES.isdisjoint(q.measures)
+    )
+
+
+def hours_within(start: datetime, end: datetime) -> tuple[datetime, datetime] | None:
+    """The start of the first whole UTC hour in [start, end) and the end of the last;
+    None when there is none. Pure."""
+    try:
+        first = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        if first < start:
+            first += HOUR
+        last = end.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    except OverflowError:  # within an hour of year 1 or 9999
+        return None
+    return (first, last) if first < last else None
+
+
+# The first hour the rollup may answer for. Retention drops whole partitions (no DELETE,
+# so no trigger): the rollup still counts what they held. An attempt is written (its
+# created_at, the partition key) after it started, so every attempt that started since
+# the oldest slice still kept (not closing) is still there; the hour after that allows
+# for a dispatcher's clock ahead of the database's. While the legacy slice (everything
+# from before migration 0008) is kept, nothing was dropped: -infinity. Read in the same
+# statement as the rest, so a slice closing meanwhile cannot come between.
+_HOURS_KEPT = """(
+    SELECT CASE WHEN bool_or(s.starts_at = '-infinity') THEN timestamptz '-infinity'
+                ELSE COALESCE(date_bin(interval '1 hour', min(s.starts_at),
+                                       timestamptz '1970-01-01 00:00:00+00')
+                              + interval '2 hours', timestamptz 'infinity')
+           END
+    FROM relay.slices s WHERE NOT s.closing)"""
+
+# An attempt as one of the rollup's rows.
+_ATTEMPT_AS_HOURLY = f"""
+    SELECT a.started_at AS t, a.tenant_id, a.destination_id, a.status,
+           {ATTEMPT_DIMENSIONS["code"]} AS code, 1::bigint AS attempts,
+           (a.number = 1)::int::bigint AS first_attempts,
+           a.manual::int::bigint AS manual_attempts, a.number::bigint AS number_sum,
+           (({LATENCY_SQL}) IS NOT NULL)::int::bigint AS timed_attempts,
+           COALESCE({LATENCY_SQL}, 0)::bigint AS latency_ms_sum
+    FROM relay.attempts a"""
+
+# As _ATTEMPT_AGGREGATES computes them over attempts; averages divide the same numeric
+# sums PostgreSQL's avg() does (exactly equal). No group has a count of 0 (HAVING).
+_HOURLY_AGGREGATES = """
+    sum(u.attempts)::bigint AS count,
+    COALESCE(sum(u.attempts) FILTER (WHERE u.status = 'success'), 0)::bigint
+        AS successful_count,
+    COALESCE(sum(u.attempts) FILTER (WHERE u.status = 'failed'), 0)::bigint AS failed_count,
+    sum(u.first_attempts)::bigint AS first_attempt_count,
+    (sum(u.attempts) - sum(u.first_attempts))::bigint AS retry_count,
+    sum(u.manual_attempts)::bigint AS manual_retry_count,
+    (sum(u.number_sum) / sum(u.attempts))::float8 AS avg_attempt_number"""
+_HOURLY_AVG_LATENCY = (
+    "(sum(u.latency_ms_sum) / NULLIF(sum(u.timed_attempts), 0))::float8 AS avg_latency"
+)
+
+
+async def _attempt_hours_metrics(
+    conn: AsyncConnection, q: Query, hours_from: datetime, hours_to: datetime
+) -> Result:
+    rollup, attempts = Where(), Where()
+    for name, values in q.filters.items():
+        if name != "destination_type":
+            rollup.any_of(f"r.{name}", f"f_{name}", values)
+            attempts.any_of(ATTEMPT_DIMENSIONS[name], f"f_{name}", values)
+    for name, value in (
+        ("window_start", q.start),
+        ("window_end", q.end),
+        ("hours_from", hours_from),
+        ("hours_to", hours_to),
+    ):
+        attempts.bind(name, value, TS)
+    keys: list[str] = []
+    if q.granularity is not None:
+        bucket = bucket_sql("u.t", q.granularity)
+        keys.append(f"GREATEST({bucket}, timestamptz '0001-01-01 00:00:00+00') AS time_bucket")
+    keys += [f"{HOURLY_DIMENSIONS[name]} AS dim_{i}" for i, name in enumerate(q.dimensions)]
+    positions = ", ".join(str(n) for n in range(1, len(keys) + 1))
+    aggregates = _HOURLY_AGGREGATES
+    if "avg_latency" in q.measures:
+        aggregates += ",\n    " + _HOURLY_AVG_LATENCY
+    attempts.bind("row_limit", ROW_LIMIT + 1, Integer)
+    # Whole hours from the rollup, the window's cut hours (before hours_from, from
+    # hours_to) from relay.attempts; with no whole hour kept, all of it from there.
+    sql = f"""
+        WITH kept AS (
+            SELECT GREATEST(:hours_from, {_HOURS_KEPT}) AS hours_from
+        ), bounds AS (
+            SELECT CASE WHEN k.hours_from < :hours_to THEN k.hours_from
+                        ELSE :window_end END AS hours_from,
+                   CASE WHEN k.hours_from < :hours_to THEN :hours_to
+                        ELSE :window_end END AS hours_to
+            FROM kept k
+        )
+        SELECT {", ".join([*keys, aggregates])}
+        FROM (
+            SELECT r.hour AS t, r.tenant_id, r.destination_id, r.status, r.code, r.attempts,
+                   r.first_attempts, r.manual_attempts, r.number_sum, r.timed_attempts,
+                   r.latency_ms_sum
+            FROM relay.attempt_hours r
+            WHERE r.hour >= (SELECT hours_from FROM bounds)
+              AND r.hour < (SELECT hours_to FROM bounds) AND {rollup.sql()}
+            UNION ALL
+            {_ATTEMPT_AS_HOURLY}
+            WHERE a.started_at >= :window_start
+              AND a.started_at < (SELECT hours_from FROM bounds) AND {attempts.sql()}
+            UNION ALL
+            {_ATTEMPT_AS_HOURLY}
+            WHERE a.started_at >= (SELECT hours_to FROM bounds)
+              AND a.started_at < :window_end AND {attempts.sql()}
+        ) u
+        {f"GROUP BY {positions}" if keys else ""}
+        HAVING sum(u.attempts) > 0
+        {f"ORDER BY {positions}" if keys else ""}
+        LIMIT :row_limit
+    """
+    rows = (await conn.execute(attempts.statement(sql), attempts.params)).mappings().all()
+    return _result(q, rows)
 
 
 async def _aggregate(
@@ -241,6 +405,10 @@ async def _aggregate(
         LIMIT :row_limit
     """
     rows = (await conn.execute(where.statement(sql), where.params)).mappings().all()
+    return _result(q, rows)
+
+
+def _result(q: Query, rows: Sequence[RowMapping]) -> Result:
     buckets = []
     for row in rows[:ROW_LIMIT]:
         values = dict(row)

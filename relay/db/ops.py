@@ -6,9 +6,10 @@ bounded batches so a large replay never holds long locks.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, text
@@ -150,6 +151,130 @@ async def replay_batch(
     if ids:
         await conn.execute(NOTIFY)
     return ids, max((row.id for row in picked), default=None)
+
+
+# --- the console's replays (relay.replay_jobs): progress any relay process can show -------
+
+# A replay unfinished with no progress for this long lost the process running it (a batch
+# takes a second or so).
+STALLED_AFTER = timedelta(seconds=60)
+
+REPLAY_JOB_START = text("""
+    WITH gone AS (
+        DELETE FROM relay.replay_jobs WHERE finished_at < now() - interval '30 days'
+    )
+    INSERT INTO relay.replay_jobs (id, selection, total, after_attempt)
+    VALUES (:id, CAST(:selection AS jsonb), :total, :after_attempt)
+""")
+
+REPLAY_JOB_PROGRESS = text(
+    "UPDATE relay.replay_jobs SET done = :done, updated_at = now() WHERE id = :id"
+)
+
+REPLAY_JOB_FINISH = text("""
+    UPDATE relay.replay_jobs SET finished_at = now(), updated_at = now(), error = :error
+    WHERE id = :id
+""")
+
+REPLAY_JOB = text("""
+    SELECT id, selection::text AS selection, total, done, after_attempt, started_at,
+           updated_at, finished_at, error, now() - updated_at AS idle
+    FROM relay.replay_jobs WHERE id = :id
+""")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayJob:
+    id: str
+    selection: ReplayFilter
+    total: int
+    done: int
+    after_attempt: int
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    # Unfinished and unchanged for STALLED_AFTER: its process stopped without saying so.
+    stalled: bool
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    def as_json(self) -> dict[str, Any]:
+        error = self.error
+        if self.stalled:
+            error = (
+                f"no progress since {self.updated_at.astimezone(UTC):%H:%M:%S} UTC: the relay "
+                "process running it stopped; what it replayed stays replayed, and a new "
+                "replay with the same selection does the rest"
+            )
+        return {
+            "id": self.id,
+            "total": self.total,
+            "done": self.done,
+            "finished": self.finished,
+            "stalled": self.stalled,
+            "error": error,
+            "after_attempt": self.after_attempt,
+        }
+
+
+def _selection_json(f: ReplayFilter) -> str:
+    return json.dumps(
+        {
+            "statuses": list(f.statuses),
+            "tenant_id": f.tenant_id,
+            "destination_id": f.destination_id,
+            "since": None if f.since is None else f.since.isoformat(),
+            "until": None if f.until is None else f.until.isoformat(),
+        }
+    )
+
+
+def _selection(raw: str) -> ReplayFilter:
+    d = json.loads(raw)
+    return ReplayFilter(
+        statuses=tuple(d["statuses"]),
+        tenant_id=d["tenant_id"],
+        destination_id=d["destination_id"],
+        since=None if d["since"] is None else datetime.fromisoformat(d["since"]),
+        until=None if d["until"] is None else datetime.fromisoformat(d["until"]),
+    )
+
+
+async def start_replay_job(
+    conn: AsyncConnection, id: str, f: ReplayFilter, total: int, after_attempt: int
+) -> None:
+    params = {"id": id, "selection": _selection_json(f), "total": total}
+    await conn.execute(REPLAY_JOB_START, params | {"after_attempt": after_attempt})
+
+
+async def replay_job_progress(conn: AsyncConnection, id: str, done: int) -> None:
+    """In the batch's own transaction: ``done`` is what committed."""
+    await conn.execute(REPLAY_JOB_PROGRESS, {"id": id, "done": done})
+
+
+async def finish_replay_job(conn: AsyncConnection, id: str, error: str | None) -> None:
+    await conn.execute(REPLAY_JOB_FINISH, {"id": id, "error": error})
+
+
+async def replay_job(conn: AsyncConnection, id: str) -> ReplayJob | None:
+    row = (await conn.execute(REPLAY_JOB, {"id": id})).mappings().first()
+    if row is None:
+        return None
+    return ReplayJob(
+        id=row["id"],
+        selection=_selection(row["selection"]),
+        total=row["total"],
+        done=row["done"],
+        after_attempt=row["after_attempt"],
+        started_at=row["started_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+        error=row["error"],
+        stalled=row["finished_at"] is None and row["idle"] > STALLED_AFTER,
+    )
 
 
 # --- relay stats ---------------------------------------------------------------------------

@@ -103,6 +103,14 @@ FORGET_KEYS = """
 
 FORGET_SLICE = "DELETE FROM relay.slices WHERE starts_at = $1"
 
+# The hourly counts of attempts (relay.attempt_hours) from before the oldest slice kept:
+# the metrics no longer read them (relay/db/aggregates.py), since the attempts they
+# counted may be gone. While the legacy slice is kept (-infinity), none.
+FORGET_HOURS = """
+    DELETE FROM relay.attempt_hours
+    WHERE hour < (SELECT min(starts_at) FROM relay.slices WHERE NOT closing)
+"""
+
 # Kept events go once they are past the retention age and have nothing left to deliver,
 # with their keys (under the revive lock, exclusive: none of them is being revived).
 PRUNE_KEPT = """
@@ -193,6 +201,11 @@ async def forget_keys(
 
 async def forget(conn: asyncpg.Connection, starts_at: datetime) -> None:
     await conn.execute(FORGET_SLICE, starts_at)
+
+
+async def forget_hours(conn: asyncpg.Connection) -> int:
+    """Hourly counts from before the oldest slice kept; how many rows went."""
+    return _count(await conn.execute(FORGET_HOURS))
 
 
 async def prune_kept(conn: asyncpg.Connection, cutoff: datetime, limit: int) -> int:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
     text,
@@ -294,6 +295,62 @@ attempts = Table(
     # SQL meets traces: the attempts of a trace. Untraced attempts have no entry.
     Index("ix_attempts_trace_id", "trace_id", postgresql_where=text("trace_id IS NOT NULL")),
     postgresql_partition_by="RANGE (created_at)",
+)
+
+# Attempts counted per hour (UTC, by started_at), tenant, destination, status and code:
+# what the metrics read for whole hours (relay/db/aggregates.py). Kept by statement
+# triggers on relay.attempts (migration 0014), in the writing transaction; ``shard`` is the
+# writing session's (its backend pid modulo 16), so that concurrent recorders do not
+# queue on one row: readers add the shards up. Counts may fall to 0 (an attempt updated
+# or deleted); readers skip those groups.
+attempt_hours = Table(
+    "attempt_hours",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("hour", TS, nullable=False),
+    Column("destination_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    # The HTTP status as text, else the error code, else '' (aggregates' "code").
+    Column("code", Text, nullable=False),
+    Column("shard", SmallInteger, nullable=False),
+    Column("attempts", BigInteger, nullable=False),
+    Column("first_attempts", BigInteger, nullable=False),
+    Column("manual_attempts", BigInteger, nullable=False),
+    Column("number_sum", BigInteger, nullable=False),
+    # Those with a latency (history.LATENCY_SQL), and the sum of their duration_ms.
+    Column("timed_attempts", BigInteger, nullable=False),
+    Column("latency_ms_sum", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "hour", "destination_id", "status", "code", "shard"),
+    Index("ix_attempt_hours_hour", "hour"),
+    postgresql_with={"fillfactor": "70"},
+)
+
+# A replay started from the operator console (relay/web/console.py): any relay process
+# shows its progress. ``done`` is written in each batch's transaction.
+replay_jobs = Table(
+    "replay_jobs",
+    metadata,
+    Column("id", Text, primary_key=True),
+    # ops.ReplayFilter as JSON: statuses, tenant_id, destination_id, since, until.
+    Column("selection", JSONB, nullable=False),
+    Column("total", BigInteger, nullable=False),
+    Column("done", BigInteger, nullable=False, server_default=text("0")),
+    # The newest attempt when it started: the page shows the attempts after it.
+    Column("after_attempt", BigInteger, nullable=False),
+    Column("started_at", TS, nullable=False, server_default=NOW),
+    # Its last progress; a replay unfinished and long unchanged lost its process.
+    Column("updated_at", TS, nullable=False, server_default=NOW),
+    Column("finished_at", TS),
+    Column("error", Text),
+)
+
+# Portal links opened (relay/web/sessions.py): a link works once. Kept until the link
+# would have expired; older rows go as links are opened.
+portal_links_used = Table(
+    "portal_links_used",
+    metadata,
+    Column("jti", Text, primary_key=True),
+    Column("expires_at", TS, nullable=False),
 )
 
 # One row: its version goes up at the commit of any change to tenants or destinations

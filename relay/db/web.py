@@ -97,6 +97,15 @@ ATTEMPTS_AFTER = text("""
 
 LAST_ATTEMPT_ID = text("SELECT COALESCE(max(id), 0) FROM relay.attempts")
 
+# A portal link works once: its id is kept until it would have expired (no row: used).
+USE_LINK = text("""
+    WITH gone AS (DELETE FROM relay.portal_links_used WHERE expires_at < now())
+    INSERT INTO relay.portal_links_used (jti, expires_at)
+    VALUES (:jti, to_timestamp(:expires))
+    ON CONFLICT (jti) DO NOTHING
+    RETURNING jti
+""")
+
 
 async def tenant_health(conn: AsyncConnection, tenant_id: str) -> list[dict[str, Any]]:
     rows = await conn.execute(TENANT_HEALTH, {"tenant_id": tenant_id})
@@ -128,3 +137,9 @@ async def attempts_after(
 
 async def last_attempt_id(conn: AsyncConnection) -> int:
     return int((await conn.execute(LAST_ATTEMPT_ID)).scalar_one())
+
+
+async def use_link(conn: AsyncConnection, jti: str, expires: int) -> bool:
+    """Whether this is the first time the link ``jti`` is opened (and now it has been)."""
+    params = {"jti": jti, "expires": expires}
+    return (await conn.execute(USE_LINK, params)).first() is not None

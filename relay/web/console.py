@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from aiohttp import web
@@ -30,48 +30,33 @@ from relay.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from relay.web import sessions
 from relay.web.pages import Handler, base_context, form, json_page, render, state
 
+log = logging.getLogger(__name__)
+
 routes = web.RouteTableDef()
 LOGIN_COOKIE = "relay_console_login"
 TENANT_PAGE = 100
 
 
-@dataclass
-class ReplayJob:
-    id: str
-    selection: ops.ReplayFilter
-    total: int
-    started_at: datetime
-    after_attempt: int
-    done: int = 0
-    finished: bool = False
-    error: str | None = None
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "total": self.total,
-            "done": self.done,
-            "finished": self.finished,
-            "error": self.error,
-            "after_attempt": self.after_attempt,
-        }
-
-
-JOBS = web.AppKey("replay_jobs", dict[str, ReplayJob])
+# The replays this process runs (a replay's progress is in relay.replay_jobs, which
+# every process reads).
+JOBS = web.AppKey("replay_jobs", dict[str, asyncio.Task[None]])
 
 
 async def replay_jobs(app: web.Application) -> AsyncIterator[None]:
-    """The console's replays run in this process; stopping it cancels them between
-    batches (each batch is its own transaction, so nothing is left half done)."""
     app[JOBS] = {}
     yield
-    for job in app[JOBS].values():
-        if job.task is not None:
-            job.task.cancel()
-    await asyncio.gather(
-        *(j.task for j in app[JOBS].values() if j.task is not None), return_exceptions=True
-    )
+    await stop_replays(app)
+
+
+async def stop_replays(app: web.Application) -> None:
+    """The console's replays run in the process that started them. Stopping it (at
+    shutdown, while the database is still there) cancels them between batches: each
+    batch is its own transaction, so nothing is left half done, and each replay's row
+    says it stopped."""
+    tasks = list(app[JOBS].values())
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
@@ -358,58 +343,65 @@ async def replay(request: web.Request) -> web.StreamResponse:
             count=count,
             problems=[],
         )
-    job = ReplayJob(
-        id=secrets.token_hex(8),
-        selection=selection,
-        total=count,
-        started_at=datetime.now(UTC),
-        after_attempt=last,
-    )
-    jobs = request.app[JOBS]
-    jobs[job.id] = job
-    job.task = asyncio.create_task(_run(engine, job), name=f"console replay {job.id}")
-    raise web.HTTPSeeOther(f"/console/replay/{job.id}")
+    job_id = secrets.token_hex(8)
+    async with engine.begin() as conn:
+        await ops.start_replay_job(conn, job_id, selection, count, last)
+    tasks = request.app[JOBS]
+    task = asyncio.create_task(_run(engine, job_id, selection, count), name=f"replay {job_id}")
+    tasks[job_id] = task
+    task.add_done_callback(lambda _: tasks.pop(job_id, None))
+    raise web.HTTPSeeOther(f"/console/replay/{job_id}")
 
 
-async def _run(engine: Any, job: ReplayJob) -> None:
+async def _run(engine: Any, job_id: str, selection: ops.ReplayFilter, total: int) -> None:
+    error: str | None = None
     try:
-        async for done, _total in operator.replay_batches(engine, job.selection, total=job.total):
-            job.done = done
+        async for _ in operator.replay_batches(engine, selection, total=total, job=job_id):
+            pass
     except asyncio.CancelledError:
-        job.error = "stopped: relay is shutting down"
+        error = "stopped: relay is shutting down"
         raise
     except Exception as exc:
-        job.error = f"{type(exc).__name__}: {exc}"[:300]
+        error = f"{type(exc).__name__}: {exc}"[:300]
     finally:
-        job.finished = True
+        try:
+            async with engine.begin() as conn:
+                await ops.finish_replay_job(conn, job_id, error)
+        except Exception as exc:  # the row then shows it stalled
+            log.warning("replay %s: its end could not be written: %s", job_id, exc)
 
 
-def _job(request: web.Request) -> ReplayJob:
-    job = request.app[JOBS].get(request.match_info["job_id"])
-    if job is None:
-        raise NotFound("no such replay in this process (it may have been started elsewhere)")
-    return job
+async def _job(request: web.Request) -> tuple[ops.ReplayJob, Any]:
+    async with request.config_dict[ENGINE].connect() as conn:
+        job = await ops.replay_job(conn, request.match_info["job_id"])
+        if job is None:
+            raise NotFound("no such replay")
+        attempts = await web_db.attempts_after(
+            conn, job.after_attempt, job.selection.tenant_id, limit=200
+        )
+    return job, attempts
 
 
 @routes.get("/replay/{job_id:[0-9a-f]+}")
 async def replay_progress(request: web.Request) -> web.Response:
-    job = _job(request)
-    async with request.config_dict[ENGINE].connect() as conn:
-        attempts = await web_db.attempts_after(
-            conn, job.after_attempt, job.selection.tenant_id, limit=200
-        )
+    job, attempts = await _job(request)
     return _page(
         request,
         "console/replay_progress.html",
         page="replay",
         job=job,
+        progress=job.as_json(),
         attempts=list(reversed(attempts)),
     )
 
 
 @routes.get("/replay/{job_id:[0-9a-f]+}.json")
 async def replay_progress_json(request: web.Request) -> web.Response:
-    return json_page(_job(request).as_json())
+    async with request.config_dict[ENGINE].connect() as conn:
+        job = await ops.replay_job(conn, request.match_info["job_id"])
+    if job is None:
+        raise NotFound("no such replay")
+    return json_page(job.as_json())
 
 
 # --- the live feed -------------------------------------------------------------------------

@@ -93,10 +93,11 @@ async def portal_session(request: web.Request, handler: Handler) -> web.StreamRe
 async def landing(request: web.Request) -> web.StreamResponse:
     """The link's landing: exchange its token for a session cookie, then leave the URL."""
     token = request.query.get("token")
-    if token is None:
+    # A HEAD (a link checker, a mail scanner) does not spend the link.
+    if token is None or request.method == "HEAD":
         raise web.HTTPSeeOther("/portal/destinations")
     settings = request.config_dict[SETTINGS]
-    async with request.config_dict[ENGINE].connect() as conn:
+    async with request.config_dict[ENGINE].begin() as conn:
         tenant_id, created = await sessions.redeem_link(settings, conn, token)
     # A redirect, not a page: the address bar (and history) never keeps the token.
     response = web.HTTPSeeOther("/portal/destinations")

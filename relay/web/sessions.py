@@ -3,8 +3,9 @@
 The portal starts from a short-lived link (``GET /api/v1/tenants/{id}/portal``): a JWT
 whose audience is the portal's, so it is not an API token, and an API token is not a
 link. Opening it sets an HttpOnly, SameSite=Lax cookie holding a signed session and
-redirects to a URL without the token. The console's session starts from the admin key,
-typed into its login form. Both sessions are JWTs signed with a key derived from
+redirects to a URL without the token; it works once (its ``jti`` is kept in
+relay.portal_links_used until it would have expired). The console's session starts from
+the admin key, typed into its login form. Both sessions are JWTs signed with a key derived from
 relay's tenant-token key (rotating the admin key, or ``server.jwt_secret``, ends them),
 and expire. Every state-changing request carries a CSRF token derived from the session.
 """
@@ -25,6 +26,7 @@ from yarl import URL
 
 from relay.api.auth import ALGORITHM, INCARNATION, ISSUER, incarnation, jwt_key
 from relay.config import Settings
+from relay.db import web as web_db
 from relay.db.admin import live_tenant_created_at
 from relay.errors import Forbidden, Unauthorized
 
@@ -73,6 +75,8 @@ def issue_link_token(
         "sub": tenant_id,
         "iat": issued,
         "exp": issued + LINK_LIFETIME_SECONDS,
+        # Its id: the link opens a session once (redeem_link).
+        "jti": secrets.token_urlsafe(16),
         INCARNATION: incarnation(created_at),
     }
     return jwt.encode(claims, _key(settings, b"link"), algorithm=ALGORITHM)
@@ -107,10 +111,20 @@ async def _check_live(conn: Any, tenant_id: str, claims: dict[str, Any]) -> date
 
 async def redeem_link(settings: Settings, conn: Any, token: str) -> tuple[str, datetime]:
     """The tenant a portal link was issued for, and its creation time (401 when the link
-    expired, is forged, or its tenant was deleted since)."""
+    expired, is forged, was opened before, or its tenant was deleted since). ``conn`` in
+    a transaction: the link is spent when it commits."""
     claims = _decode(settings, token, b"link", LINK_AUDIENCE)
     tenant_id: str = claims["sub"]
-    return tenant_id, await _check_live(conn, tenant_id, claims)
+    created = await _check_live(conn, tenant_id, claims)
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti:
+        raise Unauthorized("this link or session is not valid")
+    if not await web_db.use_link(conn, jti, int(claims["exp"])):
+        raise Unauthorized(
+            "this link has been opened already: a portal link works once, so ask your "
+            "provider for a fresh one"
+        )
+    return tenant_id, created
 
 
 def _session_token(

@@ -28,6 +28,7 @@ def setup(app: web.Application) -> None:
     console_app = _area(console.routes, console.console_session)
     console_app[pages.ON_LOGIN] = "/console/login"
     console_app.cleanup_ctx.append(console.replay_jobs)
+    console_app.on_shutdown.append(console.stop_replays)
     app.add_subapp("/console", console_app)
     app.router.add_get("/", _home)
 

@@ -150,6 +150,50 @@ def test_record_cost_quick_run_compares_both_and_the_retry_adds_nothing() -> Non
         assert expected in line, out
 
 
+@pytest.mark.slow
+def test_record_cost_against_no_rollup_times_the_trigger_in_the_same_run() -> None:
+    """--baseline no-rollup: relay's own recording on a twin database without the hourly
+    rollup's triggers; the trigger's upsert is reported on its own."""
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "record_cost.py"), "--quick", "--baseline", "no-rollup"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert out.count("new/old BEGIN..COMMIT: ") == 2, out
+    assert out.count("rollup trigger's upsert") == 2, out
+    retries = [line.strip() for line in out.splitlines() if "written again" in line]
+    assert len(retries) == 4 and all("added 0 attempt rows" in line for line in retries), out
+
+
+@pytest.mark.slow
+def test_hot_row_bench_compares_the_rollup_with_none_and_one_shard(pg_server_url: str) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "limits_hot_row.py"),
+            "--rollup",
+            "--server",
+            pg_server_url,
+            "--seconds",
+            "0.5",
+            "--rounds",
+            "1",
+            "--events",
+            "20000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 3 |")]
+    assert len(rows) == 1 and rows[0].count("/s") == 3, result.stdout
+    assert "rollup, one shard: rows of the rollup by shard: shard 0:" in result.stdout
+
+
 def soak(database_url: str | None, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """bench/soak.py against the test's database (None: on a throwaway server of its
     own, --own-server), briefly, without a plot."""

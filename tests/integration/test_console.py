@@ -173,3 +173,68 @@ async def test_overview_story_replay_and_feed(
         ) as resp:
             assert str(resp.url).endswith("/portal/destinations")
             assert "acme-hook" in await resp.text()
+
+
+async def test_a_replays_progress_shows_in_every_relay_process(
+    start_relay: Any, database_url: str, http: aiohttp.ClientSession, receiver: Any, db: Any
+) -> None:
+    """With server.workers > 1 the progress page is answered by whichever process takes
+    the request: a replay's progress is in relay.replay_jobs, not in the process that
+    runs it."""
+    settings = make_settings(database_url)
+    first = await start_relay(settings)
+    second = await start_relay(settings, dispatcher=False)
+    receiver.reply = lambda n, path: Reply(status=500)
+    await tenant_with_destination(http, first, "acme", receiver.url("/acme"), "acme-hook")
+    for n in range(4):
+        await post_publish(http, first, {"tenant_id": "acme", "topic": "t", "data": {"n": n}})
+    deadline = time.monotonic() + 15
+    while await db.fetchval("SELECT count(*) FROM relay.deliveries WHERE status = 'failed'") < 4:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    client, _, page = await signed_in(first)
+    async with client:
+        async with client.post(
+            first.make_url("/console/replay"),
+            data={"csrf": csrf_of(page), "status": "failed", "action": "replay"},
+            allow_redirects=False,
+        ) as resp:
+            assert resp.status == 303
+            job = resp.headers["Location"]
+        deadline = time.monotonic() + 10
+        while True:
+            # The other process: the session is signed, the progress is in the database.
+            async with client.get(second.make_url(job + ".json")) as resp:
+                assert resp.status == 200
+                progress = await resp.json()
+            if progress["finished"]:
+                break
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert progress["done"] == 4 and progress["total"] == 4 and progress["error"] is None
+        assert not progress["stalled"]
+        async with client.get(second.make_url(job)) as resp:
+            assert "Replayed 4 of 4" in await resp.text()
+        row = await db.fetchrow(
+            "SELECT done, total, finished_at, error, selection FROM relay.replay_jobs"
+        )
+        assert (row["done"], row["total"], row["error"]) == (4, 4, None)
+        assert row["finished_at"] is not None
+
+        # A replay whose process died without a word: no progress for five minutes.
+        await db.execute(
+            """INSERT INTO relay.replay_jobs
+                   (id, selection, total, done, after_attempt, started_at, updated_at)
+               VALUES ('00ff00ff00ff00ff', $1, 10, 4, 0, now() - interval '6 minutes',
+                       now() - interval '5 minutes')""",
+            row["selection"],
+        )
+        async with client.get(second.make_url("/console/replay/00ff00ff00ff00ff.json")) as resp:
+            stalled = await resp.json()
+        assert stalled["stalled"] and not stalled["finished"] and stalled["done"] == 4
+        assert "no progress since" in stalled["error"]
+        async with client.get(first.make_url("/console/replay/00ff00ff00ff00ff")) as resp:
+            text = await resp.text()
+            assert "Replaying: 4 of 10" in text and "the relay process running it stopped" in text
+        async with client.get(second.make_url("/console/replay/0123456789abcdef.json")) as resp:
+            assert resp.status == 404 and "no such replay" in (await resp.json())["message"]

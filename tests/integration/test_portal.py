@@ -170,6 +170,50 @@ async def test_link_refusals(relay: Any, http: aiohttp.ClientSession, receiver: 
         assert resp.status == 401
 
 
+async def test_a_link_opens_one_session_only(
+    relay: Any, http: aiohttp.ClientSession, receiver: Any, db: Any
+) -> None:
+    """A link that leaked after its user opened it (history, a proxy's log, a forwarded
+    mail) opens nothing; a HEAD (a link checker) does not spend it."""
+    await tenant_with_destination(http, relay, "acme", receiver.url("/acme"), "acme-hook")
+    link = await portal_link(relay, "acme")
+    async with http.head(link, allow_redirects=False) as resp:
+        assert resp.status == 303 and sessions.PORTAL_COOKIE not in resp.cookies
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as first:
+        async with first.get(link) as resp:
+            assert resp.status == 200 and "acme-hook" in await resp.text()
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as second:
+        async with second.get(link, allow_redirects=False) as resp:
+            assert resp.status == 401 and "opened already" in await resp.text()
+            assert sessions.PORTAL_COOKIE not in resp.cookies
+    assert await db.fetchval("SELECT count(*) FROM relay.portal_links_used") == 1
+    # Each link its own: a fresh one opens.
+    async with http.get(await portal_link(relay, "acme"), allow_redirects=False) as resp:
+        assert resp.status == 303
+    # Used links are forgotten once they would have expired anyway.
+    await db.execute("UPDATE relay.portal_links_used SET expires_at = now() - interval '1 s'")
+    async with http.get(await portal_link(relay, "acme"), allow_redirects=False) as resp:
+        assert resp.status == 303
+    assert await db.fetchval("SELECT count(*) FROM relay.portal_links_used") == 1
+    # A link without an id (as relay issued them before) is refused.
+    settings = make_settings("postgresql://unused/x")
+    created = await db.fetchval("SELECT created_at FROM relay.tenants WHERE id = 'acme'")
+    claims = jwt.decode(
+        sessions.issue_link_token(settings, "acme", created),
+        options={"verify_signature": False},
+    )
+    key = sessions._key(settings, b"link")
+    fresh = jwt.encode(claims, key, algorithm="HS256")
+    async with http.get(
+        relay.make_url("/portal"), params={"token": fresh}, allow_redirects=False
+    ) as resp:
+        assert resp.status == 303  # signed alike, with its id: opens
+    del claims["jti"]
+    old = jwt.encode(claims, key, algorithm="HS256")
+    async with http.get(relay.make_url("/portal"), params={"token": old}) as resp:
+        assert resp.status == 401
+
+
 async def test_a_session_reaches_nothing_of_another_tenant(
     relay: Any, http: aiohttp.ClientSession, receiver: Any, db: Any
 ) -> None:

@@ -30,3 +30,6 @@ async def test_portal_pages_bench_runs(pg_server_url: str, tmp_path: Path) -> No
         assert kind in report
     for page in ("portal: destinations (health)", "portal: metrics, 7 days", "console: overview"):
         assert report.count(f"| {page} |") == 2, page
+    # The charted pages against their baseline from relay.attempts alone, in each history.
+    assert report.count("| metrics, 7 days |") == 2
+    assert report.count("same run: portal: metrics, 24 h, attempts alone (baseline)") == 2

@@ -157,6 +157,14 @@ async def test_every_documented_query_answers_correctly(history: dict[str, Any],
     slowest = await q("slowest_destinations")
     assert {r["destination_id"]: r["attempts"] for r in slowest} == {"ok": 2, "broken": 3}
 
+    # Summed per destination: the attempts may straddle the turn of an hour.
+    hourly: dict[str, list[int]] = {}
+    for r in await q("hourly_attempts", tenant_id="acme"):
+        totals = hourly.setdefault(r["destination_id"], [0, 0])
+        totals[0] += r["attempts"]
+        totals[1] += r["failed"]
+    assert hourly == {"ok": [2, 0], "broken": [3, 3]}
+
     attempts = await q("destination_attempts", tenant_id="acme", destination_id="broken")
     assert [r["attempt_number"] for r in attempts] == [3, 2, 1]
 

@@ -114,7 +114,7 @@
           bar.value = job.done;
           status.textContent = (job.finished ? "Replayed " + job.done + " of " + job.total + " deliveries."
             : "Replaying: " + job.done + " of " + job.total + "…") + (job.error ? " " + job.error : "");
-          if (!job.finished) setTimeout(poll, 500);
+          if (!job.finished && !job.stalled) setTimeout(poll, 500);
         })
         .catch(function () { setTimeout(poll, 2000); });
     }
