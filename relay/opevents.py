@@ -212,14 +212,14 @@ def caused_by(
         topics = [topic]
         level = crossed(count, thresholds) if failed else None
         row = health.get(key)
-        # The batch's disabling attempt: its first 410, or the failure that reached the
-        # threshold.
+        # The batch's disabling attempt: its first that disables at once (a 410), or the
+        # failure that reached the threshold.
         if (
             failed
             and row is not None
             and row.disabled_now
             and key not in disabled
-            and (level == 100 or r.http_status == 410)
+            and (level == 100 or r.disable_reason is not None)
         ):
             disabled.add(key)
             topics.append(DESTINATION_DISABLED)
@@ -243,7 +243,7 @@ def caused_by(
             data: dict[str, Any] = {"tenant_id": c.tenant_id, "event": event, "attempt": attempt}
             if t == DESTINATION_DISABLED:
                 assert row is not None
-                reason = REASON_GONE if r.http_status == 410 else REASON_CONSECUTIVE_FAILURE
+                reason = REASON_GONE if r.disable_reason else REASON_CONSECUTIVE_FAILURE
                 data |= {"disabled_at": row.disabled_at or now, "reason": reason}
             elif t == CONSECUTIVE_FAILURE:
                 data["consecutive_failures"] = {

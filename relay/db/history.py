@@ -315,15 +315,17 @@ class AttemptFilter:
 
 
 # Attempts whose duration_ms is no destination's response time: never sent (refused by
-# the SSRF guard, a request that could not be built, relay's own failure, a quarantined
-# row) or cut short with no outcome (its dispatcher died or stopped: the duration is the
-# lease's). Their latency is null, as Outpost's latency_ms is for attempts "that never
-# reached the provider"; averages and percentiles leave them out.
+# the SSRF guard, a request that could not be built, relay's own failure, a type this
+# relay cannot deliver, a quarantined row) or cut short with no outcome (its dispatcher
+# died or stopped: the duration is the lease's). Their latency is null, as Outpost's
+# latency_ms is for attempts "that never reached the provider"; averages and percentiles
+# leave them out.
 UNTIMED_CODES = (
     "blocked_address",
     "invalid_request",
     "invalid_url",
     "internal_error",
+    "unavailable",
     "unprocessable",
     "lease_expired",
     "interrupted",
