@@ -37,7 +37,7 @@ TYPES: dict[str, Entry] = {
     "aws_s3": Entry(None, "aws"),
     "gcp_pubsub": Entry(None, "gcp"),
     "azure_servicebus": Entry(None, "azure"),
-    "rabbitmq": Entry(None, "rabbitmq"),
+    "rabbitmq": Entry("relay.delivery.rabbitmq", "rabbitmq"),
     "kafka": Entry(None, "kafka"),
 }
 
