@@ -31,7 +31,7 @@ class Entry:
 # Outpost's types in Outpost's order (its /destination-types answer), then relay's own.
 TYPES: dict[str, Entry] = {
     "webhook": Entry("relay.delivery.webhook"),
-    "hookdeck": Entry(None),
+    "hookdeck": Entry("relay.delivery.hookdeck"),
     "aws_sqs": Entry(None, "aws"),
     "aws_kinesis": Entry(None, "aws"),
     "aws_s3": Entry(None, "aws"),
