@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from relay.config import load_settings
+from relay.delivery import pool
 from tests.support.contract import (
     SCHEDULE,
     Broker,
@@ -24,6 +25,7 @@ from tests.support.contract import (
     Received,
     wait_until,
 )
+from tests.support.receiver import Reply
 from tests.support.relay import ADMIN_KEY, RelayProcess, admin_headers, free_port, make_settings
 from tests.support.tcpproxy import TcpProxy
 
@@ -319,3 +321,57 @@ credentials_env = {{ username = "TEST_RABBITMQ_USER", password = "TEST_RABBITMQ_
     assert orjson.loads(message.body) == {"n": 1}
     assert message.extra["routing_key"] == "order.created"
     assert await db.fetchval("SELECT status FROM relay.attempts") == "success"
+
+
+async def test_an_operator_sink_of_the_config_file_may_be_a_rabbitmq_exchange(
+    start_relay: Any, database_url: str, http: Any, db: Any, broker: RabbitBroker, receiver: Any
+) -> None:
+    receiver.reply = lambda n, path: Reply(status=500)
+    sink = {"id": "ops", "type": "rabbitmq", "topics": ["attempt.failed"]}
+    settings = make_settings(
+        database_url,
+        operator_events={"refresh_seconds": 0.2, "sinks": [sink | broker.destination()]},
+        tenants=[{"id": "acme", "destinations": [{"id": "hook", "url": receiver.url()}]}],
+    )
+    relay = Contract(http, await start_relay(settings), db, broker)
+    event_id = await relay.publish(b'{"n": 1}', topic="order.created")
+    message = await broker.receive(timeout=20)
+    assert message.metadata["topic"] == "attempt.failed"
+    body = orjson.loads(message.body)
+    assert body["data"]["event"]["id"] == event_id
+    assert body["data"]["attempt"]["status"] == "failed"
+
+
+async def test_a_publisher_unused_for_a_while_lets_its_connection_go(
+    start_relay: Any,
+    database_url: str,
+    http: Any,
+    db: Any,
+    broker: RabbitBroker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pool, "IDLE_SECONDS", 0.5)
+    monkeypatch.setattr(pool, "SWEEP_SECONDS", 0.1)
+    async with TcpProxy(HOST, PORT) as proxy:
+        relay = await relay_with(start_relay, database_url, http, db, broker)
+        # "idle" connects through the proxy; "busy" straight to the broker.
+        await relay.create(broker.destination(), id="busy")
+        broker.port = proxy.port
+        await relay.create(broker.destination(), id="idle")
+        await relay.publish(b'{"to": "both"}', topic="t")
+        await broker.receive()
+        await broker.receive()
+        assert proxy.open == 1
+        await asyncio.sleep(1.0)
+        # The next delivery (to the other destination) finds it idle and closes it.
+        await relay.publish(b'{"to": "busy"}', topic="t", destination_id="busy")
+        assert (await broker.receive()).body == b'{"to": "busy"}'
+
+        async def closed() -> bool:
+            return proxy.open == 0
+
+        await wait_until(closed, timeout=10)
+        # Used again, it connects again.
+        await relay.publish(b'{"to": "idle"}', topic="t", destination_id="idle")
+        assert (await broker.receive()).body == b'{"to": "idle"}'
+        assert proxy.accepted == 2
