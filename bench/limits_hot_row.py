@@ -38,7 +38,7 @@ from sqlalchemy.engine import make_url
 
 from relay.db import outbox
 from relay.db.engine import connect_raw
-from relay.delivery import Outcome
+from relay.delivery.base import Outcome
 from relay.dispatcher import decide
 from relay.retry import RetryPolicy
 

@@ -79,7 +79,7 @@ from sqlalchemy.types import BigInteger, Boolean, Float, Integer, Text
 from relay.config import DeliverySettings, RetrySettings
 from relay.db import outbox
 from relay.db.tables import TS
-from relay.delivery import Outcome
+from relay.delivery.base import Outcome
 from relay.dispatcher import decide
 from relay.publish import Event, publish_many
 from relay.retry import RetryPolicy

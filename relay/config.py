@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AliasChoices,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -26,6 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from relay import opevents, sigtemplate, ssrf, webhook_formats, webhooks
+from relay.delivery import registry
 
 DEFAULT_CONFIG_PATH = Path("config/relay.toml")
 
@@ -233,6 +235,28 @@ class WebhookSettings(_Strict):
     standard: StandardWebhookSettings = StandardWebhookSettings()
 
 
+def _http_base_url(value: str) -> str:
+    if re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", value) is None:
+        raise ValueError(f"{value!r} is not an http:// or https:// base URL")
+    return value.rstrip("/")
+
+
+class HookdeckSettings(_Strict):
+    """Where hookdeck destinations go: Hookdeck's own addresses, unless pointed elsewhere
+    (a test's local receiver, a proxy)."""
+
+    # Events are POSTed to <publish_url>/<the token's source id>.
+    publish_url: str = "https://hkdk.events"
+    # A token is checked when a destination is saved, at
+    # <api_url>/2025-01-01/sources/<source id>/managed/verify.
+    api_url: str = "https://api.hookdeck.com"
+
+    @field_validator("publish_url", "api_url")
+    @classmethod
+    def _base(cls, value: str) -> str:
+        return _http_base_url(value)
+
+
 class DeliverySettings(_Strict):
     # The format of destinations that do not choose one: "standard" (Outpost's standard
     # mode: Standard Webhooks) or "outpost" (Outpost's default mode: x-outpost-*).
@@ -251,6 +275,7 @@ class DeliverySettings(_Strict):
     # CIDRs that deliveries may reach despite the SSRF guard (loopback/private are refused).
     allow_private_networks: list[str] = Field(default_factory=list)
     retry: RetrySettings = RetrySettings()
+    hookdeck: HookdeckSettings = HookdeckSettings()
 
     @field_validator("allow_private_networks")
     @classmethod
@@ -314,11 +339,36 @@ class Limits(_Strict):
         return self
 
 
+def _strings(value: object) -> object:
+    """TOML's booleans and numbers as the strings a type's config holds."""
+    if not isinstance(value, dict):
+        return value
+    return {
+        k: ("true" if v else "false")
+        if isinstance(v, bool)
+        else str(v)
+        if isinstance(v, int | float)
+        else v
+        for k, v in value.items()
+    }
+
+
+StringTable = Annotated[dict[str, str], BeforeValidator(_strings)]
+
+
 class DestinationConfig(Limits):
     id: Annotated[str, Field(min_length=1, max_length=200)]
-    type: Literal["webhook"] = "webhook"
-    url: str
+    # One of relay/delivery/registry.py's types; webhook takes url, custom_headers and
+    # secret, the others config and credentials.
+    type: str = "webhook"
+    url: str | None = None
     topics: list[str] | Literal["*"] = "*"
+    # Every type but webhook: its config and credentials, as the API takes them.
+    config: StringTable = Field(default_factory=dict)
+    credentials: StringTable = Field(default_factory=dict)
+    # Credentials read from environment variables (key = variable name); an unset
+    # variable stops the start.
+    credentials_env: dict[str, str] = Field(default_factory=dict)
     secret: str | None = None
     secret_env: str | None = None
     custom_headers: dict[str, str] = Field(default_factory=dict)
@@ -339,8 +389,8 @@ class DestinationConfig(Limits):
 
     @field_validator("url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        problem = webhooks.url_problem(value)
+    def _http_url(cls, value: str | None) -> str | None:
+        problem = None if value is None else webhooks.url_problem(value)
         if problem:
             raise ValueError(problem)
         return value
@@ -363,6 +413,47 @@ class DestinationConfig(Limits):
     @property
     def topic_list(self) -> list[str]:
         return ["*"] if self.topics == "*" else list(self.topics)
+
+    def type_problem(self) -> tuple[str, str, str] | None:
+        """What is wrong with its type's fields, as (key under it, problem, fix)."""
+        if not registry.known(self.type):
+            return "type", registry.unknown_type(self.type), "use one of the types listed"
+        given = self.model_fields_set
+        if self.type == "webhook":
+            if self.url is None:
+                return (
+                    "url",
+                    "required key is missing (a webhook needs a url)",
+                    'add url = "https://..."',
+                )
+            for key in ("config", "credentials", "credentials_env"):
+                if getattr(self, key):
+                    return (
+                        key,
+                        "a webhook destination takes url, custom_headers and secret instead",
+                        f"remove {key}",
+                    )
+            return None
+        for key in ("url", "secret", "secret_env", "custom_headers", "webhook_mode"):
+            if key in given:
+                return (
+                    key,
+                    f"is a webhook's key; a {self.type} destination takes config and credentials",
+                    f"remove {key}",
+                )
+        provider = registry.describer(self.type)
+        problems = provider.problems(self.config, self.credentials)
+        if problems:
+            field = problems[0].split(" ", 1)[0]
+            return (
+                field,
+                problems[0].removeprefix(field + " "),
+                (f"see the README's table of destination types for {self.type}'s keys"),
+            )
+        unavailable = registry.availability(self.type)
+        if unavailable:
+            return "type", unavailable, "install the extra, or remove this destination"
+        return None
 
 
 def _pod_url(value: str) -> str:
@@ -552,6 +643,11 @@ class Settings(_Strict):
             for index, sink in enumerate(self.operator_events.sinks)
         ]
         for key, dest in declared:
+            wrong = dest.type_problem()
+            if wrong is not None:
+                raise _at_key(f"{key}.{wrong[0]}", wrong[1], wrong[2])
+            if dest.url is None:
+                continue
             blocked = ssrf.why_refused_url(dest.url, allowed)
             if blocked:
                 raise _at_key(
@@ -758,7 +854,23 @@ def _resolve_env_references(raw: dict[str, Any], env: Mapping[str, str], source:
     if isinstance(sinks, list):
         declared += [(f"operator_events.sinks[{index}]", d) for index, d in enumerate(sinks)]
     for key, dest in declared:
-        if not isinstance(dest, dict) or not dest.get("secret_env") or dest.get("secret"):
+        if not isinstance(dest, dict):
+            continue
+        from_env = dest.get("credentials_env")
+        for name, variable in from_env.items() if isinstance(from_env, dict) else ():
+            if not isinstance(variable, str):
+                continue  # validation says so
+            if variable not in env:
+                raise ConfigError(
+                    source,
+                    f"{key}.credentials_env.{name}",
+                    f"environment variable {variable} is not set",
+                    f"export {variable}=..., or set credentials.{name} inline",
+                )
+            credentials = dest.setdefault("credentials", {})
+            if isinstance(credentials, dict):
+                credentials[name] = env[variable]
+        if not dest.get("secret_env") or dest.get("secret"):
             continue
         name = dest["secret_env"]
         if name not in env:

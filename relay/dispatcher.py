@@ -52,16 +52,15 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-import aiohttp
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay import ssrf, webhook_formats
 from relay.claiming import SWEEP_SECONDS, Claims, Destination, Take
 from relay.config import DeliverySettings
 from relay.db import outbox
 from relay.db.engine import connect_raw, is_connection_failure
-from relay.delivery import Outcome, deliver
+from relay.delivery.base import INTERNAL_ERROR, Outcome
+from relay.delivery.pool import Deliverer
 from relay.metrics import Metrics, attempt_outcome
 from relay.retry import RetryPolicy, next_delay
 from relay.supervise import Loop, Supervisor
@@ -120,6 +119,7 @@ def decide(claimed: outbox.Claimed, outcome: Outcome, policy: RetryPolicy) -> ou
         next_status=next_status,
         delay_seconds=delay,
         retry_after=outcome.retry_after,
+        disable_reason=outcome.disable_reason,
     )
 
 
@@ -160,9 +160,8 @@ class Dispatcher:
         self.database_url = database_url
         self.settings = settings
         self.policy = RetryPolicy.from_settings(settings.retry)
-        self.allowed_networks = ssrf.parse_networks(settings.allow_private_networks)
-        # delivery.webhook_mode and [delivery.webhook], built once (delivery is hot).
-        self.formats = webhook_formats.from_settings(settings)
+        # Every destination type's delivery: publishers, their connections, the session.
+        self.delivery = Deliverer(settings)
         self.token = uuid.uuid4()
         self.stats = DispatcherStats()
         self._wake = asyncio.Event()
@@ -205,8 +204,6 @@ class Dispatcher:
         # When the armed timer fires. Kept here: uvloop's call_at returns a plain Handle,
         # with no when(), for a time less than a millisecond away.
         self._timer_due: float | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._resolver: ssrf.GuardedResolver | None = None
         self.supervisor = Supervisor("dispatcher")
         # The claim loop and the recorder each keep a connection of their own (outside the
         # pool): their statements are the hot path.
@@ -233,15 +230,7 @@ class Dispatcher:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._resolver = ssrf.GuardedResolver(self.allowed_networks)
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.concurrency, ttl_dns_cache=60, resolver=self._resolver
-        )
-        # No cookie jar: a receiver's Set-Cookie must never ride along on later deliveries
-        # (possibly another tenant's destination on the same host).
-        self._session = aiohttp.ClientSession(
-            connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
-        )
+        await self.delivery.start()
         # Stall bounds. A claim loop turns at least every poll interval. Outcomes must be
         # written, and leases renewed, well within a lease: past it, another dispatcher
         # sends the delivery again.
@@ -297,10 +286,7 @@ class Dispatcher:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), timeout=2)
         self._claim_conn = self._record_conn = None
-        if self._session is not None:
-            await self._session.close()
-        if self._resolver is not None:
-            await self._resolver.close()
+        await self.delivery.close()
         log.info("dispatcher stopped: %s", self.stats)
 
     @property
@@ -489,12 +475,16 @@ class Dispatcher:
         return busy
 
     def _affects_health(
-        self, failed: bool, http_status: int | None, error_code: str | None = None
+        self,
+        failed: bool,
+        http_status: int | None,
+        error_code: str | None = None,
+        disable_reason: str | None = None,
     ) -> bool:
-        """A failure the destination's next claims must wait for the judgement of: a 410
-        (disables it), any with auto-disable on, and one that slows it down."""
+        """A failure the destination's next claims must wait for the judgement of: one
+        that disables it (a 410), any with auto-disable on, and one that slows it down."""
         return failed and (
-            http_status == 410
+            disable_reason is not None
             or self.settings.auto_disable_after_failures > 0
             or outbox.slows_down(http_status, error_code)
         )
@@ -582,7 +572,6 @@ class Dispatcher:
                 await asyncio.wait_for(self._stopping.wait(), left)
 
     async def _deliver_one(self, claimed: outbox.Claimed) -> None:
-        assert self._session is not None
         slot = None
         trace_id = None
         try:
@@ -590,14 +579,7 @@ class Dispatcher:
             if slot is None:
                 self._give_back(claimed)
                 return
-            sending = deliver(
-                self._session,
-                claimed,
-                timeout_seconds=self.settings.timeout_seconds,
-                body_cap=self.settings.response_body_cap_bytes,
-                allowed_networks=self.allowed_networks,
-                formats=self.formats,
-            )
+            sending = self.delivery.deliver(claimed)
             if self.tracing is None:
                 outcome = await sending
             else:
@@ -615,7 +597,7 @@ class Dispatcher:
         except Exception as exc:  # a bug: record it as a failed try, not a stuck row
             log.exception("delivery %d failed unexpectedly", claimed.id)
             outcome = Outcome(
-                False, datetime.now(UTC), 0, error_code="internal_error", error_detail=_brief(exc)
+                False, datetime.now(UTC), 0, error_code=INTERNAL_ERROR, error_detail=_brief(exc)
             )
         finally:
             # Freed here rather than in a done callback: one callback and one closure fewer
@@ -627,7 +609,9 @@ class Dispatcher:
             self.stats.delivered += 1
         else:
             self.stats.failed_attempts += 1
-        if self._affects_health(not outcome.success, outcome.http_status, outcome.error_code):
+        if self._affects_health(
+            not outcome.success, outcome.http_status, outcome.error_code, outcome.disable_reason
+        ):
             self._unjudged[claimed.destination] += 1
         if outcome.http_status in outbox.SLOW_DOWN_STATUSES:  # a timeout pauses nothing
             self._pause(claimed.destination, outcome.retry_after)
@@ -721,7 +705,10 @@ class Dispatcher:
             if recorded.next_status == "pending":
                 retries.append((recorded.delay_seconds, recorded.claimed.destination))
             if self._affects_health(
-                recorded.attempt_status == "failed", recorded.http_status, recorded.error_code
+                recorded.attempt_status == "failed",
+                recorded.http_status,
+                recorded.error_code,
+                recorded.disable_reason,
             ):
                 key = recorded.claimed.destination
                 self._unjudged[key] -= 1

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from relay.delivery.base import attempt_code
+
 if TYPE_CHECKING:
     from relay.config import Settings
     from relay.db.outbox import HealthRow, Recorded
@@ -134,7 +136,7 @@ def _event_json(r: Recorded) -> dict[str, Any]:
 
 def _attempt_json(r: Recorded, attempt_id: int | None, time: datetime) -> dict[str, Any]:
     c = r.claimed
-    code = str(r.http_status) if r.http_status is not None else (r.error_code or "")
+    code = attempt_code(r.attempt_status, r.http_status, r.error_code)
     response: dict[str, Any] = {"status": r.http_status, "body": r.response_body}
     if r.error_code is not None:
         response["error"] = {"code": r.error_code, "detail": r.error_detail}
@@ -143,7 +145,7 @@ def _attempt_json(r: Recorded, attempt_id: int | None, time: datetime) -> dict[s
         "tenant_id": c.tenant_id,
         "event_id": c.event_id,
         "destination_id": c.destination_id,
-        "destination_type": "webhook",
+        "destination_type": c.type,
         "attempt_number": c.attempt,
         "manual": c.manual,
         "status": r.attempt_status,
@@ -212,14 +214,14 @@ def caused_by(
         topics = [topic]
         level = crossed(count, thresholds) if failed else None
         row = health.get(key)
-        # The batch's disabling attempt: its first 410, or the failure that reached the
-        # threshold.
+        # The batch's disabling attempt: its first that disables at once (a 410), or the
+        # failure that reached the threshold.
         if (
             failed
             and row is not None
             and row.disabled_now
             and key not in disabled
-            and (level == 100 or r.http_status == 410)
+            and (level == 100 or r.disable_reason is not None)
         ):
             disabled.add(key)
             topics.append(DESTINATION_DISABLED)
@@ -243,7 +245,7 @@ def caused_by(
             data: dict[str, Any] = {"tenant_id": c.tenant_id, "event": event, "attempt": attempt}
             if t == DESTINATION_DISABLED:
                 assert row is not None
-                reason = REASON_GONE if r.http_status == 410 else REASON_CONSECUTIVE_FAILURE
+                reason = REASON_GONE if r.disable_reason else REASON_CONSECUTIVE_FAILURE
                 data |= {"disabled_at": row.disabled_at or now, "reason": reason}
             elif t == CONSECUTIVE_FAILURE:
                 data["consecutive_failures"] = {

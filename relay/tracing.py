@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
     from relay.db.outbox import Claimed
-    from relay.delivery import Outcome
+    from relay.delivery.base import Outcome
     from relay.publish import Event
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,7 @@ class Tracing:
                 "messaging.destination.name": claimed.topic,
                 "relay.tenant.id": claimed.tenant_id,
                 "relay.destination.id": claimed.destination_id,
+                "relay.destination.type": claimed.type,
                 "relay.delivery.id": claimed.id,
                 "relay.attempt.number": claimed.attempt,
                 "relay.manual": claimed.manual,

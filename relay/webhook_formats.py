@@ -28,15 +28,13 @@ the same header the later one wins every time.
 
 from __future__ import annotations
 
-import functools
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 from relay import signing, sigtemplate, webhooks
+from relay.delivery.base import make_metadata
 
 if TYPE_CHECKING:
     from relay.config import DeliverySettings
@@ -50,20 +48,6 @@ SYSTEM_KEYS = ("event-id", "signature", "timestamp", "topic")
 # RFC 9110's token (a header name), and what a header value cannot hold (tab aside).
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-@functools.lru_cache(maxsize=8)
-def rfc3339(seconds: int) -> str:
-    """Go's ``time.RFC3339`` in UTC: ``2024-06-01T08:23:36Z``. (Thousands of deliveries
-    share a second.)"""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
-def rfc3339_fraction(now: float) -> str:
-    """``timestamp-ms``: RFC 3339 with the fraction of the second, trailing zeros dropped
-    (Go's ``RFC3339Nano``, to the microsecond a float carries)."""
-    fraction = datetime.fromtimestamp(now, UTC).strftime("%f").rstrip("0")
-    return rfc3339(int(now))[:-1] + (f".{fraction}Z" if fraction else "Z")
 
 
 def sendable(metadata: Mapping[str, str]) -> Mapping[str, str]:
@@ -82,13 +66,15 @@ def merged_metadata(
     *,
     milliseconds: bool,
 ) -> dict[str, str]:
-    """Outpost's ``MakeMetadata``: system keys < delivery_metadata < event metadata."""
-    merged = {"timestamp": rfc3339(int(now)), "event-id": event_id, "topic": topic}
-    if milliseconds:
-        merged["timestamp-ms"] = rfc3339_fraction(now)
-    merged.update(sendable(delivery_metadata))
-    merged.update(sendable(metadata))
-    return merged
+    """Outpost's ``MakeMetadata`` of the entries that can travel as HTTP headers."""
+    return make_metadata(
+        event_id,
+        topic,
+        now,
+        sendable(delivery_metadata),
+        sendable(metadata),
+        milliseconds=milliseconds,
+    )
 
 
 @dataclass(frozen=True, slots=True)

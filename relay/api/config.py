@@ -17,7 +17,7 @@ from relay.api.auth import require_admin
 from relay.api.errors import json_response, outpost_error_shape
 from relay.appkeys import SETTINGS
 from relay.config import Settings
-from relay.delivery import USER_AGENT
+from relay.delivery.webhook import USER_AGENT
 from relay.retry import RetryPolicy
 
 routes = web.RouteTableDef()

@@ -1,8 +1,13 @@
-"""Webhook destinations: /tenants/{tenant_id}/destinations[/{destination_id}[/enable|/disable]].
+"""Destinations: /tenants/{tenant_id}/destinations[/{destination_id}[/enable|/disable]].
 
 PATCH follows RFC 7396 merge-patch: an absent field is left alone, ``null`` clears it,
-``metadata``/``delivery_metadata`` merge key by key. Config-declared destinations are
-shown but not changed here (409 naming the file).
+``metadata``/``delivery_metadata`` (and a type's ``config`` and ``credentials``) merge key
+by key. Config-declared destinations are shown but not changed here (409 naming the file).
+
+Webhooks keep relay's own fields (url, custom_headers, webhook_mode, secret rotation) and
+rules; every other type is its Provider's (relay/delivery/): its schema's fields, its
+checks and defaults, and a 422 naming the extra to install when this relay cannot
+deliver it.
 """
 
 from __future__ import annotations
@@ -33,16 +38,17 @@ from relay.api.validation import (
     validate,
 )
 from relay.appkeys import ENGINE, OPERATOR_TOPICS, SETTINGS
+from relay.config import DeliverySettings
 from relay.db import admin
 from relay.db import operator_events as opevents_db
 from relay.db.outbox import Connection
+from relay.delivery import registry
 from relay.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from relay.signing import generate_secret
 
 PREFIX = "/api/v1/tenants/{tenant_id:[^/]+}/destinations"
 routes = web.RouteTableDef()
 
-SUPPORTED_TYPES = ("webhook",)
 PREVIOUS_SECRET_GRACE = timedelta(hours=24)
 # Headers relay sets itself; a destination may not override them.
 CLOCK_SKEW = timedelta(minutes=1)
@@ -85,6 +91,26 @@ class DestinationCreate(BaseModel):
     delivery_control: Any = None
 
 
+class TypedCreate(BaseModel):
+    """A destination of any type but webhook: its config and credentials are maps of
+    strings (other JSON values converted as Outpost converts them)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: StrictStr | None = None
+    type: StrictStr
+    topics: StrictStr | list[StrictStr]
+    filter: dict[str, Any] | None = None
+    config: StringMap | None = None
+    credentials: StringMap | None = None
+    delivery_metadata: StringMap | None = None
+    metadata: StringMap | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    disabled_at: datetime | None = None
+    delivery_control: Any = None
+
+
 class WebhookConfigPatch(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -107,6 +133,20 @@ class DestinationPatch(BaseModel):
     delivery_control: Any = None
 
 
+class TypedPatch(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: StrictStr | None = None
+    topics: StrictStr | list[StrictStr] | None = None
+    filter: dict[str, Any] | None = None
+    config: StringMapPatch | None = None
+    credentials: StringMapPatch | None = None
+    delivery_metadata: StringMapPatch | None = None
+    metadata: StringMapPatch | None = None
+    disabled_at: datetime | None = None
+    delivery_control: Any = None
+
+
 # --- checks --------------------------------------------------------------------------
 
 
@@ -117,10 +157,8 @@ def rotates(value: object) -> bool:
 
 
 def check_type(value: str) -> None:
-    if value not in SUPPORTED_TYPES:
-        raise ValidationFailed(
-            [f"type {value!r} is not supported; relay delivers to webhook destinations only"]
-        )
+    if not registry.known(value):
+        raise ValidationFailed([registry.unknown_type(value)])
 
 
 def topic_list(value: str | list[str], catalogue: list[str], problems: list[str]) -> list[str]:
@@ -295,23 +333,81 @@ async def create(
     caller.check_tenant(tenant_id)
     if isinstance(payload, dict) and isinstance(payload.get("type"), str):
         check_type(payload["type"])
+        if payload["type"] != "webhook":
+            return await create_typed(config, caller, tenant_id, payload)
     body = validate(DestinationCreate, payload)
     check_type(body.type)
     settings = config[SETTINGS]
     problems: list[str] = []
-    if body.id is not None:
-        check_id(body.id, "id")
-    topics = topic_list(body.topics, settings.topics, problems)
+    common = _common(body, settings.topics, problems)
     check_url(body.config.url, allowed_networks(config), problems)
     headers = parse_custom_headers(body.config.custom_headers, problems)
     mode = check_mode(body.config.webhook_mode, problems)
-    rule = check_filter(body.filter, problems)
     secret = body.credentials.secret if body.credentials else None
     if secret is not None and not secret:
         problems.append("credentials.secret must not be empty")
     if body.credentials and rotates(body.credentials.rotate_secret):
         # As Outpost refuses it: a destination being created has no secret to rotate.
         problems.append("credentials.rotate_secret: a new destination has no secret to rotate")
+    if not problems:
+        await check_resolved(body.config.url, allowed_networks(config), problems)
+    if problems:
+        raise ValidationFailed(problems)
+    _admin_only_fields(caller, common, ["credentials.secret"] if secret is not None else [])
+    new = admin.NewDestination(
+        tenant_id=tenant_id,
+        type=body.type,
+        url=body.config.url,
+        custom_headers=headers,
+        # Generated as Outpost generates secrets for the format the destination gets.
+        secret=secret or generate_secret(mode or settings.delivery.webhook_mode),
+        webhook_mode=mode,
+        **common,
+    )
+    return await _insert(config, caller, new)
+
+
+async def create_typed(
+    config: ChainMapProxy, caller: Caller, tenant_id: str, payload: object
+) -> admin.Destination:
+    """Create a destination of any type but webhook, as its Provider says."""
+    body = validate(TypedCreate, payload)
+    settings = config[SETTINGS]
+    problems: list[str] = []
+    common = _common(body, settings.topics, problems)
+    provider = registry.describer(body.type)
+    values, secrets = body.config or {}, body.credentials or {}
+    problems += provider.problems(values, secrets)
+    if not problems:
+        unavailable = registry.availability(body.type)
+        if unavailable:
+            problems.append(unavailable)
+    if problems:
+        raise ValidationFailed(problems)
+    _admin_only_fields(caller, common)
+    values, secrets = provider.normalise(values, secrets)
+    values |= await provider.verify(values, secrets, None, settings.delivery)
+    new = admin.NewDestination(
+        tenant_id=tenant_id,
+        type=body.type,
+        url=None,
+        custom_headers={},
+        secret=None,
+        config=values,
+        credentials=secrets,
+        **common,
+    )
+    return await _insert(config, caller, new)
+
+
+def _common(
+    body: DestinationCreate | TypedCreate, catalogue: list[str], problems: list[str]
+) -> dict[str, Any]:
+    """What every type's creation takes alike: NewDestination's fields."""
+    if body.id is not None:
+        check_id(body.id, "id")
+    topics = topic_list(body.topics, catalogue, problems)
+    rule = check_filter(body.filter, problems)
     created_at = check_past(body.created_at, "created_at", problems)
     updated_at = check_past(body.updated_at, "updated_at", problems)
     disabled_at = check_past(body.disabled_at, "disabled_at", problems)
@@ -320,52 +416,39 @@ async def create(
         if "delivery_control" in body.model_fields_set
         else {}
     )
-    if not problems:
-        await check_resolved(body.config.url, allowed_networks(config), problems)
-    if problems:
-        raise ValidationFailed(problems)
-    admin_only(
-        caller,
-        [
-            name
-            for name, v in (
-                ("credentials.secret", secret),
-                ("created_at", created_at),
-                ("updated_at", updated_at),
-            )
-            if v is not None
-        ],
-    )
-    new = admin.NewDestination(
-        tenant_id=tenant_id,
-        id=body.id or new_destination_id(),
-        type=body.type,
-        topics=topics,
-        url=body.config.url,
-        custom_headers=headers,
-        # Generated as Outpost generates secrets for the format the destination gets.
-        secret=secret or generate_secret(mode or settings.delivery.webhook_mode),
-        webhook_mode=mode,
-        metadata=body.metadata or {},
-        delivery_metadata=body.delivery_metadata or {},
-        filter=rule,
-        disabled_at=disabled_at,
-        created_at=created_at,
-        updated_at=updated_at,
-        rate_limit_per_second=control.get("rate_limit_per_second"),
-        rate_limit_burst=control.get("rate_limit_burst"),
-        max_in_flight=control.get("max_in_flight"),
-        ordering_key=control.get("ordering_key"),
-        ordering_on_failure=control.get("ordering_on_failure") or "block",
-    )
+    return {
+        "id": body.id or new_destination_id(),
+        "topics": topics,
+        "metadata": body.metadata or {},
+        "delivery_metadata": body.delivery_metadata or {},
+        "filter": rule,
+        "disabled_at": disabled_at,
+        "created_at": created_at,
+        "updated_at": updated_at,
+        "rate_limit_per_second": control.get("rate_limit_per_second"),
+        "rate_limit_burst": control.get("rate_limit_burst"),
+        "max_in_flight": control.get("max_in_flight"),
+        "ordering_key": control.get("ordering_key"),
+        "ordering_on_failure": control.get("ordering_on_failure") or "block",
+    }
+
+
+def _admin_only_fields(caller: Caller, common: dict[str, Any], given: list[str] = []) -> None:  # noqa: B006
+    """Fields only the admin key may set: the given ones, and the timestamps if set."""
+    admin_only(caller, given + [n for n in ("created_at", "updated_at") if common[n] is not None])
+
+
+async def _insert(
+    config: ChainMapProxy, caller: Caller, new: admin.NewDestination
+) -> admin.Destination:
     async with config[ENGINE].begin() as conn:
-        await require_tenant(conn, caller, tenant_id)
-        before = await subscription_before(config, conn, tenant_id)
+        await require_tenant(conn, caller, new.tenant_id)
+        before = await subscription_before(config, conn, new.tenant_id)
         created = await admin.insert_destination(conn, new)
         if created is not None:
-            await subscription_after(config, conn, tenant_id, before)
+            await subscription_after(config, conn, new.tenant_id, before)
     if created is None:
-        raise Conflict(f"destination {new.id!r} already exists for tenant {tenant_id!r}")
+        raise Conflict(f"destination {new.id!r} already exists for tenant {new.tenant_id!r}")
     return created
 
 
@@ -417,14 +500,15 @@ def _merge_map(current: dict[str, str], patch: dict[str, str | None] | None) -> 
 
 def apply_patch(
     current: admin.Destination,
-    body: DestinationPatch,
+    body: DestinationPatch | TypedPatch,
     caller: Caller,
     catalogue: list[str],
     allowed: Sequence[ssrf.Network],
     global_mode: str = "standard",
 ) -> admin.Destination:
     """The destination after a merge-patch (RFC 7396), or a 422 listing every problem.
-    ``global_mode`` is delivery.webhook_mode (a rotated secret is made for the format)."""
+    ``global_mode`` is delivery.webhook_mode (a rotated secret is made for the format).
+    A body for a webhook is a DestinationPatch, for any other type a TypedPatch."""
     given = body.model_fields_set
     problems: list[str] = []
     changes: dict[str, Any] = {}
@@ -437,6 +521,33 @@ def apply_patch(
             changes["topics"] = topic_list(body.topics, catalogue, problems)
     if "filter" in given:
         changes["filter"] = check_filter(body.filter, problems)
+    if isinstance(body, DestinationPatch):
+        changes |= _webhook_changes(current, body, caller, allowed, global_mode, problems)
+    else:
+        changes |= _typed_changes(current, body, problems)
+    for name in ("metadata", "delivery_metadata"):
+        if name in given:
+            changes[name] = _merge_map(getattr(current, name), getattr(body, name))
+    if "disabled_at" in given:
+        when = check_past(body.disabled_at, "disabled_at", problems)
+        changes["disabled_at"] = when
+    if "delivery_control" in given:
+        current_control = {k: getattr(current, k) for k in CONTROL_KEYS}
+        changes |= check_control(body.delivery_control, problems, current_control)
+    if problems:
+        raise ValidationFailed(problems)
+    return replace(current, **changes)
+
+
+def _webhook_changes(
+    current: admin.Destination,
+    body: DestinationPatch,
+    caller: Caller,
+    allowed: Sequence[ssrf.Network],
+    global_mode: str,
+    problems: list[str],
+) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
     if body.config is not None:
         config_given = body.config.model_fields_set
         if "url" in config_given:
@@ -452,18 +563,30 @@ def apply_patch(
     if body.credentials is not None:
         mode = changes.get("webhook_mode", current.webhook_mode) or global_mode
         changes |= _credentials(current, body.credentials, caller, problems, mode)
-    for name in ("metadata", "delivery_metadata"):
-        if name in given:
-            changes[name] = _merge_map(getattr(current, name), getattr(body, name))
-    if "disabled_at" in given:
-        when = check_past(body.disabled_at, "disabled_at", problems)
-        changes["disabled_at"] = when
-    if "delivery_control" in given:
-        current_control = {k: getattr(current, k) for k in CONTROL_KEYS}
-        changes |= check_control(body.delivery_control, problems, current_control)
-    if problems:
-        raise ValidationFailed(problems)
-    return replace(current, **changes)
+    return changes
+
+
+def _typed_changes(
+    current: admin.Destination, body: TypedPatch, problems: list[str]
+) -> dict[str, Any]:
+    """Config and credentials merged key by key (as Outpost merges them), checked again
+    by the type's Provider when they change, and stored as it normalises them."""
+    given = body.model_fields_set
+    config = _merge_map(current.config, body.config) if "config" in given else current.config
+    credentials = (
+        _merge_map(current.credentials, body.credentials)
+        if "credentials" in given
+        else current.credentials
+    )
+    if (config, credentials) == (current.config, current.credentials):
+        return {}
+    provider = registry.describer(current.type)
+    found = provider.problems(config, credentials)
+    problems += found
+    if found:
+        return {}
+    config, credentials = provider.normalise(config, credentials)
+    return {"config": config, "credentials": credentials}
 
 
 def _credentials(
@@ -529,11 +652,12 @@ async def update(
     config: ChainMapProxy, caller: Caller, tenant_id: str, destination_id: str, payload: object
 ) -> admin.Destination:
     """Apply an API-shaped merge-patch payload (the API and the portal)."""
-    body = validate(DestinationPatch, payload)
+    typed = validate(TypedPatch, payload)
     settings = config[SETTINGS]
     async with config[ENGINE].begin() as conn:
         current = await load(conn, caller, tenant_id, destination_id, lock=True)
         api_owned(config, current)
+        body = validate(DestinationPatch, payload) if current.type == "webhook" else typed
         before = await subscription_before(config, conn, current.tenant_id)
         patched = apply_patch(
             current,
@@ -543,15 +667,31 @@ async def update(
             allowed_networks(config),
             settings.delivery.webhook_mode,
         )
-        if patched.url != current.url:
+        if patched.url is not None and patched.url != current.url:
             problems: list[str] = []
             await check_resolved(patched.url, allowed_networks(config), problems)
             if problems:
                 raise ValidationFailed(problems)
+        if (patched.config, patched.credentials) != (current.config, current.credentials):
+            patched = await _verified(current, patched, settings.delivery)
         updated = await admin.update_destination(conn, patched)
         await subscription_after(config, conn, current.tenant_id, before)
     assert updated is not None
     return updated
+
+
+async def _verified(
+    current: admin.Destination, patched: admin.Destination, settings: DeliverySettings
+) -> admin.Destination:
+    """The type's checks that need the network (hookdeck's token), for changed values;
+    none while this relay cannot deliver the type."""
+    if registry.availability(current.type) is not None:
+        return patched
+    provider = registry.provider(current.type)
+    added = await provider.verify(
+        patched.config, patched.credentials, (current.config, current.credentials), settings
+    )
+    return replace(patched, config=patched.config | added) if added else patched
 
 
 async def set_enabled(

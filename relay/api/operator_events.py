@@ -25,6 +25,7 @@ from relay.api.validation import read_json, validate
 from relay.appkeys import ENGINE, SETTINGS
 from relay.db import admin, history
 from relay.db import operator_events as db
+from relay.delivery import registry
 from relay.errors import Conflict, NotFound, ValidationFailed
 from relay.signing import generate_secret
 
@@ -40,6 +41,21 @@ def _as_operator(request: web.Request) -> None:
     require_admin(request)
     request[SCOPED_CALLER] = Caller(opevents.OPERATOR_TENANT)
     request.match_info["tenant_id"] = opevents.OPERATOR_TENANT
+
+
+# Sinks made through this API are webhooks (sinks of other types: the config file).
+SINK_TYPE = "webhook"
+
+
+def _check_sink_type(value: str) -> None:
+    destinations.check_type(value)
+    if value != SINK_TYPE:
+        raise ValidationFailed(
+            [
+                f"type {value!r}: operator event destinations made through the API are "
+                "webhooks; declare other types under [[operator_events.sinks]]"
+            ]
+        )
 
 
 def _operator_topics(value: str | list[str], problems: list[str]) -> list[str]:
@@ -71,10 +87,8 @@ class SinkPatch(BaseModel):
 
 @routes.get(PREFIX + "/destination-types")
 async def list_destination_types(request: web.Request) -> web.Response:
-    from relay.api.outpost import WEBHOOK_TYPE  # outpost.py registers these routes
-
     require_admin(request)
-    return json_response([WEBHOOK_TYPE])
+    return json_response([registry.schema(SINK_TYPE).as_json()])
 
 
 @routes.get(PREFIX + "/destinations")
@@ -90,9 +104,9 @@ async def create_sink(request: web.Request) -> web.Response:
     _as_operator(request)
     payload = await read_json(request)
     if isinstance(payload, dict) and isinstance(payload.get("type"), str):
-        destinations.check_type(payload["type"])
+        _check_sink_type(payload["type"])
     body = validate(SinkCreate, payload)
-    destinations.check_type(body.type)
+    _check_sink_type(body.type)
     settings = request.app[SETTINGS]
     problems: list[str] = []
     topics = _operator_topics(body.topics, problems)

@@ -33,6 +33,7 @@ from relay.appkeys import (
     TRACING,
 )
 from relay.db.migrate import current_revision
+from relay.delivery import registry
 from relay.errors import NotFound, ValidationFailed
 from relay.opevents import OPERATOR_TENANT
 from relay.publish import (
@@ -200,58 +201,21 @@ async def list_topics(request: web.Request) -> web.Response:
     return json_response(list(request.app[SETTINGS].topics))
 
 
-WEBHOOK_TYPE: dict[str, Any] = {
-    "type": "webhook",
-    "label": "Webhook",
-    "description": "Send events as signed HTTP POST requests to a URL",
-    "icon": "",
-    "instructions": "Enter the URL that should receive the events. relay signs each request "
-    "(Standard Webhooks headers) with the destination's secret.",
-    "config_fields": [
-        {
-            "key": "url",
-            "type": "text",
-            "label": "URL",
-            "description": "The URL to send the events to.",
-            "required": True,
-            "sensitive": False,
-            "pattern": "^https?://.*",
-        },
-        {
-            "key": "custom_headers",
-            "type": "key_value_map",
-            "label": "Custom headers",
-            "description": "Extra HTTP headers sent with every request (a JSON object).",
-            "required": False,
-            "sensitive": False,
-        },
-    ],
-    "credential_fields": [
-        {
-            "key": "secret",
-            "type": "text",
-            "label": "Secret",
-            "description": "Signing secret; generated when left empty.",
-            "required": False,
-            "sensitive": True,
-        }
-    ],
-}
-
-
 @routes.get(PREFIX + "/destination-types")
 async def list_destination_types(request: web.Request) -> web.Response:
+    """Every type relay knows, those this relay cannot deliver to as well (creating one of
+    those is refused with the extra to install), as Outpost lists its types."""
     await authenticate(request)
-    return json_response([WEBHOOK_TYPE])
+    return json_response(registry.schemas())
 
 
 @routes.get(PREFIX + "/destination-types/{type:[^/]+}")
 async def get_destination_type(request: web.Request) -> web.Response:
     await authenticate(request)
     kind = request.match_info["type"]
-    if kind != "webhook":
-        raise NotFound(f"destination type {kind!r} is not supported; relay has webhook only")
-    return json_response(WEBHOOK_TYPE)
+    if not registry.known(kind):
+        raise NotFound(registry.unknown_type(kind))
+    return json_response(registry.schema(kind).as_json())
 
 
 def openapi_document() -> bytes:

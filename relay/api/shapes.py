@@ -10,10 +10,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from yarl import URL
 
 from relay.db.admin import Destination, Tenant
 from relay.db.history import AttemptRow, EventRow
+from relay.delivery import registry, webhook
+from relay.delivery.base import Target, attempt_code
 
 
 def iso(value: datetime | None) -> str | None:
@@ -43,22 +44,16 @@ def tenant_json(t: Tenant) -> dict[str, Any]:
     return body
 
 
-def _target(url: str) -> str:
-    try:
-        return URL(url).host or url
-    except ValueError:
-        return url
-
-
 def destination_json(d: Destination, *, credentials: bool = True) -> dict[str, Any]:
-    config: dict[str, str] = {"url": d.url}
-    if d.custom_headers:
-        # Outpost carries custom headers as a JSON string inside config.
-        config["custom_headers"] = orjson.dumps(d.custom_headers).decode()
-    if d.webhook_mode:
-        # relay's addition, shown only when the destination chose its own format (else
-        # delivery.webhook_mode applies): Outpost's SDKs ignore keys they do not know.
-        config["webhook_mode"] = d.webhook_mode
+    """A destination as Outpost's API shows it: credentials obfuscated where Outpost hides
+    them (a webhook's secrets are shown, as Outpost shows them), ``target`` and
+    ``target_url`` as the type computes them."""
+    if d.type == "webhook":
+        config, creds, target = _webhook(d)
+    else:
+        provider = registry.describer(d.type)
+        config, creds = provider.shown(d.config, d.credentials)
+        target = provider.target(d.config, d.credentials, d.topics)
     body: dict[str, Any] = {
         "id": d.id,
         "tenant_id": d.tenant_id,
@@ -71,21 +66,37 @@ def destination_json(d: Destination, *, credentials: bool = True) -> dict[str, A
         "disabled_at": iso(d.disabled_at),
         "created_at": iso(d.created_at),
         "updated_at": iso(d.updated_at),
-        "target": _target(d.url),
-        "target_url": d.url,
+        "target": target.target,
     }
+    if target.target_url is not None or d.type == "webhook":
+        # Outpost leaves it out when the type has none.
+        body["target_url"] = target.target_url
     control = delivery_control_json(d)
     if control:
         body["delivery_control"] = control
     if credentials:
-        creds: dict[str, str] = {"secret": d.secret}
-        if d.previous_secret:
-            creds["previous_secret"] = d.previous_secret
-            invalid_at = iso(d.previous_secret_invalid_at)
-            if invalid_at:
-                creds["previous_secret_invalid_at"] = invalid_at
         body["credentials"] = creds
     return body
+
+
+def _webhook(d: Destination) -> tuple[dict[str, str], dict[str, str], Target]:
+    """A webhook's config and credentials, from its own columns."""
+    url = d.url or ""
+    config: dict[str, str] = {"url": url}
+    if d.custom_headers:
+        # Outpost carries custom headers as a JSON string inside config.
+        config["custom_headers"] = orjson.dumps(d.custom_headers).decode()
+    if d.webhook_mode:
+        # relay's addition, shown only when the destination chose its own format (else
+        # delivery.webhook_mode applies): Outpost's SDKs ignore keys they do not know.
+        config["webhook_mode"] = d.webhook_mode
+    creds: dict[str, str] = {"secret": d.secret or ""}
+    if d.previous_secret:
+        creds["previous_secret"] = d.previous_secret
+        invalid_at = iso(d.previous_secret_invalid_at)
+        if invalid_at:
+            creds["previous_secret_invalid_at"] = invalid_at
+    return config, creds, webhook.target(url)
 
 
 def delivery_control_json(d: Destination) -> dict[str, Any]:
@@ -132,8 +143,9 @@ def attempt_json(
         "tenant_id": a.tenant_id,
         "status": a.status,
         "time": iso(a.started_at),
-        # The HTTP status when the receiver answered, else why there was no answer.
-        "code": str(a.http_status) if a.http_status is not None else (a.error_code or ""),
+        # The HTTP status when the receiver answered, else why there was no answer, or
+        # "OK" for a broker's success (as Outpost's broker types say).
+        "code": attempt_code(a.status, a.http_status, a.error_code),
         "attempt_number": a.number,
         "manual": a.manual,
         "latency_ms": a.latency_ms,

@@ -8,7 +8,7 @@ is shown here but changed only by the file; callers check ``origin`` before writ
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -228,7 +228,8 @@ async def count_tenants(conn: AsyncConnection, ids: Sequence[str] | None) -> int
 # --- destinations --------------------------------------------------------------------
 
 _DESTINATION_COLUMNS = """
-    tenant_id, id, type, topics, url, custom_headers, secret, previous_secret,
+    tenant_id, id, type, topics, config, credentials, url, custom_headers, secret,
+    previous_secret,
     previous_secret_invalid_at, metadata, delivery_metadata, filter, origin,
     disabled_at, created_at, updated_at, signature_mode, rate_limit_per_second,
     rate_limit_burst, max_in_flight, throttle, throttled_until, throttle_reason,
@@ -256,11 +257,12 @@ LOCK_DESTINATION = text(f"""
 # it) is taken over by the new destination.
 INSERT_DESTINATION = text(f"""
     INSERT INTO relay.destinations
-        (tenant_id, id, type, topics, url, custom_headers, secret, signature_mode, metadata,
-         delivery_metadata, filter, origin, disabled_at, disabled_reason, created_at,
-         updated_at, rate_limit_per_second, rate_limit_burst, max_in_flight, ordering_key,
-         ordering_on_failure)
-    VALUES (:tenant_id, :id, :type, :topics, :url, CAST(:custom_headers AS jsonb), :secret,
+        (tenant_id, id, type, topics, config, credentials, url, custom_headers, secret,
+         signature_mode, metadata, delivery_metadata, filter, origin, disabled_at,
+         disabled_reason, created_at, updated_at, rate_limit_per_second, rate_limit_burst,
+         max_in_flight, ordering_key, ordering_on_failure)
+    VALUES (:tenant_id, :id, :type, :topics, CAST(:config AS jsonb),
+            CAST(:credentials AS jsonb), :url, CAST(:custom_headers AS jsonb), :secret,
             :webhook_mode, CAST(:metadata AS jsonb), CAST(:delivery_metadata AS jsonb),
             CAST(:filter AS jsonb), 'api', :disabled_at,
             CASE WHEN :disabled_at IS NOT NULL THEN 'disabled through the API' END,
@@ -268,7 +270,8 @@ INSERT_DESTINATION = text(f"""
             :rate_limit_per_second, :rate_limit_burst, :max_in_flight, :ordering_key,
             :ordering_on_failure)
     ON CONFLICT (tenant_id, id) DO UPDATE
-    SET type = excluded.type, topics = excluded.topics, url = excluded.url,
+    SET type = excluded.type, topics = excluded.topics, config = excluded.config,
+        credentials = excluded.credentials, url = excluded.url,
         custom_headers = excluded.custom_headers, secret = excluded.secret,
         previous_secret = NULL, previous_secret_invalid_at = NULL,
         signature_mode = excluded.signature_mode, timeout_seconds = NULL,
@@ -294,7 +297,9 @@ INSERT_DESTINATION = text(f"""
 
 UPDATE_DESTINATION = text(f"""
     UPDATE relay.destinations
-    SET topics = :topics, url = :url, custom_headers = CAST(:custom_headers AS jsonb),
+    SET topics = :topics, config = CAST(:config AS jsonb),
+        credentials = CAST(:credentials AS jsonb),
+        url = :url, custom_headers = CAST(:custom_headers AS jsonb),
         secret = :secret, previous_secret = :previous_secret,
         previous_secret_invalid_at = :previous_secret_invalid_at,
         signature_mode = :webhook_mode,
@@ -351,9 +356,13 @@ class Destination:
     id: str
     type: str
     topics: list[str]
-    url: str
+    # Every type but webhook: its config and credentials (relay/delivery/schemas/).
+    config: dict[str, str]
+    credentials: dict[str, str]
+    # A webhook's own (None for the other types).
+    url: str | None
     custom_headers: dict[str, str]
-    secret: str
+    secret: str | None
     previous_secret: str | None
     previous_secret_invalid_at: datetime | None
     metadata: dict[str, str]
@@ -384,6 +393,8 @@ def _destination(row: Row[Any]) -> Destination:
         id=row.id,
         type=row.type,
         topics=list(row.topics),
+        config=dict(row.config or {}),
+        credentials=dict(row.credentials or {}),
         url=row.url,
         custom_headers=dict(row.custom_headers or {}),
         secret=row.secret,
@@ -431,12 +442,14 @@ class NewDestination:
     id: str
     type: str
     topics: list[str]
-    url: str
+    url: str | None
     custom_headers: dict[str, str]
-    secret: str
+    secret: str | None
     metadata: dict[str, str]
     delivery_metadata: dict[str, str]
     filter: dict[str, Any] | None
+    config: dict[str, str] = field(default_factory=dict)
+    credentials: dict[str, str] = field(default_factory=dict)
     disabled_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
@@ -458,6 +471,8 @@ async def insert_destination(conn: AsyncConnection, new: NewDestination) -> Dest
                 "id": new.id,
                 "type": new.type,
                 "topics": new.topics,
+                "config": _json(new.config),
+                "credentials": _json(new.credentials),
                 "url": new.url,
                 "custom_headers": _json(new.custom_headers),
                 "secret": new.secret,
@@ -488,6 +503,8 @@ async def update_destination(conn: AsyncConnection, d: Destination) -> Destinati
                 "tenant_id": d.tenant_id,
                 "id": d.id,
                 "topics": d.topics,
+                "config": _json(d.config),
+                "credentials": _json(d.credentials),
                 "url": d.url,
                 "custom_headers": _json(d.custom_headers),
                 "secret": d.secret,

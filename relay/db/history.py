@@ -312,18 +312,22 @@ class AttemptFilter:
     topics: Sequence[str] = ()
     status: str | None = None
     time: TimeRange = field(default_factory=TimeRange)
+    # Attempts to destinations of these types (relay/delivery/registry.py).
+    destination_types: Sequence[str] = ()
 
 
 # Attempts whose duration_ms is no destination's response time: never sent (refused by
-# the SSRF guard, a request that could not be built, relay's own failure, a quarantined
-# row) or cut short with no outcome (its dispatcher died or stopped: the duration is the
-# lease's). Their latency is null, as Outpost's latency_ms is for attempts "that never
-# reached the provider"; averages and percentiles leave them out.
+# the SSRF guard, a request that could not be built, relay's own failure, a type this
+# relay cannot deliver, a quarantined row) or cut short with no outcome (its dispatcher
+# died or stopped: the duration is the lease's). Their latency is null, as Outpost's
+# latency_ms is for attempts "that never reached the provider"; averages and percentiles
+# leave them out.
 UNTIMED_CODES = (
     "blocked_address",
     "invalid_request",
     "invalid_url",
     "internal_error",
+    "unavailable",
     "unprocessable",
     "lease_expired",
     "interrupted",
@@ -413,6 +417,12 @@ def _attempt_where(f: AttemptFilter) -> Where:
     where.any_of("a.destination_id", "destination_ids", f.destination_ids)
     where.any_of("e.id", "event_ids", f.event_ids)
     where.any_of("e.topic", "topics", f.topics)
+    if f.destination_types:
+        where.add(
+            "EXISTS (SELECT 1 FROM relay.destinations t WHERE t.tenant_id = a.tenant_id"
+            " AND t.id = a.destination_id AND t.type = ANY(:destination_types))",
+            destination_types=(list(f.destination_types), ARRAY(Text)),
+        )
     if f.status is not None:
         where.add("a.status = :status", status=(f.status, Text))
     where.time("a.started_at", f.time)

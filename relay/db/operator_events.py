@@ -57,7 +57,8 @@ WRITE = text(f"""
         LEFT JOIN LATERAL (
             SELECT json_build_object(
                 'id', d.id, 'tenant_id', d.tenant_id, 'type', d.type, 'topics', d.topics,
-                'config', json_build_object('url', d.url),
+                'config', CASE WHEN d.type = 'webhook' THEN json_build_object('url', d.url)
+                               ELSE d.config::json END,
                 'created_at', d.created_at, 'disabled_at', d.disabled_at) AS projection
             FROM relay.destinations d
             WHERE d.tenant_id = g.tenant_id AND d.id = g.destination_id

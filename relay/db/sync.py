@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import Text
 
 from relay.config import Limits, Settings
+from relay.delivery import registry
 from relay.signing import generate_secret
 
 # Reasons relay itself writes when the file turns a destination off; only these are
@@ -51,11 +52,12 @@ RELEASE_REMOVED_TENANTS = text("""
 
 UPSERT_DESTINATION = text("""
     INSERT INTO relay.destinations
-        (tenant_id, id, type, topics, url, custom_headers, secret, signature_mode,
-         timeout_seconds, metadata, origin, disabled_at, disabled_reason,
+        (tenant_id, id, type, topics, config, credentials, url, custom_headers, secret,
+         signature_mode, timeout_seconds, metadata, origin, disabled_at, disabled_reason,
          rate_limit_per_second, rate_limit_burst, max_in_flight, ordering_key,
          ordering_on_failure)
-    VALUES (:tenant_id, :id, :type, :topics, :url, CAST(:custom_headers AS jsonb),
+    VALUES (:tenant_id, :id, :type, :topics, CAST(:config AS jsonb),
+            CAST(:credentials AS jsonb), :url, CAST(:custom_headers AS jsonb),
             COALESCE(:secret, :generated_secret), :signature_mode, :timeout_seconds,
             CAST(:metadata AS jsonb), 'config',
             CASE WHEN :enabled THEN NULL ELSE now() END,
@@ -63,10 +65,13 @@ UPSERT_DESTINATION = text("""
             :rate_limit_per_second, :rate_limit_burst, :max_in_flight, :ordering_key,
             :ordering_on_failure)
     ON CONFLICT (tenant_id, id) DO UPDATE
-    SET type = excluded.type, topics = excluded.topics, url = excluded.url,
+    SET type = excluded.type, topics = excluded.topics, config = excluded.config,
+        credentials = excluded.credentials, url = excluded.url,
         custom_headers = excluded.custom_headers,
-        -- A destination without a secret in the file keeps the one generated for it.
-        secret = COALESCE(:secret, destinations.secret),
+        -- A webhook without a secret in the file keeps the one generated for it (and
+        -- gets one, if it was of another type before).
+        secret = CASE WHEN excluded.type <> 'webhook' THEN NULL
+                      ELSE COALESCE(:secret, destinations.secret, :generated_secret) END,
         signature_mode = excluded.signature_mode,
         timeout_seconds = excluded.timeout_seconds,
         rate_limit_per_second = excluded.rate_limit_per_second,
@@ -128,6 +133,10 @@ async def sync_config(conn: AsyncConnection, settings: Settings) -> None:
         )
         for dest in tenant.destinations:
             declared.append(f"{tenant.id}/{dest.id}")
+            webhook = dest.type == "webhook"
+            config, credentials = registry.describer(dest.type).normalise(
+                dest.config, dest.credentials
+            )
             await conn.execute(
                 UPSERT_DESTINATION,
                 {
@@ -135,12 +144,16 @@ async def sync_config(conn: AsyncConnection, settings: Settings) -> None:
                     "id": dest.id,
                     "type": dest.type,
                     "topics": dest.topic_list,
+                    "config": orjson.dumps(config).decode(),
+                    "credentials": orjson.dumps(credentials).decode(),
                     "url": dest.url,
                     "custom_headers": orjson.dumps(dest.custom_headers).decode(),
                     "secret": dest.secret,
                     "generated_secret": generate_secret(
                         dest.webhook_mode or settings.delivery.webhook_mode
-                    ),
+                    )
+                    if webhook
+                    else None,
                     "signature_mode": dest.webhook_mode,
                     "timeout_seconds": dest.timeout_seconds,
                     "metadata": orjson.dumps(dest.metadata).decode(),

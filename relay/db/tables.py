@@ -81,9 +81,14 @@ destinations = Table(
     Column("type", Text, nullable=False, server_default="webhook"),
     # ['*'] means every topic.
     Column("topics", ARRAY(Text), nullable=False),
-    Column("url", Text, nullable=False),
+    # Every type but webhook (migration 0014): Outpost's config and credentials, JSON
+    # objects of strings (relay/delivery/schemas/<type>.json names their keys). A webhook
+    # keeps its own in the columns below (NULL for the other types).
+    Column("config", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("credentials", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("url", Text),
     Column("custom_headers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    Column("secret", Text, nullable=False),
+    Column("secret", Text),
     Column("previous_secret", Text),
     Column("previous_secret_invalid_at", TS),
     # The webhook format, "standard" or "outpost"; NULL: delivery.webhook_mode. (The API
@@ -117,6 +122,9 @@ destinations = Table(
     PrimaryKeyConstraint("tenant_id", "id"),
     CheckConstraint("origin IN ('config', 'api')", name="origin"),
     CheckConstraint("signature_mode IN ('standard', 'outpost')", name="signature_mode"),
+    CheckConstraint(
+        "type <> 'webhook' OR (url IS NOT NULL AND secret IS NOT NULL)", name="webhook_fields"
+    ),
     CheckConstraint("ordering_on_failure IN ('block', 'skip')", name="ordering_on_failure"),
     CheckConstraint(LIMITS_CHECK, name="limits"),
 )

@@ -24,7 +24,8 @@ from relay.db.history import LATENCY_SQL
 RECENT = 100
 PENDING_CAP = 10_000
 HEALTH = f"""
-    SELECT t.id AS destination_id, t.url, t.disabled_at IS NULL AS enabled, t.disabled_at,
+    SELECT t.id AS destination_id, COALESCE(t.url, t.type) AS url,
+           t.disabled_at IS NULL AS enabled, t.disabled_at,
            t.disabled_reason, t.consecutive_failures,
            r.recent, r.recent_successes,
            round(r.recent_successes::numeric / NULLIF(r.recent, 0), 4) AS success_rate,
@@ -75,7 +76,7 @@ LATENCY = text(f"""
 
 # Failing (a failure since the last success) or disabled, worst first; bounded.
 TROUBLED = text("""
-    SELECT t.tenant_id, t.id AS destination_id, t.url,
+    SELECT t.tenant_id, t.id AS destination_id, COALESCE(t.url, t.type) AS url,
            t.disabled_at IS NULL AS enabled, t.disabled_at, t.disabled_reason,
            t.consecutive_failures
     FROM relay.destinations t

@@ -22,7 +22,9 @@ import orjson
 from aiohttp import web
 
 from relay.api.errors import unstorable_value
+from relay.db.admin import Destination
 from relay.db.engine import is_connection_failure, statement_cancelled
+from relay.delivery import registry
 from relay.errors import BadRequest, RelayError, Unauthorized, ValidationFailed
 from relay.web.sessions import Session
 
@@ -93,6 +95,13 @@ def segment(value: object) -> str:
     return quote(str(value), safe="")
 
 
+def target(d: Destination) -> str:
+    """Where a destination delivers: a webhook's URL, another type's target."""
+    if d.type == "webhook":
+        return d.url or ""
+    return registry.describer(d.type).target(d.config, d.credentials, d.topics).target
+
+
 def environment(app: web.Application) -> jinja2.Environment:
     env = aiohttp_jinja2.setup(
         app,
@@ -101,7 +110,13 @@ def environment(app: web.Application) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters.update(
-        when=when, iso=iso, age=age, percent=percent, pretty_json=pretty_json, urlencode=segment
+        when=when,
+        iso=iso,
+        age=age,
+        percent=percent,
+        pretty_json=pretty_json,
+        urlencode=segment,
+        target=target,
     )
     return env
 

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from relay import delivery, routing, webhook_formats
+from relay import routing, webhook_formats
 from relay.api import destinations as destinations_api
 from relay.api import retry as retry_api
 from relay.api.auth import Caller
@@ -24,6 +24,7 @@ from relay.appkeys import ENGINE, SETTINGS
 from relay.config import Settings
 from relay.db import admin, aggregates, history, outbox
 from relay.db import web as web_db
+from relay.delivery import webhook
 from relay.errors import BadRequest, NotFound, RelayError, Unauthorized, ValidationFailed
 from relay.web import charts, sessions
 from relay.web.pages import Handler, base_context, form, json_page, render, state
@@ -346,6 +347,9 @@ def _notice(request: web.Request) -> str | None:
 @routes.get("/destinations/{destination_id:[^/]+}/edit")
 async def destination_edit(request: web.Request) -> web.Response:
     d = await _load(request)
+    if d.type != "webhook":
+        # The form is a webhook's; other types are changed through the API.
+        raise BadRequest(f"the portal edits webhook destinations; {d.id!r} is {d.type}")
     return _page(
         request,
         "portal/destination_form.html",
@@ -568,7 +572,7 @@ async def attempt_detail(request: web.Request) -> web.Response:
             raise NotFound(f"attempt {raw!r} not found")
         destination = await admin.get_destination(conn, tenant_id, attempt.destination_id)
     sent = None
-    if destination is not None:
+    if destination is not None and destination.type == "webhook":
         sent = request_headers(request.config_dict[SETTINGS], attempt, destination)
     return _page(
         request,
@@ -585,7 +589,7 @@ def request_headers(
     settings: Settings, a: history.AttemptRow, d: admin.Destination
 ) -> dict[str, str]:
     """The headers of the attempt's request, rebuilt by the code that sent it
-    (relay/delivery.py) from the event and the destination as it is now: relay keeps a
+    (relay/delivery/webhook.py) from the event and the destination as it is now: relay keeps a
     response's headers, not a request's. Signatures are not shown (they depend on the
     secret at the time)."""
     claimed = outbox.Claimed(
@@ -603,6 +607,9 @@ def request_headers(
         eligible_for_retry=a.eligible_for_retry,
         published_at=a.event_time,
         claimed_at=a.started_at,
+        type="webhook",
+        config="{}",
+        credentials="{}",
         url=d.url,
         custom_headers=orjson.dumps(d.custom_headers).decode(),
         secret=d.secret,
@@ -613,7 +620,7 @@ def request_headers(
         delivery_metadata=orjson.dumps(d.delivery_metadata).decode(),
     )
     formats = webhook_formats.from_settings(settings.delivery)
-    headers, _ = delivery.build_request(claimed, a.started_at.timestamp(), formats)
+    headers, _ = webhook.build_request(claimed, a.started_at.timestamp(), formats)
     return {
         name: "(signed with the destination's secret)" if name.endswith("signature") else value
         for name, value in headers.items()

@@ -25,7 +25,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from relay.appkeys import DISPATCHER
 from relay.config import load_settings
 from relay.db.engine import create_engine
-from relay.delivery import TRUNCATED_PLACEHOLDER
+from relay.delivery.webhook import TRUNCATED_PLACEHOLDER
 from relay.dispatcher import Dispatcher
 from tests.support.receiver import Receiver, Reply
 from tests.support.relay import admin_headers, make_settings

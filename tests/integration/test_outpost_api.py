@@ -175,10 +175,19 @@ async def test_destination_validation_lists_every_problem(api: Client) -> None:
     )
     assert status == 422
     assert len(answer["data"]) == 5, answer
+    # Every Outpost type is validated by its schema, naming each field as Outpost does.
     status, answer = await api.call(
         "POST", "/tenants/acme/destinations", {"type": "aws_sqs", "topics": "*", "config": {}}
     )
-    assert status == 422 and "webhook" in answer["message"]
+    assert status == 422 and answer["data"] == [
+        "config.queue_url is required",
+        "credentials.key is required",
+        "credentials.secret is required",
+    ]
+    status, answer = await api.call(
+        "POST", "/tenants/acme/destinations", {"type": "sqs", "topics": "*", "config": {}}
+    )
+    assert status == 422 and "'aws_sqs'" in answer["message"] and "'webhook'" in answer["message"]
     status, answer = await api.call("POST", "/tenants/acme/destinations", {"type": "webhook"})
     assert status == 422 and sorted(answer["data"]) == ["config is required", "topics is required"]
     status, answer = await api.call(
@@ -566,9 +575,21 @@ async def test_catalogue_types_and_openapi(
 ) -> None:
     assert await api.call("GET", "/topics") == (200, [])
     status, types = await api.call("GET", "/destination-types")
-    assert status == 200 and [t["type"] for t in types] == ["webhook"]
+    # Outpost's nine types, in Outpost's order, whether or not this relay delivers them.
+    assert status == 200 and [t["type"] for t in types] == [
+        "webhook",
+        "hookdeck",
+        "aws_sqs",
+        "aws_kinesis",
+        "aws_s3",
+        "gcp_pubsub",
+        "azure_servicebus",
+        "rabbitmq",
+        "kafka",
+    ]
     assert (await api.call("GET", "/destination-types/webhook"))[1]["type"] == "webhook"
-    assert (await api.call("GET", "/destination-types/kafka"))[0] == 404
+    assert (await api.call("GET", "/destination-types/kafka"))[1]["label"] == "Apache Kafka"
+    assert (await api.call("GET", "/destination-types/nats"))[0] == 404
     status, spec = await Client(http, api.server, {}).call("GET", "/openapi.json")
     assert status == 200 and spec["openapi"].startswith("3.")
     # The document lists what relay implements: the metrics API and the portal link.

@@ -329,7 +329,12 @@ async def test_health_schemas_and_topics(sdk: Outpost) -> None:
     health = await sdk.health.check_async()
     assert health is not None
     types = await sdk.schemas.list_destination_types_async()
-    assert [t.type for t in types] == ["webhook"]
+    assert [t.type for t in types][:2] == ["webhook", "hookdeck"] and len(types) == 9
+    rabbitmq = await sdk.schemas.get_destination_type_async(type_="rabbitmq")
+    assert [(f.key, f.required) for f in rabbitmq.credential_fields or []] == [
+        ("username", True),
+        ("password", True),
+    ]
     webhook = await sdk.schemas.get_destination_type_async(type_="webhook")
     assert webhook.type == "webhook"
     assert any(field.key == "url" and field.required for field in webhook.config_fields or [])

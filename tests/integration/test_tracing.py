@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from relay import tracing
-from relay.delivery import Outcome
+from relay.delivery.base import Outcome
 from tests.support.receiver import Receiver, Reply
 from tests.support.relay import (
     ADMIN_KEY,

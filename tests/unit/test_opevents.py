@@ -40,6 +40,9 @@ def outcome(
         eligible_for_retry=True,
         published_at=NOW,
         claimed_at=NOW,
+        type="webhook",
+        config="{}",
+        credentials="{}",
         url="https://example.com/hook",
         custom_headers="{}",
         secret="s",
@@ -60,6 +63,7 @@ def outcome(
         started_at=NOW,
         next_status="delivered" if ok else ("failed" if last else "pending"),
         delay_seconds=0 if ok or last else 1,
+        disable_reason="the receiver answered 410 Gone" if status == 410 and not ok else None,
     )
 
 

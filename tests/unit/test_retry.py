@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from relay.config import RetrySettings
 from relay.db.outbox import Claimed, Recorded, health_changes
-from relay.delivery import Outcome, parse_retry_after
+from relay.delivery.base import Outcome
+from relay.delivery.webhook import parse_retry_after
 from relay.dispatcher import decide
 from relay.retry import RetryPolicy, next_delay
 
@@ -34,6 +35,9 @@ def claimed(attempt: int = 1, *, eligible: bool = True, dest: str = "d") -> Clai
         eligible_for_retry=eligible,
         published_at=NOW,
         claimed_at=NOW,
+        type="webhook",
+        config="{}",
+        credentials="{}",
         url="https://example.com/hook",
         custom_headers="{}",
         secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
@@ -161,7 +165,8 @@ def test_parse_retry_after(header: str | None, seconds: float | None) -> None:
 
 
 def _recorded(c: Claimed, status: str, http: int | None = None) -> Recorded:
-    return Recorded(c, status, http, None, None, None, 1, NOW, "pending", 0.0)
+    gone = "the receiver answered 410 Gone" if http == 410 else None
+    return Recorded(c, status, http, None, None, None, 1, NOW, "pending", 0.0, disable_reason=gone)
 
 
 def test_health_changes_fold_each_destination_in_finish_order() -> None:
@@ -177,15 +182,20 @@ def test_health_changes_fold_each_destination_in_finish_order() -> None:
     ]
     changes = {ch.destination_id: ch for ch in health_changes(batch)}
     # a: the success restarts the count; one failure after it.
-    assert (changes["a"].reset, changes["a"].failures, changes["a"].gone) == (True, 1, False)
+    assert (changes["a"].reset, changes["a"].failures, changes["a"].disable_reason) == (
+        True,
+        1,
+        None,
+    )
     assert (changes["b"].reset, changes["b"].failures) == (True, 1)
     # c: no success: two more failures on top of what the row had; a 410 among them.
-    assert (changes["c"].reset, changes["c"].failures, changes["c"].gone) == (False, 2, True)
+    assert (changes["c"].reset, changes["c"].failures) == (False, 2)
+    assert changes["c"].disable_reason == "the receiver answered 410 Gone"
 
 
 def test_health_changes_all_success_resets_to_zero() -> None:
     [change] = health_changes([_recorded(claimed(), "success", 200)] * 3)
-    assert (change.reset, change.failures, change.gone) == (True, 0, False)
+    assert (change.reset, change.failures, change.disable_reason) == (True, 0, None)
 
 
 def test_retry_after_date_in_the_past_is_zero() -> None:

@@ -18,7 +18,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from relay import signing
 from relay.db.outbox import Claimed
-from relay.delivery import build_request
+from relay.delivery.webhook import build_request
 from relay.webhook_formats import Formats
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -101,6 +101,9 @@ def _claimed(**changes: object) -> Claimed:
         eligible_for_retry=True,
         published_at=datetime.now(UTC),
         claimed_at=datetime.now(UTC),
+        type="webhook",
+        config="{}",
+        credentials="{}",
         url="https://example.com/hook",
         custom_headers=orjson.dumps(
             {"Authorization": "Bearer x", "webhook-signature": "forged"}

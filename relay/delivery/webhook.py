@@ -1,4 +1,4 @@
-"""One delivery attempt: sign, POST, and describe what happened as an Outcome value.
+"""The webhook type: sign, POST, and describe what happened as an Outcome value.
 
 Only a 2xx answer is a success. Redirects are not followed (a 3xx is a failure), and
 network failures are classified into stable codes for the attempt row (``timeout``,
@@ -15,47 +15,42 @@ import functools
 import itertools
 import ssl
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
+from yarl import URL
 
-from relay import ssrf, webhook_formats
-from relay.db.outbox import Claimed
+from relay import ssrf, webhook_formats, webhooks
+from relay.delivery import registry
+from relay.delivery.base import (
+    INVALID_REQUEST,
+    Attempt,
+    DeliveryContext,
+    Outcome,
+    Provider,
+    Target,
+    clean,
+    json_map,
+)
+
+if TYPE_CHECKING:
+    from relay.db.outbox import Claimed
 
 TRUNCATED_PLACEHOLDER = "[response body larger than {cap} bytes; not stored]"
 USER_AGENT = "relay-webhooks/0.1"
 # Response headers kept on the attempt row (the rest of a huge header block is dropped).
 MAX_RESPONSE_HEADERS = 50
-MAX_DETAIL = 500
+GONE = "the receiver answered 410 Gone"
 # Sent with every delivery; copied, not rebuilt, per request.
 _BASE_HEADERS = {"content-type": "application/json", "user-agent": USER_AGENT}
 
 
-@dataclass(slots=True)  # one per attempt: not frozen, as outbox.Claimed
-class Outcome:
-    success: bool
-    started_at: datetime
-    duration_ms: int
-    http_status: int | None = None
-    error_code: str | None = None
-    error_detail: str | None = None
-    response_body: str | None = None
-    response_headers: dict[str, str] | None = None
-    # Seconds the receiver asked us to wait (Retry-After), when it said so.
-    retry_after: float | None = None
-
-    @property
-    def gone(self) -> bool:
-        """410 Gone: the receiver says this endpoint will never accept deliveries again."""
-        return self.http_status == 410
-
-
 @functools.lru_cache(maxsize=64)
-def _timeout(total: float) -> aiohttp.ClientTimeout:
+def timeout_of(total: float) -> aiohttp.ClientTimeout:
     # A handful of distinct timeouts exist (the default and per-destination overrides).
     return aiohttp.ClientTimeout(total=total)
 
@@ -72,13 +67,6 @@ def _refusal_for_url(url: str, allowed: tuple[ssrf.Network, ...]) -> str | None:
 DEFAULT_FORMATS = webhook_formats.Formats()
 
 
-def _json_map(text: str | None) -> dict[str, str]:
-    if not text or text == "{}":
-        return {}
-    value = orjson.loads(text)
-    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
-
-
 def build_request(
     claimed: Claimed, now: float, formats: webhook_formats.Formats | None = None
 ) -> tuple[dict[str, str], bytes]:
@@ -87,7 +75,7 @@ def build_request(
 
     Custom headers come first, as in Outpost, so the format's headers replace them."""
     body = claimed.body.encode()
-    secrets = [claimed.secret]
+    secrets = [claimed.secret] if claimed.secret else []
     if claimed.previous_secret and claimed.previous_secret_valid:
         secrets.append(claimed.previous_secret)
 
@@ -99,8 +87,8 @@ def build_request(
         headers,
         event_id=claimed.event_id,
         topic=claimed.topic,
-        metadata=_json_map(claimed.metadata),
-        delivery_metadata=_json_map(claimed.delivery_metadata),
+        metadata=json_map(claimed.metadata),
+        delivery_metadata=json_map(claimed.delivery_metadata),
         secrets=secrets,
         now=now,
         body=body,
@@ -167,16 +155,11 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
 
 
-def _clean(text: str) -> str:
-    # PostgreSQL text cannot hold NUL; a receiver's body may contain it.
-    return text.replace("\x00", "\ufffd")
-
-
 def _headers(raw: Iterable[tuple[str, str]]) -> dict[str, str]:
     kept: dict[str, str] = {}
     for name, value in itertools.islice(raw, MAX_RESPONSE_HEADERS):
-        key = _clean(name.lower())
-        kept[key] = f"{kept[key]}, {_clean(value)}" if key in kept else _clean(value)
+        key = clean(name.lower())
+        kept[key] = f"{kept[key]}, {clean(value)}" if key in kept else clean(value)
     return kept
 
 
@@ -195,6 +178,49 @@ async def _read_capped(response: aiohttp.ClientResponse, cap: int) -> bytes:
     return b"".join(chunks)
 
 
+async def send(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    client_timeout: aiohttp.ClientTimeout,
+    body_cap: int,
+    attempt: Attempt,
+) -> Outcome:
+    """POST ``body`` and describe the answer: only a 2xx is a success, a redirect is not
+    followed. Shared by the HTTP types (webhook, hookdeck)."""
+    try:
+        async with session.post(
+            url, data=body, headers=headers, timeout=client_timeout, allow_redirects=False
+        ) as response:
+            raw = await _read_capped(response, body_cap)
+            status = response.status
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            response_headers = _headers(response.headers.items())
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return attempt.failed(*classify_error(exc))
+
+    if len(raw) > body_cap:
+        text = TRUNCATED_PLACEHOLDER.format(cap=body_cap)
+    else:
+        text = clean(raw.decode("utf-8", errors="replace"))
+    return Outcome(
+        200 <= status < 300,
+        attempt.started_at,
+        attempt.elapsed_ms(),
+        http_status=status,
+        error_code="redirect_not_followed" if 300 <= status < 400 else None,
+        response_body=text,
+        response_headers=response_headers,
+        retry_after=retry_after,
+        # The receiver says this endpoint will never take a delivery again.
+        disable_reason=GONE if status == 410 else None,
+    )
+
+
 async def deliver(
     session: aiohttp.ClientSession,
     claimed: Claimed,
@@ -205,48 +231,92 @@ async def deliver(
     formats: webhook_formats.Formats | None = None,
 ) -> Outcome:
     """Send one attempt of a claimed delivery and describe what happened."""
-    started_at = datetime.now(UTC)
-    start = time.perf_counter()
+    attempt = Attempt()
+    url = claimed.url
+    if url is None or claimed.secret is None:  # the table's check forbids it
+        return attempt.failed(INVALID_REQUEST, "a webhook destination without url or secret")
+    try:
+        refused = _refusal_for_url(url, tuple(allowed_networks))
+        if refused is not None:
+            return attempt.failed("blocked_address", refused)
+        headers, body = build_request(claimed, time.time(), formats)
+    except Exception as exc:
+        return attempt.failed(*classify_error(exc))
+    timeout = timeout_of(claimed.timeout_seconds or timeout_seconds)
+    return await send(
+        session, url, headers, body, client_timeout=timeout, body_cap=body_cap, attempt=attempt
+    )
 
-    def elapsed() -> int:
-        return int((time.perf_counter() - start) * 1000)
 
-    def failed(code: str, detail: str) -> Outcome:
-        return Outcome(
-            False, started_at, elapsed(), error_code=code, error_detail=_clean(detail)[:MAX_DETAIL]
+# --- the type ----------------------------------------------------------------------------
+
+
+def target(url: str) -> Target:
+    """A webhook's target: its URL's host (relay's choice; Outpost shows the URL), and
+    the URL."""
+    try:
+        host = URL(url).host or url
+    except ValueError:
+        host = url
+    return Target(host, url)
+
+
+class WebhookPublisher:
+    """Every webhook destination's publisher: the dispatcher's session is the pool."""
+
+    def __init__(self, context: DeliveryContext) -> None:
+        self.context = context
+
+    async def deliver(self, claimed: Claimed) -> Outcome:
+        c = self.context
+        return await deliver(
+            c.session,
+            claimed,
+            timeout_seconds=c.settings.timeout_seconds,
+            body_cap=c.settings.response_body_cap_bytes,
+            allowed_networks=c.allowed_networks,
+            formats=c.formats,
         )
 
-    timeout = _timeout(claimed.timeout_seconds or timeout_seconds)
-    try:
-        refused = _refusal_for_url(claimed.url, tuple(allowed_networks))
-        if refused is not None:
-            return failed("blocked_address", refused)
-        headers, body = build_request(claimed, time.time(), formats)
-        async with session.post(
-            claimed.url, data=body, headers=headers, timeout=timeout, allow_redirects=False
-        ) as response:
-            raw = await _read_capped(response, body_cap)
-            status = response.status
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            response_headers = _headers(response.headers.items())
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        return failed(*classify_error(exc))
+    async def close(self) -> None:
+        """The session is the dispatcher's to close."""
 
-    if len(raw) > body_cap:
-        text = TRUNCATED_PLACEHOLDER.format(cap=body_cap)
-    else:
-        text = _clean(raw.decode("utf-8", errors="replace"))
-    success = 200 <= status < 300
-    error_code = "redirect_not_followed" if 300 <= status < 400 else None
-    return Outcome(
-        success,
-        started_at,
-        elapsed(),
-        http_status=status,
-        error_code=error_code,
-        response_body=text,
-        response_headers=response_headers,
-        retry_after=retry_after,
-    )
+
+class WebhookProvider(Provider):
+    """Webhook destinations keep relay's own columns (url, custom_headers, secret and its
+    rotation, webhook_mode), so the API's webhook rules live in relay/api/destinations.py
+    and the config file's in relay/config.py; this is the type as the registry sees it."""
+
+    shared = True
+
+    def problems(self, config: Mapping[str, str], credentials: Mapping[str, str]) -> list[str]:
+        problem = webhooks.url_problem(config.get("url", ""))
+        found = [f"config.url {problem}"] if problem else []
+        raw = config.get("custom_headers")
+        if raw:
+            try:
+                headers = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                headers = None
+            if not isinstance(headers, dict):
+                found.append("config.custom_headers must be a JSON object of strings")
+            else:
+                found += [f"config.custom_headers: {p}" for p in webhooks.header_problems(headers)]
+        return found
+
+    def target(
+        self, config: Mapping[str, str], credentials: Mapping[str, str], topics: Sequence[str]
+    ) -> Target:
+        return target(config.get("url", ""))
+
+    def shown(
+        self, config: Mapping[str, str], credentials: Mapping[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        # As Outpost: a webhook's secrets are shown (the receiver needs them to verify).
+        return dict(config), dict(credentials)
+
+    def publisher(self, claimed: Claimed, context: DeliveryContext) -> WebhookPublisher:
+        return WebhookPublisher(context)
+
+
+PROVIDER = WebhookProvider(registry.schema("webhook"))

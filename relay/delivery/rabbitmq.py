@@ -1,0 +1,212 @@
+"""The rabbitmq type: each event is one message on an exchange (aio-pika).
+
+As Outpost's destrabbitmq: the exchange from config (the default exchange when empty), the
+event's topic as the routing key, its data as the body (``application/json``), the
+merged metadata (event-id, topic, timestamp, delivery_metadata, the event's metadata) as
+message headers, ``mandatory`` off (a message no queue is bound for is the broker's to
+drop). Unlike Outpost, relay waits for the broker's publisher confirm before it calls an
+attempt a success, so a refused message (no such exchange, access refused) is a failed
+attempt, retried on the schedule, not a message lost.
+
+One connection and channel per destination (relay/delivery/pool.py keeps the
+publisher); a closed connection or channel is opened again by the next delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+import aio_pika
+import aio_pika.abc
+from aiormq import exceptions as amqp
+
+from relay.delivery import registry
+from relay.delivery.base import (
+    AUTH_FAILED,
+    TIMEOUT,
+    Attempt,
+    DeliveryContext,
+    Outcome,
+    Provider,
+    Target,
+    brief,
+    checked,
+    json_map,
+    make_metadata,
+    network_code,
+)
+
+if TYPE_CHECKING:
+    from relay.db.outbox import Claimed
+
+# Outpost's codes (ClassifyRabbitMQError), for what the broker refuses.
+EXCHANGE_NOT_FOUND = "exchange_not_found"
+ACCESS_DENIED = "access_denied"
+CHANNEL_ERROR = "channel_error"
+CONNECTION_FORCED = "connection_forced"
+RABBITMQ_ERROR = "rabbitmq_error"
+
+
+def classify(exc: BaseException) -> str:
+    """A stable code for a failed publish."""
+    if isinstance(exc, amqp.ChannelNotFoundEntity):
+        return EXCHANGE_NOT_FOUND
+    if isinstance(exc, amqp.ChannelAccessRefused):
+        return ACCESS_DENIED
+    if isinstance(exc, amqp.ProbableAuthenticationError | amqp.AuthenticationError):
+        return AUTH_FAILED
+    if isinstance(exc, amqp.ConnectionClosed) and "CONNECTION_FORCED" in str(exc):
+        return CONNECTION_FORCED
+    if isinstance(exc, amqp.AMQPConnectionError | OSError):
+        # aiormq wraps the socket's error (refused, DNS, TLS, reset) as its cause.
+        cause = exc.__cause__
+        return (cause and network_code(cause)) or network_code(exc) or RABBITMQ_ERROR
+    if isinstance(exc, TimeoutError):
+        return TIMEOUT
+    if isinstance(exc, amqp.AMQPChannelError | amqp.ChannelInvalidStateError):
+        return CHANNEL_ERROR
+    return RABBITMQ_ERROR
+
+
+def server_url(config: Mapping[str, str], credentials: Mapping[str, str]) -> str:
+    """The AMQP URL of a destination: amqp(s)://user:password@<server_url>."""
+    scheme = "amqps" if checked(config.get("tls")) else "amqp"
+    user = quote(credentials.get("username", ""), safe="")
+    password = quote(credentials.get("password", ""), safe="")
+    return f"{scheme}://{user}:{password}@{config.get('server_url', '')}"
+
+
+class RabbitMQPublisher:
+    """One destination's connection and channel, opened on first use and again after
+    either closed."""
+
+    def __init__(self, url: str, exchange: str, context: DeliveryContext) -> None:
+        self.url = url
+        self.exchange_name = exchange
+        self.context = context
+        self._lock = asyncio.Lock()
+        self._connection: aio_pika.Connection | None = None
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
+
+    async def _ready(
+        self, connect_seconds: float
+    ) -> tuple[aio_pika.Connection, aio_pika.abc.AbstractExchange]:
+        """The open connection and the exchange, opening what is closed."""
+        async with self._lock:
+            # Closed by us (is_closed), or by the broker or the network (no longer
+            # connected: aio-pika's own flag stays unset then).
+            if (
+                self._connection is None
+                or self._connection.is_closed
+                or not self._connection.connected.is_set()
+            ):
+                self._drop(self._connection)
+                connection = aio_pika.Connection(aio_pika.connection.make_url(self.url))
+                try:
+                    await connection.connect(timeout=connect_seconds)
+                except BaseException:
+                    # Closed, so that it does not try to close itself when collected.
+                    await connection.close()
+                    raise
+                self._connection = connection
+            connection = self._connection
+            if self._channel is None or self._channel.is_closed or self._exchange is None:
+                try:
+                    channel = await connection.channel(publisher_confirms=True)
+                    self._channel = channel
+                    self._exchange = (
+                        await channel.get_exchange(self.exchange_name, ensure=False)
+                        if self.exchange_name
+                        else channel.default_exchange
+                    )
+                except BaseException:
+                    self._drop(connection)
+                    raise
+            assert self._exchange is not None
+            return connection, self._exchange
+
+    async def deliver(self, claimed: Claimed) -> Outcome:
+        attempt = Attempt()
+        seconds = claimed.timeout_seconds or self.context.settings.timeout_seconds
+        headers = make_metadata(
+            claimed.event_id,
+            claimed.topic,
+            time.time(),
+            json_map(claimed.delivery_metadata),
+            json_map(claimed.metadata),
+            milliseconds=self.context.milliseconds,
+        )
+        message = aio_pika.Message(
+            claimed.body.encode(), content_type="application/json", headers=dict(headers)
+        )
+        connection = None
+        try:
+            connection, exchange = await self._ready(seconds)
+            # Returns once the broker confirms it (publisher confirms are on).
+            await exchange.publish(message, routing_key=claimed.topic, mandatory=False)
+        except asyncio.CancelledError:
+            # Cut short (the attempt's timeout, or relay stopping): the connection's
+            # state is unknown; the next delivery opens another.
+            self._drop(connection)
+            raise
+        except Exception as exc:
+            # A channel error closed the channel only (the next delivery opens one);
+            # anything else may have broken the connection.
+            if not isinstance(exc, amqp.AMQPChannelError | amqp.ChannelInvalidStateError):
+                self._drop(connection)
+            return attempt.failed(classify(exc), brief(exc))
+        return attempt.succeeded()
+
+    def _drop(self, connection: aio_pika.Connection | None) -> None:
+        """Let go of ``connection`` if it is still the one in use (a delivery on an older
+        one must not drop the newer)."""
+        if connection is None or connection is not self._connection:
+            return
+        self._connection = None
+        self._channel = self._exchange = None
+        # Not awaited: a hung broker must not hold the attempt.
+        task = asyncio.ensure_future(connection.close())
+        task.add_done_callback(_ignore_failure)
+
+    async def close(self) -> None:
+        async with self._lock:
+            connection, self._connection = self._connection, None
+            self._channel = self._exchange = None
+            if connection is not None:
+                await connection.close()
+
+
+def _ignore_failure(task: asyncio.Future[None]) -> None:
+    # Closing a connection that broke fails too; there is nothing more to do with it.
+    if not task.cancelled():
+        task.exception()
+
+
+class RabbitMQProvider(Provider):
+    def normalise(
+        self, config: Mapping[str, str], credentials: Mapping[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        # As Outpost's Preprocess: tls "on" is "true", absent or empty is "false".
+        config = dict(config)
+        config["tls"] = "true" if checked(config.get("tls")) else "false"
+        return config, dict(credentials)
+
+    def target(
+        self, config: Mapping[str, str], credentials: Mapping[str, str], topics: Sequence[str]
+    ) -> Target:
+        # Outpost's: the exchange, then the topics that route there.
+        return Target(config.get("exchange", "") + " -> " + ", ".join(topics))
+
+    def publisher(self, claimed: Claimed, context: DeliveryContext) -> RabbitMQPublisher:
+        config = json_map(claimed.config)
+        return RabbitMQPublisher(
+            server_url(config, json_map(claimed.credentials)), config.get("exchange", ""), context
+        )
+
+
+PROVIDER = RabbitMQProvider(registry.schema("rabbitmq"))

@@ -1,0 +1,377 @@
+"""rabbitmq destinations against the real RabbitMQ at 127.0.0.1:5672 (guest/guest): the
+destination contract, then what a broker connection must do (one per destination,
+reconnecting, closed at stop, a hung broker failing only its own deliveries)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aio_pika.abc
+import orjson
+import pytest
+
+from relay.config import load_settings
+from relay.delivery import pool
+from tests.support.contract import (
+    SCHEDULE,
+    Broker,
+    Contract,
+    DestinationContract,
+    Received,
+    wait_until,
+)
+from tests.support.receiver import Reply
+from tests.support.relay import ADMIN_KEY, RelayProcess, admin_headers, free_port, make_settings
+from tests.support.tcpproxy import TcpProxy
+
+HOST, PORT = "127.0.0.1", 5672
+
+
+class RabbitBroker(Broker):
+    type = "rabbitmq"
+    extra = "rabbitmq"
+    library = "aio_pika"
+    refused_codes = frozenset({"exchange_not_found"})
+    sensitive = ("password", "guest")
+
+    def __init__(self) -> None:
+        self.exchange = f"relay-test-{uuid.uuid4().hex[:12]}"
+        self.missing = f"relay-test-missing-{uuid.uuid4().hex[:12]}"
+        self.port = PORT
+        self.connection: aio_pika.abc.AbstractRobustConnection | None = None
+        self.channel: aio_pika.abc.AbstractChannel | None = None
+        self.queue: aio_pika.abc.AbstractQueue | None = None
+
+    async def __aenter__(self) -> RabbitBroker:
+        try:
+            self.connection = await aio_pika.connect_robust(
+                f"amqp://guest:guest@{HOST}:{PORT}/", timeout=5
+            )
+        except (OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
+            pytest.skip(f"RabbitMQ is not running at {HOST}:{PORT} (guest/guest): {exc}")
+        self.channel = await self.connection.channel()
+        self.queue = await self._bound(self.exchange)
+        return self
+
+    async def _bound(self, exchange_name: str) -> aio_pika.abc.AbstractQueue:
+        """A topic exchange and a queue of this test's that gets all it routes."""
+        assert self.channel is not None
+        exchange = await self.channel.declare_exchange(
+            exchange_name, aio_pika.ExchangeType.TOPIC, auto_delete=True
+        )
+        queue = await self.channel.declare_queue(exclusive=True)
+        await queue.bind(exchange, routing_key="#")
+        return queue
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+
+    def destination(self) -> dict[str, Any]:
+        return {
+            "config": {"server_url": f"{HOST}:{self.port}", "exchange": self.exchange},
+            "credentials": {"username": "guest", "password": "guest"},
+        }
+
+    async def receive(self, timeout: float = 10.0) -> Received:
+        assert self.queue is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (message := await self.queue.get(no_ack=True, fail=False)) is None:
+            if loop.time() > deadline:
+                raise AssertionError(f"no message on {self.queue.name} within {timeout} s")
+            await asyncio.sleep(0.05)
+        return Received(
+            message.body,
+            {k.lower(): str(v) for k, v in (message.headers or {}).items()},
+            {"routing_key": message.routing_key, "content_type": message.content_type},
+        )
+
+    async def refusing(self) -> dict[str, Any]:
+        values = self.destination()
+        values["config"]["exchange"] = self.missing
+        return values
+
+    async def stop_refusing(self) -> None:
+        self.queue = await self._bound(self.missing)
+
+    def down(self) -> dict[str, Any]:
+        values = self.destination()
+        values["config"]["server_url"] = f"{HOST}:{free_port()}"
+        return values
+
+    def config_change(self) -> dict[str, str]:
+        return {"exchange": "another-exchange"}
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[RabbitBroker]:
+    async with RabbitBroker() as b:
+        yield b
+
+
+class TestRabbitMQ(DestinationContract):
+    """The contract (tests/support/contract.py) against RabbitMQ."""
+
+
+async def relay_with(
+    start_relay: Any, database_url: str, http: Any, db: Any, broker: RabbitBroker, **delivery: Any
+) -> Contract:
+    settings = make_settings(
+        database_url, delivery={"retry": {"schedule_seconds": SCHEDULE, "jitter": 0}} | delivery
+    )
+    return Contract(http, await start_relay(settings), db, broker)
+
+
+async def test_a_message_is_routed_by_its_topic_as_json(
+    start_relay: Any, database_url: str, http: Any, db: Any, broker: RabbitBroker
+) -> None:
+    relay = await relay_with(start_relay, database_url, http, db, broker)
+    created = await relay.create(broker.destination(), topics=["order.created", "order.paid"])
+    # Outpost's target: the exchange, then the topics; no target_url.
+    assert created["target"] == f"{broker.exchange} -> order.created, order.paid"
+    assert "target_url" not in created
+    assert created["config"]["tls"] == "false"  # as Outpost's Preprocess stores it
+    await relay.publish(b'{"id": 7}', topic="order.paid")
+    message = await broker.receive()
+    assert message.extra == {"routing_key": "order.paid", "content_type": "application/json"}
+
+
+async def test_one_connection_per_destination_reused_and_opened_again_when_cut(
+    start_relay: Any, database_url: str, http: Any, db: Any, broker: RabbitBroker
+) -> None:
+    async with TcpProxy(HOST, PORT) as proxy:
+        broker.port = proxy.port
+        relay = await relay_with(start_relay, database_url, http, db, broker)
+        await relay.create(broker.destination())
+        for n in range(20):
+            await relay.publish(b'{"n": %d}' % n, topic="t")
+        bodies = {(await broker.receive()).body for _ in range(20)}
+        assert len(bodies) == 20
+        assert proxy.accepted == 1  # twenty deliveries, one connection
+
+        proxy.cut()  # the broker restarts, say
+        ids = [await relay.publish(b'{"after": %d}' % n, topic="t") for n in range(5)]
+        for _ in range(5):
+            await broker.receive(timeout=20)
+
+        async def all_delivered() -> bool:
+            return all([await relay.delivery_status(i) == "delivered" for i in ids])
+
+        await wait_until(all_delivered, timeout=20)
+        assert proxy.accepted == 2
+
+
+async def test_a_hung_broker_fails_its_own_deliveries_only(
+    start_relay: Any,
+    database_url: str,
+    http: Any,
+    db: Any,
+    broker: RabbitBroker,
+    receiver: Any,
+) -> None:
+    async with TcpProxy(HOST, PORT) as proxy:
+        broker.port = proxy.port
+        relay = await relay_with(start_relay, database_url, http, db, broker, timeout_seconds=1.0)
+        await relay.create(broker.destination(), id="queue")
+        await relay.create({"config": {"url": receiver.url("/hook")}}, type="webhook", id="hook")
+        proxy.hang()
+        stuck = [await relay.publish(b'{"n": %d}' % n, topic="t") for n in range(5)]
+        # The webhook beside it is delivered meanwhile, each at once.
+        await receiver.wait_for(5, path="/hook", timeout=15)
+
+        async def timed_out() -> bool:
+            rows = await relay.attempts(stuck[0], "queue")
+            return bool(rows) and rows[0]["error_code"] == "timeout"
+
+        await wait_until(timed_out, timeout=15)
+        [first, *_] = await relay.attempts(stuck[0], "queue")
+        assert first["status"] == "failed" and first["error_detail"] == "no answer within 1 s"
+        proxy.resume()
+        for _ in range(5):
+            await broker.receive(timeout=30)
+
+        async def all_delivered() -> bool:
+            return all([await relay.delivery_status(i, "queue") == "delivered" for i in stuck])
+
+        await wait_until(all_delivered, timeout=30)
+
+
+async def test_stopping_relay_closes_its_broker_connections(
+    start_relay: Any, database_url: str, http: Any, db: Any, broker: RabbitBroker
+) -> None:
+    async with TcpProxy(HOST, PORT) as proxy:
+        broker.port = proxy.port
+        relay = await relay_with(start_relay, database_url, http, db, broker)
+        await relay.create(broker.destination())
+        await relay.publish(b"{}", topic="t")
+        await broker.receive()
+        assert proxy.open == 1
+        await relay.server.close()
+
+        async def closed() -> bool:
+            return proxy.open == 0
+
+        await wait_until(closed, timeout=10)
+
+
+async def test_a_changed_config_is_delivered_through_a_new_connection(
+    start_relay: Any, database_url: str, http: Any, db: Any, broker: RabbitBroker
+) -> None:
+    relay = await relay_with(start_relay, database_url, http, db, broker)
+    await relay.create(broker.destination(), id="q")
+    await relay.publish(b'{"before": 1}', topic="t")
+    assert (await broker.receive()).body == b'{"before": 1}'
+    other = await broker._bound(broker.missing)
+    status, _ = await relay.call(
+        "PATCH", "/tenants/acme/destinations/q", {"config": {"exchange": broker.missing}}
+    )
+    assert status == 200
+    broker.queue = other
+    await relay.publish(b'{"after": 1}', topic="t")
+    assert (await broker.receive()).body == b'{"after": 1}'
+
+
+async def test_a_destination_in_the_config_file_with_its_password_from_the_environment(
+    tmp_path: Path, start_relay: Any, database_url: str, http: Any, db: Any, broker: RabbitBroker
+) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text(f"""
+[server]
+admin_api_key = "{ADMIN_KEY}"
+port = 0
+[database]
+url = "{database_url}"
+[[tenants]]
+id = "acme"
+[[tenants.destinations]]
+id = "queue"
+type = "rabbitmq"
+topics = ["order.created"]
+config = {{ server_url = "{HOST}:{PORT}", exchange = "{broker.exchange}", tls = false }}
+credentials = {{ username = "guest" }}
+credentials_env = {{ password = "TEST_RABBITMQ_PASSWORD" }}
+""")
+    settings = load_settings(config, env={"TEST_RABBITMQ_PASSWORD": "guest"})
+    server = await start_relay(settings)
+    relay = Contract(http, server, db, broker)
+    event_id = await relay.publish(b'{"from": "file"}', topic="order.created")
+    assert (await broker.receive()).body == b'{"from": "file"}'
+    status, found = await relay.call("GET", "/tenants/acme/destinations/queue")
+    assert status == 200 and found["credentials"] == {"username": "guest", "password": "*****"}
+    assert found["config"]["tls"] == "false"
+    await wait_until(lambda: _delivered(relay, event_id))
+    # A wrong key names itself, and a missing variable stops the start.
+    config.write_text(config.read_text().replace("server_url", "server"))
+    with pytest.raises(Exception, match=r"destinations\[0\]\.config\.server_url: is required"):
+        load_settings(config, env={"TEST_RABBITMQ_PASSWORD": "guest"})
+    with pytest.raises(Exception, match="TEST_RABBITMQ_PASSWORD is not set"):
+        load_settings(config, env={})
+
+
+async def _delivered(relay: Contract, event_id: str) -> bool:
+    return await relay.delivery_status(event_id) == "delivered"
+
+
+@pytest.mark.slow
+async def test_relay_serve_as_users_start_it_delivers_to_rabbitmq(
+    tmp_path: Path, http: Any, db: Any, database_url: str, broker: RabbitBroker
+) -> None:
+    """`relay serve` (uvloop and all defaults), a rabbitmq destination in its file."""
+    port = free_port()
+    config = tmp_path / "relay.toml"
+    config.write_text(f"""
+[server]
+port = {port}
+admin_api_key = "{ADMIN_KEY}"
+health_port = 0
+
+[[tenants]]
+id = "acme"
+
+[[tenants.destinations]]
+id = "queue"
+type = "rabbitmq"
+config = {{ server_url = "{HOST}:{PORT}", exchange = "{broker.exchange}" }}
+credentials_env = {{ username = "TEST_RABBITMQ_USER", password = "TEST_RABBITMQ_PASSWORD" }}
+""")
+    env = {
+        "RELAY_DATABASE_URL": database_url,
+        "TEST_RABBITMQ_USER": "guest",
+        "TEST_RABBITMQ_PASSWORD": "guest",
+    }
+    serve = RelayProcess("serve", config, tmp_path / "serve.log", env)
+    try:
+        await serve.ready(f"http://127.0.0.1:{port}/healthz")
+        async with http.post(
+            f"http://127.0.0.1:{port}/api/v1/publish",
+            json={"tenant_id": "acme", "topic": "order.created", "data": {"n": 1}},
+            headers=admin_headers(),
+        ) as resp:
+            assert resp.status == 202, await resp.text()
+        message = await broker.receive(timeout=20)
+    finally:
+        code = serve.stop()
+    assert code == 0, serve.log
+    assert orjson.loads(message.body) == {"n": 1}
+    assert message.extra["routing_key"] == "order.created"
+    assert await db.fetchval("SELECT status FROM relay.attempts") == "success"
+
+
+async def test_an_operator_sink_of_the_config_file_may_be_a_rabbitmq_exchange(
+    start_relay: Any, database_url: str, http: Any, db: Any, broker: RabbitBroker, receiver: Any
+) -> None:
+    receiver.reply = lambda n, path: Reply(status=500)
+    sink = {"id": "ops", "type": "rabbitmq", "topics": ["attempt.failed"]}
+    settings = make_settings(
+        database_url,
+        operator_events={"refresh_seconds": 0.2, "sinks": [sink | broker.destination()]},
+        tenants=[{"id": "acme", "destinations": [{"id": "hook", "url": receiver.url()}]}],
+    )
+    relay = Contract(http, await start_relay(settings), db, broker)
+    event_id = await relay.publish(b'{"n": 1}', topic="order.created")
+    message = await broker.receive(timeout=20)
+    assert message.metadata["topic"] == "attempt.failed"
+    body = orjson.loads(message.body)
+    assert body["data"]["event"]["id"] == event_id
+    assert body["data"]["attempt"]["status"] == "failed"
+
+
+async def test_a_publisher_unused_for_a_while_lets_its_connection_go(
+    start_relay: Any,
+    database_url: str,
+    http: Any,
+    db: Any,
+    broker: RabbitBroker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pool, "IDLE_SECONDS", 0.5)
+    monkeypatch.setattr(pool, "SWEEP_SECONDS", 0.1)
+    async with TcpProxy(HOST, PORT) as proxy:
+        relay = await relay_with(start_relay, database_url, http, db, broker)
+        # "idle" connects through the proxy; "busy" straight to the broker.
+        await relay.create(broker.destination(), id="busy")
+        broker.port = proxy.port
+        await relay.create(broker.destination(), id="idle")
+        await relay.publish(b'{"to": "both"}', topic="t")
+        await broker.receive()
+        await broker.receive()
+        assert proxy.open == 1
+        await asyncio.sleep(1.0)
+        # The next delivery (to the other destination) finds it idle and closes it.
+        await relay.publish(b'{"to": "busy"}', topic="t", destination_id="busy")
+        assert (await broker.receive()).body == b'{"to": "busy"}'
+
+        async def closed() -> bool:
+            return proxy.open == 0
+
+        await wait_until(closed, timeout=10)
+        # Used again, it connects again.
+        await relay.publish(b'{"to": "idle"}', topic="t", destination_id="idle")
+        assert (await broker.receive()).body == b'{"to": "idle"}'
+        assert proxy.accepted == 2

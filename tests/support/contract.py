@@ -1,0 +1,340 @@
+"""The contract every destination type keeps, run against its real server (Outpost's
+internal/destregistry/testing/publisher_suite.go is the model).
+
+A type's test module subclasses ``DestinationContract`` and gives a ``broker`` fixture:
+a ``Broker`` that knows how to point a destination at the real server (or at one that
+refuses, or at none), and how to read a message back. Each test then goes through
+relay as a user does: the API creates the destination and publishes the event, the
+dispatcher delivers it, the broker is read, and relay.attempts says what happened.
+
+    class TestRabbitMQ(DestinationContract):
+        @pytest.fixture
+        async def broker(self) -> AsyncIterator[Broker]:
+            async with RabbitBroker() as broker:
+                yield broker
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, ClassVar
+
+import asyncpg
+import orjson
+import pytest
+
+from relay.delivery import registry
+from tests.support.relay import admin_headers, make_settings
+
+API = "/api/v1"
+RFC3339_SECONDS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+# The first retries of the contract's schedule (no jitter): long enough to read between
+# attempts, short enough for a test; plenty of them, so a refusal outlasts a few.
+SCHEDULE = [0.25, 0.25, 0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Received:
+    """A message as the broker holds it: its body, and Outpost's metadata as this type
+    carries it (message headers, x-outpost-* headers, attributes), keys in lower case."""
+
+    body: bytes
+    metadata: dict[str, str]
+    # What else the type sets (routing key, content type, signature, ...).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Broker:
+    """A type's real server as the contract sees it. Subclasses fill in the hooks."""
+
+    type: ClassVar[str]
+    # The pip extra whose absence the API names, and the client library it installs
+    # (None: the type needs nothing beyond relay's own dependencies).
+    extra: ClassVar[str | None] = None
+    library: ClassVar[str | None] = None
+    # Codes of a refused message's failed attempt (HTTP types: the HTTP status instead).
+    refused_codes: ClassVar[frozenset[str]] = frozenset()
+    refused_statuses: ClassVar[frozenset[int]] = frozenset()
+    down_codes: ClassVar[frozenset[str]] = frozenset({"connection_refused"})
+    # The credential Outpost obfuscates in answers, and its value in destination().
+    sensitive: ClassVar[tuple[str, str]]
+
+    def settings(self) -> dict[str, Any]:
+        """Sections of relay's settings the type needs (e.g. its endpoints)."""
+        return {}
+
+    def destination(self) -> dict[str, Any]:
+        """``config`` and ``credentials`` of a destination the server accepts."""
+        raise NotImplementedError
+
+    async def receive(self, timeout: float = 10.0) -> Received:
+        """The next message delivered to that destination."""
+        raise NotImplementedError
+
+    async def refusing(self) -> dict[str, Any]:
+        """``config`` and ``credentials`` of a destination the server refuses for now."""
+        raise NotImplementedError
+
+    async def stop_refusing(self) -> None:
+        """From now on the server takes what ``refusing()`` pointed at; ``receive`` reads it."""
+        raise NotImplementedError
+
+    def down(self) -> dict[str, Any]:
+        """``config`` and ``credentials`` of a destination where no server listens (from
+        ``take_down()`` on, for a type whose server relay's settings name)."""
+        raise NotImplementedError
+
+    async def take_down(self) -> None:
+        """Called once the ``down()`` destination is made: stop what should be down."""
+
+    def config_change(self) -> dict[str, str]:
+        """A change to ``destination()``'s config a merge-patch can make ({}: none)."""
+        return {}
+
+
+class Contract:
+    """A live relay (API and dispatcher) with the broker's settings, and its database."""
+
+    def __init__(self, http: Any, server: Any, db: asyncpg.Connection, broker: Broker) -> None:
+        self.http, self.server, self.db, self.broker = http, server, db, broker
+
+    async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        kwargs = {} if body is None else {"json": body}
+        url = self.server.make_url(API + path)
+        async with self.http.request(method, url, headers=admin_headers(), **kwargs) as resp:
+            return resp.status, await resp.json()
+
+    async def create(self, values: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+        assert (await self.call("PUT", "/tenants/acme"))[0] in (200, 201)
+        body = {"type": self.broker.type, "topics": "*", **values, **extra}
+        status, created = await self.call("POST", "/tenants/acme/destinations", body)
+        assert status == 201, created
+        return created  # type: ignore[no-any-return]
+
+    async def publish(self, raw_data: bytes, **fields: Any) -> str:
+        """Publish with ``data`` exactly as these bytes; the event id."""
+        head = orjson.dumps({"tenant_id": "acme", **fields})[:-1]
+        headers = admin_headers() | {"Content-Type": "application/json"}
+        url = self.server.make_url(API + "/publish")
+        body = head + b',"data":' + raw_data + b"}"
+        async with self.http.post(url, data=body, headers=headers) as r:
+            assert r.status == 202, await r.text()
+            return str((await r.json())["id"])
+
+    async def attempts(self, event_id: str, destination: str | None = None) -> list[Any]:
+        """The event's attempts (to ``destination``, if given), first to last."""
+        return await self.db.fetch(
+            "SELECT a.* FROM relay.attempts a JOIN relay.events e ON e.seq = a.event_seq"
+            " WHERE e.id = $1 AND ($2::text IS NULL OR a.destination_id = $2)"
+            " ORDER BY a.number",
+            event_id,
+            destination,
+        )
+
+    async def delivery_status(self, event_id: str, destination: str | None = None) -> str | None:
+        return await self.db.fetchval(  # type: ignore[no-any-return]
+            "SELECT d.status FROM relay.deliveries d JOIN relay.events e ON e.seq = d.event_seq"
+            " WHERE e.id = $1 AND ($2::text IS NULL OR d.destination_id = $2)",
+            event_id,
+            destination,
+        )
+
+
+class DestinationContract:
+    """What every destination type must do, through relay's API, against its server."""
+
+    @pytest.fixture
+    async def contract(
+        self, broker: Broker, start_relay: Any, database_url: str, http: Any, db: Any
+    ) -> AsyncIterator[Contract]:
+        sections = broker.settings()
+        delivery = {"retry": {"schedule_seconds": SCHEDULE, "jitter": 0}}
+        delivery |= sections.pop("delivery", {})
+        settings = make_settings(database_url, delivery=delivery, **sections)
+        server = await start_relay(settings)
+        yield Contract(http, server, db, broker)
+
+    async def test_an_event_reads_back_as_outpost_sends_it(self, contract: Contract) -> None:
+        broker = contract.broker
+        await contract.create(
+            broker.destination(), delivery_metadata={"app": "relay", "source": "destination"}
+        )
+        data = b'{ "z" : 1.50,\n  "a":[1e2, "\\u00e9", {"k": null}] }'
+        before = time.time()
+        event_id = await contract.publish(
+            data, topic="order.created", metadata={"source": "crm", "region": "eu"}
+        )
+        message = await broker.receive()
+        # The producer's bytes, as Outpost sends the event's data.
+        assert message.body == data
+        # Outpost's MakeMetadata: system keys < delivery_metadata < the event's metadata.
+        meta = message.metadata
+        assert meta["event-id"] == event_id and meta["topic"] == "order.created"
+        assert meta["source"] == "crm" and meta["region"] == "eu" and meta["app"] == "relay"
+        assert RFC3339_SECONDS.match(meta["timestamp"]), meta["timestamp"]
+        stamped = calendar.timegm(time.strptime(meta["timestamp"], "%Y-%m-%dT%H:%M:%SZ"))
+        assert stamped >= int(before) - 1
+        await wait_until(lambda: _status_is(contract, event_id, "delivered"))
+        [attempt] = await contract.attempts(event_id)
+        assert attempt["status"] == "success" and attempt["number"] == 1
+        assert attempt["error_code"] is None
+        # The API shows the attempt as Outpost does (a broker's success is code "OK"), by
+        # the destination's type too, and counts it under that type.
+        status, page = await contract.call(
+            "GET", f"/attempts?event_id={event_id}&destination_type={broker.type}"
+        )
+        assert status == 200 and [a["status"] for a in page["models"]] == ["success"]
+        code = str(attempt["http_status"]) if attempt["http_status"] else "OK"
+        assert page["models"][0]["code"] == code
+        path = f"/attempts?event_id={event_id}&destination_type=kafka"
+        status, page = await contract.call("GET", path)
+        assert status == 200 and page["models"] == []
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        status, metrics = await contract.call(
+            "GET",
+            f"/metrics/attempts?time[start]={day}T00:00:00Z&time[end]=2999-01-01T00:00:00Z"
+            "&measures=count&dimensions=destination_type&dimensions=code",
+        )
+        assert status == 200, metrics
+        assert [(m["dimensions"], m["metrics"]["count"]) for m in metrics["data"]] == [
+            ({"destination_type": broker.type, "code": code}, 1)
+        ]
+
+    async def test_a_refused_message_is_a_failed_attempt_retried_on_schedule(
+        self, contract: Contract
+    ) -> None:
+        broker = contract.broker
+        await contract.create(await broker.refusing())
+        event_id = await contract.publish(b'{"n": 1}', topic="order.created")
+
+        async def failed_twice() -> bool:
+            return len(await contract.attempts(event_id)) >= 2
+
+        await wait_until(failed_twice)
+        first, second = (await contract.attempts(event_id))[:2]
+        for attempt in (first, second):
+            assert attempt["status"] == "failed"
+            assert (
+                attempt["error_code"] in broker.refused_codes
+                or attempt["http_status"] in broker.refused_statuses
+            ), dict(attempt)
+            assert attempt["error_detail"] or attempt["response_body"], dict(attempt)
+        # The second try came on the schedule (its first delay), not at once.
+        assert second["started_at"] - first["started_at"] >= timedelta(seconds=SCHEDULE[0] - 0.05)
+        await broker.stop_refusing()
+        message = await broker.receive(timeout=20)
+        assert message.body == b'{"n": 1}'
+        await wait_until(lambda: _status_is(contract, event_id, "delivered"), timeout=20)
+        attempts = await contract.attempts(event_id)
+        assert [a["number"] for a in attempts] == list(range(1, len(attempts) + 1))
+        assert [a["status"] for a in attempts][-1] == "success"
+
+    async def test_a_server_that_is_down_is_a_failed_attempt_with_its_code(
+        self, contract: Contract
+    ) -> None:
+        broker = contract.broker
+        await contract.create(broker.down())
+        await broker.take_down()
+        event_id = await contract.publish(b'{"n": 2}', topic="order.created")
+
+        async def failed_twice() -> bool:
+            return len(await contract.attempts(event_id)) >= 2
+
+        await wait_until(failed_twice)
+        for attempt in (await contract.attempts(event_id))[:2]:
+            assert attempt["status"] == "failed" and attempt["http_status"] is None
+            assert attempt["error_code"] in broker.down_codes, dict(attempt)
+        assert await contract.delivery_status(event_id) in ("pending", "delivering")
+
+    async def test_the_api_shows_and_updates_it_as_outpost_does(self, contract: Contract) -> None:
+        broker = contract.broker
+        values = broker.destination()
+        created = await contract.create(values, id="d1")
+        key, secret = broker.sensitive
+        # Secrets are never echoed: Outpost's obfuscation (4 characters, then asterisks).
+        shown = created["credentials"][key]
+        assert shown != secret and set(shown[4:]) == {"*"} and len(shown) == len(secret)
+        assert created["type"] == broker.type and created["target"]
+        status, found = await contract.call("GET", "/tenants/acme/destinations/d1")
+        assert status == 200 and found["credentials"][key] == shown
+        assert found["config"] == created["config"]
+        path = f"/tenants/acme/destinations?type={broker.type}"
+        status, listed = await contract.call("GET", path)
+        assert status == 200 and [d["id"] for d in listed] == ["d1"]
+        # Merge-patch: config keys changed one by one, the credentials kept.
+        change = broker.config_change()
+        status, patched = await contract.call(
+            "PATCH",
+            "/tenants/acme/destinations/d1",
+            {"metadata": {"team": "ops"}, "config": change},
+        )
+        assert status == 200 and patched["credentials"][key] == shown
+        assert patched["metadata"] == {"team": "ops"}
+        assert patched["config"] == created["config"] | change
+        stored = await contract.db.fetchval(
+            "SELECT credentials ->> $1 FROM relay.destinations WHERE id = 'd1'", key
+        )
+        assert stored == secret
+        # Every required field missing is named, as Outpost names it.
+        status, answer = await contract.call(
+            "POST", "/tenants/acme/destinations", {"type": broker.type, "topics": "*"}
+        )
+        required = [
+            f"{section}.{f.key} is required"
+            for section, fields in (
+                ("config", registry.schema(broker.type).config_fields),
+                ("credentials", registry.schema(broker.type).credential_fields),
+            )
+            for f in fields
+            if f.required
+        ]
+        assert status == 422 and answer["data"] == required
+        status, answer = await contract.call(
+            "PATCH", "/tenants/acme/destinations/d1", {"type": "webhook"}
+        )
+        assert status == 422 and "type cannot be changed" in answer["message"]
+
+    async def test_without_its_extra_it_is_refused_naming_it(
+        self, contract: Contract, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        broker = contract.broker
+        entry = registry.TYPES[broker.type]
+        assert entry.module is not None and entry.extra == broker.extra
+        if broker.library is None:
+            # Nothing to install: it delivers with relay's own dependencies.
+            assert registry.availability(broker.type) is None
+            return
+        # The client library cannot be imported (as in an install without the extra).
+        monkeypatch.setitem(sys.modules, broker.library, None)  # type: ignore[arg-type]
+        monkeypatch.delitem(sys.modules, entry.module)
+        registry.forget()
+        try:
+            status, answer = await contract.call(
+                "POST",
+                "/tenants/acme/destinations",
+                {"type": broker.type, "topics": "*", **broker.destination()},
+            )
+        finally:
+            monkeypatch.undo()
+            registry.forget()
+        assert status == 422, answer
+        assert f"pip install 'relay[{broker.extra}]'" in answer["message"]
+
+
+async def _status_is(contract: Contract, event_id: str, status: str) -> bool:
+    return await contract.delivery_status(event_id) == status
