@@ -81,7 +81,7 @@ destinations = Table(
     Column("type", Text, nullable=False, server_default="webhook"),
     # ['*'] means every topic.
     Column("topics", ARRAY(Text), nullable=False),
-    # Every type but webhook (migration 0014): Outpost's config and credentials, JSON
+    # Every type but webhook (migration 0017): Outpost's config and credentials, JSON
     # objects of strings (relay/delivery/schemas/<type>.json names their keys). A webhook
     # keeps its own in the columns below (NULL for the other types).
     Column("config", JSONB, nullable=False, server_default=text("'{}'::jsonb")),

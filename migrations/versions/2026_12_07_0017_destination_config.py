@@ -7,8 +7,8 @@
   and pages read; its config and credentials stay empty.
 - url and secret may be NULL, for the other types only.
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-12-08
 """
 
@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision: str = "0014"
-down_revision: str | None = "0013"
+revision: str = "0017"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
