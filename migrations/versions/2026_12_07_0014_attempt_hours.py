@@ -45,6 +45,7 @@ UNTIMED_CODES = (
     "invalid_request",
     "invalid_url",
     "internal_error",
+    "unavailable",
     "unprocessable",
     "lease_expired",
     "interrupted",
@@ -55,7 +56,12 @@ LATENCY = (
     + ") THEN NULL ELSE a.duration_ms END"
 )
 HOUR = "date_bin(interval '1 hour', a.started_at, timestamptz '1970-01-01 00:00:00+00')"
-CODE = "COALESCE(a.http_status::text, a.error_code, '')"
+# As the attempts API spells it (relay/delivery/base.py, attempt_code): the HTTP status,
+# else the error code, else "OK" for a broker's success.
+CODE = (
+    "COALESCE(a.http_status::text, a.error_code,"
+    " CASE WHEN a.status = 'success' THEN 'OK' ELSE '' END)"
+)
 
 
 def _upsert(source: str, shard: str) -> str:

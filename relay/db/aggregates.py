@@ -197,9 +197,6 @@ async def event_metrics(conn: AsyncConnection, q: Query) -> Result:
 async def attempt_metrics(conn: AsyncConnection, q: Query) -> Result:
     """Delivery attempts started in the window: its whole hours from relay.attempt_hours
     when it can answer (``by_hours``), else everything from relay.attempts."""
-    webhook = q.filters.get("destination_type")
-    if webhook is not None and "webhook" not in webhook:
-        return Result([], False)
     hours = hours_within(q.start, q.end)
     if hours is not None and by_hours(q):
         return await _attempt_hours_metrics(conn, q, *hours)
@@ -211,11 +208,8 @@ async def attempt_metrics_from_attempts(conn: AsyncConnection, q: Query) -> Resu
     source = "relay.attempts a"
     if "topic" in q.dimensions or "topic" in q.filters:
         source += " JOIN relay.events e ON e.seq = a.event_seq"
-    if "destination_type" in q.dimensions or "destination_type" in q.filters:
-        source += (
-            " LEFT JOIN relay.destinations dt"
-            " ON dt.tenant_id = a.tenant_id AND dt.id = a.destination_id"
-        )
+    if _by_type(q):
+        source += _type_join("a")
     where = Where()
     where.time("a.started_at", TimeRange(gte=q.start, lt=q.end))
     for name, values in q.filters.items():
@@ -237,13 +231,26 @@ async def attempt_metrics_from_attempts(conn: AsyncConnection, q: Query) -> Resu
     return await _aggregate(conn, q, source, "a.started_at", ATTEMPT_DIMENSIONS, measures, where)
 
 
+def _by_type(q: Query) -> bool:
+    return "destination_type" in q.dimensions or "destination_type" in q.filters
+
+
+def _type_join(rows: str) -> str:
+    """relay.destinations as ``dt``, for ATTEMPT_DIMENSIONS["destination_type"], joined to
+    attempts (or the rollup's rows) named ``rows``."""
+    return (
+        " LEFT JOIN relay.destinations dt"
+        f" ON dt.tenant_id = {rows}.tenant_id AND dt.id = {rows}.destination_id"
+    )
+
+
 # --- attempts by the hour (relay.attempt_hours) ------------------------------------------
 
 # What relay.attempt_hours keeps of an attempt, as columns of ``u`` (the union below).
 HOURLY_DIMENSIONS = {
     "tenant_id": "u.tenant_id",
     "destination_id": "u.destination_id",
-    "destination_type": "'webhook'",
+    "destination_type": ATTEMPT_DIMENSIONS["destination_type"],
     "status": "u.status",
     "code": "u.code",
 }
@@ -323,8 +330,13 @@ async def _attempt_hours_metrics(
     conn: AsyncConnection, q: Query, hours_from: datetime, hours_to: datetime
 ) -> Result:
     rollup, attempts = Where(), Where()
+    # The destination's type is not in the rollup: the union's rows are joined to it.
+    by_type = ""
     for name, values in q.filters.items():
-        if name != "destination_type":
+        if name == "destination_type":
+            by_type = f"WHERE {ATTEMPT_DIMENSIONS[name]} = ANY(:f_{name})"
+            attempts.bind(f"f_{name}", list(values), ARRAY(Text))
+        else:
             rollup.any_of(f"r.{name}", f"f_{name}", values)
             attempts.any_of(ATTEMPT_DIMENSIONS[name], f"f_{name}", values)
     for name, value in (
@@ -372,7 +384,8 @@ async def _attempt_hours_metrics(
             {_ATTEMPT_AS_HOURLY}
             WHERE a.started_at >= (SELECT hours_to FROM bounds)
               AND a.started_at < :window_end AND {attempts.sql()}
-        ) u
+        ) u{_type_join("u") if _by_type(q) else ""}
+        {by_type}
         {f"GROUP BY {positions}" if keys else ""}
         HAVING sum(u.attempts) > 0
         {f"ORDER BY {positions}" if keys else ""}
