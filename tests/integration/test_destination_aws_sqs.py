@@ -288,6 +288,43 @@ async def test_an_endpoint_the_ssrf_guard_refuses_fails_at_once(
     assert "127.0.0.1 is not a public address (loopback)" in attempt["error_detail"]
 
 
+async def test_outposts_sdk_creates_one_and_reads_it_back(
+    start_relay: Any, database_url: str, http: Any, db: Any, broker: SqsBroker
+) -> None:
+    """outpost-sdk's typed aws_sqs destination (with the endpoint and session token its
+    models carry), as a user of Outpost's SDK creates one."""
+    from outpost_sdk import Outpost, models
+
+    relay = await relay_with(start_relay, database_url, http, db, broker)
+    token = "FwoGZXIvYXdzEBYaDEXAMPLETOKEN"
+    queue_url = broker.destination()["config"]["queue_url"]
+    url = str(relay.server.make_url("/api/v1"))
+    async with Outpost(api_key=ADMIN_KEY, server_url=url) as sdk:
+        await sdk.tenants.upsert_async(tenant_id="acme")
+        created = await sdk.destinations.create_async(
+            tenant_id="acme",
+            body={
+                "type": "aws_sqs",
+                "topics": ["order.created"],
+                "config": {"queue_url": queue_url, "endpoint": broker.moto.endpoint},
+                "credentials": {"key": KEY, "secret": SECRET, "session": token},
+            },
+        )
+        assert isinstance(created, models.DestinationAWSSQS)
+        assert created.config.queue_url == queue_url
+        assert created.config.endpoint == broker.moto.endpoint
+        assert created.credentials.secret == SECRET[:4] + "*" * (len(SECRET) - 4)
+        assert created.credentials.session == token[:4] + "*" * (len(token) - 4)
+        assert created.target == queue_url
+        await sdk.publish_async(
+            request={"tenant_id": "acme", "topic": "order.created", "data": {"n": 1}}
+        )
+        message = await broker.receive()
+        assert orjson.loads(message.body) == {"n": 1}
+        fetched = await sdk.destinations.get_async(tenant_id="acme", destination_id=created.id)
+        assert isinstance(fetched, models.DestinationAWSSQS)
+
+
 def _address(server: Moto | KeepAlive) -> tuple[str, int]:
     host, port = server.endpoint.removeprefix("http://").split(":")
     return host, int(port)
