@@ -234,7 +234,8 @@ def session() -> AioSession:
 
 class AwsPublisher:
     """One destination's client, made on first use, closed by ``close()``. A type's
-    publisher says how an event becomes a request (``send``)."""
+    publisher names its ``operation`` and says how an event becomes its parameters
+    (``request``) and what a success keeps (``summary``)."""
 
     operation: ClassVar[str]
 

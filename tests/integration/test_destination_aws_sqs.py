@@ -276,16 +276,23 @@ async def test_an_endpoint_the_ssrf_guard_refuses_fails_at_once(
 ) -> None:
     settings = make_settings(database_url, delivery={"allow_private_networks": []})
     relay = Contract(http, await start_relay(settings), db, broker)
-    await relay.create(broker.destination())
+    # An IP literal, judged before the call; a name, judged by what it resolves to.
+    await relay.create(broker.destination(), id="literal")
+    broker.endpoint = broker.moto.endpoint.replace("127.0.0.1", "localhost")
+    await relay.create(broker.destination(), id="name")
     event_id = await relay.publish(b"{}", topic="t")
 
     async def failed() -> bool:
-        return await relay.delivery_status(event_id) == "failed"
+        statuses = [await relay.delivery_status(event_id, d) for d in ("literal", "name")]
+        return statuses == ["failed", "failed"]
 
     await wait_until(failed)
-    [attempt] = await relay.attempts(event_id)
-    assert attempt["error_code"] == "blocked_address"
-    assert "127.0.0.1 is not a public address (loopback)" in attempt["error_detail"]
+    [literal] = await relay.attempts(event_id, "literal")
+    assert literal["error_code"] == "blocked_address"
+    assert "127.0.0.1 is not a public address (loopback)" in literal["error_detail"]
+    [name] = await relay.attempts(event_id, "name")
+    assert name["error_code"] == "blocked_address"
+    assert "is not a public address (loopback)" in name["error_detail"], name["error_detail"]
 
 
 async def test_outposts_sdk_creates_one_and_reads_it_back(
