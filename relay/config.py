@@ -257,6 +257,14 @@ class HookdeckSettings(_Strict):
         return _http_base_url(value)
 
 
+class AwsKinesisSettings(_Strict):
+    """How aws_kinesis destinations shape a record (Outpost's
+    DESTINATIONS_AWS_KINESIS_METADATA_IN_PAYLOAD)."""
+
+    # Each record is {"data": <the event's data>, "metadata": {...}}; false: the data alone.
+    metadata_in_payload: bool = True
+
+
 class DeliverySettings(_Strict):
     # The format of destinations that do not choose one: "standard" (Outpost's standard
     # mode: Standard Webhooks) or "outpost" (Outpost's default mode: x-outpost-*).
@@ -276,6 +284,7 @@ class DeliverySettings(_Strict):
     allow_private_networks: list[str] = Field(default_factory=list)
     retry: RetrySettings = RetrySettings()
     hookdeck: HookdeckSettings = HookdeckSettings()
+    aws_kinesis: AwsKinesisSettings = AwsKinesisSettings()
 
     @field_validator("allow_private_networks")
     @classmethod
@@ -713,6 +722,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
         f"RELAY_WEBHOOK_OUTPOST_{key.upper()}": (*_OUTPOST, key)
         for key in OutpostWebhookSettings.model_fields
     },
+    "RELAY_AWS_KINESIS_METADATA_IN_PAYLOAD": ("delivery", "aws_kinesis", "metadata_in_payload"),
     "RELAY_RETENTION_DAYS": ("retention", "max_age_days"),
     "RELAY_LOG_LEVEL": ("logging", "level"),
     "RELAY_LOG_FORMAT": ("logging", "format"),

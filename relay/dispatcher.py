@@ -59,7 +59,7 @@ from relay.claiming import SWEEP_SECONDS, Claims, Destination, Take
 from relay.config import DeliverySettings
 from relay.db import outbox
 from relay.db.engine import connect_raw, is_connection_failure
-from relay.delivery.base import INTERNAL_ERROR, Outcome
+from relay.delivery.base import FORMAT_ERROR, INTERNAL_ERROR, Outcome
 from relay.delivery.pool import Deliverer
 from relay.metrics import Metrics, attempt_outcome
 from relay.retry import RetryPolicy, next_delay
@@ -82,10 +82,11 @@ def ahead_of(cap: int) -> int:
 SPLIT_AFTER_FAILURES = 3
 
 
-# Failures no retry can change: the SSRF guard refuses the destination's address until
-# its configuration changes. Retrying them on the schedule only delays the verdict; the
-# delivery fails at once, and a replay sends it once the range is opened.
-PERMANENT_ERRORS = frozenset({"blocked_address"})
+# Failures no retry can change: the SSRF guard refuses the destination's address, or the
+# destination cannot make a message of the event (an S3 key template that gives no key),
+# until its configuration changes. Retrying them on the schedule only delays the verdict;
+# the delivery fails at once, and a replay sends it once the configuration is fixed.
+PERMANENT_ERRORS = frozenset({"blocked_address", FORMAT_ERROR})
 
 
 def decide(claimed: outbox.Claimed, outcome: Outcome, policy: RetryPolicy) -> outbox.Recorded:
@@ -613,7 +614,7 @@ class Dispatcher:
             not outcome.success, outcome.http_status, outcome.error_code, outcome.disable_reason
         ):
             self._unjudged[claimed.destination] += 1
-        if outcome.http_status in outbox.SLOW_DOWN_STATUSES:  # a timeout pauses nothing
+        if outbox.pauses(outcome.http_status, outcome.error_code):  # a timeout does not
             self._pause(claimed.destination, outcome.retry_after)
         recorded = decide(claimed, outcome, self.policy)
         recorded.trace_id = trace_id

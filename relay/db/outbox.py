@@ -70,13 +70,15 @@ def announced(payload: str) -> tuple[Destination, datetime] | None:
 
 # What a delivery needs, from a claimed row joined to its event (e) and destination (t).
 # Only values the driver reads back whatever the producer sent: text, numbers, booleans
-# and relay's own timestamps (the event's `time`, the producer's, is not needed here).
+# and relay's own timestamps (the event's `time`, the producer's, comes as the text of
+# its epoch seconds: exact, and readable whatever it is, infinity included).
 _CLAIMED = """
     d.id, d.attempts, d.tenant_id, d.destination_id,
     {manual} AS manual, e.seq AS event_seq, e.id AS event_id, e.topic,
     COALESCE(e.body, e.data)::text AS body,
     e.metadata::text AS metadata, e.eligible_for_retry,
     e.created_at AS published_at, d.updated_at AS claimed_at,
+    extract(epoch FROM e.time)::text AS event_time,
     t.type, t.config::text AS config, t.credentials::text AS credentials,
     t.url, t.custom_headers::text AS custom_headers, t.secret, t.previous_secret,
     t.previous_secret_invalid_at > now() AS previous_secret_valid,
@@ -754,6 +756,9 @@ class Claimed:
     # whether a head that finally fails blocks its key (else it is skipped).
     ordering_key: str | None = None
     ordering_blocks: bool = False
+    # The event's `time` (the producer's, else its publish time) in seconds since the
+    # epoch, as text (what S3 object keys are made of).
+    event_time: str | None = None
 
     @property
     def position(self) -> Position | None:
@@ -975,6 +980,7 @@ def _claimed(r: Mapping[str, Any], token: uuid.UUID) -> Claimed:
         trace_context=r["trace_context"],
         ordering_key=r["ordering_key"],
         ordering_blocks=bool(r["ordering_blocks"]),
+        event_time=r["event_time"],
     )
 
 
@@ -1113,15 +1119,25 @@ class Disabled:
 
 # Answers that slow the whole destination down (adaptive backoff).
 SLOW_DOWN_STATUSES = frozenset({429, 503})
-SLOW_DOWN_ERRORS = frozenset({"timeout"})
+# A broker's "too many requests" (relay/delivery/base.py THROTTLED): taken as a 429.
+PAUSE_ERRORS = frozenset({"throttled"})
+SLOW_DOWN_ERRORS = frozenset({"timeout"}) | PAUSE_ERRORS
 
 
 def slows_down(http_status: int | None, error_code: str | None) -> bool:
-    """A 429, a 503 or a timeout: the receiver is overwhelmed. Pure."""
+    """A 429, a 503, a broker's throttling or a timeout: the receiver is overwhelmed. Pure."""
     return http_status in SLOW_DOWN_STATUSES or error_code in SLOW_DOWN_ERRORS
 
 
+def pauses(http_status: int | None, error_code: str | None) -> bool:
+    """A 429, a 503 or a broker's throttling: the destination gets nothing for a while
+    (its Retry-After, else PAUSE_SECONDS); a timeout took its time already. Pure."""
+    return http_status in SLOW_DOWN_STATUSES or error_code in PAUSE_ERRORS
+
+
 def _slowed_by(r: Recorded) -> str:
+    if r.http_status is None and r.error_code in PAUSE_ERRORS:
+        return f"the receiver refused: too many requests ({r.error_code})"
     if r.http_status is None:
         return f"the receiver did not answer in time ({r.error_code})"
     said = "" if r.retry_after is None else f" with Retry-After: {r.retry_after:g}"
@@ -1183,7 +1199,7 @@ def health_changes(batch: Sequence[Recorded]) -> list[HealthChange]:
             h[3] += 1
             if r.retry_after is not None:
                 h[4] = max(h[4] or 0.0, r.retry_after)
-            elif r.http_status is not None:  # a 429 or 503 without one pauses it too
+            elif pauses(r.http_status, r.error_code):  # a 429 or 503 without one, too
                 h[4] = max(h[4] or 0.0, PAUSE_SECONDS)
             h[5] = _slowed_by(r)
             h[6] = 0

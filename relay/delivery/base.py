@@ -46,6 +46,12 @@ AUTH_FAILED = "auth_failed"
 NETWORK_ERROR = "network_error"
 # Something about this delivery could not even be sent.
 INVALID_REQUEST = "invalid_request"
+# The destination cannot make a message of this event (a key template that gives no key
+# for it): no retry changes that; failed at once, as Outpost does not retry it.
+FORMAT_ERROR = "format_error"
+# The broker refused: too many requests (AWS's throttling errors, ...). Delivery control
+# takes it as a 429: the destination is paused and slowed down.
+THROTTLED = "throttled"
 # The type's delivery is not installed in this relay (its extra, or not built yet).
 UNAVAILABLE = "unavailable"
 INTERNAL_ERROR = "internal_error"

@@ -32,9 +32,9 @@ class Entry:
 TYPES: dict[str, Entry] = {
     "webhook": Entry("relay.delivery.webhook"),
     "hookdeck": Entry("relay.delivery.hookdeck"),
-    "aws_sqs": Entry(None, "aws"),
-    "aws_kinesis": Entry(None, "aws"),
-    "aws_s3": Entry(None, "aws"),
+    "aws_sqs": Entry("relay.delivery.aws_sqs", "aws"),
+    "aws_kinesis": Entry("relay.delivery.aws_kinesis", "aws"),
+    "aws_s3": Entry("relay.delivery.aws_s3", "aws"),
     "gcp_pubsub": Entry(None, "gcp"),
     "azure_servicebus": Entry(None, "azure"),
     "rabbitmq": Entry("relay.delivery.rabbitmq", "rabbitmq"),

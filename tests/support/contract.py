@@ -67,6 +67,9 @@ class Broker:
     # (None: the type needs nothing beyond relay's own dependencies).
     extra: ClassVar[str | None] = None
     library: ClassVar[str | None] = None
+    # relay's modules besides the type's own that import the library (one shared by
+    # several types: relay/delivery/aws.py), to import again without it.
+    shared_modules: ClassVar[tuple[str, ...]] = ()
     # Codes of a refused message's failed attempt (HTTP types: the HTTP status instead).
     refused_codes: ClassVar[frozenset[str]] = frozenset()
     refused_statuses: ClassVar[frozenset[int]] = frozenset()
@@ -322,6 +325,12 @@ class DestinationContract:
         # The client library cannot be imported (as in an install without the extra).
         monkeypatch.setitem(sys.modules, broker.library, None)  # type: ignore[arg-type]
         monkeypatch.delitem(sys.modules, entry.module)
+        for name in broker.shared_modules:
+            # Gone from sys.modules and from its package (``from package import name``
+            # would find it there).
+            monkeypatch.delitem(sys.modules, name, raising=False)
+            package, _, attribute = name.rpartition(".")
+            monkeypatch.delattr(sys.modules[package], attribute, raising=False)
         registry.forget()
         try:
             status, answer = await contract.call(
