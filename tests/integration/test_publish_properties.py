@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 import yarl
-from hypothesis import HealthCheck, Phase, event, example, given, note, reject, settings
+from hypothesis import HealthCheck, Phase, assume, event, example, given, note, reject, settings
 from hypothesis import strategies as st
 
 from tests.support.jsonvalues import (
@@ -1272,6 +1272,8 @@ async def test_pod_array_past_the_item_limit_is_refused(
     api = pod_api
     before = await totals(db)
     body = encode([item] * count, Spelling()).encode()
+    # Past the byte limit it is that limit's 413 (another test's); this one is the count's.
+    assume(len(body) <= MAX_BODY)
     headers = [(b"Content-Type", b"application/json"), (b"x-api-key", KEY.encode())]
     status, _, raw = await raw_post(api.server, "/publish/", body, headers)
     note(f"answer: {status} {raw[:300]!r}")
