@@ -4,8 +4,10 @@
 - registry.py: the types relay knows, one line each (module, pip extra).
 - pool.py: the dispatcher's door (``Deliverer``): publishers pooled per destination,
   timeouts around them, all closed when the dispatcher stops.
-- webhook.py, hookdeck.py, rabbitmq.py: the types that deliver; schemas/<type>.json
-  describes every type (what ``/destination-types`` answers and validation reads).
+- webhook.py, hookdeck.py, rabbitmq.py, kafka.py: the types that deliver;
+  schemas/<type>.json describes every type (what ``/destination-types`` answers and
+  validation reads).
+- partitionkey.py: Outpost's partition key templates (JMESPath), for kafka and Kinesis.
 
 Adding a type (say ``aws_sqs``, whose schema is already here):
 
