@@ -38,7 +38,7 @@ TYPES: dict[str, Entry] = {
     "gcp_pubsub": Entry(None, "gcp"),
     "azure_servicebus": Entry(None, "azure"),
     "rabbitmq": Entry("relay.delivery.rabbitmq", "rabbitmq"),
-    "kafka": Entry(None, "kafka"),
+    "kafka": Entry("relay.delivery.kafka", "kafka"),
 }
 
 

@@ -204,7 +204,8 @@ class DestinationContract:
         assert status == 200 and [a["status"] for a in page["models"]] == ["success"]
         code = str(attempt["http_status"]) if attempt["http_status"] else "OK"
         assert page["models"][0]["code"] == code
-        path = f"/attempts?event_id={event_id}&destination_type=kafka"
+        other = "rabbitmq" if broker.type == "kafka" else "kafka"
+        path = f"/attempts?event_id={event_id}&destination_type={other}"
         status, page = await contract.call("GET", path)
         assert status == 200 and page["models"] == []
         day = time.strftime("%Y-%m-%d", time.gmtime())
