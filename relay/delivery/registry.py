@@ -35,7 +35,7 @@ TYPES: dict[str, Entry] = {
     "aws_sqs": Entry(None, "aws"),
     "aws_kinesis": Entry(None, "aws"),
     "aws_s3": Entry(None, "aws"),
-    "gcp_pubsub": Entry(None, "gcp"),
+    "gcp_pubsub": Entry("relay.delivery.gcp_pubsub", "gcp"),
     "azure_servicebus": Entry(None, "azure"),
     "rabbitmq": Entry("relay.delivery.rabbitmq", "rabbitmq"),
     "kafka": Entry(None, "kafka"),
