@@ -36,7 +36,7 @@ TYPES: dict[str, Entry] = {
     "aws_kinesis": Entry(None, "aws"),
     "aws_s3": Entry(None, "aws"),
     "gcp_pubsub": Entry("relay.delivery.gcp_pubsub", "gcp"),
-    "azure_servicebus": Entry(None, "azure"),
+    "azure_servicebus": Entry("relay.delivery.azure_servicebus", "azure"),
     "rabbitmq": Entry("relay.delivery.rabbitmq", "rabbitmq"),
     "kafka": Entry(None, "kafka"),
 }
