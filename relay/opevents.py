@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from relay.delivery.base import attempt_code
+
 if TYPE_CHECKING:
     from relay.config import Settings
     from relay.db.outbox import HealthRow, Recorded
@@ -134,7 +136,7 @@ def _event_json(r: Recorded) -> dict[str, Any]:
 
 def _attempt_json(r: Recorded, attempt_id: int | None, time: datetime) -> dict[str, Any]:
     c = r.claimed
-    code = str(r.http_status) if r.http_status is not None else (r.error_code or "")
+    code = attempt_code(r.attempt_status, r.http_status, r.error_code)
     response: dict[str, Any] = {"status": r.http_status, "body": r.response_body}
     if r.error_code is not None:
         response["error"] = {"code": r.error_code, "detail": r.error_detail}
@@ -143,7 +145,7 @@ def _attempt_json(r: Recorded, attempt_id: int | None, time: datetime) -> dict[s
         "tenant_id": c.tenant_id,
         "event_id": c.event_id,
         "destination_id": c.destination_id,
-        "destination_type": "webhook",
+        "destination_type": c.type,
         "attempt_number": c.attempt,
         "manual": c.manual,
         "status": r.attempt_status,

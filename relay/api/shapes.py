@@ -14,7 +14,7 @@ import orjson
 from relay.db.admin import Destination, Tenant
 from relay.db.history import AttemptRow, EventRow
 from relay.delivery import registry, webhook
-from relay.delivery.base import Target
+from relay.delivery.base import Target, attempt_code
 
 
 def iso(value: datetime | None) -> str | None:
@@ -143,8 +143,9 @@ def attempt_json(
         "tenant_id": a.tenant_id,
         "status": a.status,
         "time": iso(a.started_at),
-        # The HTTP status when the receiver answered, else why there was no answer.
-        "code": str(a.http_status) if a.http_status is not None else (a.error_code or ""),
+        # The HTTP status when the receiver answered, else why there was no answer, or
+        # "OK" for a broker's success (as Outpost's broker types say).
+        "code": attempt_code(a.status, a.http_status, a.error_code),
         "attempt_number": a.number,
         "manual": a.manual,
         "latency_ms": a.latency_ms,

@@ -134,12 +134,14 @@ EVENT_DIMENSIONS = {
 ATTEMPT_DIMENSIONS = {
     "tenant_id": "a.tenant_id",
     "destination_id": "a.destination_id",
-    # relay has webhook destinations only.
-    "destination_type": "'webhook'",
+    # The destination's type, from relay.destinations (joined when asked for).
+    "destination_type": "COALESCE(dt.type, 'webhook')",
     "topic": "e.topic",
     "status": "a.status",
-    # As the attempts API spells an attempt's code: the HTTP status, else the error code.
-    "code": "COALESCE(a.http_status::text, a.error_code, '')",
+    # As the attempts API spells an attempt's code (relay/delivery/base.py, attempt_code): the
+    # HTTP status, else the error code, else "OK" for a broker's success.
+    "code": "COALESCE(a.http_status::text, a.error_code,"
+    " CASE WHEN a.status = 'success' THEN 'OK' ELSE '' END)",
     "manual": "CASE WHEN a.manual THEN 'true' ELSE 'false' END",
     # Grouped and ordered as the number it is (2 before 10); answered as text.
     "attempt_number": "a.number",
@@ -190,13 +192,15 @@ async def attempt_metrics(conn: AsyncConnection, q: Query) -> Result:
     source = "relay.attempts a"
     if "topic" in q.dimensions or "topic" in q.filters:
         source += " JOIN relay.events e ON e.seq = a.event_seq"
+    if "destination_type" in q.dimensions or "destination_type" in q.filters:
+        source += (
+            " LEFT JOIN relay.destinations dt"
+            " ON dt.tenant_id = a.tenant_id AND dt.id = a.destination_id"
+        )
     where = Where()
     where.time("a.started_at", TimeRange(gte=q.start, lt=q.end))
     for name, values in q.filters.items():
-        if name == "destination_type":
-            if "webhook" not in values:
-                return Result([], False)
-        elif name == "manual":
+        if name == "manual":
             where.add(
                 "a.manual = ANY(:f_manual)",
                 f_manual=([v == "true" for v in values], ARRAY(Boolean)),

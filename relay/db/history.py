@@ -312,6 +312,8 @@ class AttemptFilter:
     topics: Sequence[str] = ()
     status: str | None = None
     time: TimeRange = field(default_factory=TimeRange)
+    # Attempts to destinations of these types (relay/delivery/registry.py).
+    destination_types: Sequence[str] = ()
 
 
 # Attempts whose duration_ms is no destination's response time: never sent (refused by
@@ -415,6 +417,12 @@ def _attempt_where(f: AttemptFilter) -> Where:
     where.any_of("a.destination_id", "destination_ids", f.destination_ids)
     where.any_of("e.id", "event_ids", f.event_ids)
     where.any_of("e.topic", "topics", f.topics)
+    if f.destination_types:
+        where.add(
+            "EXISTS (SELECT 1 FROM relay.destinations t WHERE t.tenant_id = a.tenant_id"
+            " AND t.id = a.destination_id AND t.type = ANY(:destination_types))",
+            destination_types=(list(f.destination_types), ARRAY(Text)),
+        )
     if f.status is not None:
         where.add("a.status = :status", status=(f.status, Text))
     where.time("a.started_at", f.time)

@@ -71,6 +71,14 @@ class Outcome:
     disable_reason: str | None = None
 
 
+def attempt_code(status: str, http_status: int | None, error_code: str | None) -> str:
+    """An attempt's ``code`` as the API and operator events show it (and the metrics
+    API's ``code`` dimension, in SQL: relay/db/aggregates.py)."""
+    if http_status is not None:
+        return str(http_status)
+    return error_code or ("OK" if status == "success" else "")
+
+
 def clean(text: str) -> str:
     # PostgreSQL text cannot hold NUL; a receiver's or a broker's text may contain it.
     return text.replace("\x00", "\ufffd")

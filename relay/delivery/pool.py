@@ -86,11 +86,6 @@ class Deliverer:
         )
         self.context = DeliveryContext(self.settings, session, self.formats, self.allowed_networks)
 
-    @property
-    def pooled(self) -> int:
-        """Publishers held for destinations now (each with its connection, once used)."""
-        return len(self._pool)
-
     async def deliver(self, claimed: Claimed) -> Outcome:
         """One attempt of ``claimed``, whatever its type; never raises for a failure."""
         shared = self._shared.get(claimed.type)

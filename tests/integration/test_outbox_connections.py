@@ -15,6 +15,7 @@ import orjson
 from relay.claiming import Claims, Take
 from relay.db import outbox
 from relay.db.engine import asyncpg_url, create_engine
+from relay.delivery import webhook
 from tests.support.plans import plan_nodes
 
 
@@ -54,6 +55,8 @@ def recorded(claimed: outbox.Claimed, success: bool, status: int) -> outbox.Reco
         started_at=datetime.now(UTC),
         next_status="delivered" if success else "pending",
         delay_seconds=0.0 if success else 30.0,
+        # What the webhook type says of a 410 (relay/delivery/webhook.py).
+        disable_reason=webhook.GONE if status == 410 else None,
     )
 
 

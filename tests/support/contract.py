@@ -193,9 +193,27 @@ class DestinationContract:
         [attempt] = await contract.attempts(event_id)
         assert attempt["status"] == "success" and attempt["number"] == 1
         assert attempt["error_code"] is None
-        # The API shows the attempt as Outpost does.
-        status, page = await contract.call("GET", f"/attempts?event_id={event_id}")
-        assert status == 200 and page["models"][0]["status"] == "success"
+        # The API shows the attempt as Outpost does (a broker's success is code "OK"), by
+        # the destination's type too, and counts it under that type.
+        status, page = await contract.call(
+            "GET", f"/attempts?event_id={event_id}&destination_type={broker.type}"
+        )
+        assert status == 200 and [a["status"] for a in page["models"]] == ["success"]
+        code = str(attempt["http_status"]) if attempt["http_status"] else "OK"
+        assert page["models"][0]["code"] == code
+        path = f"/attempts?event_id={event_id}&destination_type=kafka"
+        status, page = await contract.call("GET", path)
+        assert status == 200 and page["models"] == []
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        status, metrics = await contract.call(
+            "GET",
+            f"/metrics/attempts?time[start]={day}T00:00:00Z&time[end]=2999-01-01T00:00:00Z"
+            "&measures=count&dimensions=destination_type&dimensions=code",
+        )
+        assert status == 200, metrics
+        assert [(m["dimensions"], m["metrics"]["count"]) for m in metrics["data"]] == [
+            ({"destination_type": broker.type, "code": code}, 1)
+        ]
 
     async def test_a_refused_message_is_a_failed_attempt_retried_on_schedule(
         self, contract: Contract
