@@ -4,8 +4,9 @@
 - registry.py: the types relay knows, one line each (module, pip extra).
 - pool.py: the dispatcher's door (``Deliverer``): publishers pooled per destination,
   timeouts around them, all closed when the dispatcher stops.
-- webhook.py, hookdeck.py, rabbitmq.py: the types that deliver; schemas/<type>.json
-  describes every type (what ``/destination-types`` answers and validation reads).
+- webhook.py, hookdeck.py, rabbitmq.py, gcp_pubsub.py, azure_servicebus.py: the types
+  that deliver; schemas/<type>.json describes every type (what ``/destination-types``
+  answers and validation reads).
 
 Adding a type (say ``aws_sqs``, whose schema is already here):
 
