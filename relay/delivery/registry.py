@@ -35,8 +35,8 @@ TYPES: dict[str, Entry] = {
     "aws_sqs": Entry("relay.delivery.aws_sqs", "aws"),
     "aws_kinesis": Entry("relay.delivery.aws_kinesis", "aws"),
     "aws_s3": Entry("relay.delivery.aws_s3", "aws"),
-    "gcp_pubsub": Entry(None, "gcp"),
-    "azure_servicebus": Entry(None, "azure"),
+    "gcp_pubsub": Entry("relay.delivery.gcp_pubsub", "gcp"),
+    "azure_servicebus": Entry("relay.delivery.azure_servicebus", "azure"),
     "rabbitmq": Entry("relay.delivery.rabbitmq", "rabbitmq"),
     "kafka": Entry("relay.delivery.kafka", "kafka"),
 }
