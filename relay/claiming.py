@@ -263,10 +263,14 @@ class Claims:
                 self.active.discard(take.destination)
         self._settle(reading)
 
-    def announce(self, d: Destination, at: datetime | None = None) -> None:
-        """Rows of ``d`` were written; with ``at``, their ``next_attempt_at``: the cursor
-        moves back before them if it is past."""
+    def announce(self, d: Destination, at: datetime | None = None, *, rows: bool = True) -> None:
+        """Rows of ``d`` were written (or fell due); with ``at``, their
+        ``next_attempt_at``: the cursor moves back before them if it is past. Without
+        ``rows``, ``d`` is only to be asked again (a rate limit's next token): a claim of
+        it under way answers that itself, and keeps it active or not by its answer."""
         self.active.add(d)
+        if not rows:
+            return
         for reading in self._readings:
             reading.announced.add(d)
             if at is not None and (d not in reading.late or at < reading.late[d]):

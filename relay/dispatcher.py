@@ -207,8 +207,9 @@ class Dispatcher:
         # The batch the recorder is writing: kept until written, so a recorder that
         # crashes and is restarted writes it again (attempt rows are idempotent).
         self._recording: list[outbox.Recorded] = []
-        # Retries falling due: (when, destination), a heap.
-        self._wake_times: list[tuple[float, Destination]] = []
+        # Retries falling due, and destinations to ask again: (when, destination, whether
+        # rows fall due then), a heap.
+        self._wake_times: list[tuple[float, Destination, bool]] = []
         self._timer: asyncio.Handle | None = None
         # When the armed timer fires. Kept here: uvloop's call_at returns a plain Handle,
         # with no when(), for a time less than a millisecond away.
@@ -518,7 +519,7 @@ class Dispatcher:
                     wait = poll / 4 if rate is None else min(max(1 / rate, 0.005), poll)
                     again.append((wait, take.destination))
             if again:
-                self._wake_in(again)
+                self._wake_in(again, rows=False)
             batch += limited
         return batch
 
@@ -555,10 +556,11 @@ class Dispatcher:
         else:
             self._announce(*found)
 
-    def _announce(self, d: Destination, at: datetime | None = None) -> None:
-        """Rows of ``d`` are due: the claim loop's to take, or the quiet claim's if the
-        claim loop is in a statement and ``d`` holds nothing here (see _quiet_loop)."""
-        self._claims.announce(d, at)
+    def _announce(self, d: Destination, at: datetime | None = None, *, rows: bool = True) -> None:
+        """Rows of ``d`` are due (or, without ``rows``, ``d`` is to be asked again): the
+        claim loop's to take, or the quiet claim's if the claim loop is in a statement
+        and ``d`` holds nothing here (see _quiet_loop)."""
+        self._claims.announce(d, at, rows=rows)
         if (
             self._reading is not None
             and d not in self._reading
@@ -961,12 +963,13 @@ class Dispatcher:
             self._record_conn = None
             raise
 
-    def _wake_in(self, retries: list[tuple[float, Destination]]) -> None:
-        """Wake the claim loop when retries fall due (a heap of times, one timer)."""
+    def _wake_in(self, retries: list[tuple[float, Destination]], *, rows: bool = True) -> None:
+        """Wake the claim loop when retries fall due (a heap of times, one timer); with
+        ``rows`` false, to ask a destination again (its tokens, its cap)."""
         now = asyncio.get_running_loop().time()
         for delay, destination in retries:
             if delay < self.settings.poll_interval_seconds * 50:  # far off: polling finds it
-                heapq.heappush(self._wake_times, (now + delay, destination))
+                heapq.heappush(self._wake_times, (now + delay, destination, rows))
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -975,9 +978,9 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         while self._wake_times and self._wake_times[0][0] <= now:
-            _, destination = heapq.heappop(self._wake_times)
+            _, destination, rows = heapq.heappop(self._wake_times)
             # Due already: no timer needed for it. Its row is ahead of any cursor there.
-            self._announce(destination)
+            self._announce(destination, rows=rows)
         if not self._wake_times:
             return
         due = self._wake_times[0][0]
