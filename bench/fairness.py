@@ -9,8 +9,17 @@ Each tenant has one destination. Producers publish through relay's Python API
 A's burst, from a separate process); an event's latency is its commit, by this machine's
 clock, to its arrival at the receiver. Timings are reported, never asserted.
 
+With --old DIR (another checkout of relay, e.g. a `git worktree` of an earlier commit),
+each round runs this checkout's dispatcher and then the other's, so both are measured
+under the same load; --rounds repeats that. Beside the latencies each run reports what
+the machine was doing during the burst: how busy both cores were, how long the
+dispatcher's main thread waited for a core, and B's own publish transactions (commit
+time included), which A's publishing may slow down but which are not part of the
+latency measured.
+
     .venv/bin/python bench/fairness.py                      # 100,000 for A; B at 50/s
-    .venv/bin/python bench/fairness.py --burst 20000 --quiet-seconds 15
+    .venv/bin/python bench/fairness.py --backlog            # A's burst queued, then drained
+    .venv/bin/python bench/fairness.py --burst 30000 --quiet-seconds 15 --old ../main --rounds 2
 """
 
 # ruff: noqa: ASYNC110, ASYNC220, ASYNC221
@@ -26,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -52,6 +62,27 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def relay_command(old: str | None) -> list[str]:
+    """`relay`, this checkout's or (``old``) another's, run with this environment."""
+    if old is None:
+        return [RELAY]
+    from cpu_cost import relay_command as other_checkout
+
+    return other_checkout(old)
+
+
+def cores_busy() -> tuple[int, int]:
+    """(busy, all) jiffies of all cores since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values) - values[3] - values[4], sum(values)
+
+
+def schedstat(pid: int) -> tuple[float, float]:
+    """Seconds the process's main thread ran, and waited for a core, since it started."""
+    ran, waited, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    return int(ran) / 1e9, int(waited) / 1e9
+
+
 async def burst_child(url: str, count: int) -> None:
     """A's producer, in its own process: ``count`` events, 500 a transaction."""
     from relay.db.engine import create_engine
@@ -69,11 +100,13 @@ async def burst_child(url: str, count: int) -> None:
 
 
 class B:
-    """B's producer: one event per transaction at ``rate``; commit times by id."""
+    """B's producer: one event per transaction at ``rate``; commit times by id, and how
+    long each transaction took (begin to commit)."""
 
     def __init__(self, url: str, rate: float) -> None:
         self.url, self.rate = url, rate
         self.committed: dict[str, tuple[float, str]] = {}
+        self.took: dict[str, float] = {}
         self.phase = "quiet"
         self.stop = asyncio.Event()
 
@@ -93,16 +126,40 @@ class B:
                     start = time.monotonic() - n / self.rate
                     continue
                 event_id = f"b-{n}"
+                began = time.monotonic()
                 async with engine.begin() as conn:
                     await publish(conn, Event("tenant-b", "steady", b"{}", id=event_id))
                 self.committed[event_id] = (time.time(), self.phase)
+                self.took[event_id] = time.monotonic() - began
                 n += 1
                 await asyncio.sleep(max(0.0, start + n / self.rate - time.monotonic()))
         finally:
             await engine.dispose()
 
 
-async def main_async(args: argparse.Namespace) -> None:
+@dataclass
+class Run:
+    """One run's figures: B's latencies (ms) and publish transactions (ms) by phase."""
+
+    label: str
+    latency: dict[str, list[float]] = field(default_factory=dict)
+    publish: dict[str, list[float]] = field(default_factory=dict)
+    missing: int = 0
+    published_in: float = 0.0
+    drained_in: float = 0.0
+    cores_busy: float = 0.0
+    dispatcher_waited: float = 0.0
+
+    def p(self, phase: str, q: float, of: str = "latency") -> float:
+        values = getattr(self, of)[phase]
+        return statistics.median(values) if q == 0.5 else percentile(values, q)
+
+    @property
+    def p99_ratio(self) -> float:
+        return self.p("burst", 0.99) / self.p("quiet", 0.99)
+
+
+async def run_once(args: argparse.Namespace, label: str, old: str | None) -> Run:
     name = f"relay_fair_{os.getpid()}"
     admin = await asyncpg.connect(args.server)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -113,7 +170,8 @@ async def main_async(args: argparse.Namespace) -> None:
     out.mkdir(exist_ok=True)
     config = out / f"fairness-{os.getpid()}.toml"
     config.write_text(
-        f"""[delivery]
+        ("[database]\nmigrate_on_start = false\n\n" if old else "")
+        + f"""[delivery]
 allow_private_networks = ["127.0.0.0/8"]
 
 [[tenants]]
@@ -130,7 +188,20 @@ url = "http://127.0.0.1:{port}/hook"
 """
     )
     env = os.environ | {"RELAY_DATABASE_URL": url, "RELAY_HEALTH_PORT": str(free_port())}
+    relay = relay_command(old)
+    run = Run(label)
     procs = []
+
+    def dispatch(log: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [*relay, "--config", str(config), "dispatch"],
+            env=env | {"RELAY_HEALTH_PORT": str(free_port())},
+            stdout=(out / log).open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        procs.append(proc)
+        return proc
+
     try:
         receiver = subprocess.Popen(
             [sys.executable, str(REPO / "bench" / "receiver.py"), "--port", str(port)],
@@ -139,75 +210,56 @@ url = "http://127.0.0.1:{port}/hook"
         )
         procs.append(receiver)
         subprocess.run([RELAY, "--config", str(config), "migrate"], env=env, check=True)
-        for n in range(args.dispatchers):
-            log = (out / f"fairness-dispatch-{n}.log").open("wb")
-            env_n = env | {"RELAY_HEALTH_PORT": str(free_port())}
-            procs.append(
-                subprocess.Popen(
-                    [RELAY, "--config", str(config), "dispatch"],
-                    env=env_n,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+        if old:
+            from cpu_cost import at_revision_of
+
+            await at_revision_of(url, old)
+        dispatchers = [dispatch(f"fairness-dispatch-{n}.log") for n in range(args.dispatchers)]
         await asyncio.sleep(3)
         b = B(url, args.rate)
         producer = asyncio.create_task(b.run())
         await asyncio.sleep(args.quiet_seconds)
-        dispatcher = procs[-1]
+        burst = [sys.executable, __file__, "--burst-child", url, "--burst", str(args.burst)]
         if args.backlog:
             # A's burst waits in the outbox first: the dispatcher is stopped while it is
             # published (B's events of that time are left out), then drains it.
             b.phase = "stopped"
-            dispatcher.terminate()
-            dispatcher.wait(30)
-            await asyncio.to_thread(
-                subprocess.run,
-                [sys.executable, __file__, "--burst-child", url, "--burst", str(args.burst)],
-                cwd=REPO,
-                check=True,
-            )
+            dispatchers[-1].terminate()
+            dispatchers[-1].wait(30)
+            await asyncio.to_thread(subprocess.run, burst, cwd=REPO, check=True)
             b.phase = "drain"
             await asyncio.sleep(3)  # B's events of the stop are due now: not measured
             log_path = out / "fairness-dispatch-backlog.log"
-            procs.append(
-                subprocess.Popen(
-                    [RELAY, "--config", str(config), "dispatch"],
-                    env=env | {"RELAY_HEALTH_PORT": str(free_port())},
-                    stdout=log_path.open("wb"),
-                    stderr=subprocess.STDOUT,
-                )
-            )
+            dispatchers[-1] = dispatch(log_path.name)
             # Measured from when it runs (what waited for its start is not fairness).
             while "relay dispatch running" not in log_path.read_text(errors="replace"):
                 await asyncio.sleep(0.05)
             await asyncio.sleep(1)
-            b.phase = "burst"
-            child = procs[-1]
-            published_at_start = True
-        else:
-            published_at_start = False
-            b.phase = "burst"
+        b.phase = "burst"
         burst_started = time.monotonic()
-        if not published_at_start:
-            child = subprocess.Popen(
-                [sys.executable, __file__, "--burst-child", url, "--burst", str(args.burst)],
-                cwd=REPO,
-            )
+        busy_before = cores_busy()
+        sched_before = schedstat(dispatchers[-1].pid)
+        child = None if args.backlog else subprocess.Popen(burst, cwd=REPO)
+        if child is not None:
             procs.append(child)
         db = await asyncpg.connect(url)
-        published_in = drained_in = None
+        published_in = 0.0 if args.backlog else None
         while True:
             await asyncio.sleep(1)
-            if published_in is None and (published_at_start or child.poll() is not None):
-                published_in = 0.0 if published_at_start else time.monotonic() - burst_started
+            if published_in is None and child is not None and child.poll() is not None:
+                published_in = time.monotonic() - burst_started
             left = await db.fetchval(
                 "SELECT count(*) FROM relay.deliveries_active WHERE tenant_id = 'tenant-a'"
             )
             if published_in is not None and left == 0:
-                drained_in = time.monotonic() - burst_started
+                run.drained_in = time.monotonic() - burst_started
                 break
         await db.close()
+        busy_after = cores_busy()
+        sched_after = schedstat(dispatchers[-1].pid)
+        run.published_in = published_in
+        run.cores_busy = (busy_after[0] - busy_before[0]) / (busy_after[1] - busy_before[1])
+        run.dispatcher_waited = (sched_after[1] - sched_before[1]) / run.drained_in
         b.phase = "after"
         await asyncio.sleep(3)
         b.stop.set()
@@ -218,16 +270,17 @@ url = "http://127.0.0.1:{port}/hook"
             http.get(f"http://127.0.0.1:{port}/arrivals") as resp,
         ):
             arrivals = await resp.json()
-        latency: dict[str, list[float]] = {"quiet": [], "burst": []}
-        missing = 0
+        run.latency = {"quiet": [], "burst": []}
+        run.publish = {"quiet": [], "burst": []}
         for event_id, (committed, phase) in b.committed.items():
-            if phase not in latency:
+            if phase not in run.latency:
                 continue
+            run.publish[phase].append(b.took[event_id] * 1000)
             if event_id not in arrivals:
-                missing += 1
+                run.missing += 1
                 continue
-            latency[phase].append((arrivals[event_id] - committed) * 1000)
-        report(args, latency, missing, published_in, drained_in)
+            run.latency[phase].append((arrivals[event_id] - committed) * 1000)
+        return run
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:
@@ -241,59 +294,92 @@ url = "http://127.0.0.1:{port}/hook"
         await admin.close()
 
 
-def report(
-    args: argparse.Namespace,
-    latency: dict[str, list[float]],
-    missing: int,
-    published_in: float | None,
-    drained_in: float | None,
-) -> None:
-    quiet, burst = latency["quiet"], latency["burst"]
+def describe(run: Run, args: argparse.Namespace) -> list[str]:
     rows = []
-    for phase, values in (("quiet", quiet), ("during A's burst", burst)):
+    for phase, title in (("quiet", "quiet"), ("burst", "during A's burst")):
+        values = run.latency[phase]
         rows.append(
-            f"| {phase} | {len(values)} | {statistics.median(values):.1f} | "
-            f"{percentile(values, 0.99):.1f} | {max(values):.1f} |"
+            f"| {title} | {len(values)} | {statistics.median(values):.1f} | "
+            f"{percentile(values, 0.99):.1f} | {max(values):.1f} | "
+            f"{run.p(phase, 0.5, 'publish'):.1f} / {run.p(phase, 0.99, 'publish'):.1f} |"
         )
-    p99_ratio = percentile(burst, 0.99) / percentile(quiet, 0.99)
-    p50_ratio = statistics.median(burst) / statistics.median(quiet)
+    p50_ratio = run.p("burst", 0.5) / run.p("quiet", 0.5)
+    return [
+        f"### {run.label}",
+        "",
+        "| B's events | n | p50 ms | p99 ms | max ms | B's publish p50 / p99 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        f"p50 during the burst / quiet: {p50_ratio:.2f}x; p99: {run.p99_ratio:.2f}x "
+        "(issue 23's target: p99 under 2x).",
+        f"A's burst: published in {run.published_in:.1f} s, all delivered in "
+        f"{run.drained_in:.1f} s ({args.burst / (run.drained_in or 1):.0f} deliveries/s). "
+        f"During it both cores were {run.cores_busy:.0%} busy and the dispatcher's main "
+        f"thread waited for a core {run.dispatcher_waited:.0%} of the time. "
+        f"B's events not arrived: {run.missing}.",
+        "",
+    ]
+
+
+def report(args: argparse.Namespace, runs: list[Run]) -> None:
     git = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
-    text = "\n".join(
-        [
-            f"# Fairness between tenants: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at {git}",
+    how = (
+        " while the dispatcher is stopped (B pauses meanwhile), then it is started and "
+        "drains them; the burst phase is the drain. "
+        if args.backlog
+        else ". "
+    )
+    lines = [
+        f"# Fairness between tenants: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC at {git}",
+        "",
+        f"Tenant B publishes {args.rate:g}/s (one event a transaction); tenant A publishes "
+        f"{args.burst:,} events (500 a transaction, another process) after "
+        f"{args.quiet_seconds:g} s{how}{args.dispatchers} `relay dispatch` process(es), "
+        "default settings; bench/receiver.py. Latency: B's commit to its arrival, ms. "
+        "B's publish: its transaction, begin to commit, ms (not part of the latency).",
+        "",
+    ]
+    if len(runs) > 1:
+        lines += [
+            f"Runs in the order they ran{f' (old: {args.old})' if args.old else ''}:",
             "",
-            f"Tenant B publishes {args.rate:g}/s (one event a transaction); tenant A publishes "
-            f"{args.burst:,} events (500 a transaction, another process) after "
-            f"{args.quiet_seconds:g} s"
-            + (
-                " while the dispatcher is stopped (B pauses meanwhile), then it is started and "
-                "drains them; the burst phase is the drain. "
-                if args.backlog
-                else ". "
-            )
-            + f"{args.dispatchers} `relay dispatch` process(es), "
-            "default settings; bench/receiver.py. Latency: B's commit to its arrival, ms.",
-            "",
-            "| B's events | n | p50 ms | p99 ms | max ms |",
-            "|---|---:|---:|---:|---:|",
-            *rows,
-            "",
-            f"p50 during the burst / quiet: {p50_ratio:.2f}x; p99: {p99_ratio:.2f}x "
-            "(issue 23's target: p99 under 2x).",
-            f"A's burst: published in {published_in or 0:.1f} s, all delivered in "
-            f"{drained_in or 0:.1f} s ({args.burst / (drained_in or 1):.0f} deliveries/s). "
-            f"B's events not arrived: {missing}.",
+            "| run | B quiet p50 / p99 | B during A's burst p50 / p99 | p99 ratio "
+            "| A delivered/s | cores busy | dispatcher waited |",
+            "|---|---|---|---|---:|---:|---:|",
+            *(
+                f"| {r.label} | {r.p('quiet', 0.5):.1f} / {r.p('quiet', 0.99):.1f} | "
+                f"{r.p('burst', 0.5):.1f} / {r.p('burst', 0.99):.1f} | "
+                f"{r.p99_ratio:.2f}x | {args.burst / (r.drained_in or 1):,.0f} | "
+                f"{r.cores_busy:.0%} | {r.dispatcher_waited:.0%} |"
+                for r in runs
+            ),
             "",
         ]
-    )
+    for run in runs:
+        lines += describe(run, args)
+    text = "\n".join(lines)
     print(text)
     results = REPO / "bench" / "results"
     kind = "-backlog" if args.backlog else ""
     path = results / f"fairness{kind}-{datetime.now(UTC):%Y%m%d-%H%M%S}.md"
     path.write_text(text)
     print(f"written to {path.relative_to(REPO)}")
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    runs = []
+    for round_ in range(args.rounds):
+        variants: list[tuple[str, str | None]] = [("this checkout", None)]
+        if args.old:
+            variants.append(("old", args.old))
+        for label, old in variants:
+            name = f"{label}, round {round_ + 1}" if args.rounds > 1 or args.old else label
+            runs.append(await run_once(args, name, old))
+            print(f"{name}: B's p99 ratio {runs[-1].p99_ratio:.2f}x", flush=True)
+    report(args, runs)
 
 
 def main() -> None:
@@ -306,8 +392,12 @@ def main() -> None:
     parser.add_argument(
         "--backlog", action="store_true", help="publish A's burst first, then drain it"
     )
+    parser.add_argument("--old", help="another relay checkout, run after this one each round")
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--burst-child", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.old:
+        args.old = str(Path(args.old).resolve())
     try:
         import uvloop
 

@@ -36,12 +36,20 @@ each tenant among its destinations with room, an equal share each; each level st
 from a different tenant (destination) at every claim. So neither a tenant's backlog nor
 one spread over many destinations can fill every batch: a fresh row of another tenant
 waits at most for the next claim, never behind the backlog (the due index is read per
-destination, never in one global order).
+destination, never in one global order). Nor can it fill every slot of the process:
+while more than one tenant has had due work within ``TENANT_MEMORY``, a tenant takes
+slots past its equal share only while an eighth of them stay free (``tenant_rooms``), so
+the next claim has room for another tenant's fresh row even when the backlog's receivers
+are slow to answer.
+
+Two statements may read the queue at once (the dispatcher's claim loop, and its claim
+for quiet destinations that does not wait for the loop: relay/dispatcher.py); each is a
+``Reading`` of its own, which collects the announcements made while it runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -54,6 +62,10 @@ Position = tuple[datetime, int]
 # How often every cursor is forgotten and each destination read from its head: the bound
 # on how long a row can wait behind a cursor when its announcement was lost.
 SWEEP_SECONDS = 30.0
+
+# A tenant counts among those sharing the process's slots for this long after it last
+# had due work: longer than the gaps of a steady producer.
+TENANT_MEMORY = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,20 +109,61 @@ def _rotated(items: list[Any], turn: int) -> list[Any]:
 
 
 def share_by_tenant(
-    rooms: Sequence[tuple[Destination, int]], limit: int, turn: int = 0
+    rooms: Sequence[tuple[Destination, int]],
+    limit: int,
+    turn: int = 0,
+    tenant_rooms: Mapping[str, int] | None = None,
 ) -> list[tuple[Destination, int]]:
     """Split ``limit`` rows equally among the tenants of ``rooms`` (what one cannot use
     goes to the others), then each tenant's share equally among its destinations. The
-    ``turn`` rotates which tenant, and which of its destinations, get the odd rows. Pure."""
+    ``turn`` rotates which tenant, and which of its destinations, get the odd rows; a
+    tenant in ``tenant_rooms`` takes no more than its room there. Pure."""
     tenants: dict[str, list[tuple[Destination, int]]] = {}
     for d, room in sorted(rooms):
         tenants.setdefault(d[0], []).append((d, room))
     order = _rotated(sorted(tenants), turn)
-    shares = share_out([((t, ""), sum(r for _, r in tenants[t])) for t in order], limit)
+    caps = tenant_rooms or {}
+    shares = share_out(
+        [((t, ""), min(sum(r for _, r in tenants[t]), caps.get(t, limit))) for t in order],
+        limit,
+    )
     out: list[tuple[Destination, int]] = []
     for (tenant, _), count in shares:
         out += share_out(_rotated(tenants[tenant], turn), count)
     return out
+
+
+def reserve(concurrency: int) -> int:
+    """Slots a tenant holding its equal share leaves free for the others: an eighth."""
+    return concurrency // 8
+
+
+def tenant_rooms(
+    held: Mapping[str, int], tenants: Collection[str], concurrency: int
+) -> dict[str, int]:
+    """How many more rows each tenant may hold, given what each holds and the process's
+    slots: all the free ones, but when there are others, a tenant takes slots past its
+    equal share only while ``reserve(concurrency)`` stay free (slots cannot be taken
+    back, so a tenant that fills them all makes another's fresh row wait for its
+    receivers' answers). Pure."""
+    free = max(0, concurrency - sum(held.values()))
+    if len(tenants) < 2:
+        return {t: free for t in tenants}
+    fair = concurrency // len(tenants)
+    keep = reserve(concurrency)
+    return {t: min(free, max(0, fair - held.get(t, 0), free - keep)) for t in tenants}
+
+
+@dataclass(eq=False)
+class Reading:
+    """A statement reading the queue (a claim or a search), from ``Claims.begin`` to its
+    answer: what was announced meanwhile, which its snapshot may predate, so its answer
+    must not move a cursor past those rows."""
+
+    # Destinations announced meanwhile, and the earliest position announced for each.
+    announced: set[Destination] = field(default_factory=set)
+    late: dict[Destination, datetime] = field(default_factory=dict)
+    forgot: bool = False
 
 
 @dataclass
@@ -120,83 +173,127 @@ class Claims:
     per_destination: int
     active: set[Destination] = field(default_factory=set)
     cursors: dict[Destination, Position] = field(default_factory=dict)
+    # The process's slots, which tenants share (tenant_rooms); None: not shared out.
+    concurrency: int | None = None
+    # Tenants with due work, when last seen so (monotonic seconds).
+    seen: dict[str, float] = field(default_factory=dict)
     # Where the next batch starts sharing out (a different destination each claim).
     turn: int = 0
-    # Announced since the current statement began (``begin``): its snapshot may predate
-    # those rows, so its answer must not move a cursor past them.
-    _late: dict[Destination, datetime] = field(default_factory=dict)
-    _forgot: bool = False
+    _readings: list[Reading] = field(default_factory=list)
 
-    def begin(self) -> None:
+    def begin(self) -> Reading:
         """A claim or a search is about to read the queue."""
-        self._late.clear()
-        self._forgot = False
+        reading = Reading()
+        self._readings.append(reading)
+        return reading
 
-    def _settle(self) -> None:
+    def end(self, reading: Reading) -> None:
+        """A statement is over without an answer to apply (it failed)."""
+        if reading in self._readings:
+            self._readings.remove(reading)
+
+    def _settle(self, reading: Reading | None) -> None:
         """After a statement's answer moved cursors: put back what was announced while it
         ran (rows it could not see), and forget all again if a wake-up said so."""
-        if self._forgot:
+        if reading is None:
+            return
+        self.end(reading)
+        if reading.forgot:
             self.cursors.clear()
-        for d, at in self._late.items():
+        for d, at in reading.late.items():
             if d in self.cursors and (at, 0) < self.cursors[d]:
                 self.cursors[d] = (at, 0)
-        self.begin()
 
-    def plan(self, in_flight: Mapping[Destination, int], limit: int) -> list[Take]:
-        """The next claim: active destinations below their cap, sharing ``limit`` fairly
-        between tenants, then between each tenant's destinations."""
+    def plan(
+        self,
+        in_flight: Mapping[Destination, int],
+        limit: int,
+        *,
+        now: float = 0.0,
+        among: Collection[Destination] | None = None,
+        skip: Collection[Destination] = (),
+    ) -> list[Take]:
+        """The next claim: active destinations below their cap (of ``among`` only, if
+        given; none in ``skip``), sharing ``limit`` fairly between tenants, then between
+        each tenant's destinations; each tenant within its room (``tenant_rooms``)."""
+        for d in self.active:
+            self.seen[d[0]] = now
         rooms = sorted(
             (d, self.per_destination - in_flight.get(d, 0))
             for d in self.active
             if in_flight.get(d, 0) < self.per_destination
+            and (among is None or d in among)
+            and d not in skip
         )
         if not rooms:
             return []
         self.turn += 1
+        caps = None
+        if self.concurrency is not None:
+            for tenant, at in list(self.seen.items()):
+                if now - at > TENANT_MEMORY:
+                    del self.seen[tenant]
+            held: dict[str, int] = {}
+            for d, n in in_flight.items():
+                held[d[0]] = held.get(d[0], 0) + n
+            caps = tenant_rooms(held, self.seen.keys() | held.keys(), self.concurrency)
         return [
-            Take(d, n, self.cursors.get(d)) for d, n in share_by_tenant(rooms, limit, self.turn)
+            Take(d, n, self.cursors.get(d))
+            for d, n in share_by_tenant(rooms, limit, self.turn, caps)
         ]
 
     def took(
-        self, plan: Sequence[Take], rows: Iterable[tuple[Destination, Position | None]]
+        self,
+        plan: Sequence[Take],
+        rows: Iterable[tuple[Destination, Position | None]],
+        reading: Reading | None = None,
     ) -> None:
         """A claim returned rows (their destination and position): cursors move to the
         last row taken; a destination that gave fewer rows than asked has nothing more
-        due now (or only rows another dispatcher is taking) and leaves ``active``."""
+        due now (or only rows another dispatcher is taking) and leaves ``active``, unless
+        rows of it were announced while the claim ran (its snapshot may predate them)."""
         got: dict[Destination, int] = {}
         for d, position in rows:
             got[d] = got.get(d, 0) + 1
             if position is not None and (d not in self.cursors or position > self.cursors[d]):
                 self.cursors[d] = position
+        announced = reading.announced if reading is not None else set()
         for take in plan:
-            if got.get(take.destination, 0) < take.count:
+            if got.get(take.destination, 0) < take.count and take.destination not in announced:
                 self.active.discard(take.destination)
-        self._settle()
+        self._settle(reading)
 
-    def announce(self, d: Destination, at: datetime | None = None) -> None:
-        """Rows of ``d`` were written; with ``at``, their ``next_attempt_at``: the cursor
-        moves back before them if it is past."""
+    def announce(self, d: Destination, at: datetime | None = None, *, rows: bool = True) -> None:
+        """Rows of ``d`` were written (or fell due); with ``at``, their
+        ``next_attempt_at``: the cursor moves back before them if it is past. Without
+        ``rows``, ``d`` is only to be asked again (a rate limit's next token): a claim of
+        it under way answers that itself, and keeps it active or not by its answer."""
         self.active.add(d)
-        if at is None:
+        if not rows:
             return
-        if d in self.cursors and (at, 0) < self.cursors[d]:
+        for reading in self._readings:
+            reading.announced.add(d)
+            if at is not None and (d not in reading.late or at < reading.late[d]):
+                reading.late[d] = at
+        if at is not None and d in self.cursors and (at, 0) < self.cursors[d]:
             self.cursors[d] = (at, 0)
-        if d not in self._late or at < self._late[d]:
-            self._late[d] = at
 
-    def found(self, due: Iterable[tuple[Destination, Position]]) -> None:
+    def found(
+        self, due: Iterable[tuple[Destination, Position]], reading: Reading | None = None
+    ) -> None:
         """The periodic search's answer: destinations with due rows, each with a cursor
         just before the first (past the cursor it was given, which is kept)."""
         for d, position in due:
             self.active.add(d)
             self.cursors.setdefault(d, position)
-        self._settle()
+        self._settle(reading)
 
     def forget_cursors(self) -> None:
         """Read every destination from its head again (the sweep, or a wake-up naming no
         destination)."""
         self.cursors.clear()
-        self._forgot = True
+        for reading in self._readings:
+            reading.forgot = True
 
     def drop(self, d: Destination) -> None:
         """A destination that cannot be claimed (disabled, deleted) leaves ``active``."""

@@ -14,7 +14,15 @@
 - Isolation: at most ``per_destination_concurrency`` requests in flight to any one
   destination, so a hanging receiver holds its own slots and no one else's, and at most
   ``concurrency`` deliveries held (claimed, not yet finished) per process. Both caps are
-  per dispatcher process.
+  per dispatcher process. Tenants share the process's slots (relay/claiming.py): past
+  its equal share, a tenant leaves the last eighth to the others.
+- Quiet destinations do not wait for the claim loop. Behind a backlog the claim loop is
+  always in a claim (claims of the busy destinations' freed slots, one after another),
+  and a fresh event of a destination that holds nothing here waited for the claim under
+  way to end, then for its own. An announcement that finds the claim loop in a statement
+  hands such a destination to a second claim, on a connection of its own, that runs at
+  once (``_quiet_loop``); the two never ask for the same destination, and the
+  process's caps count the rows both asked for.
 - Claiming ahead: a busy destination gets up to half its cap again claimed ahead of its
   requests (``next in line``), sent as soon as a slot frees. Without it, a freed slot
   waits for the next claim to be planned, run and committed, and behind a backlog that
@@ -199,8 +207,9 @@ class Dispatcher:
         # The batch the recorder is writing: kept until written, so a recorder that
         # crashes and is restarted writes it again (attempt rows are idempotent).
         self._recording: list[outbox.Recorded] = []
-        # Retries falling due: (when, destination), a heap.
-        self._wake_times: list[tuple[float, Destination]] = []
+        # Retries falling due, and destinations to ask again: (when, destination, whether
+        # rows fall due then), a heap.
+        self._wake_times: list[tuple[float, Destination, bool]] = []
         self._timer: asyncio.Handle | None = None
         # When the armed timer fires. Kept here: uvloop's call_at returns a plain Handle,
         # with no when(), for a time less than a millisecond away.
@@ -220,8 +229,22 @@ class Dispatcher:
         # What the next claim asks for, and when to search for due work (polling is the
         # truth) and to forget every cursor (relay/claiming.py).
         cap = settings.per_destination_concurrency
-        self._claims = Claims(per_destination=cap + ahead_of(cap))
+        self._claims = Claims(per_destination=cap + ahead_of(cap), concurrency=settings.concurrency)
         self._plan: list[Take] = []
+        # The destinations of the claim loop's statement under way (none for a search),
+        # or None between statements.
+        self._reading: frozenset[Destination] | None = None
+        # Quiet destinations announced meanwhile, for the quiet claim (_quiet_loop), and
+        # the destinations of its statement under way.
+        self._quiet: set[Destination] = set()
+        self._quiet_reading: frozenset[Destination] = frozenset()
+        self._quiet_wake = asyncio.Event()
+        self._quiet_conn: asyncpg.Connection | None = None
+        # Held by the quiet claim's statement: looking for rows claimed and not held
+        # (after a claim failed) must not see the rows of a claim under way.
+        self._quiet_lock = asyncio.Lock()
+        # Rows the statements under way asked for: held as far as the caps are concerned.
+        self._asked: Counter[Destination] = Counter()
         # Destinations under delivery control (rate limits, caps held by all processes,
         # adaptive backoff), each with its rate now: as the last search found them.
         self._controlled: dict[Destination, float | None] = {}
@@ -238,6 +261,7 @@ class Dispatcher:
         lease = self.settings.lease_seconds
         s = self.supervisor
         s.start("claim", self._claim_loop, stall_after=self.settings.poll_interval_seconds * 5 + 30)
+        s.start("quiet", self._quiet_loop, stall_after=self.settings.poll_interval_seconds * 5 + 30)
         s.start("record", self._record_loop, stall_after=max(lease / 2, 1.0))
         s.start("lease", self._lease_loop, stall_after=max(lease / 2, 1.0))
         # NOTIFY is only a hint (polling is the truth): a lost LISTEN is not a stall.
@@ -250,10 +274,13 @@ class Dispatcher:
         self.supervisor.draining = True
         self._stopping.set()
         self._wake.set()
+        self._quiet_wake.set()
         if self._timer is not None:
             self._timer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.supervisor.task("claim")
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.supervisor.task("quiet")
         pending = list(self._in_flight.values())
         if pending:
             log.info(
@@ -282,11 +309,11 @@ class Dispatcher:
                 self._outcomes.qsize(),
             )
         await self.supervisor.stop("record", "lease", "listen")
-        for conn in (self._claim_conn, self._record_conn):
+        for conn in (self._claim_conn, self._quiet_conn, self._record_conn):
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), timeout=2)
-        self._claim_conn = self._record_conn = None
+        self._claim_conn = self._quiet_conn = self._record_conn = None
         await self.delivery.close()
         log.info("dispatcher stopped: %s", self.stats)
 
@@ -309,7 +336,7 @@ class Dispatcher:
 
     async def _claim_loop(self, loop: Loop) -> None:
         while not self._stopping.is_set():
-            free = self.settings.concurrency - len(self._in_flight)
+            free = self.settings.concurrency - len(self._in_flight) - self._asked.total()
             self._wake.clear()
             if free <= 0:
                 # Finished deliveries wake us once enough slots are free (see _spawn).
@@ -317,20 +344,30 @@ class Dispatcher:
                     await self._wait(self._wake.wait())
                 continue
             self._freed = 0
+            self._plan = []
+            reading = None
             try:
                 self._claim_conn = await self._connected(self._claim_conn, **outbox.CLAIM_SESSION)
                 if self._claim_in_doubt:
                     # The last claim's connection broke: it may have committed, leaving
                     # rows with our token that we do not hold. Take them now, rather than
                     # let them sit out a whole lease.
-                    await self._one_by_one(self._claim_conn, due=False)
+                    async with self._quiet_lock:
+                        await self._one_by_one(self._claim_conn, due=False)
                     self._claim_in_doubt = False
+                self._reading = frozenset()
                 await self._search(self._claim_conn)
-                self._plan = self._claims.plan(self._busy(), min(self.settings.batch_size, free))
-                self._claims.begin()
+                self._plan = self._claims.plan(
+                    self._busy(),
+                    min(self.settings.batch_size, free),
+                    now=asyncio.get_running_loop().time(),
+                    skip=self._quiet | self._quiet_reading,
+                )
+                self._reading = frozenset(t.destination for t in self._plan)
+                reading = self._claims.begin()
                 started = time.perf_counter()
-                batch = await self._claim(self._claim_conn, self._plan)
-                self._claims.took(self._plan, [(c.destination, c.position) for c in batch])
+                batch = await self._asking(self._plan, self._claim(self._claim_conn, self._plan))
+                self._claims.took(self._plan, [(c.destination, c.position) for c in batch], reading)
             except asyncio.CancelledError:
                 raise
             except asyncpg.SerializationError as exc:
@@ -353,18 +390,94 @@ class Dispatcher:
                     await self._look_one_by_one()
                 await self._wait(self._stopping.wait())
                 continue
-            if self.metrics is not None and self._plan:
-                self.metrics.claimed(time.perf_counter() - started, len(batch))
-            self.stats.claimed += len(batch)
-            for claimed in batch:
-                self._held[claimed.id] = claimed
-                self._spawn(claimed)
+            finally:
+                self._reading = None
+                if reading is not None:
+                    self._claims.end(reading)
+            self._took(batch, self._plan, started)
             loop.beat()
             if not batch:
                 # Nothing due (or only for destinations at their cap): sleep until woken
                 # (NOTIFY, a retry timer, a finished delivery) or the next poll.
                 with loop.idle():
                     await self._wait(self._wake.wait())
+
+    def _took(self, batch: list[outbox.Claimed], plan: list[Take], started: float) -> None:
+        """A claim's rows: held, and on their way (a quiet destination's first)."""
+        if self.metrics is not None and plan:
+            self.metrics.claimed(time.perf_counter() - started, len(batch))
+        self.stats.claimed += len(batch)
+        if len({c.destination for c in batch}) > 1:
+            batch = sorted(batch, key=lambda c: self._per_destination.get(c.destination, 0))
+        for claimed in batch:
+            self._held[claimed.id] = claimed
+            self._spawn(claimed)
+
+    async def _asking(
+        self, plan: list[Take], claim: Awaitable[list[outbox.Claimed]]
+    ) -> list[outbox.Claimed]:
+        """Run ``claim``, its rows counted as held (by the caps of both claims) meanwhile."""
+        asked = Counter({t.destination: t.count for t in plan})
+        self._asked.update(asked)
+        try:
+            return await claim
+        finally:
+            self._asked.subtract(asked)
+            for d in asked:
+                if self._asked[d] <= 0:
+                    del self._asked[d]
+
+    async def _quiet_loop(self, loop: Loop) -> None:
+        """Claim for quiet destinations (holding nothing here) announced while the claim
+        loop is in a statement, at once, on a connection of its own."""
+        while not self._stopping.is_set():
+            self._quiet_wake.clear()
+            quiet = {d for d in self._quiet if d in self._claims.active}
+            self._quiet.clear()
+            if not quiet:
+                with loop.idle():
+                    await self._wait(self._quiet_wake.wait())
+                continue
+            free = self.settings.concurrency - len(self._in_flight) - self._asked.total()
+            plan = self._claims.plan(
+                self._busy(),
+                min(self.settings.batch_size, free),
+                now=asyncio.get_running_loop().time(),
+                among=quiet,
+                skip=self._reading or (),
+            )
+            if free <= 0 or self._claim_in_doubt or not plan:
+                self._wake.set()  # the claim loop takes them with its next claim
+                continue
+            self._quiet_reading = frozenset(t.destination for t in plan)
+            reading = self._claims.begin()
+            try:
+                async with self._quiet_lock:
+                    self._quiet_conn = await self._connected(
+                        self._quiet_conn, **outbox.CLAIM_SESSION
+                    )
+                    started = time.perf_counter()
+                    batch = await self._asking(plan, self._claim(self._quiet_conn, plan))
+                self._claims.took(plan, [(c.destination, c.position) for c in batch], reading)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Whatever it was, the claim loop deals with it (it may have committed:
+                # rows with our token that we do not hold, which the claim loop takes).
+                _discard(self._quiet_conn)
+                self._quiet_conn = None
+                if isinstance(exc, asyncpg.SerializationError):
+                    self._claims.forget_cursors()
+                else:
+                    log.warning("claim for quiet destinations failed (%s)", _brief(exc))
+                    self._claim_in_doubt = True
+                self._wake.set()
+                continue
+            finally:
+                self._quiet_reading = frozenset()
+                self._claims.end(reading)
+            self._took(batch, plan, started)
+            loop.beat()
 
     async def _claim(self, conn: asyncpg.Connection, plan: list[Take]) -> list[outbox.Claimed]:
         """One claim: destinations under delivery control through claim_limited (their
@@ -393,7 +506,7 @@ class Dispatcher:
                     wait = poll / 4 if rate is None else min(max(1 / rate, 0.005), poll)
                     again.append((wait, take.destination))
             if again:
-                self._wake_in(again)
+                self._wake_in(again, rows=False)
             batch += limited
         return batch
 
@@ -407,9 +520,12 @@ class Dispatcher:
             self._search_at = now
         if now >= self._search_at:
             self._search_at = now + self.settings.poll_interval_seconds
-            self._claims.begin()
-            found = await outbox.search_due(conn, dict(self._claims.cursors))
-            self._claims.found((d.destination, d.position) for d in found)
+            reading = self._claims.begin()
+            try:
+                found = await outbox.search_due(conn, dict(self._claims.cursors))
+            finally:
+                self._claims.end(reading)
+            self._claims.found(((d.destination, d.position) for d in found), reading)
             for d in found:
                 if d.controlled:
                     self._controlled[d.destination] = d.rate
@@ -423,9 +539,25 @@ class Dispatcher:
         if found is None:
             self._claims.forget_cursors()
             self._search_at = 0.0
+            self._wake.set()
         else:
-            self._claims.announce(*found)
-        self._wake.set()
+            self._announce(*found)
+
+    def _announce(self, d: Destination, at: datetime | None = None, *, rows: bool = True) -> None:
+        """Rows of ``d`` are due (or, without ``rows``, ``d`` is to be asked again): the
+        claim loop's to take, or the quiet claim's if the claim loop is in a statement
+        and ``d`` holds nothing here (see _quiet_loop)."""
+        self._claims.announce(d, at, rows=rows)
+        if (
+            self._reading is not None
+            and d not in self._reading
+            and d not in self._per_destination
+            and d not in self._unjudged
+        ):
+            self._quiet.add(d)
+            self._quiet_wake.set()
+        else:
+            self._wake.set()
 
     async def _look_one_by_one(self) -> None:
         """After a claim failed for a reason other than the database going away: read
@@ -435,7 +567,8 @@ class Dispatcher:
         with its neighbours after every lease, forever."""
         try:
             self._claim_conn = await self._connected(self._claim_conn, **outbox.CLAIM_SESSION)
-            await self._one_by_one(self._claim_conn, due=True)
+            async with self._quiet_lock:
+                await self._one_by_one(self._claim_conn, due=True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the next failed claim tries again
@@ -469,8 +602,10 @@ class Dispatcher:
                 self._spawn(claimed)
 
     def _busy(self) -> dict[Destination, int]:
-        """Held counts per destination; one awaiting judgement counts as full."""
-        busy = dict(self._per_destination)
+        """Held counts per destination (with rows a claim under way asked for); one
+        awaiting judgement counts as full."""
+        busy = Counter(self._per_destination)
+        busy.update(self._asked)
         for key in self._unjudged:
             busy[key] = self._claims.per_destination
         return busy
@@ -701,8 +836,7 @@ class Dispatcher:
             self._held.pop(recorded.claimed.id, None)
             if recorded.claimed.ordering_key is not None:
                 # Its key's next row may be claimed now.
-                self._claims.announce(recorded.claimed.destination)
-                self._wake.set()
+                self._announce(recorded.claimed.destination)
             if recorded.next_status == "pending":
                 retries.append((recorded.delay_seconds, recorded.claimed.destination))
             if self._affects_health(
@@ -817,12 +951,13 @@ class Dispatcher:
             self._record_conn = None
             raise
 
-    def _wake_in(self, retries: list[tuple[float, Destination]]) -> None:
-        """Wake the claim loop when retries fall due (a heap of times, one timer)."""
+    def _wake_in(self, retries: list[tuple[float, Destination]], *, rows: bool = True) -> None:
+        """Wake the claim loop when retries fall due (a heap of times, one timer); with
+        ``rows`` false, to ask a destination again (its tokens, its cap)."""
         now = asyncio.get_running_loop().time()
         for delay, destination in retries:
             if delay < self.settings.poll_interval_seconds * 50:  # far off: polling finds it
-                heapq.heappush(self._wake_times, (now + delay, destination))
+                heapq.heappush(self._wake_times, (now + delay, destination, rows))
         self._arm_timer()
 
     def _arm_timer(self) -> None:
@@ -831,10 +966,9 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         while self._wake_times and self._wake_times[0][0] <= now:
-            _, destination = heapq.heappop(self._wake_times)
+            _, destination, rows = heapq.heappop(self._wake_times)
             # Due already: no timer needed for it. Its row is ahead of any cursor there.
-            self._claims.announce(destination)
-            self._wake.set()
+            self._announce(destination, rows=rows)
         if not self._wake_times:
             return
         due = self._wake_times[0][0]

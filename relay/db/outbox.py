@@ -130,6 +130,37 @@ _CONTROLLED = """(t.rate_limit_per_second IS NOT NULL OR t.max_in_flight IS NOT 
      OR t.throttle < 1 OR COALESCE(t.throttled_until > now(), false)
      OR t.ordering_key IS NOT NULL)"""
 
+# The end of both claims (CLAIM, CLAIM_LIMITED): ``due`` (a CTE each defines) holds the
+# rows to take, with id and manual; they become ``delivering`` under our token and a
+# lease (``claimed``), and come back with all a delivery needs (_RETURN_CLAIMED).
+_TAKE = """claimed AS (
+        UPDATE relay.deliveries_active d
+        SET status = 'delivering',
+            attempts = d.attempts + 1,
+            manual = false,
+            claim_token = :token,
+            lease_expires_at = now() + make_interval(secs => :lease_seconds),
+            updated_at = now()
+        FROM due
+        WHERE d.id = ANY(ARRAY(SELECT id FROM due)) AND d.id = due.id
+        RETURNING d.*, due.manual AS was_manual"""
+
+_RETURN_CLAIMED = f"""SELECT {_CLAIMED.format(manual="d.was_manual")}, d.next_attempt_at AS due_at
+    FROM claimed d
+    JOIN relay.events e ON e.seq = d.event_seq
+    JOIN relay.destinations t ON t.tenant_id = d.tenant_id AND t.id = d.destination_id"""
+
+# Both claims' parameters (claim_parameters builds them from a plan).
+_CLAIM_PARAMS = (
+    bindparam("tenants", type_=ARRAY(Text)),
+    bindparam("destinations", type_=ARRAY(Text)),
+    bindparam("counts", type_=ARRAY(Integer)),
+    bindparam("since_at", type_=ARRAY(TS)),
+    bindparam("since_id", type_=ARRAY(BigInteger)),
+    bindparam("token", type_=UUID(as_uuid=True)),
+    bindparam("lease_seconds", type_=Float),
+)
+
 CLAIM = text(f"""
     WITH asked AS (
         SELECT a.* FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
@@ -148,31 +179,10 @@ CLAIM = text(f"""
             LIMIT a.count
             FOR UPDATE SKIP LOCKED
         ) p
-    ), claimed AS (
-        UPDATE relay.deliveries_active d
-        SET status = 'delivering',
-            attempts = d.attempts + 1,
-            manual = false,
-            claim_token = :token,
-            lease_expires_at = now() + make_interval(secs => :lease_seconds),
-            updated_at = now()
-        FROM due
-        WHERE d.id = ANY(ARRAY(SELECT id FROM due)) AND d.id = due.id
-        RETURNING d.*, due.manual AS was_manual
+    ), {_TAKE}
     )
-    SELECT {_CLAIMED.format(manual="d.was_manual")}, d.next_attempt_at AS due_at
-    FROM claimed d
-    JOIN relay.events e ON e.seq = d.event_seq
-    JOIN relay.destinations t ON t.tenant_id = d.tenant_id AND t.id = d.destination_id
-""").bindparams(
-    bindparam("tenants", type_=ARRAY(Text)),
-    bindparam("destinations", type_=ARRAY(Text)),
-    bindparam("counts", type_=ARRAY(Integer)),
-    bindparam("since_at", type_=ARRAY(TS)),
-    bindparam("since_id", type_=ARRAY(BigInteger)),
-    bindparam("token", type_=UUID(as_uuid=True)),
-    bindparam("lease_seconds", type_=Float),
-)
+    {_RETURN_CLAIMED}
+""").bindparams(*_CLAIM_PARAMS)
 
 # The session the claims and searches run in. Without sorts, a destination's due rows
 # can only come from ix_deliveries_due, in order, stopped at the count. Planned from
@@ -304,17 +314,7 @@ CLAIM_LIMITED = text(f"""
             FOR UPDATE SKIP LOCKED
         ) p
         WHERE g.ordered
-    ), claimed AS (
-        UPDATE relay.deliveries_active d
-        SET status = 'delivering',
-            attempts = d.attempts + 1,
-            manual = false,
-            claim_token = :token,
-            lease_expires_at = now() + make_interval(secs => :lease_seconds),
-            updated_at = now()
-        FROM due
-        WHERE d.id = ANY(ARRAY(SELECT id FROM due)) AND d.id = due.id
-        RETURNING d.*, due.manual AS was_manual
+    ), {_TAKE}
     ), spent AS (
         INSERT INTO relay.destination_buckets AS b (tenant_id, destination_id, tokens,
                                                     refilled_at)
@@ -328,20 +328,8 @@ CLAIM_LIMITED = text(f"""
         ON CONFLICT (tenant_id, destination_id) DO UPDATE
         SET tokens = excluded.tokens, refilled_at = excluded.refilled_at
     )
-    SELECT {_CLAIMED.format(manual="d.was_manual")}, d.next_attempt_at AS due_at
-    FROM claimed d
-    JOIN relay.events e ON e.seq = d.event_seq
-    JOIN relay.destinations t ON t.tenant_id = d.tenant_id AND t.id = d.destination_id
-""").bindparams(
-    bindparam("tenants", type_=ARRAY(Text)),
-    bindparam("destinations", type_=ARRAY(Text)),
-    bindparam("counts", type_=ARRAY(Integer)),
-    bindparam("since_at", type_=ARRAY(TS)),
-    bindparam("since_id", type_=ARRAY(BigInteger)),
-    bindparam("token", type_=UUID(as_uuid=True)),
-    bindparam("lease_seconds", type_=Float),
-    bindparam("default_in_flight", type_=Integer),
-)
+    {_RETURN_CLAIMED}
+""").bindparams(*_CLAIM_PARAMS, bindparam("default_in_flight", type_=Integer))
 
 # A live dispatcher keeps its claims: in-flight rows get a fresh lease while it works.
 EXTEND_LEASES = text("""

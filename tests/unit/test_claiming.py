@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from relay.claiming import Claims, share_by_tenant, share_out
+from relay.claiming import TENANT_MEMORY, Claims, share_by_tenant, share_out, tenant_rooms
 
 A, B, C = ("t", "a"), ("t", "b"), ("t", "c")
 T0 = datetime(2026, 12, 7, tzinfo=UTC)
@@ -69,26 +69,98 @@ def test_rows_announced_while_a_claim_runs_are_not_jumped_over_by_its_answer() -
     # not move the cursor past those rows: nothing would read them until the sweep.
     claims = Claims(per_destination=10, active={A}, cursors={A: (T0, 1)})
     plan = claims.plan({}, 5)
-    claims.begin()
+    reading = claims.begin()
     claims.announce(A, T0 + timedelta(seconds=1))  # ahead of the cursor when it came
-    claims.took(plan, [(A, (T0 + timedelta(seconds=2), 50))] * 5)
+    claims.took(plan, [(A, (T0 + timedelta(seconds=2), 50))] * 5, reading)
     assert claims.cursors[A] == (T0 + timedelta(seconds=1), 0)
     # The same for a search, and for a wake-up that names no destination.
     claims = Claims(per_destination=10)
-    claims.begin()
+    reading = claims.begin()
     claims.announce(B, T0)
-    claims.found([(B, (T0 + timedelta(seconds=3), 9))])
+    claims.found([(B, (T0 + timedelta(seconds=3), 9))], reading)
     assert claims.cursors[B] == (T0, 0)
-    claims.begin()
+    reading = claims.begin()
     claims.forget_cursors()
-    claims.took([], [(B, (T0 + timedelta(seconds=4), 10))])
+    claims.took([], [(B, (T0 + timedelta(seconds=4), 10))], reading)
     assert claims.cursors == {}
     # Announcements before the statement began were applied then; they are not kept.
     claims = Claims(per_destination=10, active={A}, cursors={A: (T0, 1)})
     claims.announce(A, T0 + timedelta(seconds=1))
-    claims.begin()
-    claims.took(claims.plan({}, 1), [(A, (T0 + timedelta(seconds=2), 50))])
+    reading = claims.begin()
+    claims.took(claims.plan({}, 1), [(A, (T0 + timedelta(seconds=2), 50))], reading)
     assert claims.cursors[A] == (T0 + timedelta(seconds=2), 50)
+
+
+def test_a_destination_announced_while_its_claim_runs_stays_active() -> None:
+    # A row committed after the claim's snapshot: the claim gives fewer rows than asked,
+    # which would say "nothing more due"; the announcement says there is. Left out of
+    # ``active``, the row would wait for the next announcement or search (a poll interval).
+    claims = Claims(per_destination=10, active={A, B})
+    plan = claims.plan({}, 10)
+    reading = claims.begin()
+    claims.announce(A, T0)
+    claims.took(plan, [(A, (T0 - timedelta(seconds=1), 1))], reading)
+    assert claims.active == {A}
+    assert [t.destination for t in claims.plan({}, 10)] == [A]
+
+
+def test_two_statements_at_once_each_see_the_announcements_made_while_they_ran() -> None:
+    claims = Claims(per_destination=10, active={A, B}, cursors={A: (T0, 1), B: (T0, 1)})
+    first = claims.begin()
+    plan_a = claims.plan({}, 10, among={A})
+    claims.announce(A, T0 + timedelta(seconds=1))
+    second = claims.begin()
+    plan_b = claims.plan({}, 10, skip={A})
+    assert [t.destination for t in plan_a] == [A] and [t.destination for t in plan_b] == [B]
+    claims.announce(B, T0 + timedelta(seconds=2))
+    claims.took(plan_b, [(B, (T0 + timedelta(seconds=3), 9))], second)
+    # The second statement began after A's announcement: it is the first one's to settle.
+    assert claims.cursors[B] == (T0 + timedelta(seconds=2), 0)
+    claims.took(plan_a, [(A, (T0 + timedelta(seconds=5), 7))], first)
+    assert claims.cursors[A] == (T0 + timedelta(seconds=1), 0)
+    assert claims.active == {A, B}
+    # A statement that failed leaves nothing behind.
+    failed = claims.begin()
+    claims.end(failed)
+    claims.announce(A, T0)
+    assert failed.late == {}
+
+
+def test_a_tenant_holding_its_share_leaves_the_last_eighth_of_the_slots_to_others() -> None:
+    # Alone, a tenant may take every free slot.
+    assert tenant_rooms({"a": 200}, {"a"}, 256) == {"a": 56}
+    # With another tenant about, one past its equal share stops 32 short of full.
+    assert tenant_rooms({"a": 200}, {"a", "b"}, 256) == {"a": 24, "b": 56}
+    assert tenant_rooms({"a": 224}, {"a", "b"}, 256) == {"a": 0, "b": 32}
+    # Two backlogs: neither can take the slots kept for a third tenant.
+    assert tenant_rooms({"a": 112, "b": 112}, {"a", "b", "c"}, 256) == {
+        "a": 0,
+        "b": 0,
+        "c": 32,
+    }
+    # Up to its share, a tenant may use them.
+    assert tenant_rooms({"a": 100, "b": 30}, {"a", "b"}, 256) == {"a": 94, "b": 98}
+
+
+def test_a_tenant_filling_the_slots_leaves_room_for_another_in_the_plan() -> None:
+    # Tenant "big" has 16 destinations with backlogs and would fill all 64 slots; "small"
+    # was seen with due work a moment ago.
+    big = {("big", f"d{n}") for n in range(16)}
+    claims = Claims(per_destination=8, active=set(big), concurrency=64)
+    claims.seen["small"] = 0.0
+    plan = claims.plan({}, 64, now=1.0)
+    assert sum(t.count for t in plan) == 64 - 8
+    held = {t.destination: t.count for t in plan}
+    # The small tenant's fresh row finds room at the next claim though big's backlog
+    # still waits: 8 slots were kept.
+    small = ("small", "x")
+    claims.announce(small)
+    plan = claims.plan(held, 64 - sum(held.values()), now=2.0)
+    assert [(t.destination, t.count) for t in plan] == [(small, 8)]
+    # Forgotten after TENANT_MEMORY without due work: alone again, big may fill all.
+    claims = Claims(per_destination=8, active=set(big), concurrency=64)
+    claims.seen["small"] = 0.0
+    assert sum(t.count for t in claims.plan({}, 64, now=TENANT_MEMORY + 1)) == 64
 
 
 def test_the_batch_is_shared_between_tenants_first_then_their_destinations() -> None:
