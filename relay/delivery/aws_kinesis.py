@@ -13,12 +13,17 @@ endpoint, an emulator).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from relay.delivery import aws, keytemplates, registry
-from relay.delivery.base import DeliveryContext, Provider, Target, json_map, make_metadata
+from relay.delivery.base import (
+    DeliveryContext,
+    Provider,
+    Target,
+    json_map,
+    message_metadata,
+)
 
 if TYPE_CHECKING:
     from relay.db.outbox import Claimed
@@ -46,14 +51,7 @@ class KinesisPublisher(aws.AwsPublisher):
         self.metadata_in_payload = metadata_in_payload
 
     def request(self, claimed: Claimed) -> dict[str, Any]:
-        metadata = make_metadata(
-            claimed.event_id,
-            claimed.topic,
-            time.time(),
-            json_map(claimed.delivery_metadata),
-            json_map(claimed.metadata),
-            milliseconds=self.context.milliseconds,
-        )
+        metadata = message_metadata(claimed, milliseconds=self.context.milliseconds)
         key = claimed.event_id
         if self.template:
             # json, not orjson: it reads integers of any size, as Go reads them (floats).

@@ -18,7 +18,6 @@ import base64
 import functools
 import hashlib
 import json
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -30,8 +29,8 @@ from relay.delivery.base import (
     Provider,
     Target,
     json_map,
-    make_metadata,
     message,
+    message_metadata,
 )
 
 if TYPE_CHECKING:
@@ -83,14 +82,7 @@ class S3Publisher(aws.AwsPublisher):
         self.storage = storage
 
     def request(self, claimed: Claimed) -> dict[str, Any]:
-        metadata = make_metadata(
-            claimed.event_id,
-            claimed.topic,
-            time.time(),
-            json_map(claimed.delivery_metadata),
-            json_map(claimed.metadata),
-            milliseconds=self.context.milliseconds,
-        )
+        metadata = message_metadata(claimed, milliseconds=self.context.milliseconds)
         document = {
             # json, not orjson: it reads integers of any size, as Go reads them (floats).
             "data": json.loads(claimed.body),

@@ -12,7 +12,6 @@ us-east-1. ``credentials.session``, a session token, is read as Outpost reads it
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus, urlsplit
@@ -24,7 +23,7 @@ from relay.delivery.base import (
     Schema,
     Target,
     json_map,
-    make_metadata,
+    message_metadata,
 )
 
 if TYPE_CHECKING:
@@ -65,14 +64,7 @@ class SqsPublisher(aws.AwsPublisher):
         self.queue_url = queue_url
 
     def request(self, claimed: Claimed) -> dict[str, Any]:
-        metadata = make_metadata(
-            claimed.event_id,
-            claimed.topic,
-            time.time(),
-            json_map(claimed.delivery_metadata),
-            json_map(claimed.metadata),
-            milliseconds=self.context.milliseconds,
-        )
+        metadata = message_metadata(claimed, milliseconds=self.context.milliseconds)
         return {
             "QueueUrl": self.queue_url,
             "MessageBody": claimed.body,

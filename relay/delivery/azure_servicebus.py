@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,7 +45,7 @@ from relay.delivery.base import (
     Target,
     brief,
     json_map,
-    make_metadata,
+    message_metadata,
     network_code,
 )
 
@@ -155,14 +154,7 @@ class ServiceBusPublisher:
     async def deliver(self, claimed: Claimed) -> Outcome:
         attempt = Attempt()
         seconds = claimed.timeout_seconds or self.context.settings.timeout_seconds
-        metadata = make_metadata(
-            claimed.event_id,
-            claimed.topic,
-            time.time(),
-            json_map(claimed.delivery_metadata),
-            json_map(claimed.metadata),
-            milliseconds=self.context.milliseconds,
-        )
+        metadata = message_metadata(claimed, milliseconds=self.context.milliseconds)
         # The client's type says keys may be bytes too.
         properties: dict[str | bytes, Any] = {k: v for k, v in metadata.items()}
         message = ServiceBusMessage(claimed.body.encode(), application_properties=properties)

@@ -183,6 +183,20 @@ def make_metadata(
     return merged
 
 
+def message_metadata(claimed: Claimed, *, milliseconds: bool) -> dict[str, str]:
+    """The metadata a broker type's message of ``claimed`` carries, stamped now: its
+    ``make_metadata`` (a webhook's headers keep only what HTTP can carry instead:
+    webhook_formats.merged_metadata)."""
+    return make_metadata(
+        claimed.event_id,
+        claimed.topic,
+        time.time(),
+        json_map(claimed.delivery_metadata),
+        json_map(claimed.metadata),
+        milliseconds=milliseconds,
+    )
+
+
 def json_map(text: str | None) -> dict[str, str]:
     """A JSON object of strings as the claim carries it (metadata, config, ...)."""
     if not text or text == "{}":

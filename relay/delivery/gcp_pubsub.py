@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -53,8 +52,8 @@ from relay.delivery.base import (
     Target,
     brief,
     json_map,
-    make_metadata,
     message,
+    message_metadata,
 )
 
 if TYPE_CHECKING:
@@ -170,14 +169,7 @@ class PubSubPublisher:
     async def deliver(self, claimed: Claimed) -> Outcome:
         attempt = Attempt()
         seconds = claimed.timeout_seconds or self.context.settings.timeout_seconds
-        attributes = make_metadata(
-            claimed.event_id,
-            claimed.topic,
-            time.time(),
-            json_map(claimed.delivery_metadata),
-            json_map(claimed.metadata),
-            milliseconds=self.context.milliseconds,
-        )
+        attributes = message_metadata(claimed, milliseconds=self.context.milliseconds)
         message = PubsubMessage(data=claimed.body.encode(), attributes=attributes)
         try:
             current = self._ready()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,7 +49,7 @@ from relay.delivery.base import (
     brief,
     checked,
     json_map,
-    make_metadata,
+    message_metadata,
     network_code,
 )
 
@@ -252,14 +251,7 @@ class KafkaPublisher:
     async def deliver(self, claimed: Claimed) -> Outcome:
         attempt = Attempt()
         seconds = claimed.timeout_seconds or self.context.settings.timeout_seconds
-        metadata = make_metadata(
-            claimed.event_id,
-            claimed.topic,
-            time.time(),
-            json_map(claimed.delivery_metadata),
-            json_map(claimed.metadata),
-            milliseconds=self.context.milliseconds,
-        )
+        metadata = message_metadata(claimed, milliseconds=self.context.milliseconds)
         key = self.key(claimed, metadata)
         headers = [("content-type", b"application/json")]
         headers += [(k, v.encode()) for k, v in metadata.items()]

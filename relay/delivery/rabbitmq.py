@@ -15,7 +15,6 @@ publisher); a closed connection or channel is opened again by the next delivery.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import quote
@@ -36,7 +35,7 @@ from relay.delivery.base import (
     brief,
     checked,
     json_map,
-    make_metadata,
+    message_metadata,
     network_code,
 )
 
@@ -133,14 +132,7 @@ class RabbitMQPublisher:
     async def deliver(self, claimed: Claimed) -> Outcome:
         attempt = Attempt()
         seconds = claimed.timeout_seconds or self.context.settings.timeout_seconds
-        headers = make_metadata(
-            claimed.event_id,
-            claimed.topic,
-            time.time(),
-            json_map(claimed.delivery_metadata),
-            json_map(claimed.metadata),
-            milliseconds=self.context.milliseconds,
-        )
+        headers = message_metadata(claimed, milliseconds=self.context.milliseconds)
         message = aio_pika.Message(
             claimed.body.encode(), content_type="application/json", headers=dict(headers)
         )
