@@ -213,3 +213,18 @@ async def why_refused_host(url: str, allowed: Sequence[Network] = ()) -> str | N
     return (
         f"{host} resolves only to refused addresses ({addresses[0]}: {why_refused(first, allowed)})"
     )
+
+
+async def guarded_address(host: str, port: int, allowed: Sequence[Network] = ()) -> str:
+    """The address a broker client should connect to for ``host``: the first one DNS
+    gives (or the literal) that the guard permits; BlockedAddress when there is none,
+    socket.gaierror when the name does not resolve. Clients that are not aiohttp's (NATS,
+    Redis) connect to this address rather than the name, so the guard's answer is the
+    address connected to (no second lookup to rebind)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    for address in addresses:
+        if refusal(address.split("%")[0], allowed) is None:
+            return address
+    raise BlockedAddress(f"{host}: {refusal(addresses[0].split('%')[0], allowed)}")

@@ -5,7 +5,8 @@
 - pool.py: the dispatcher's door (``Deliverer``): publishers pooled per destination,
   timeouts around them, all closed when the dispatcher stops.
 - webhook.py, hookdeck.py, rabbitmq.py, aws_sqs.py, aws_kinesis.py, aws_s3.py,
-  gcp_pubsub.py, azure_servicebus.py, kafka.py: the types that deliver; schemas/<type>.json
+  gcp_pubsub.py, azure_servicebus.py, kafka.py, and relay's own nats_jetstream.py and
+  redis_streams.py: the types that deliver; schemas/<type>.json
   describes every type (what ``/destination-types`` answers and validation reads). aws.py:
   what the AWS types share (their aiobotocore client, error codes); keytemplates.py:
   Outpost's JMESPath key templates (Kinesis and kafka partition keys, S3 object keys).

@@ -147,6 +147,24 @@ def network_code(exc: BaseException) -> str | None:
     return None
 
 
+def host_port(server_url: str, default_port: int) -> tuple[str, int]:
+    """A broker's ``server_url`` (``host``, ``host:port``, ``[v6]:port``) as host and
+    port; ValueError for a port that is not one."""
+    host, port = server_url.strip(), default_port
+    if host.startswith("["):
+        host, closed, rest = host[1:].partition("]")
+        if not closed or (rest and not rest.startswith(":")):
+            raise ValueError(f"{server_url!r} is not host:port")
+        if rest:
+            port = int(rest[1:])
+    elif host.count(":") == 1:
+        host, _, text = host.partition(":")
+        port = int(text)
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"{server_url!r} is not host:port")
+    return host, port
+
+
 # --- metadata --------------------------------------------------------------------------
 
 

@@ -39,6 +39,9 @@ TYPES: dict[str, Entry] = {
     "azure_servicebus": Entry("relay.delivery.azure_servicebus", "azure"),
     "rabbitmq": Entry("relay.delivery.rabbitmq", "rabbitmq"),
     "kafka": Entry("relay.delivery.kafka", "kafka"),
+    # relay's own, beyond Outpost's.
+    "nats_jetstream": Entry("relay.delivery.nats_jetstream", "nats"),
+    "redis_streams": Entry("relay.delivery.redis_streams", "redis"),
 }
 
 

@@ -575,7 +575,8 @@ async def test_catalogue_types_and_openapi(
 ) -> None:
     assert await api.call("GET", "/topics") == (200, [])
     status, types = await api.call("GET", "/destination-types")
-    # Outpost's nine types, in Outpost's order, whether or not this relay delivers them.
+    # Outpost's nine types, in Outpost's order, whether or not this relay delivers them;
+    # then relay's own.
     assert status == 200 and [t["type"] for t in types] == [
         "webhook",
         "hookdeck",
@@ -586,6 +587,8 @@ async def test_catalogue_types_and_openapi(
         "azure_servicebus",
         "rabbitmq",
         "kafka",
+        "nats_jetstream",
+        "redis_streams",
     ]
     assert (await api.call("GET", "/destination-types/webhook"))[1]["type"] == "webhook"
     assert (await api.call("GET", "/destination-types/kafka"))[1]["label"] == "Apache Kafka"

@@ -329,7 +329,9 @@ async def test_health_schemas_and_topics(sdk: Outpost) -> None:
     health = await sdk.health.check_async()
     assert health is not None
     types = await sdk.schemas.list_destination_types_async()
-    assert [t.type for t in types][:2] == ["webhook", "hookdeck"] and len(types) == 9
+    # Outpost's nine, then relay's own two, which the SDK reads as any other.
+    assert [t.type for t in types][:2] == ["webhook", "hookdeck"] and len(types) == 11
+    assert [t.type for t in types][9:] == ["nats_jetstream", "redis_streams"]
     rabbitmq = await sdk.schemas.get_destination_type_async(type_="rabbitmq")
     assert [(f.key, f.required) for f in rabbitmq.credential_fields or []] == [
         ("username", True),

@@ -142,3 +142,14 @@ def test_short_and_numeric_ipv4_forms_are_literals_too(host: str) -> None:
     assert ssrf.refusal_for_url(f"http://{host}:8080/hook") is not None
     assert ssrf.refusal_for_url("http://134744072/") is None  # 8.8.8.8
     assert ssrf.literal_host("http://1.2.3.4.5/") is None  # a name, for DNS to answer
+
+
+async def test_a_broker_client_connects_to_the_address_the_guard_judged() -> None:
+    """NATS and Redis connect to the address guarded_address returns, not the name."""
+    loopback = ssrf.parse_networks(["127.0.0.0/8"])
+    assert await ssrf.guarded_address("127.0.0.1", 4222, loopback) == "127.0.0.1"
+    assert await ssrf.guarded_address("localhost", 6379, loopback) == "127.0.0.1"
+    with pytest.raises(ssrf.BlockedAddress, match=r"127\.0\.0\.1 is not a public address"):
+        await ssrf.guarded_address("127.0.0.1", 4222)
+    with pytest.raises(ssrf.BlockedAddress, match="cloud metadata"):
+        await ssrf.guarded_address("169.254.169.254", 80, loopback)

@@ -1,0 +1,214 @@
+"""redis_streams destinations against a real Redis (Debian's redis-server, started here
+with an ACL user and password so credentials are checked): the destination contract,
+then what is particular to the type (streams from topics, trimming, ACL refusals)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio
+
+from tests.support.contract import (
+    SCHEDULE,
+    Broker,
+    Contract,
+    DestinationContract,
+    Received,
+    wait_until,
+)
+from tests.support.relay import free_port, make_settings
+
+HOST = "127.0.0.1"
+USER, PASSWORD = "relay-test", "redis-secret-0123"
+# The admin's password (the default user's), for the test's own client.
+ADMIN_PASSWORD = "redis-admin-0123"
+
+
+def _binary() -> str | None:
+    return shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/usr/bin")
+
+
+@pytest.fixture(scope="module")
+def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A Redis of this module's: nothing kept on disk, a password for the default user and
+    an ACL user (USER) that may use the keys relaytest:* only."""
+    binary = _binary()
+    if binary is None:
+        pytest.skip("Redis is not installed (redis-server; Debian: apt-get install redis-server)")
+    port = free_port()
+    home = tmp_path_factory.mktemp("redis")
+    argv = [binary, "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no"]
+    argv += ["--dir", str(home), "--requirepass", ADMIN_PASSWORD]
+    argv += ["--user", USER, "on", f">{PASSWORD}", "~relaytest:*", "+@all"]
+    log = home / "server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection((HOST, port), timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                raise RuntimeError(f"redis-server did not start: {log.read_text()}") from None
+            time.sleep(0.05)
+    yield port
+    server.terminate()
+    server.wait(10)
+
+
+class RedisBroker(Broker):
+    type = "redis_streams"
+    extra = "redis"
+    library = "redis"
+    refused_codes = frozenset({"wrong_type"})
+    sensitive = ("password", PASSWORD)
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        tag = uuid.uuid4().hex[:12]
+        self.stream, self.missing = f"relaytest:{tag}", f"relaytest:{tag}:refusing"
+        self.reading = self.stream
+        self.last = "0"
+        self.client = redis.asyncio.Redis(host=HOST, port=port, password=ADMIN_PASSWORD)
+
+    async def __aenter__(self) -> RedisBroker:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.aclose()
+
+    def destination(self) -> dict[str, Any]:
+        return {
+            "config": {"server_url": f"{HOST}:{self.port}", "stream": self.stream},
+            "credentials": {"username": USER, "password": PASSWORD},
+        }
+
+    async def receive(self, timeout: float = 10.0) -> Received:
+        answer: Any = await self.client.xread(
+            {self.reading: self.last}, count=1, block=int(timeout * 1000)
+        )
+        if not answer:
+            raise AssertionError(f"no entry in {self.reading} within {timeout} s")
+        [[_, [(entry_id, fields)]]] = answer
+        self.last = entry_id
+        fields = {k.decode(): v for k, v in fields.items()}
+        body = fields.pop("data")
+        metadata = {k.lower(): v.decode() for k, v in fields.items()}
+        return Received(body, metadata, {"id": entry_id.decode()})
+
+    async def refusing(self) -> dict[str, Any]:
+        # The key holds a string: XADD answers WRONGTYPE.
+        await self.client.set(self.missing, "not a stream")
+        values = self.destination()
+        values["config"]["stream"] = self.missing
+        return values
+
+    async def stop_refusing(self) -> None:
+        await self.client.delete(self.missing)
+        self.reading, self.last = self.missing, "0"
+
+    def down(self) -> dict[str, Any]:
+        values = self.destination()
+        values["config"]["server_url"] = f"{HOST}:{free_port()}"
+        return values
+
+    def config_change(self) -> dict[str, str]:
+        return {"maxlen": "1000"}
+
+
+@pytest.fixture
+async def broker(redis_port: int) -> AsyncIterator[RedisBroker]:
+    async with RedisBroker(redis_port) as b:
+        yield b
+
+
+class TestRedisStreams(DestinationContract):
+    """The contract (tests/support/contract.py) against Redis."""
+
+
+@pytest.fixture
+async def relay(
+    start_relay: Any, database_url: str, http: Any, db: Any, broker: RedisBroker
+) -> Contract:
+    settings = make_settings(
+        database_url, delivery={"retry": {"schedule_seconds": SCHEDULE, "jitter": 0}}
+    )
+    return Contract(http, await start_relay(settings), db, broker)
+
+
+async def _first_attempt(relay: Contract, event_id: str) -> Any:
+    async def attempted() -> bool:
+        return bool(await relay.attempts(event_id))
+
+    await wait_until(attempted)
+    return (await relay.attempts(event_id))[0]
+
+
+async def test_the_stream_is_made_from_the_topic_and_the_entry_id_recorded(
+    relay: Contract, broker: RedisBroker
+) -> None:
+    values = broker.destination()
+    values["config"]["stream"] = broker.stream + ":{topic}"
+    created = await relay.create(values, id="rs")
+    assert created["target"] == f"{HOST}:{broker.port} / {broker.stream}:{{topic}}"
+    assert created["config"]["tls"] == "false"
+    # Keys are binary-safe: any topic makes one.
+    event_id = await relay.publish(b'{"n": 1}', topic="order created")
+    broker.reading = f"{broker.stream}:order created"
+    message = await broker.receive()
+    assert message.body == b'{"n": 1}' and message.metadata["event-id"] == event_id
+
+    async def delivered() -> bool:
+        return await relay.delivery_status(event_id) == "delivered"
+
+    await wait_until(delivered)
+    [attempt] = await relay.attempts(event_id)
+    answer = orjson.loads(attempt["response_body"])
+    assert answer == {"stream": f"{broker.stream}:order created", "id": message.extra["id"]}
+
+
+async def test_maxlen_trims_the_stream(relay: Contract, broker: RedisBroker) -> None:
+    values = broker.destination()
+    values["config"]["maxlen"] = "10"
+    await relay.create(values)
+    ids = [await relay.publish(b'{"n": %d}' % n, topic="t") for n in range(300)]
+
+    async def all_delivered() -> bool:
+        count = await relay.db.fetchval(
+            "SELECT count(*) FROM relay.deliveries WHERE status = 'delivered'"
+        )
+        return bool(count == len(ids))
+
+    await wait_until(all_delivered, timeout=60)
+    # Trimmed by whole nodes (MAXLEN ~): far fewer than were added, at least the ten.
+    length = await broker.client.xlen(broker.stream)
+    assert 10 <= length < 300
+
+
+async def test_a_key_the_user_may_not_write_is_access_denied(
+    relay: Contract, broker: RedisBroker
+) -> None:
+    values = broker.destination()
+    values["config"]["stream"] = "not-relaytest:" + uuid.uuid4().hex
+    await relay.create(values)
+    first = await _first_attempt(relay, await relay.publish(b"{}", topic="t"))
+    assert first["status"] == "failed" and first["error_code"] == "access_denied", dict(first)
+    assert "NOPERM" in first["error_detail"] or "permission" in first["error_detail"].lower()
+
+
+async def test_a_wrong_password_is_auth_failed(relay: Contract, broker: RedisBroker) -> None:
+    values = broker.destination()
+    values["credentials"]["password"] = "not-the-password"
+    await relay.create(values)
+    first = await _first_attempt(relay, await relay.publish(b"{}", topic="t"))
+    assert first["status"] == "failed" and first["error_code"] == "auth_failed", dict(first)
