@@ -24,6 +24,7 @@ import aiohttp
 from relay import ssrf, webhook_formats
 from relay.delivery import registry
 from relay.delivery.base import (
+    INTERNAL_ERROR,
     INVALID_REQUEST,
     TIMEOUT,
     UNAVAILABLE,
@@ -132,6 +133,18 @@ class Deliverer:
                 return await entry.publisher.deliver(claimed)
         except TimeoutError:
             return attempt.failed(TIMEOUT, f"no answer within {seconds:g} s")
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # relay is stopping (the attempt's own timeout is a TimeoutError)
+            # Nobody cancelled this delivery: the client library cancelled one of its own
+            # tasks under it (a connection it tore down). A failed attempt, retried on
+            # the schedule, with a new publisher; not a delivery left to its lease.
+            if self._pool.get(key) is entry:
+                del self._pool[key]
+                self._retire(entry)
+            log.warning("a %s client cancelled a delivery of its own accord", claimed.type)
+            return attempt.failed(INTERNAL_ERROR, f"the client library cancelled it: {brief(exc)}")
         except Exception:
             # A bug in the publisher: its state is unknown; the next delivery gets a new one.
             if self._pool.get(key) is entry:

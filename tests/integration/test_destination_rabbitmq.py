@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 
 from relay.config import load_settings
 from relay.delivery import pool
+from relay.delivery.rabbitmq import RabbitMQPublisher
 from tests.support.contract import (
     SCHEDULE,
     Broker,
@@ -375,3 +377,38 @@ async def test_a_publisher_unused_for_a_while_lets_its_connection_go(
         await relay.publish(b'{"to": "idle"}', topic="t", destination_id="idle")
         assert (await broker.receive()).body == b'{"to": "idle"}'
         assert proxy.accepted == 2
+
+
+async def test_a_cancellation_inside_the_client_library_is_a_failed_attempt_retried(
+    start_relay: Any,
+    database_url: str,
+    http: Any,
+    db: Any,
+    broker: RabbitBroker,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A library that cancels one of its own tasks under a send (as grpc and aiormq do when
+    they tear a connection down) raises CancelledError though nobody cancelled the
+    delivery: that is a failed attempt, retried, not a delivery left for its lease."""
+    deliver = RabbitMQPublisher.deliver
+    calls = 0
+
+    async def cancelled_once(self: RabbitMQPublisher, claimed: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncio.CancelledError("channel closed under the publish")
+        return await deliver(self, claimed)
+
+    monkeypatch.setattr(RabbitMQPublisher, "deliver", cancelled_once)
+    relay = await relay_with(start_relay, database_url, http, db, broker)
+    await relay.create(broker.destination())
+    event_id = await relay.publish(b'{"n": 1}', topic="t")
+    assert (await broker.receive(timeout=10)).body == b'{"n": 1}'
+    await wait_until(lambda: _delivered(relay, event_id))
+    first, second = await relay.attempts(event_id)
+    assert first["status"] == "failed" and first["error_code"] == "internal_error"
+    assert "cancelled" in first["error_detail"]
+    # Retried on the schedule's first delay, not after a lease ran out.
+    assert second["status"] == "success"
+    assert second["started_at"] - first["started_at"] < timedelta(seconds=5)
