@@ -141,8 +141,9 @@ EVENT_DIMENSIONS = {
 ATTEMPT_DIMENSIONS = {
     "tenant_id": "a.tenant_id",
     "destination_id": "a.destination_id",
-    # The destination's type, from relay.destinations (joined when asked for).
-    "destination_type": "COALESCE(dt.type, 'webhook')",
+    # The destination's type: the attempt's own once the destination no longer says it
+    # (migration 0018), else relay.destinations' (joined when asked for).
+    "destination_type": "COALESCE(a.destination_type, dt.type, 'webhook')",
     "topic": "e.topic",
     "status": "a.status",
     # As the attempts API spells an attempt's code (relay/delivery/base.py, attempt_code): the
@@ -250,7 +251,8 @@ def _type_join(rows: str) -> str:
 HOURLY_DIMENSIONS = {
     "tenant_id": "u.tenant_id",
     "destination_id": "u.destination_id",
-    "destination_type": ATTEMPT_DIMENSIONS["destination_type"],
+    # The rollup keeps an attempt's own destination_type as '' when it has none.
+    "destination_type": "COALESCE(NULLIF(u.destination_type, ''), dt.type, 'webhook')",
     "status": "u.status",
     "code": "u.code",
 }
@@ -302,7 +304,8 @@ _HOURS_KEPT = """(
 
 # An attempt as one of the rollup's rows.
 _ATTEMPT_AS_HOURLY = f"""
-    SELECT a.started_at AS t, a.tenant_id, a.destination_id, a.status,
+    SELECT a.started_at AS t, a.tenant_id, a.destination_id,
+           COALESCE(a.destination_type, '') AS destination_type, a.status,
            {ATTEMPT_DIMENSIONS["code"]} AS code, 1::bigint AS attempts,
            (a.number = 1)::int::bigint AS first_attempts,
            a.manual::int::bigint AS manual_attempts, a.number::bigint AS number_sum,
@@ -330,11 +333,12 @@ async def _attempt_hours_metrics(
     conn: AsyncConnection, q: Query, hours_from: datetime, hours_to: datetime
 ) -> Result:
     rollup, attempts = Where(), Where()
-    # The destination's type is not in the rollup: the union's rows are joined to it.
+    # The destination's type is the rollup's only where recorded: the union's rows are
+    # joined to the destinations for the rest.
     by_type = ""
     for name, values in q.filters.items():
         if name == "destination_type":
-            by_type = f"WHERE {ATTEMPT_DIMENSIONS[name]} = ANY(:f_{name})"
+            by_type = f"WHERE {HOURLY_DIMENSIONS[name]} = ANY(:f_{name})"
             attempts.bind(f"f_{name}", list(values), ARRAY(Text))
         else:
             rollup.any_of(f"r.{name}", f"f_{name}", values)
@@ -370,7 +374,8 @@ async def _attempt_hours_metrics(
         )
         SELECT {", ".join([*keys, aggregates])}
         FROM (
-            SELECT r.hour AS t, r.tenant_id, r.destination_id, r.status, r.code, r.attempts,
+            SELECT r.hour AS t, r.tenant_id, r.destination_id, r.destination_type, r.status,
+                   r.code, r.attempts,
                    r.first_attempts, r.manual_attempts, r.number_sum, r.timed_attempts,
                    r.latency_ms_sum
             FROM relay.attempt_hours r

@@ -418,9 +418,11 @@ def _attempt_where(f: AttemptFilter) -> Where:
     where.any_of("e.id", "event_ids", f.event_ids)
     where.any_of("e.topic", "topics", f.topics)
     if f.destination_types:
+        # The attempt's own type once its destination's row no longer says it (0018).
         where.add(
-            "EXISTS (SELECT 1 FROM relay.destinations t WHERE t.tenant_id = a.tenant_id"
-            " AND t.id = a.destination_id AND t.type = ANY(:destination_types))",
+            "(a.destination_type = ANY(:destination_types) OR a.destination_type IS NULL"
+            " AND EXISTS (SELECT 1 FROM relay.destinations t WHERE t.tenant_id = a.tenant_id"
+            " AND t.id = a.destination_id AND t.type = ANY(:destination_types)))",
             destination_types=(list(f.destination_types), ARRAY(Text)),
         )
     if f.status is not None:

@@ -290,6 +290,10 @@ attempts = Table(
     Column("created_at", TS, nullable=False, server_default=NOW),
     # The attempt span's trace id (32 hex digits), when its dispatcher was tracing.
     Column("trace_id", Text),
+    # The type of the destination it was made for, once the destination's row no longer
+    # says it (its id taken by one of another type, the row deleted): written then by a
+    # trigger on relay.destinations (migration 0018). NULL: the destination's type.
+    Column("destination_type", Text),
     PrimaryKeyConstraint("id", "created_at"),
     CheckConstraint("status IN ('success', 'failed')", name="status"),
     Index("ix_attempts_delivery_id", "delivery_id"),
@@ -317,6 +321,8 @@ attempt_hours = Table(
     Column("tenant_id", Text, nullable=False),
     Column("hour", TS, nullable=False),
     Column("destination_id", Text, nullable=False),
+    # The attempts' destination_type, '' for NULL (migration 0018).
+    Column("destination_type", Text, nullable=False, server_default=""),
     Column("status", Text, nullable=False),
     # The HTTP status as text, else the error code, else '' (aggregates' "code").
     Column("code", Text, nullable=False),
@@ -328,7 +334,9 @@ attempt_hours = Table(
     # Those with a latency (history.LATENCY_SQL), and the sum of their duration_ms.
     Column("timed_attempts", BigInteger, nullable=False),
     Column("latency_ms_sum", BigInteger, nullable=False),
-    PrimaryKeyConstraint("tenant_id", "hour", "destination_id", "status", "code", "shard"),
+    PrimaryKeyConstraint(
+        "tenant_id", "hour", "destination_id", "destination_type", "status", "code", "shard"
+    ),
     Index("ix_attempt_hours_hour", "hour"),
     postgresql_with={"fillfactor": "70"},
 )

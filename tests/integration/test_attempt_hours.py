@@ -28,6 +28,7 @@ from relay import retention
 from relay.config import RetentionSettings
 from relay.db import aggregates, history
 from relay.db.engine import create_engine
+from tests.support.relay import admin_headers, make_settings
 
 HOUR = timedelta(hours=1)
 ZONES = ("UTC", "Asia/Kolkata", "America/St_Johns", "Pacific/Chatham", "Europe/Berlin")
@@ -68,20 +69,22 @@ INSERT = """
 
 # The rollup's rows added up over shards, and the same grouping over relay.attempts.
 FROM_ROLLUP = """
-    SELECT tenant_id, hour, destination_id, status, code, sum(attempts), sum(first_attempts),
-           sum(manual_attempts), sum(number_sum), sum(timed_attempts), sum(latency_ms_sum)
+    SELECT tenant_id, hour, destination_id, destination_type, status, code, sum(attempts),
+           sum(first_attempts), sum(manual_attempts), sum(number_sum), sum(timed_attempts),
+           sum(latency_ms_sum)
     FROM relay.attempt_hours
-    GROUP BY 1, 2, 3, 4, 5 HAVING sum(attempts) <> 0 ORDER BY 1, 2, 3, 4, 5
+    GROUP BY 1, 2, 3, 4, 5, 6 HAVING sum(attempts) <> 0 ORDER BY 1, 2, 3, 4, 5, 6
 """
 FROM_ATTEMPTS = f"""
     SELECT tenant_id, date_bin('1 hour', started_at, timestamptz '1970-01-01 00:00:00+00'),
-           destination_id, status, COALESCE(http_status::text, error_code, ''),
+           destination_id, COALESCE(destination_type, ''), status,
+           {aggregates.ATTEMPT_DIMENSIONS["code"]},
            count(*)::numeric, count(*) FILTER (WHERE number = 1)::numeric,
            count(*) FILTER (WHERE manual)::numeric, sum(number)::numeric,
            count({history.LATENCY_SQL})::numeric,
            COALESCE(sum({history.LATENCY_SQL}), 0)::numeric
     FROM relay.attempts a
-    GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+    GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6
 """
 
 
@@ -399,3 +402,82 @@ def test_which_queries_the_rollup_answers() -> None:
         on_the_hour,
         on_the_hour + HOUR,
     )
+
+
+async def test_attempts_keep_their_destinations_type_when_it_is_deleted_and_its_id_reused(
+    start_relay: Any, database_url: str, db: asyncpg.Connection, http: Any, receiver: Any
+) -> None:
+    """A RabbitMQ destination delivers and is deleted (its row stays, soft-deleted), then
+    its id is taken by a webhook (the API lets a deleted destination's id be used again,
+    and the new destination takes the row over): its attempts still count as rabbitmq,
+    from the attempts (the raw path) and from the rollup alike."""
+    relay = await start_relay(make_settings(database_url))
+    api = relay.make_url("/api/v1").human_repr()
+
+    async def call(method: str, path: str, body: Any = None) -> Any:
+        async with http.request(method, api + path, json=body, headers=admin_headers()) as resp:
+            assert resp.status < 300, await resp.text()
+            return await resp.json()
+
+    async def deliver(count: int, attempts: int) -> None:
+        for _ in range(count):
+            await call("POST", "/publish", {"tenant_id": "acme", "topic": "t", "data": {}})
+        async with asyncio.timeout(20):
+            while await db.fetchval("SELECT count(*) FROM relay.attempts") < attempts:
+                await asyncio.sleep(0.05)
+
+    async def counts(measure: str = "count", **filters: str) -> dict[str, dict[str, int]]:
+        """Attempts by destination type, per path: whole hours (the rollup; the hour being
+        written in is one of them), and minutes of a window that cuts an hour (the
+        attempts)."""
+        hour = floor_hour(datetime.now(UTC))
+        found: dict[str, dict[str, int]] = {}
+        for path, start, granularity in (
+            ("rollup", hour - HOUR, "1h"),
+            ("attempts", hour - timedelta(minutes=7), "1m"),
+        ):
+            end = hour + 2 * HOUR
+            q = aggregates.Query(start, end, aggregates.parse_granularity(granularity))
+            assert aggregates.by_hours(q) == (path == "rollup")
+            query = (
+                f"time[start]={start.isoformat()}&time[end]={end.isoformat()}"
+                f"&granularity={granularity}&measures={measure}&dimensions=destination_type"
+            ).replace("+", "%2B") + "".join(f"&filters[{k}]={v}" for k, v in filters.items())
+            by_type = found[path] = {}
+            for point in (await call("GET", "/metrics/attempts?" + query))["data"]:
+                kind = point["dimensions"]["destination_type"]
+                by_type[kind] = by_type.get(kind, 0) + point["metrics"][measure]
+        return found
+
+    await call("PUT", "/tenants/acme")
+    rabbitmq = {
+        "id": "orders",
+        "type": "rabbitmq",
+        "topics": "*",
+        "config": {"server_url": "127.0.0.1:5672", "exchange": "", "tls": "false"},
+        "credentials": {"username": "guest", "password": "guest"},
+    }
+    await call("POST", "/tenants/acme/destinations", rabbitmq)
+    await deliver(3, 3)
+    await call("DELETE", "/tenants/acme/destinations/orders")
+    assert await counts() == {"rollup": {"rabbitmq": 3}, "attempts": {"rabbitmq": 3}}
+
+    webhook = {"id": "orders", "type": "webhook", "topics": "*", "config": {"url": receiver.url()}}
+    await call("POST", "/tenants/acme/destinations", webhook)
+    await deliver(2, 5)
+    assert await db.fetchval("SELECT count(*) FROM relay.attempts WHERE status = 'success'") == 5
+    both = {"rabbitmq": 3, "webhook": 2}
+    assert await counts() == {"rollup": both, "attempts": both}
+    assert await counts("successful_count", destination_type="rabbitmq") == {
+        "rollup": {"rabbitmq": 3},
+        "attempts": {"rabbitmq": 3},
+    }
+    await rollup_is_exact(db)
+    # The attempts API's filter by type says the same.
+    listed = await call("GET", "/attempts?tenant_id=acme&destination_type=rabbitmq")
+    assert len(listed["models"]) == 3
+
+    # A row deleted outright (by hand: relay keeps it) leaves its type with its attempts.
+    await db.execute("DELETE FROM relay.destinations WHERE tenant_id = 'acme' AND id = 'orders'")
+    assert await counts() == {"rollup": both, "attempts": both}
+    await rollup_is_exact(db)
