@@ -77,7 +77,7 @@ def document() -> bytes:
 
 
 def schemas(written: Mapping[str, Any]) -> dict[str, Any]:
-    """openapi.json's schemas with every other type's made and placed. Pure."""
+    """openapi.json's schemas (``written``) with every other type's made and placed."""
     types = [t for t in registry.TYPES if t != MOULD]
     made: dict[str, dict[str, Any]] = {}
     for type in types:
@@ -88,10 +88,9 @@ def schemas(written: Mapping[str, Any]) -> dict[str, Any]:
         for group in GROUPS:
             if key != group[-1].format(name(MOULD)):
                 continue
-            for type in types:
-                for pattern in group:
-                    if pattern.format(name(type)) in made:  # no Config without config fields
-                        answer[pattern.format(name(type))] = made[pattern.format(name(type))]
+            names = [pattern.format(name(t)) for t in types for pattern in group]
+            # (A type without config fields has no Config.)
+            answer |= {n: made[n] for n in names if n in made}
             if group[0].startswith("Destination"):
                 answer[group[0].format("")] = polymorphic(group[0])
     answer["DestinationType"] = dict(written["DestinationType"], enum=list(registry.TYPES))
