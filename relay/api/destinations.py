@@ -14,7 +14,7 @@ webhook's url, and each host another type's values name (Provider.addresses).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -209,8 +209,8 @@ async def check_resolved(url: str, allowed: Sequence[ssrf.Network], problems: li
 
 async def check_addresses(
     provider: Provider,
-    config: dict[str, str],
-    credentials: dict[str, str],
+    config: Mapping[str, str],
+    credentials: Mapping[str, str],
     allowed: Sequence[ssrf.Network],
 ) -> None:
     """A 422 naming each field whose host the guard refuses now (an IP literal, or a name

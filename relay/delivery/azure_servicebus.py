@@ -94,10 +94,12 @@ def classify(exc: BaseException) -> str:
     """A stable code for a failed send."""
     if isinstance(exc, ssrf.BlockedAddress):
         return BLOCKED_ADDRESS
-    if isinstance(exc, sb.ServiceBusAuthenticationError):
+    statuses = {getattr(e, "status_code", None) for e in causes(exc)}
+    token_refused = isinstance(exc, sb.ServiceBusConnectionError) and statuses & {401, 404}
+    if isinstance(exc, sb.ServiceBusAuthenticationError) or token_refused:
         # The CBS token was refused: Service Bus answers 404 for an unknown entity,
-        # 401 for a wrong key or key name.
-        statuses = {getattr(e, "status_code", None) for e in causes(exc)}
+        # 401 for a wrong key or key name. (Given a custom_endpoint_address, the
+        # emulator's guarded address, the library calls it a connection error.)
         return ENTITY_NOT_FOUND if 404 in statuses else AUTH_FAILED
     if isinstance(exc, sb.MessagingEntityNotFoundError):
         return ENTITY_NOT_FOUND

@@ -75,14 +75,14 @@ QUOTA_EXCEEDED = "quota_exceeded"
 PUBSUB_ERROR = "pubsub_error"
 
 GOOGLE_HOST = "pubsub.googleapis.com"
-# An endpoint without a port: gRPC's default.
-DEFAULT_PORT = 443
-# What no host:port holds (gRPC's other targets do: unix:/path, dns:///host).
-_NOT_HOST = re.compile(r"[\s/]")
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 CONSOLE_TOPIC = (
     "https://console.cloud.google.com/cloudpubsub/topic/detail/{topic}?project={project}"
 )
+# An endpoint without a port: gRPC's default.
+DEFAULT_PORT = 443
+# What no host:port holds (gRPC's other targets do: unix:/path, dns:///host).
+_NOT_HOST = re.compile(r"[\s/]")
 
 # gRPC's UNAVAILABLE carries the socket's failure as text only (as Outpost's providers
 # read Go's errors): the first match names it.
