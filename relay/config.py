@@ -30,6 +30,11 @@ from relay import opevents, sigtemplate, ssrf, webhook_formats, webhooks
 from relay.delivery import registry
 
 DEFAULT_CONFIG_PATH = Path("config/relay.toml")
+# The fix for a destination address the SSRF guard refuses.
+_OPEN_RANGE = (
+    "add a CIDR holding it to delivery.allow_private_networks (or "
+    "RELAY_ALLOW_PRIVATE_NETWORKS) if relay should deliver there, or use a public address"
+)
 
 
 class ConfigError(Exception):
@@ -423,6 +428,18 @@ class DestinationConfig(Limits):
     def topic_list(self) -> list[str]:
         return ["*"] if self.topics == "*" else list(self.topics)
 
+    def literal_hosts(self) -> list[tuple[str, ssrf.Address]]:
+        """The IP literals it delivers to, by key: a webhook's url's host, the hosts its
+        type's values name (Provider.addresses). A name is left to delivery, which judges
+        what it resolves to then (DNS where the file is checked may answer otherwise)."""
+        if self.url is not None:
+            found = [("url", ssrf.literal_host(self.url))]
+        else:
+            provider = registry.describer(self.type)
+            endpoints = provider.addresses(*provider.normalise(self.config, self.credentials))
+            found = [(field, ssrf.literal(host)) for field, host, _ in endpoints]
+        return [(key, ip) for key, ip in found if ip is not None]
+
     def type_problem(self) -> tuple[str, str, str] | None:
         """What is wrong with its type's fields, as (key under it, problem, fix)."""
         if not registry.known(self.type):
@@ -655,17 +672,10 @@ class Settings(_Strict):
             wrong = dest.type_problem()
             if wrong is not None:
                 raise _at_key(f"{key}.{wrong[0]}", wrong[1], wrong[2])
-            if dest.url is None:
-                continue
-            blocked = ssrf.why_refused_url(dest.url, allowed)
-            if blocked:
-                raise _at_key(
-                    f"{key}.url",
-                    blocked,
-                    "add a CIDR holding it to delivery.allow_private_networks (or "
-                    "RELAY_ALLOW_PRIVATE_NETWORKS) if relay should deliver there, "
-                    "or use a public address",
-                )
+            for field, ip in dest.literal_hosts():
+                blocked = ssrf.why_refused(ip, allowed)
+                if blocked:
+                    raise _at_key(f"{key}.{field}", blocked, _OPEN_RANGE)
         return self
 
     def declared_tenants(self) -> list[TenantConfig]:

@@ -67,7 +67,7 @@ from relay.claiming import SWEEP_SECONDS, Claims, Destination, Take
 from relay.config import DeliverySettings
 from relay.db import outbox
 from relay.db.engine import connect_raw, is_connection_failure
-from relay.delivery.base import FORMAT_ERROR, INTERNAL_ERROR, Outcome
+from relay.delivery.base import BLOCKED_ADDRESS, FORMAT_ERROR, INTERNAL_ERROR, Outcome
 from relay.delivery.pool import Deliverer
 from relay.metrics import Metrics, attempt_outcome
 from relay.retry import RetryPolicy, next_delay
@@ -94,7 +94,7 @@ SPLIT_AFTER_FAILURES = 3
 # destination cannot make a message of the event (an S3 key template that gives no key),
 # until its configuration changes. Retrying them on the schedule only delays the verdict;
 # the delivery fails at once, and a replay sends it once the configuration is fixed.
-PERMANENT_ERRORS = frozenset({"blocked_address", FORMAT_ERROR})
+PERMANENT_ERRORS = frozenset({BLOCKED_ADDRESS, FORMAT_ERROR})
 
 
 def decide(claimed: outbox.Claimed, outcome: Outcome, policy: RetryPolicy) -> outbox.Recorded:

@@ -8,6 +8,12 @@ was checked (no second lookup for a rebinding DNS server to answer differently).
 IP literals skip aiohttp's resolver, so ``refusal_for_url`` checks those before the call.
 An IPv6 address that carries an IPv4 address (IPv4-mapped or -compatible, 6to4, Teredo,
 NAT64) is refused when the IPv4 address inside would be.
+
+Broker clients that are not aiohttp's connect to ``guarded_address`` (the address judged)
+or, where a client must dial a name itself (for its TLS certificate, or a broker a
+cluster announces), to ``guarded_name`` (every address of the name judged first). When a
+destination is created or changed, ``why_refused_host`` judges each host its type names
+(Provider.addresses in relay/delivery/base.py).
 """
 
 from __future__ import annotations
@@ -132,8 +138,12 @@ def literal_host(url: str) -> Address | None:
     ``0x7f.1``, ``017700000001``) count as literals: some aiohttp versions pass them to
     the kernel without asking the resolver, so the guard must judge them here."""
     host = URL(url).host
-    if host is None:
-        return None
+    return None if host is None else literal(host)
+
+
+def literal(host: str) -> Address | None:
+    """``host`` as an IP address when it is an IP literal (in any form ``literal_host``
+    takes); None for a name."""
     try:
         return ipaddress.ip_address(host)
     except ValueError:
@@ -190,24 +200,36 @@ class GuardedResolver(AbstractResolver):
 RESOLVE_SECONDS = 2.0
 
 
-async def why_refused_host(url: str, allowed: Sequence[Network] = ()) -> str | None:
-    """Why the guard refuses ``url``'s host name now: every address DNS answers is
-    refused (the fact, without the fix). None when one may be reached, for an IP literal
-    (``why_refused_url`` judges those) and when the name does not resolve (yet): DNS may
-    change before delivery, and delivery judges it again."""
-    host = URL(url).host
-    if not host or literal_host(url) is not None:
-        return None
+def refused(field: str, why: str) -> str:
+    """The problem of a destination field whose host the guard refuses, with the fix."""
+    return f"{field} is refused by the SSRF guard: {why}; {HINT}"
+
+
+async def _addresses(host: str, port: int | None) -> list[str]:
+    """The addresses DNS gives for ``host`` (or the literal), first answer first."""
     loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _why(address: str, allowed: Sequence[Network]) -> str | None:
+    # A link-local address's zone (fe80::1%eth0) is where to reach it, not what it is.
+    return refusal(address.split("%")[0], allowed)
+
+
+async def why_refused_host(host: str, allowed: Sequence[Network] = ()) -> str | None:
+    """Why the guard refuses a destination's host now (the fact, without the fix): an IP
+    literal it refuses, or a name whose every address DNS answers is refused. None when
+    one may be reached, and when the name does not resolve (yet): DNS may change before
+    delivery, and delivery judges it again."""
+    ip = literal(host)
+    if ip is not None:
+        return why_refused(ip, allowed)
     try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), RESOLVE_SECONDS
-        )
+        addresses = await asyncio.wait_for(_addresses(host, None), RESOLVE_SECONDS)
     except (OSError, TimeoutError, UnicodeError):
         return None
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-    reasons = [refusal(a, allowed) for a in addresses]
-    if not addresses or any(r is None for r in reasons):
+    if not addresses or any(_why(a, allowed) is None for a in addresses):
         return None
     first = ipaddress.ip_address(addresses[0].split("%")[0])
     return (
@@ -219,12 +241,23 @@ async def guarded_address(host: str, port: int, allowed: Sequence[Network] = ())
     """The address a broker client should connect to for ``host``: the first one DNS
     gives (or the literal) that the guard permits; BlockedAddress when there is none,
     socket.gaierror when the name does not resolve. Clients that are not aiohttp's (NATS,
-    Redis) connect to this address rather than the name, so the guard's answer is the
-    address connected to (no second lookup to rebind)."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    Redis, RabbitMQ, ...) connect to this address rather than the name, so the guard's
+    answer is the address connected to (no second lookup to rebind)."""
+    addresses = await _addresses(host, port)
     for address in addresses:
-        if refusal(address.split("%")[0], allowed) is None:
+        if _why(address, allowed) is None:
             return address
-    raise BlockedAddress(f"{host}: {refusal(addresses[0].split('%')[0], allowed)}")
+    raise BlockedAddress(f"{host}: {_why(addresses[0], allowed)}")
+
+
+async def guarded_name(host: str, port: int, allowed: Sequence[Network] = ()) -> str:
+    """``host`` itself, once every address DNS gives for it is one the guard permits: for
+    a client that must dial the name (its TLS certificate names it; a Kafka broker the
+    cluster announces). It may take any of the addresses, so none may be refused; its
+    own lookup comes a moment later, which a rebinding DNS server could answer otherwise
+    (``guarded_address`` has no such gap: prefer it where a client takes an address)."""
+    for address in await _addresses(host, port):
+        why = _why(address, allowed)
+        if why is not None:
+            raise BlockedAddress(f"{host}: {why}")
+    return host

@@ -7,13 +7,14 @@ by key. Config-declared destinations are shown but not changed here (409 naming 
 Webhooks keep relay's own fields (url, custom_headers, webhook_mode, secret rotation) and
 rules; every other type is its Provider's (relay/delivery/): its schema's fields, its
 checks and defaults, and a 422 naming the extra to install when this relay cannot
-deliver it.
+deliver it. A host the SSRF guard refuses (relay/ssrf.py) is a 422 naming its field: a
+webhook's url, and each host another type's values name (Provider.addresses).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ import orjson
 from aiohttp import web
 from aiohttp.helpers import ChainMapProxy
 from pydantic import BaseModel, ConfigDict, StrictStr
+from yarl import URL
 
 from relay import opevents, routing, ssrf, webhook_formats, webhooks
 from relay.api import params
@@ -43,6 +45,7 @@ from relay.db import admin
 from relay.db import operator_events as opevents_db
 from relay.db.outbox import Connection
 from relay.delivery import registry
+from relay.delivery.base import Provider
 from relay.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from relay.signing import generate_secret
 
@@ -191,16 +194,34 @@ def check_url(url: str, allowed: Sequence[ssrf.Network], problems: list[str]) ->
     # Every delivery to it would be refused, so say so now rather than at delivery time.
     blocked = ssrf.why_refused_url(url, allowed)
     if blocked:
-        problems.append(f"config.url is refused by the SSRF guard: {blocked}; {ssrf.HINT}")
+        problems.append(ssrf.refused("config.url", blocked))
 
 
 async def check_resolved(url: str, allowed: Sequence[ssrf.Network], problems: list[str]) -> None:
     """A host name whose every address the guard refuses now is refused now too, rather
     than failing every delivery (one that resolves later to a refused address fails its
     deliveries at once, with a ``blocked_address`` attempt saying why)."""
-    blocked = await ssrf.why_refused_host(url, allowed)
+    host = URL(url).host
+    blocked = await ssrf.why_refused_host(host, allowed) if host else None
     if blocked:
-        problems.append(f"config.url is refused by the SSRF guard: {blocked}; {ssrf.HINT}")
+        problems.append(ssrf.refused("config.url", blocked))
+
+
+async def check_addresses(
+    provider: Provider,
+    config: Mapping[str, str],
+    credentials: Mapping[str, str],
+    allowed: Sequence[ssrf.Network],
+) -> None:
+    """A 422 naming each field whose host the guard refuses now (an IP literal, or a name
+    whose every address is refused), as for a webhook's url: a broker's, for one."""
+    problems = []
+    for field, host, _ in provider.addresses(config, credentials):
+        blocked = await ssrf.why_refused_host(host, allowed)
+        if blocked:
+            problems.append(ssrf.refused(field, blocked))
+    if problems:
+        raise ValidationFailed(problems)
 
 
 def allowed_networks(config: ChainMapProxy) -> tuple[ssrf.Network, ...]:
@@ -386,6 +407,7 @@ async def create_typed(
         raise ValidationFailed(problems)
     _admin_only_fields(caller, common)
     values, secrets = provider.normalise(values, secrets)
+    await check_addresses(provider, values, secrets, allowed_networks(config))
     values |= await provider.verify(values, secrets, None, settings.delivery)
     new = admin.NewDestination(
         tenant_id=tenant_id,
@@ -673,6 +695,12 @@ async def update(
             if problems:
                 raise ValidationFailed(problems)
         if (patched.config, patched.credentials) != (current.config, current.credentials):
+            provider = registry.describer(current.type)
+            addresses = provider.addresses(patched.config, patched.credentials)
+            if addresses != provider.addresses(current.config, current.credentials):
+                await check_addresses(
+                    provider, patched.config, patched.credentials, allowed_networks(config)
+                )
             patched = await _verified(current, patched, settings.delivery)
         updated = await admin.update_destination(conn, patched)
         await subscription_after(config, conn, current.tenant_id, before)

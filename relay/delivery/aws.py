@@ -36,6 +36,7 @@ from botocore import exceptions as boto
 from relay import ssrf
 from relay.delivery.base import (
     AUTH_FAILED,
+    BLOCKED_ADDRESS,
     CONNECTION_ERROR,
     CONNECTION_RESET,
     FORMAT_ERROR,
@@ -63,7 +64,6 @@ STREAM_NOT_FOUND = "stream_not_found"
 BUCKET_NOT_FOUND = "bucket_not_found"
 ACCESS_DENIED = "access_denied"
 VALIDATION_ERROR = "validation_error"
-BLOCKED_ADDRESS = "blocked_address"
 # AWS answered with an error none of the above names (its code is in the detail).
 AWS_ERROR = "aws_error"
 

@@ -15,6 +15,13 @@ made on first use; after a failure that may have broken them they are dropped an
 next delivery makes new ones. The library's senders are not coroutine-safe, so a
 destination's deliveries are sent one at a time (see ServiceBusPublisher).
 
+The SSRF guard (relay/ssrf.py) judges the endpoint's host as a client is made: a
+development connection string's client connects to the address the guard permitted (the
+library's ``custom_endpoint_address``); Service Bus's own, over TLS, to the name, once
+every address the name has is permitted (the library checks the certificate against the
+host it dials, so it cannot be given an address): it looks the name up again itself, a
+gap a rebinding DNS server could use.
+
 Known of azure-servicebus 7.15: a connection that broke or hung before its AMQP session
 was set up is let go of without being closed (the client's close skips it), and neither
 relay nor anyone else holds it: the garbage collector closes its socket.
@@ -27,23 +34,28 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from azure.servicebus import ServiceBusMessage
+from azure.servicebus import ServiceBusMessage, TransportType
 from azure.servicebus import exceptions as sb
 from azure.servicebus.aio import ServiceBusClient, ServiceBusSender
 
+from relay import ssrf
 from relay.delivery import registry
 from relay.delivery.base import (
     AUTH_FAILED,
+    BLOCKED_ADDRESS,
     CONNECTION_ERROR,
     INVALID_REQUEST,
     TIMEOUT,
     Attempt,
     DeliveryContext,
+    Endpoint,
     Outcome,
     Provider,
     Target,
     brief,
+    join_host_port,
     json_map,
     message_metadata,
     network_code,
@@ -62,6 +74,9 @@ SERVICEBUS_ERROR = "servicebus_error"
 
 # How long letting go of a client may take (a broken connection's close can hang).
 CLOSE_SECONDS = 5.0
+# The AMQP ports the client connects to: TLS (Service Bus), and plain (the emulator's).
+AMQPS_PORT = 5671
+AMQP_PORT = 5672
 
 
 def causes(exc: BaseException) -> list[BaseException]:
@@ -77,10 +92,14 @@ def causes(exc: BaseException) -> list[BaseException]:
 
 def classify(exc: BaseException) -> str:
     """A stable code for a failed send."""
-    if isinstance(exc, sb.ServiceBusAuthenticationError):
+    if isinstance(exc, ssrf.BlockedAddress):
+        return BLOCKED_ADDRESS
+    statuses = {getattr(e, "status_code", None) for e in causes(exc)}
+    token_refused = isinstance(exc, sb.ServiceBusConnectionError) and statuses & {401, 404}
+    if isinstance(exc, sb.ServiceBusAuthenticationError) or token_refused:
         # The CBS token was refused: Service Bus answers 404 for an unknown entity,
-        # 401 for a wrong key or key name.
-        statuses = {getattr(e, "status_code", None) for e in causes(exc)}
+        # 401 for a wrong key or key name. (Given a custom_endpoint_address, the
+        # emulator's guarded address, the library calls it a connection error.)
         return ENTITY_NOT_FOUND if 404 in statuses else AUTH_FAILED
     if isinstance(exc, sb.MessagingEntityNotFoundError):
         return ENTITY_NOT_FOUND
@@ -122,6 +141,43 @@ def namespace(connection_string: str) -> str:
     return ""
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceBusEndpoint:
+    """Where a connection string's client connects, as azure-servicebus reads it."""
+
+    host: str
+    port: int
+    # UseDevelopmentEmulator=true: plain AMQP to the endpoint's port.
+    emulator: bool
+
+
+def endpoint_of(connection_string: str) -> ServiceBusEndpoint | None:
+    """The host and port of the string's ``Endpoint`` (the library's ``_parse_conn_str``:
+    keys in any case, the last ``Endpoint`` or ``HostName`` wins); None without one."""
+    settings = dict(
+        part.split("=", 1)
+        for part in connection_string.strip().rstrip(";").split(";")
+        if "=" in part
+    )
+    endpoint = emulator = None
+    for key, value in settings.items():
+        if key.lower() in ("endpoint", "hostname"):
+            endpoint = value.rstrip("/")
+        elif key.lower() == "usedevelopmentemulator":
+            emulator = value
+    try:
+        parts = urlsplit(endpoint or "")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host:
+        return None
+    development = emulator == "true"
+    # Over TLS the library connects to 5671 whatever port the endpoint names.
+    port = (port or AMQP_PORT) if development else AMQPS_PORT
+    return ServiceBusEndpoint(host, port, development)
+
+
 @dataclass(eq=False, slots=True)
 class _Sender:
     client: ServiceBusClient
@@ -144,12 +200,31 @@ class ServiceBusPublisher:
         self._current: _Sender | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
-    def _ready(self) -> _Sender:
+    async def _ready(self) -> _Sender:
         if self._current is None:
-            client = ServiceBusClient.from_connection_string(self.connection_string, retry_total=0)
+            client = ServiceBusClient.from_connection_string(
+                self.connection_string, retry_total=0, **await self._guarded()
+            )
             # A sender for a queue or a topic: the same link to the entity's path.
             self._current = _Sender(client, client.get_queue_sender(self.name))
         return self._current
+
+    async def _guarded(self) -> dict[str, Any]:
+        """The client's keywords that keep it to what the SSRF guard permits (or
+        BlockedAddress): the emulator's address to connect to; for Service Bus, none
+        (the name judged)."""
+        found = endpoint_of(self.connection_string)
+        if found is None:
+            return {}  # the library refuses the string itself (ValueError)
+        allowed = self.context.allowed_networks
+        if not found.emulator:
+            await ssrf.guarded_name(found.host, found.port, allowed)
+            return {}
+        address = await ssrf.guarded_address(found.host, found.port, allowed)
+        return {
+            "custom_endpoint_address": f"sb://{join_host_port(address, found.port)}",
+            "transport_type": TransportType.Amqp,
+        }
 
     async def deliver(self, claimed: Claimed) -> Outcome:
         attempt = Attempt()
@@ -160,9 +235,11 @@ class ServiceBusPublisher:
         message = ServiceBusMessage(claimed.body.encode(), application_properties=properties)
         async with self._lock:
             try:
-                current = self._ready()
+                current = await self._ready()
             except ValueError as exc:  # the library's parse of the connection string
                 return attempt.failed(INVALID_REQUEST, f"credentials.connection_string: {exc}")
+            except OSError as exc:  # the endpoint's lookup, or the SSRF guard's refusal
+                return attempt.failed(classify(exc), describe(exc))
             try:
                 await current.sender.send_messages(message, timeout=seconds)
             except asyncio.CancelledError:
@@ -202,6 +279,14 @@ async def _close(current: _Sender) -> None:
 
 
 class ServiceBusProvider(Provider):
+    def addresses(
+        self, config: Mapping[str, str], credentials: Mapping[str, str]
+    ) -> list[Endpoint]:
+        found = endpoint_of(credentials.get("connection_string", ""))
+        if found is None:
+            return []
+        return [Endpoint("credentials.connection_string", found.host, found.port)]
+
     def target(
         self, config: Mapping[str, str], credentials: Mapping[str, str], topics: Sequence[str]
     ) -> Target:

@@ -22,12 +22,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol
+
+from relay import ssrf
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from relay import ssrf, webhook_formats
+    from relay import webhook_formats
     from relay.config import DeliverySettings
     from relay.db.outbox import Claimed
 
@@ -44,6 +46,9 @@ CONNECTION_ERROR = "connection_error"
 TLS_ERROR = "tls_error"
 AUTH_FAILED = "auth_failed"
 NETWORK_ERROR = "network_error"
+# The SSRF guard refuses every address the destination's host has (relay/ssrf.py): no
+# retry changes that until its range is opened (relay/dispatcher.py fails it at once).
+BLOCKED_ADDRESS = "blocked_address"
 # Something about this delivery could not even be sent.
 INVALID_REQUEST = "invalid_request"
 # The destination cannot make a message of this event (a key template that gives no key
@@ -128,6 +133,8 @@ def network_code(exc: BaseException) -> str | None:
     what Outpost's providers find by reading the Go error's text."""
     if isinstance(exc, TimeoutError):
         return TIMEOUT
+    if isinstance(exc, ssrf.BlockedAddress):
+        return BLOCKED_ADDRESS
     if isinstance(exc, socket.gaierror):
         return DNS_ERROR
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
@@ -163,6 +170,11 @@ def host_port(server_url: str, default_port: int) -> tuple[str, int]:
     if not host or not 0 < port < 65536:
         raise ValueError(f"{server_url!r} is not host:port")
     return host, port
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (``[::1]:4222``): ``host_port`` undone."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # --- metadata --------------------------------------------------------------------------
@@ -368,6 +380,24 @@ def _field_json(raw: Mapping[str, Any]) -> dict[str, Any]:
 # --- providers and publishers ----------------------------------------------------------
 
 
+class Endpoint(NamedTuple):
+    """A host a destination's deliveries connect to, and the field that names it."""
+
+    field: str  # as problems name it: "config.server_url"
+    host: str
+    port: int
+
+
+def server_address(config: Mapping[str, str], default_port: int) -> list[Endpoint]:
+    """The host ``config.server_url`` names (``host``, ``host:port``, ``[v6]:port``);
+    none when it is absent or malformed."""
+    try:
+        host, port = host_port(config.get("server_url", ""), default_port)
+    except ValueError:
+        return []
+    return [Endpoint("config.server_url", host, port)]
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """What the API shows as ``target`` and ``target_url`` (None: not applicable)."""
@@ -457,6 +487,16 @@ class Provider:
         """Checks that need the network, when the API creates or changes a destination
         (``before``: its values until now): config keys to add, or ValidationFailed."""
         return {}
+
+    def addresses(
+        self, config: Mapping[str, str], credentials: Mapping[str, str]
+    ) -> list[Endpoint]:
+        """The hosts a destination's deliveries connect to that its values choose (a
+        broker's), for the SSRF guard to judge when the destination is created or changed
+        (relay/api/destinations.py, relay/config.py), as delivery judges them when it
+        connects. Values that name no host (or a malformed one: ``problems`` says so)
+        give none. Pure."""
+        return []
 
     def target(
         self, config: Mapping[str, str], credentials: Mapping[str, str], topics: Sequence[str]

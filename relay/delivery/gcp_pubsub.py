@@ -16,13 +16,17 @@ choose; and a key's ``token_uri`` is replaced by Google's, so a key cannot send 
 anywhere else.
 
 One gRPC channel per destination (relay/delivery/pool.py keeps the publisher), opened on
-first use; one the network broke is dropped and the next delivery opens another.
+first use; one the network broke is dropped and the next delivery opens another. An
+``endpoint``'s channel goes to the address the SSRF guard permits (relay/ssrf.py), looked
+up as the channel is opened (gRPC reconnects to that address, never to another); an
+endpoint is host or host:port, never another of gRPC's targets (``unix:``, ...).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -35,6 +39,7 @@ from google.oauth2 import service_account
 from google.pubsub_v1 import PublisherAsyncClient, PubsubMessage
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
 
+from relay import ssrf
 from relay.delivery import registry
 from relay.delivery.base import (
     AUTH_FAILED,
@@ -47,13 +52,17 @@ from relay.delivery.base import (
     TLS_ERROR,
     Attempt,
     DeliveryContext,
+    Endpoint,
     Outcome,
     Provider,
     Target,
     brief,
+    host_port,
+    join_host_port,
     json_map,
     message,
     message_metadata,
+    network_code,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +79,10 @@ GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 CONSOLE_TOPIC = (
     "https://console.cloud.google.com/cloudpubsub/topic/detail/{topic}?project={project}"
 )
+# An endpoint without a port: gRPC's default.
+DEFAULT_PORT = 443
+# What no host:port holds (gRPC's other targets do: unix:/path, dns:///host).
+_NOT_HOST = re.compile(r"[\s/]")
 
 # gRPC's UNAVAILABLE carries the socket's failure as text only (as Outpost's providers
 # read Go's errors): the first match names it.
@@ -87,7 +100,9 @@ _UNAVAILABLE = (
 
 
 def classify(exc: BaseException) -> str:
-    """A stable code for a failed publish."""
+    """A stable code for a failed publish (or for the endpoint's lookup)."""
+    if isinstance(exc, OSError):
+        return network_code(exc) or CONNECTION_ERROR
     if isinstance(exc, api.NotFound):
         return TOPIC_NOT_FOUND
     if isinstance(exc, api.PermissionDenied):
@@ -153,11 +168,16 @@ class PubSubPublisher:
         self._current: _Client | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
-    def _ready(self) -> _Client:
+    async def _ready(self) -> _Client:
         if self._current is None:
             if self.endpoint:
                 # The emulator: plain text, no credentials (Outpost's WithoutAuthentication).
-                channel = grpc.aio.insecure_channel(self.endpoint)
+                host, port = host_port(self.endpoint, DEFAULT_PORT)
+                address = await ssrf.guarded_address(host, port, self.context.allowed_networks)
+                channel = grpc.aio.insecure_channel(
+                    join_host_port(address, port),
+                    options=[("grpc.default_authority", join_host_port(host, port))],
+                )
                 transport = PublisherGrpcAsyncIOTransport(channel=channel)
             else:
                 transport = PublisherGrpcAsyncIOTransport(
@@ -172,9 +192,11 @@ class PubSubPublisher:
         attributes = message_metadata(claimed, milliseconds=self.context.milliseconds)
         message = PubsubMessage(data=claimed.body.encode(), attributes=attributes)
         try:
-            current = self._ready()
+            current = await self._ready()
         except (ValueError, TypeError) as exc:  # a key google-auth cannot read
             return attempt.failed(AUTH_FAILED, f"credentials.service_account_json: {brief(exc)}")
+        except OSError as exc:  # the endpoint's lookup, or the SSRF guard's refusal
+            return attempt.failed(classify(exc), brief(exc))
         current.users += 1
         try:
             # No retries of the client's own: relay's schedule retries, and each try is an
@@ -226,6 +248,9 @@ async def _close(current: _Client) -> None:
 class PubSubProvider(Provider):
     def problems(self, config: Mapping[str, str], credentials: Mapping[str, str]) -> list[str]:
         found = super().problems(config, credentials)
+        endpoint = config.get("endpoint", "")
+        if endpoint and (not self.addresses(config, credentials) or _NOT_HOST.search(endpoint)):
+            found.append("config.endpoint must be host or host:port, e.g. localhost:8085")
         key = credentials.get("service_account_json", "")
         if found or config.get("endpoint") or not key:
             # Outpost checks the key after the schema's rules, and not at all for an
@@ -244,6 +269,18 @@ class PubSubProvider(Provider):
             # relay's own rule (see the module's docstring).
             return [message(field, "service_account")]
         return []
+
+    def addresses(
+        self, config: Mapping[str, str], credentials: Mapping[str, str]
+    ) -> list[Endpoint]:
+        # Google's own host is relay's choice, not the destination's: only an endpoint.
+        if not config.get("endpoint"):
+            return []
+        try:
+            host, port = host_port(config["endpoint"], DEFAULT_PORT)
+        except ValueError:
+            return []
+        return [Endpoint("config.endpoint", host, port)]
 
     def target(
         self, config: Mapping[str, str], credentials: Mapping[str, str], topics: Sequence[str]

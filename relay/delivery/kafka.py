@@ -20,6 +20,15 @@ One producer per destination (relay/delivery/pool.py keeps the publisher), start
 first delivery under its timeout. A producer that lost its brokers (refused, timed out,
 cut) is let go and the next delivery starts another; aiokafka reconnects a started one
 to a broker that dropped it by itself.
+
+The SSRF guard (relay/ssrf.py) judges the brokers of ``config.brokers`` when a producer
+starts: without TLS aiokafka bootstraps from the addresses the guard permitted, with TLS
+from the names (the certificate names them), every address of each judged first. The
+brokers the cluster then announces (its metadata) are judged before each delivery, every
+address of a name. aiokafka has no hook to judge the address it connects to, so two
+gaps remain: it looks names up again itself (a rebinding DNS server could answer
+otherwise), and a broker first announced by a metadata refresh during a send is
+dialled before relay judges it (that delivery's next attempt fails, ``blocked_address``).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
 from aiokafka.conn import collect_hosts, create_conn
 
+from relay import ssrf
 from relay.delivery import keytemplates, registry
 from relay.delivery.base import (
     AUTH_FAILED,
@@ -43,11 +53,13 @@ from relay.delivery.base import (
     TLS_ERROR,
     Attempt,
     DeliveryContext,
+    Endpoint,
     Outcome,
     Provider,
     Target,
     brief,
     checked,
+    join_host_port,
     json_map,
     message_metadata,
     network_code,
@@ -195,6 +207,12 @@ def brokers(value: str) -> list[str]:
     return [b.strip() for b in value.split(",") if b.strip()]
 
 
+def broker_hosts(value: str) -> list[tuple[str, int]]:
+    """The hosts and ports of ``config.brokers`` as aiokafka reads them (9092 when none
+    is given); ValueError for a port that is not a number."""
+    return [(host, port) for host, port, _ in collect_hosts(brokers(value), randomize=False)]
+
+
 class KafkaPublisher:
     """One destination's producer, started on first use and again after it lost its
     brokers."""
@@ -206,38 +224,85 @@ class KafkaPublisher:
         self._producer: AIOKafkaProducer | None = None
         # The attempt timeout the producer was made for (its request timeout follows it).
         self._seconds = 0.0
+        # The brokers its cluster announced that the SSRF guard permitted.
+        self._judged: set[tuple[str, int]] = set()
         self._closing: set[asyncio.Task[None]] = set()
 
     async def _ready(self, seconds: float) -> AIOKafkaProducer:
-        """The started producer, starting one when there is none."""
+        """The started producer, starting one when there is none, once every broker its
+        cluster announces is one the SSRF guard permits."""
         async with self._lock:
-            if self._producer is not None and self._seconds == seconds:
-                return self._producer
-            self._drop(self._producer)
-            options = self.settings.connection(int(seconds * CLIENT_SHARE * 1000))
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.brokers,
-                acks="all",
-                partitioner=partitioner,
-                **options,
-            )
+            producer = self._producer
+            if producer is None or self._seconds != seconds:
+                self._drop(producer)
+                producer = await self._start(seconds)
+                self._producer, self._seconds, self._judged = producer, seconds, set()
             try:
-                await producer.start()
-            except kafka_errors.KafkaConnectionError:
-                await producer.stop()
-                raise Unreachable(self.settings.brokers, await self._cause(options)) from None
-            except BaseException:
-                await producer.stop()
+                await self._judge_announced(producer)
+            except ssrf.BlockedAddress:
+                self._drop(producer)
                 raise
-            self._producer, self._seconds = producer, seconds
             return producer
 
-    async def _cause(self, options: dict[str, Any]) -> BaseException | None:
+    async def _start(self, seconds: float) -> AIOKafkaProducer:
+        options = self.settings.connection(int(seconds * CLIENT_SHARE * 1000))
+        bootstrap = await self._bootstrap()
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", partitioner=partitioner, **options
+        )
+        try:
+            await producer.start()
+        except kafka_errors.KafkaConnectionError:
+            await producer.stop()
+            cause = await self._cause(bootstrap, options)
+            raise Unreachable(self.settings.brokers, cause) from None
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    async def _bootstrap(self) -> list[str]:
+        """The brokers to bootstrap from, as the SSRF guard permits them: each one's
+        address, or with TLS its name once every address it has is permitted. A name
+        that does not resolve is left out (aiokafka tries the others); none left: that
+        failure."""
+        allowed = self.context.allowed_networks
+        guard = ssrf.guarded_name if self.settings.tls else ssrf.guarded_address
+        found: list[str] = []
+        unresolved: OSError | None = None
+        for host, port in broker_hosts(self.settings.brokers):
+            try:
+                found.append(join_host_port(await guard(host, port, allowed), port))
+            except ssrf.BlockedAddress:
+                raise
+            except OSError as exc:  # socket.gaierror, and what else DNS answers
+                unresolved = unresolved or exc
+        if not found and unresolved is not None:
+            raise unresolved
+        return found
+
+    async def _judge_announced(self, producer: AIOKafkaProducer) -> None:
+        """BlockedAddress unless every broker the cluster announces (that relay has not
+        judged for this producer yet) is one the SSRF guard permits, every address of a
+        name (aiokafka dials it by name). One that does not resolve is judged again next
+        time (aiokafka cannot reach it either, for now)."""
+        announced = {(b.host, b.port) for b in producer.client.cluster.brokers()}
+        for host, port in sorted(announced - self._judged):
+            try:
+                await ssrf.guarded_name(host, port, self.context.allowed_networks)
+            except ssrf.BlockedAddress as exc:
+                where = join_host_port(host, port)
+                raise ssrf.BlockedAddress(f"the cluster announces broker {where}; {exc}") from None
+            except OSError:
+                continue
+            self._judged.add((host, port))
+
+    async def _cause(self, bootstrap: list[str], options: dict[str, Any]) -> BaseException | None:
         """Why no broker could be bootstrapped from: each is asked again, as aiokafka asked
         it, and the most telling failure is kept (a refusal of the credentials or of the
         certificate over a broker not listening); None if they all answer now."""
         found: list[BaseException] = []
-        for host, port, _ in collect_hosts(self.settings.brokers, randomize=False):
+        for host, port, _ in collect_hosts(bootstrap, randomize=False):
             try:
                 conn = await create_conn(host, port, **options)
             except (OSError, kafka_errors.KafkaError, TimeoutError) as exc:
@@ -325,6 +390,15 @@ class KafkaProvider(Provider):
         if config.get("brokers"):
             config["brokers"] = ",".join(b.strip() for b in config["brokers"].split(","))
         return config, dict(credentials)
+
+    def addresses(
+        self, config: Mapping[str, str], credentials: Mapping[str, str]
+    ) -> list[Endpoint]:
+        try:
+            hosts = broker_hosts(config.get("brokers", ""))
+        except ValueError:
+            return []
+        return [Endpoint("config.brokers", host, port) for host, port in hosts]
 
     def target(
         self, config: Mapping[str, str], credentials: Mapping[str, str], topics: Sequence[str]

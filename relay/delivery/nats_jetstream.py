@@ -39,20 +39,24 @@ from relay import ssrf
 from relay.delivery import registry
 from relay.delivery.base import (
     AUTH_FAILED,
+    BLOCKED_ADDRESS,
     CONNECTION_ERROR,
     FORMAT_ERROR,
     TIMEOUT,
     Attempt,
     DeliveryContext,
+    Endpoint,
     Outcome,
     Provider,
     Target,
     brief,
     checked,
     host_port,
+    join_host_port,
     json_map,
     message_metadata,
     network_code,
+    server_address,
 )
 
 if TYPE_CHECKING:
@@ -66,7 +70,6 @@ STREAM_FULL = "stream_full"  # the stream's limits refuse new messages (discard 
 ACCESS_DENIED = "access_denied"  # the user may not publish to the subject
 MESSAGE_TOO_LARGE = "message_too_large"  # over the server's max_payload
 JETSTREAM_ERROR = "jetstream_error"
-BLOCKED_ADDRESS = "blocked_address"
 NATS_ERROR = "nats_error"
 
 # JetStream's error codes (its ApiError ``err_code``).
@@ -173,13 +176,12 @@ class NatsPublisher:
             self._drop(self._client)
             s = self.settings
             address = await ssrf.guarded_address(s.host, s.port, self.context.allowed_networks)
-            host = f"[{address}]" if ":" in address else address
             seconds = self.context.settings.timeout_seconds
             client = Client()
             self._error = None
             try:
                 await client.connect(
-                    servers=[f"{'tls' if s.tls else 'nats'}://{host}:{s.port}"],
+                    servers=[f"{'tls' if s.tls else 'nats'}://{join_host_port(address, s.port)}"],
                     name="relay",
                     tls=ssl.create_default_context() if s.tls else None,
                     tls_hostname=s.host if s.tls else None,
@@ -303,6 +305,11 @@ class NatsProvider(Provider):
         config = dict(config)
         config["tls"] = "true" if checked(config.get("tls")) else "false"
         return config, dict(credentials)
+
+    def addresses(
+        self, config: Mapping[str, str], credentials: Mapping[str, str]
+    ) -> list[Endpoint]:
+        return server_address(config, DEFAULT_PORT)
 
     def target(
         self, config: Mapping[str, str], credentials: Mapping[str, str], topics: Sequence[str]

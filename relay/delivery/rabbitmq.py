@@ -9,7 +9,9 @@ attempt a success, so a refused message (no such exchange, access refused) is a 
 attempt, retried on the schedule, not a message lost.
 
 One connection and channel per destination (relay/delivery/pool.py keeps the
-publisher); a closed connection or channel is opened again by the next delivery.
+publisher); a closed connection or channel is opened again by the next delivery, to an
+address the SSRF guard permits (relay/ssrf.py), looked up then: the connection goes to
+that address, and with TLS the certificate is still checked against the host's name.
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ from urllib.parse import quote
 
 import aio_pika
 import aio_pika.abc
+from aio_pika.abc import ConnectionParameter
 from aiormq import exceptions as amqp
+from yarl import URL
 
+from relay import ssrf
 from relay.delivery import registry
 from relay.delivery.base import (
     AUTH_FAILED,
     TIMEOUT,
     Attempt,
     DeliveryContext,
+    Endpoint,
     Outcome,
     Provider,
     Target,
@@ -49,6 +55,8 @@ CHANNEL_ERROR = "channel_error"
 CONNECTION_FORCED = "connection_forced"
 RABBITMQ_ERROR = "rabbitmq_error"
 
+DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
+
 
 def classify(exc: BaseException) -> str:
     """A stable code for a failed publish."""
@@ -61,7 +69,8 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, amqp.ConnectionClosed) and "CONNECTION_FORCED" in str(exc):
         return CONNECTION_FORCED
     if isinstance(exc, amqp.AMQPConnectionError | OSError):
-        # aiormq wraps the socket's error (refused, DNS, TLS, reset) as its cause.
+        # aiormq wraps the socket's error (refused, DNS, TLS, reset) as its cause; the
+        # SSRF guard's refusal (blocked_address) comes as itself.
         cause = exc.__cause__
         return (cause and network_code(cause)) or network_code(exc) or RABBITMQ_ERROR
     if isinstance(exc, TimeoutError):
@@ -77,6 +86,31 @@ def server_url(config: Mapping[str, str], credentials: Mapping[str, str]) -> str
     user = quote(credentials.get("username", ""), safe="")
     password = quote(credentials.get("password", ""), safe="")
     return f"{scheme}://{user}:{password}@{config.get('server_url', '')}"
+
+
+def host_of(url: str) -> tuple[str, int] | None:
+    """The host and port an AMQP URL connects to (aiormq's default port for its scheme);
+    None when it names no host."""
+    try:
+        parsed = URL(url)
+        host, port = parsed.host, parsed.port
+    except ValueError:  # a port that is not a number, a malformed IPv6 address
+        return None
+    if not host:
+        return None
+    return host, port or DEFAULT_PORTS.get(parsed.scheme, DEFAULT_PORTS["amqp"])
+
+
+class GuardedConnection(aio_pika.Connection):
+    """aio-pika's connection, taking ``server_hostname`` on to the socket (aio-pika passes
+    only the keywords its class declares, as RobustConnection declares its own): it is
+    given the address the SSRF guard judged, and TLS checks the certificate against the
+    name."""
+
+    PARAMETERS = (
+        *aio_pika.Connection.PARAMETERS,
+        ConnectionParameter(name="server_hostname", parser=str, is_kwarg=True),
+    )
 
 
 class RabbitMQPublisher:
@@ -105,7 +139,7 @@ class RabbitMQPublisher:
                 or not self._connection.connected.is_set()
             ):
                 self._drop(self._connection)
-                connection = aio_pika.Connection(aio_pika.connection.make_url(self.url))
+                connection = await self._guarded_connection()
                 try:
                     await connection.connect(timeout=connect_seconds)
                 except BaseException:
@@ -128,6 +162,16 @@ class RabbitMQPublisher:
                     raise
             assert self._exchange is not None
             return connection, self._exchange
+
+    async def _guarded_connection(self) -> aio_pika.Connection:
+        """A connection (not opened) to the address the SSRF guard permits for the host."""
+        found = host_of(self.url)
+        if found is None:
+            raise ValueError("config.server_url names no host")
+        host, port = found
+        address = await ssrf.guarded_address(host, port, self.context.allowed_networks)
+        url = URL(self.url).with_host(address).with_port(port)
+        return GuardedConnection(url, server_hostname=host if url.scheme == "amqps" else None)
 
     async def deliver(self, claimed: Claimed) -> Outcome:
         attempt = Attempt()
@@ -187,6 +231,12 @@ class RabbitMQProvider(Provider):
         config = dict(config)
         config["tls"] = "true" if checked(config.get("tls")) else "false"
         return config, dict(credentials)
+
+    def addresses(
+        self, config: Mapping[str, str], credentials: Mapping[str, str]
+    ) -> list[Endpoint]:
+        found = host_of(server_url(config, credentials))
+        return [] if found is None else [Endpoint("config.server_url", *found)]
 
     def target(
         self, config: Mapping[str, str], credentials: Mapping[str, str], topics: Sequence[str]

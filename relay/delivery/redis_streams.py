@@ -15,7 +15,8 @@ One client per destination (relay/delivery/pool.py keeps the publisher), its poo
 connections as large as the destination's concurrency; each request tried once (relay's
 schedule owns retries). Its address is the one the SSRF guard permits (relay/ssrf.py),
 looked up when the publisher is made and again after a connection fails; with TLS the
-client connects by the name (for the certificate), the guard having judged it first.
+client connects by the name (for the certificate), the guard having judged every address
+the name has first.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ from relay import ssrf
 from relay.delivery import registry
 from relay.delivery.base import (
     AUTH_FAILED,
+    BLOCKED_ADDRESS,
     CONNECTION_ERROR,
     TIMEOUT,
     Attempt,
     DeliveryContext,
+    Endpoint,
     Outcome,
     Provider,
     Target,
@@ -48,6 +51,7 @@ from relay.delivery.base import (
     json_map,
     message_metadata,
     network_code,
+    server_address,
 )
 
 if TYPE_CHECKING:
@@ -61,7 +65,6 @@ WRONG_TYPE = "wrong_type"  # the key holds something other than a stream
 ACCESS_DENIED = "access_denied"  # the user may not XADD to the key (ACL)
 OUT_OF_MEMORY = "out_of_memory"  # maxmemory reached with a no-eviction policy
 READ_ONLY = "read_only"  # a replica
-BLOCKED_ADDRESS = "blocked_address"
 REDIS_ERROR = "redis_error"
 
 
@@ -137,11 +140,15 @@ class RedisPublisher:
             if self._client is not None:
                 return self._client
             s = self.settings
-            address = await ssrf.guarded_address(s.host, s.port, self.context.allowed_networks)
+            allowed = self.context.allowed_networks
+            # With TLS the client dials the name (its certificate names it), so every
+            # address of the name must be one the guard permits.
+            guard = ssrf.guarded_name if s.tls else ssrf.guarded_address
+            host = await guard(s.host, s.port, allowed)
             seconds = self.context.settings.timeout_seconds
             tls: dict[str, Any] = {"connection_class": redis.asyncio.SSLConnection} if s.tls else {}
             pool = redis.asyncio.BlockingConnectionPool(
-                host=s.host if s.tls else address,
+                host=host,
                 port=s.port,
                 db=s.database,
                 username=s.username,
@@ -213,6 +220,11 @@ class RedisStreamsProvider(Provider):
         config = dict(config)
         config["tls"] = "true" if checked(config.get("tls")) else "false"
         return config, dict(credentials)
+
+    def addresses(
+        self, config: Mapping[str, str], credentials: Mapping[str, str]
+    ) -> list[Endpoint]:
+        return server_address(config, DEFAULT_PORT)
 
     def target(
         self, config: Mapping[str, str], credentials: Mapping[str, str], topics: Sequence[str]

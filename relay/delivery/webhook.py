@@ -27,6 +27,7 @@ from yarl import URL
 from relay import ssrf, webhook_formats, webhooks
 from relay.delivery import registry
 from relay.delivery.base import (
+    BLOCKED_ADDRESS,
     INVALID_REQUEST,
     Attempt,
     DeliveryContext,
@@ -102,7 +103,7 @@ def classify_error(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, aiohttp.ClientConnectorDNSError) and isinstance(
         exc.os_error, ssrf.BlockedAddress
     ):
-        return "blocked_address", str(exc.os_error)
+        return BLOCKED_ADDRESS, str(exc.os_error)
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return "timeout", detail if str(exc) else "timed out"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
@@ -238,7 +239,7 @@ async def deliver(
     try:
         refused = _refusal_for_url(url, tuple(allowed_networks))
         if refused is not None:
-            return attempt.failed("blocked_address", refused)
+            return attempt.failed(BLOCKED_ADDRESS, refused)
         headers, body = build_request(claimed, time.time(), formats)
     except Exception as exc:
         return attempt.failed(*classify_error(exc))

@@ -9,10 +9,12 @@ import contextlib
 
 
 class TcpProxy:
-    """``async with TcpProxy(host, port) as proxy``: relay connects to ``proxy.port``."""
+    """``async with TcpProxy(host, port) as proxy``: relay connects to ``proxy.port`` (on
+    ``listen``: another loopback address, 127.0.0.2, stands for another host)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, listen: str = "127.0.0.1") -> None:
         self.target = (host, port)
+        self.listen = listen
         self.port = 0
         # Connections accepted so far, and open now.
         self.accepted = 0
@@ -67,7 +69,7 @@ class TcpProxy:
             self.open -= 1
 
     async def __aenter__(self) -> TcpProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, self.listen, 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
