@@ -459,6 +459,9 @@ port = {port}
 admin_api_key = "{ADMIN_KEY}"
 health_port = 0
 
+[delivery]
+allow_private_networks = ["127.0.0.0/8"]
+
 [[tenants]]
 id = "acme"
 

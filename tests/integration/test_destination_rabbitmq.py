@@ -249,6 +249,9 @@ admin_api_key = "{ADMIN_KEY}"
 port = 0
 [database]
 url = "{database_url}"
+[delivery]
+allow_private_networks = ["127.0.0.0/8"]
+
 [[tenants]]
 id = "acme"
 [[tenants.destinations]]
@@ -292,6 +295,9 @@ async def test_relay_serve_as_users_start_it_delivers_to_rabbitmq(
 port = {port}
 admin_api_key = "{ADMIN_KEY}"
 health_port = 0
+
+[delivery]
+allow_private_networks = ["127.0.0.0/8"]
 
 [[tenants]]
 id = "acme"
