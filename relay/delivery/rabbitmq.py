@@ -170,7 +170,9 @@ class RabbitMQPublisher:
             raise ValueError("config.server_url names no host")
         host, port = found
         address = await ssrf.guarded_address(host, port, self.context.allowed_networks)
-        url = URL(self.url).with_host(address).with_port(port)
+        # No query: aiormq would read it as options (files, certificate checks), which
+        # are not a tenant's to choose (RabbitMQProvider.problems refuses them too).
+        url = URL(self.url).with_host(address).with_port(port).with_query(None).with_fragment(None)
         return GuardedConnection(url, server_hostname=host if url.scheme == "amqps" else None)
 
     async def deliver(self, claimed: Claimed) -> Outcome:
@@ -224,6 +226,17 @@ def _ignore_failure(task: asyncio.Future[None]) -> None:
 
 
 class RabbitMQProvider(Provider):
+    def problems(self, config: Mapping[str, str], credentials: Mapping[str, str]) -> list[str]:
+        found = super().problems(config, credentials)
+        # aiormq reads a URL's query as connection options (cafile, keyfile, no_verify_ssl):
+        # a tenant must not choose files on relay's disk or turn certificate checks off.
+        if any(c in config.get("server_url", "") for c in "?#@"):
+            found.append(
+                "config.server_url must be host:port (a vhost may follow: host:5672/vhost), "
+                "without user, query or fragment"
+            )
+        return found
+
     def normalise(
         self, config: Mapping[str, str], credentials: Mapping[str, str]
     ) -> tuple[dict[str, str], dict[str, str]]:

@@ -75,3 +75,17 @@ def test_the_redis_fields_name_their_problems() -> None:
         "config.maxlen failed pattern validation",
     ]
     assert REDIS.problems({"server_url": "r", "stream": "events:{topic}"}, {}) == []
+
+
+def test_a_rabbitmq_server_url_takes_no_query_user_or_fragment() -> None:
+    """aiormq reads a URL's query as options (cafile, keyfile, no_verify_ssl): a tenant
+    must not reach relay's files or turn certificate checks off through it."""
+    from relay.delivery.rabbitmq import PROVIDER as RABBITMQ
+
+    credentials = {"username": "u", "password": "p"}
+    for bad in ("mq:5671?no_verify_ssl=1", "mq:5671/?cafile=/etc/shadow", "x:y@mq:5672", "mq#f"):
+        assert RABBITMQ.problems({"server_url": bad}, credentials) == [
+            "config.server_url must be host:port (a vhost may follow: host:5672/vhost), "
+            "without user, query or fragment"
+        ], bad
+    assert RABBITMQ.problems({"server_url": "mq:5672/vhost"}, credentials) == []
