@@ -169,11 +169,12 @@ async def run_once(args: argparse.Namespace, label: str, old: str | None) -> Run
     out = REPO / "bench" / "out"
     out.mkdir(exist_ok=True)
     config = out / f"fairness-{os.getpid()}.toml"
+    settings = "".join(line + "\n" for line in args.delivery)
     config.write_text(
         ("[database]\nmigrate_on_start = false\n\n" if old else "")
         + f"""[delivery]
 allow_private_networks = ["127.0.0.0/8"]
-
+{settings}
 [[tenants]]
 id = "tenant-a"
 [[tenants.destinations]]
@@ -391,6 +392,13 @@ def main() -> None:
     parser.add_argument("--dispatchers", type=int, default=1)
     parser.add_argument(
         "--backlog", action="store_true", help="publish A's burst first, then drain it"
+    )
+    parser.add_argument(
+        "--delivery",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [delivery] setting for the dispatcher, as TOML (per_destination_concurrency = 8)",
     )
     parser.add_argument("--old", help="another relay checkout, run after this one each round")
     parser.add_argument("--rounds", type=int, default=1)
