@@ -521,3 +521,36 @@ class Provider:
         """A publisher for the claimed delivery's destination (not connected yet: it
         connects on its first delivery, under that delivery's timeout)."""
         raise NotImplementedError(f"relay cannot deliver to {self.type} destinations")
+
+
+class ServerProvider(Provider):
+    """A type whose deliveries go to one server, ``config.server_url`` (``host`` or
+    ``host:port``), over TLS when ``config.tls`` is on; the target shows the server and
+    the config key naming where on it (a subject, a stream): relay's NATS and Redis."""
+
+    default_port: ClassVar[int]
+    target_key: ClassVar[str]
+
+    def problems(self, config: Mapping[str, str], credentials: Mapping[str, str]) -> list[str]:
+        found = super().problems(config, credentials)
+        if config.get("server_url") and not server_address(config, self.default_port):
+            example = f"{self.type.split('_')[0]}.example:{self.default_port}"
+            found.append(f"config.server_url must be host or host:port, e.g. {example}")
+        return found
+
+    def normalise(
+        self, config: Mapping[str, str], credentials: Mapping[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        config = dict(config)
+        config["tls"] = "true" if checked(config.get("tls")) else "false"
+        return config, dict(credentials)
+
+    def addresses(
+        self, config: Mapping[str, str], credentials: Mapping[str, str]
+    ) -> list[Endpoint]:
+        return server_address(config, self.default_port)
+
+    def target(
+        self, config: Mapping[str, str], credentials: Mapping[str, str], topics: Sequence[str]
+    ) -> Target:
+        return Target(f"{config.get('server_url', '')} / {config.get(self.target_key, '')}")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,10 +45,8 @@ from relay.delivery.base import (
     TIMEOUT,
     Attempt,
     DeliveryContext,
-    Endpoint,
     Outcome,
-    Provider,
-    Target,
+    ServerProvider,
     brief,
     checked,
     host_port,
@@ -56,7 +54,6 @@ from relay.delivery.base import (
     json_map,
     message_metadata,
     network_code,
-    server_address,
 )
 
 if TYPE_CHECKING:
@@ -277,14 +274,12 @@ async def _close_quietly(client: Client) -> None:
         pass
 
 
-class NatsProvider(Provider):
+class NatsProvider(ServerProvider):
+    default_port = DEFAULT_PORT
+    target_key = "subject"
+
     def problems(self, config: Mapping[str, str], credentials: Mapping[str, str]) -> list[str]:
         found = super().problems(config, credentials)
-        if config.get("server_url"):
-            try:
-                host_port(config["server_url"], DEFAULT_PORT)
-            except ValueError:
-                found.append("config.server_url must be host or host:port, e.g. nats.example:4222")
         subject = config.get("subject", "")
         if subject:
             # Checked with a topic that is one token; a topic that makes it invalid fails
@@ -298,23 +293,6 @@ class NatsProvider(Provider):
         if bool(credentials.get("username")) != bool(credentials.get("password")):
             found.append("credentials.username and credentials.password go together")
         return found
-
-    def normalise(
-        self, config: Mapping[str, str], credentials: Mapping[str, str]
-    ) -> tuple[dict[str, str], dict[str, str]]:
-        config = dict(config)
-        config["tls"] = "true" if checked(config.get("tls")) else "false"
-        return config, dict(credentials)
-
-    def addresses(
-        self, config: Mapping[str, str], credentials: Mapping[str, str]
-    ) -> list[Endpoint]:
-        return server_address(config, DEFAULT_PORT)
-
-    def target(
-        self, config: Mapping[str, str], credentials: Mapping[str, str], topics: Sequence[str]
-    ) -> Target:
-        return Target(f"{config.get('server_url', '')} / {config.get('subject', '')}")
 
     def publisher(self, claimed: Claimed, context: DeliveryContext) -> NatsPublisher:
         settings = NatsSettings.read(json_map(claimed.config), json_map(claimed.credentials))

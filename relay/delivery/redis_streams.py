@@ -22,7 +22,7 @@ the name has first.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,17 +41,14 @@ from relay.delivery.base import (
     TIMEOUT,
     Attempt,
     DeliveryContext,
-    Endpoint,
     Outcome,
-    Provider,
-    Target,
+    ServerProvider,
     brief,
     checked,
     host_port,
     json_map,
     message_metadata,
     network_code,
-    server_address,
 )
 
 if TYPE_CHECKING:
@@ -204,32 +201,9 @@ class RedisPublisher:
                 await client.aclose()
 
 
-class RedisStreamsProvider(Provider):
-    def problems(self, config: Mapping[str, str], credentials: Mapping[str, str]) -> list[str]:
-        found = super().problems(config, credentials)
-        if config.get("server_url"):
-            try:
-                host_port(config["server_url"], DEFAULT_PORT)
-            except ValueError:
-                found.append("config.server_url must be host or host:port, e.g. redis.example:6379")
-        return found
-
-    def normalise(
-        self, config: Mapping[str, str], credentials: Mapping[str, str]
-    ) -> tuple[dict[str, str], dict[str, str]]:
-        config = dict(config)
-        config["tls"] = "true" if checked(config.get("tls")) else "false"
-        return config, dict(credentials)
-
-    def addresses(
-        self, config: Mapping[str, str], credentials: Mapping[str, str]
-    ) -> list[Endpoint]:
-        return server_address(config, DEFAULT_PORT)
-
-    def target(
-        self, config: Mapping[str, str], credentials: Mapping[str, str], topics: Sequence[str]
-    ) -> Target:
-        return Target(f"{config.get('server_url', '')} / {config.get('stream', '')}")
+class RedisStreamsProvider(ServerProvider):
+    default_port = DEFAULT_PORT
+    target_key = "stream"
 
     def publisher(self, claimed: Claimed, context: DeliveryContext) -> RedisPublisher:
         settings = RedisSettings.read(json_map(claimed.config), json_map(claimed.credentials))
