@@ -15,16 +15,8 @@ import pytest
 from aiohttp import web
 
 from relay.db import outbox
-from tests.support.contract import (
-    SCHEDULE,
-    Broker,
-    Contract,
-    DestinationContract,
-    Received,
-    wait_until,
-)
-from tests.support.moto import KEY, REGION, SECRET, Moto
-from tests.support.relay import free_port, make_settings
+from tests.support.contract import SCHEDULE, DestinationContract, Received, relay_with, wait_until
+from tests.support.moto import KEY, REGION, SECRET, Moto, MotoBroker
 
 PREFIX = b'{"data":'
 
@@ -37,16 +29,13 @@ def unwrap(record: bytes) -> tuple[bytes, dict[str, str]]:
     return record[len(PREFIX) : cut], metadata
 
 
-class KinesisBroker(Broker):
+class KinesisBroker(MotoBroker):
     type = "aws_kinesis"
-    extra = "aws"
-    library = "aiobotocore.session"
-    shared_modules = ("relay.delivery.aws",)
     refused_codes = frozenset({"stream_not_found"})
-    sensitive = ("secret", SECRET)
 
     def __init__(self, moto: Moto, kinesis: Any) -> None:
-        self.moto, self.kinesis = moto, kinesis
+        super().__init__(moto)
+        self.kinesis = kinesis
         self.stream = f"relay-test-{uuid.uuid4().hex[:12]}"
         self.missing = f"relay-test-missing-{uuid.uuid4().hex[:12]}"
         self.reading = self.stream
@@ -57,12 +46,12 @@ class KinesisBroker(Broker):
         await self.kinesis.create_stream(StreamName=self.stream, ShardCount=1)
         return self
 
-    def destination(self) -> dict[str, Any]:
+    def at(self, endpoint: str) -> dict[str, Any]:
         return {
             "config": {
                 "stream_name": self.stream,
                 "region": REGION,
-                "endpoint": self.moto.endpoint,
+                "endpoint": endpoint,
             },
             "credentials": {"key": KEY, "secret": SECRET},
         }
@@ -106,11 +95,6 @@ class KinesisBroker(Broker):
         await self.kinesis.create_stream(StreamName=self.missing, ShardCount=1)
         self.reading, self._iterator = self.missing, None
 
-    def down(self) -> dict[str, Any]:
-        values = self.destination()
-        values["config"]["endpoint"] = f"http://127.0.0.1:{free_port()}"
-        return values
-
     def config_change(self) -> dict[str, str]:
         return {"partition_key_template": "data.customer"}
 
@@ -129,15 +113,6 @@ async def broker(moto: Moto) -> AsyncIterator[KinesisBroker]:
 
 class TestAwsKinesis(DestinationContract):
     """The contract (tests/support/contract.py) against moto's Kinesis."""
-
-
-async def relay_with(
-    start_relay: Any, database_url: str, http: Any, db: Any, broker: Broker, **delivery: Any
-) -> Contract:
-    settings = make_settings(
-        database_url, delivery={"retry": {"schedule_seconds": SCHEDULE, "jitter": 0}} | delivery
-    )
-    return Contract(http, await start_relay(settings), db, broker)
 
 
 async def test_the_record_is_outposts_envelope_keyed_by_the_event_id(
@@ -207,9 +182,8 @@ async def test_a_partition_key_template_picks_the_key_as_outpost_prints_it(
 async def test_without_metadata_in_the_payload_the_record_is_the_data(
     start_relay: Any, database_url: str, http: Any, db: Any, broker: KinesisBroker
 ) -> None:
-    relay = await relay_with(
-        start_relay, database_url, http, db, broker, aws_kinesis={"metadata_in_payload": False}
-    )
+    data_only = {"aws_kinesis": {"metadata_in_payload": False}}
+    relay = await relay_with(start_relay, database_url, http, db, broker, delivery=data_only)
     values = broker.destination()
     # Over the data alone, as Outpost evaluates it then.
     values["config"]["partition_key_template"] = "customer"

@@ -15,28 +15,17 @@ from typing import Any
 
 import pytest
 
-from tests.support.contract import (
-    SCHEDULE,
-    Broker,
-    Contract,
-    DestinationContract,
-    Received,
-    wait_until,
-)
-from tests.support.moto import KEY, REGION, SECRET, Moto
-from tests.support.relay import free_port, make_settings
+from tests.support.contract import DestinationContract, Received, relay_with, wait_until
+from tests.support.moto import KEY, REGION, SECRET, Moto, MotoBroker
 
 
-class S3Broker(Broker):
+class S3Broker(MotoBroker):
     type = "aws_s3"
-    extra = "aws"
-    library = "aiobotocore.session"
-    shared_modules = ("relay.delivery.aws",)
     refused_codes = frozenset({"bucket_not_found"})
-    sensitive = ("secret", SECRET)
 
     def __init__(self, moto: Moto, s3: Any) -> None:
-        self.moto, self.s3 = moto, s3
+        super().__init__(moto)
+        self.s3 = s3
         self.bucket = f"relay-test-{uuid.uuid4().hex[:12]}"
         self.missing = f"relay-test-missing-{uuid.uuid4().hex[:12]}"
         self.reading = self.bucket
@@ -46,9 +35,9 @@ class S3Broker(Broker):
         await self.s3.create_bucket(Bucket=self.bucket)
         return self
 
-    def destination(self) -> dict[str, Any]:
+    def at(self, endpoint: str) -> dict[str, Any]:
         return {
-            "config": {"bucket": self.bucket, "region": REGION, "endpoint": self.moto.endpoint},
+            "config": {"bucket": self.bucket, "region": REGION, "endpoint": endpoint},
             "credentials": {"key": KEY, "secret": SECRET},
         }
 
@@ -91,11 +80,6 @@ class S3Broker(Broker):
         await self.s3.create_bucket(Bucket=self.missing)
         self.reading = self.missing
 
-    def down(self) -> dict[str, Any]:
-        values = self.destination()
-        values["config"]["endpoint"] = f"http://127.0.0.1:{free_port()}"
-        return values
-
     def config_change(self) -> dict[str, str]:
         return {"storage_class": "STANDARD_IA"}
 
@@ -114,15 +98,6 @@ async def broker(moto: Moto) -> AsyncIterator[S3Broker]:
 
 class TestAwsS3(DestinationContract):
     """The contract (tests/support/contract.py) against moto's S3."""
-
-
-async def relay_with(
-    start_relay: Any, database_url: str, http: Any, db: Any, broker: Broker, **delivery: Any
-) -> Contract:
-    settings = make_settings(
-        database_url, delivery={"retry": {"schedule_seconds": SCHEDULE, "jitter": 0}} | delivery
-    )
-    return Contract(http, await start_relay(settings), db, broker)
 
 
 async def test_the_object_is_outposts_named_by_the_events_time_and_id(

@@ -2,62 +2,57 @@
 1.0 stand-in for Service Bus (tests/support/servicebus.py: the CBS token exchange with its
 SAS signature check, unknown entities refused), not to Service Bus itself: Microsoft's
 emulator runs only in Docker. The destination contract, then the message's shape, a
-refused key, Outpost's target, and what a client must do (one connection per destination,
-opened again when cut, closed at stop, a hung broker failing only its own deliveries)."""
+refused key, Outpost's target; and the connections the client library leaves open."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import orjson
 import pytest
 
 from tests.support.contract import (
-    SCHEDULE,
     Broker,
-    Contract,
     DestinationContract,
+    Proxy,
     Received,
+    StartContract,
+    relay_with,
     wait_until,
 )
-from tests.support.relay import ADMIN_KEY, RelayProcess, admin_headers, free_port, make_settings
 from tests.support.servicebus import KEY_NAME, ServiceBusStandIn
 from tests.support.tcpproxy import TcpProxy
 
 KEY = "c2VjcmV0LWtleS1vZi10aGUtbmFtZXNwYWNl"
 
 
-async def close_what_the_client_left(relay: Contract, proxy: TcpProxy) -> int:
-    """Stop relay and the proxy, then close the client library's connections to the proxy
-    that are still open; how many there were.
+async def close_what_the_client_left(port: int) -> None:
+    """Close the client library's connections to ``port`` (a proxy's, gone) that are
+    still open.
 
     azure-servicebus 7.15 lets go of a connection that broke or hung while it was being set
     up without closing it (its close skips a connection with no AMQP session yet: see the
     README's destination types), so relay cannot close it either. Left open, it would be
     closed by the garbage collector in some later test, with a ResourceWarning there."""
-    await relay.server.close()
-    await proxy.__aexit__(None, None, None)
     await asyncio.sleep(0.2)
     left = [
         o
         for o in gc.get_objects()
         if isinstance(o, asyncio.Transport)
         and not o.is_closing()
-        and (o.get_extra_info("peername") or ("", 0))[1] == proxy.port
+        and (o.get_extra_info("peername") or ("", 0))[1] == port
     ]
     for transport in left:
         transport.close()
     await asyncio.sleep(0)
-    return len(left)
 
 
-# The garbage collector may meet such a connection while the test runs: its warning is
-# expected there, and only there.
+# The garbage collector may meet such a connection while a test that cuts or hangs the
+# connections runs: its warning is expected there, and only there.
 LEFT_OPEN = pytest.mark.filterwarnings(
     "ignore:Exception ignored in. <(socket.socket|function StreamWriter|function _Selector)"
     ":pytest.PytestUnraisableExceptionWarning"
@@ -74,18 +69,33 @@ class ServiceBusBroker(Broker):
         self.queue = f"events-{uuid.uuid4().hex[:8]}"
         self.missing = f"later-{uuid.uuid4().hex[:8]}"
         self.bus = ServiceBusStandIn({self.queue}, {KEY_NAME: KEY})
-        # The port relay is given (a proxy's, in some tests).
-        self.port = self.bus.port
         self.sensitive = ("connection_string", self.connection_string())
 
-    def connection_string(self, key: str = KEY) -> str:
-        return self.bus.connection_string(key).replace(f":{self.bus.port};", f":{self.port};")
+    def connection_string(self, key: str = KEY, port: int | None = None) -> str:
+        """The stand-in's, or one that reaches it through ``port``."""
+        given = self.bus.connection_string(key)
+        return given if port is None else given.replace(f":{self.bus.port};", f":{port};")
 
     def destination(self) -> dict[str, Any]:
+        return self.via(self.bus.port)
+
+    def address(self) -> tuple[str, int]:
+        return self.bus.host, self.bus.port
+
+    def via(self, port: int) -> dict[str, Any]:
         return {
             "config": {"name": self.queue},
-            "credentials": {"connection_string": self.connection_string()},
+            "credentials": {"connection_string": self.connection_string(port=port)},
         }
+
+    @contextlib.asynccontextmanager
+    async def proxied(self) -> AsyncIterator[tuple[Proxy, dict[str, Any]]]:
+        proxy = TcpProxy(*self.address())
+        try:
+            async with proxy:
+                yield proxy, self.via(proxy.port)
+        finally:
+            await close_what_the_client_left(proxy.port)
 
     async def take(self, timeout: float = 10.0) -> Any:
         """The next message on the queue, as the stand-in holds it."""
@@ -114,12 +124,6 @@ class ServiceBusBroker(Broker):
         self.bus.add_queue(self.missing)
         self.queue = self.missing
 
-    def down(self) -> dict[str, Any]:
-        values = self.destination()
-        self.port = free_port()
-        values["credentials"]["connection_string"] = self.connection_string()
-        return values
-
     def config_change(self) -> dict[str, str]:
         return {"name": "another-queue"}
 
@@ -134,19 +138,21 @@ def broker() -> Iterator[ServiceBusBroker]:
 class TestServiceBus(DestinationContract):
     """The contract (tests/support/contract.py) against the Service Bus stand-in."""
 
+    @LEFT_OPEN
+    async def test_one_connection_per_destination_reused_and_opened_again_when_cut(
+        self, broker: Broker, start_contract: StartContract
+    ) -> None:
+        await super().test_one_connection_per_destination_reused_and_opened_again_when_cut(
+            broker, start_contract
+        )
 
-async def relay_with(
-    start_relay: Any,
-    database_url: str,
-    http: Any,
-    db: Any,
-    broker: ServiceBusBroker,
-    **delivery: Any,
-) -> Contract:
-    settings = make_settings(
-        database_url, delivery={"retry": {"schedule_seconds": SCHEDULE, "jitter": 0}} | delivery
-    )
-    return Contract(http, await start_relay(settings), db, broker)
+    @LEFT_OPEN
+    async def test_a_hung_server_fails_its_own_deliveries_only(
+        self, broker: Broker, start_contract: StartContract, receiver: Any
+    ) -> None:
+        await super().test_a_hung_server_fails_its_own_deliveries_only(
+            broker, start_contract, receiver
+        )
 
 
 async def test_a_message_has_outposts_application_properties_and_nothing_else(
@@ -168,7 +174,7 @@ async def test_a_message_has_outposts_application_properties_and_nothing_else(
     assert uuid.UUID(str(message.id))
     # The client put a SAS token for the queue on $cbs, and the stand-in checked it.
     [token] = broker.bus.tokens
-    assert token["name"] == f"sb://127.0.0.1:{broker.port}/{broker.queue}"
+    assert token["name"] == f"sb://127.0.0.1:{broker.bus.port}/{broker.queue}"
     assert token["token"].startswith("SharedAccessSignature ")
 
 
@@ -250,132 +256,3 @@ async def test_the_target_is_outposts_namespace_and_name(
         },
     )
     assert status == 422 and answer["data"] == ["config.name failed pattern validation"]
-
-
-@LEFT_OPEN
-async def test_one_connection_per_destination_reused_and_opened_again_when_cut(
-    start_relay: Any, database_url: str, http: Any, db: Any, broker: ServiceBusBroker
-) -> None:
-    async with TcpProxy("127.0.0.1", broker.bus.port) as proxy:
-        broker.port = proxy.port
-        relay = await relay_with(start_relay, database_url, http, db, broker)
-        await relay.create(broker.destination())
-        for n in range(20):
-            await relay.publish(b'{"n": %d}' % n, topic="t")
-        bodies = {(await broker.receive()).body for _ in range(20)}
-        assert len(bodies) == 20
-        assert proxy.accepted == 1  # twenty deliveries, one connection
-
-        proxy.cut()  # the broker restarts, say
-        ids = [await relay.publish(b'{"after": %d}' % n, topic="t") for n in range(5)]
-        for _ in range(5):
-            await broker.receive(timeout=20)
-
-        async def all_delivered() -> bool:
-            return all([await relay.delivery_status(i) == "delivered" for i in ids])
-
-        await wait_until(all_delivered, timeout=20)
-        assert proxy.accepted == 2
-        await close_what_the_client_left(relay, proxy)
-
-
-@LEFT_OPEN
-async def test_a_hung_broker_fails_its_own_deliveries_only(
-    start_relay: Any,
-    database_url: str,
-    http: Any,
-    db: Any,
-    broker: ServiceBusBroker,
-    receiver: Any,
-) -> None:
-    async with TcpProxy("127.0.0.1", broker.bus.port) as proxy:
-        broker.port = proxy.port
-        relay = await relay_with(start_relay, database_url, http, db, broker, timeout_seconds=1.0)
-        await relay.create(broker.destination(), id="queue")
-        await relay.create({"config": {"url": receiver.url("/hook")}}, type="webhook", id="hook")
-        proxy.hang()
-        stuck = [await relay.publish(b'{"n": %d}' % n, topic="t") for n in range(5)]
-        # The webhook beside it is delivered meanwhile, each at once.
-        await receiver.wait_for(5, path="/hook", timeout=15)
-
-        async def timed_out() -> bool:
-            rows = await relay.attempts(stuck[0], "queue")
-            return bool(rows) and rows[0]["error_code"] == "timeout"
-
-        await wait_until(timed_out, timeout=15)
-        [first, *_] = await relay.attempts(stuck[0], "queue")
-        assert first["status"] == "failed"
-        proxy.resume()
-        for _ in range(5):
-            await broker.receive(timeout=30)
-
-        async def all_delivered() -> bool:
-            return all([await relay.delivery_status(i, "queue") == "delivered" for i in stuck])
-
-        await wait_until(all_delivered, timeout=30)
-        await close_what_the_client_left(relay, proxy)
-
-
-async def test_stopping_relay_closes_its_broker_connections(
-    start_relay: Any, database_url: str, http: Any, db: Any, broker: ServiceBusBroker
-) -> None:
-    async with TcpProxy("127.0.0.1", broker.bus.port) as proxy:
-        broker.port = proxy.port
-        relay = await relay_with(start_relay, database_url, http, db, broker)
-        await relay.create(broker.destination())
-        await relay.publish(b"{}", topic="t")
-        await broker.receive()
-        assert proxy.open == 1
-        await relay.server.close()
-
-        async def closed() -> bool:
-            return proxy.open == 0
-
-        await wait_until(closed, timeout=10)
-
-
-@pytest.mark.slow
-async def test_relay_serve_as_users_start_it_delivers_to_servicebus(
-    tmp_path: Path, http: Any, db: Any, database_url: str, broker: ServiceBusBroker
-) -> None:
-    """`relay serve` (uvloop and all defaults), an azure_servicebus destination in its file."""
-    port = free_port()
-    config = tmp_path / "relay.toml"
-    config.write_text(f"""
-[server]
-port = {port}
-admin_api_key = "{ADMIN_KEY}"
-health_port = 0
-
-[delivery]
-allow_private_networks = ["127.0.0.0/8"]
-
-[[tenants]]
-id = "acme"
-
-[[tenants.destinations]]
-id = "queue"
-type = "azure_servicebus"
-config = {{ name = "{broker.queue}" }}
-credentials_env = {{ connection_string = "TEST_SERVICEBUS_CONNECTION_STRING" }}
-""")
-    env = {
-        "RELAY_DATABASE_URL": database_url,
-        "TEST_SERVICEBUS_CONNECTION_STRING": broker.connection_string(),
-    }
-    serve = RelayProcess("serve", config, tmp_path / "serve.log", env)
-    try:
-        await serve.ready(f"http://127.0.0.1:{port}/healthz")
-        async with http.post(
-            f"http://127.0.0.1:{port}/api/v1/publish",
-            json={"tenant_id": "acme", "topic": "order.created", "data": {"n": 1}},
-            headers=admin_headers(),
-        ) as resp:
-            assert resp.status == 202, await resp.text()
-        message = await broker.receive(timeout=20)
-    finally:
-        code = serve.stop()
-    assert code == 0, serve.log
-    assert orjson.loads(message.body) == {"n": 1}
-    assert message.metadata["topic"] == "order.created"
-    assert await db.fetchval("SELECT status FROM relay.attempts") == "success"

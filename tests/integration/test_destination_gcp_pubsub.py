@@ -1,8 +1,7 @@
 """gcp_pubsub destinations against Google's own Pub/Sub emulator (started here; skipped,
 naming its Debian package, where it is not installed): the destination contract, then
-the message's shape, the service account key's checks, and what a client must do (one
-channel per destination, opened again when cut, closed at stop, a hung server failing
-only its own deliveries).
+the message's shape and the service account key's checks (the contract's connection
+tests hold for the client's one gRPC channel per destination).
 
 The emulator checks no credentials, so what Google does with a key relay sends (and a
 refused one) is not tested here; what relay does before sending is."""
@@ -12,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,17 +21,8 @@ from google.pubsub_v1 import PublisherAsyncClient, SubscriberAsyncClient
 from google.pubsub_v1.services.publisher.transports import PublisherGrpcAsyncIOTransport
 from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcAsyncIOTransport
 
-from tests.support.contract import (
-    SCHEDULE,
-    Broker,
-    Contract,
-    DestinationContract,
-    Received,
-    wait_until,
-)
+from tests.support.contract import Broker, DestinationContract, Received, relay_with, wait_until
 from tests.support.pubsub import PubSubEmulator
-from tests.support.relay import ADMIN_KEY, RelayProcess, admin_headers, free_port, make_settings
-from tests.support.tcpproxy import TcpProxy
 
 # What Outpost's own suite sends as a key: JSON with a type, no more (with an endpoint,
 # nothing reads it).
@@ -58,8 +47,6 @@ class PubSubBroker(Broker):
 
     def __init__(self, emulator: PubSubEmulator) -> None:
         self.emulator = emulator
-        # The address relay is given (a proxy's, in some tests).
-        self.endpoint = emulator.endpoint
         self.project = f"relay-test-{uuid.uuid4().hex[:10]}"
         self.topic = "orders"
         self.missing = "orders-later"
@@ -94,8 +81,18 @@ class PubSubBroker(Broker):
         return subscription
 
     def destination(self) -> dict[str, Any]:
+        return self.via(self.emulator.port)
+
+    def address(self) -> tuple[str, int]:
+        return "127.0.0.1", self.emulator.port
+
+    def via(self, port: int) -> dict[str, Any]:
         return {
-            "config": {"project_id": self.project, "topic": self.topic, "endpoint": self.endpoint},
+            "config": {
+                "project_id": self.project,
+                "topic": self.topic,
+                "endpoint": f"127.0.0.1:{port}",
+            },
             "credentials": {"service_account_json": SERVICE_ACCOUNT},
         }
 
@@ -136,11 +133,6 @@ class PubSubBroker(Broker):
     async def stop_refusing(self) -> None:
         self.subscription = await self.subscribed(self.missing)
 
-    def down(self) -> dict[str, Any]:
-        values = self.destination()
-        values["config"]["endpoint"] = f"127.0.0.1:{free_port()}"
-        return values
-
     def config_change(self) -> dict[str, str]:
         return {"topic": "another-topic"}
 
@@ -153,15 +145,6 @@ async def broker(emulator: PubSubEmulator) -> AsyncIterator[PubSubBroker]:
 
 class TestPubSub(DestinationContract):
     """The contract (tests/support/contract.py) against Google's Pub/Sub emulator."""
-
-
-async def relay_with(
-    start_relay: Any, database_url: str, http: Any, db: Any, broker: PubSubBroker, **delivery: Any
-) -> Contract:
-    settings = make_settings(
-        database_url, delivery={"retry": {"schedule_seconds": SCHEDULE, "jitter": 0}} | delivery
-    )
-    return Contract(http, await start_relay(settings), db, broker)
 
 
 async def test_a_message_has_outposts_attributes_and_its_id_is_on_the_attempt(
@@ -258,123 +241,3 @@ async def test_a_key_google_auth_cannot_read_is_a_failed_attempt(
     [first, *_] = await relay.attempts(event_id)
     assert first["status"] == "failed" and first["error_code"] == "auth_failed"
     assert first["error_detail"].startswith("credentials.service_account_json: ")
-
-
-async def test_one_channel_per_destination_reused_and_opened_again_when_cut(
-    start_relay: Any, database_url: str, http: Any, db: Any, broker: PubSubBroker
-) -> None:
-    host, port = broker.emulator.endpoint.split(":")
-    async with TcpProxy(host, int(port)) as proxy:
-        broker.endpoint = f"127.0.0.1:{proxy.port}"
-        relay = await relay_with(start_relay, database_url, http, db, broker)
-        await relay.create(broker.destination())
-        for n in range(20):
-            await relay.publish(b'{"n": %d}' % n, topic="t")
-        bodies = {(await broker.receive()).body for _ in range(20)}
-        assert len(bodies) == 20
-        assert proxy.accepted == 1  # twenty deliveries, one connection
-
-        proxy.cut()  # the server restarts, say
-        ids = [await relay.publish(b'{"after": %d}' % n, topic="t") for n in range(5)]
-        for _ in range(5):
-            await broker.receive(timeout=20)
-
-        async def all_delivered() -> bool:
-            return all([await relay.delivery_status(i) == "delivered" for i in ids])
-
-        await wait_until(all_delivered, timeout=20)
-        assert proxy.accepted == 2
-
-
-async def test_a_hung_server_fails_its_own_deliveries_only(
-    start_relay: Any, database_url: str, http: Any, db: Any, broker: PubSubBroker, receiver: Any
-) -> None:
-    host, port = broker.emulator.endpoint.split(":")
-    async with TcpProxy(host, int(port)) as proxy:
-        broker.endpoint = f"127.0.0.1:{proxy.port}"
-        relay = await relay_with(start_relay, database_url, http, db, broker, timeout_seconds=1.0)
-        await relay.create(broker.destination(), id="topic")
-        await relay.create({"config": {"url": receiver.url("/hook")}}, type="webhook", id="hook")
-        proxy.hang()
-        stuck = [await relay.publish(b'{"n": %d}' % n, topic="t") for n in range(5)]
-        # The webhook beside it is delivered meanwhile, each at once.
-        await receiver.wait_for(5, path="/hook", timeout=15)
-
-        async def timed_out() -> bool:
-            rows = await relay.attempts(stuck[0], "topic")
-            return bool(rows) and rows[0]["error_code"] == "timeout"
-
-        await wait_until(timed_out, timeout=15)
-        [first, *_] = await relay.attempts(stuck[0], "topic")
-        assert first["status"] == "failed"
-        proxy.resume()
-        for _ in range(5):
-            await broker.receive(timeout=30)
-
-        async def all_delivered() -> bool:
-            return all([await relay.delivery_status(i, "topic") == "delivered" for i in stuck])
-
-        await wait_until(all_delivered, timeout=30)
-
-
-async def test_stopping_relay_closes_its_channels(
-    start_relay: Any, database_url: str, http: Any, db: Any, broker: PubSubBroker
-) -> None:
-    host, port = broker.emulator.endpoint.split(":")
-    async with TcpProxy(host, int(port)) as proxy:
-        broker.endpoint = f"127.0.0.1:{proxy.port}"
-        relay = await relay_with(start_relay, database_url, http, db, broker)
-        await relay.create(broker.destination())
-        await relay.publish(b"{}", topic="t")
-        await broker.receive()
-        assert proxy.open == 1
-        await relay.server.close()
-
-        async def closed() -> bool:
-            return proxy.open == 0
-
-        await wait_until(closed, timeout=10)
-
-
-@pytest.mark.slow
-async def test_relay_serve_as_users_start_it_delivers_to_pubsub(
-    tmp_path: Path, http: Any, db: Any, database_url: str, broker: PubSubBroker
-) -> None:
-    """`relay serve` (uvloop and all defaults), a gcp_pubsub destination in its file."""
-    port = free_port()
-    config = tmp_path / "relay.toml"
-    config.write_text(f"""
-[server]
-port = {port}
-admin_api_key = "{ADMIN_KEY}"
-health_port = 0
-
-[delivery]
-allow_private_networks = ["127.0.0.0/8"]
-
-[[tenants]]
-id = "acme"
-
-[[tenants.destinations]]
-id = "topic"
-type = "gcp_pubsub"
-config = {{ project_id = "{broker.project}", topic = "orders", endpoint = "{broker.endpoint}" }}
-credentials_env = {{ service_account_json = "TEST_PUBSUB_KEY" }}
-""")
-    env = {"RELAY_DATABASE_URL": database_url, "TEST_PUBSUB_KEY": SERVICE_ACCOUNT}
-    serve = RelayProcess("serve", config, tmp_path / "serve.log", env)
-    try:
-        await serve.ready(f"http://127.0.0.1:{port}/healthz")
-        async with http.post(
-            f"http://127.0.0.1:{port}/api/v1/publish",
-            json={"tenant_id": "acme", "topic": "order.created", "data": {"n": 1}},
-            headers=admin_headers(),
-        ) as resp:
-            assert resp.status == 202, await resp.text()
-        message = await broker.receive(timeout=20)
-    finally:
-        code = serve.stop()
-    assert code == 0, serve.log
-    assert orjson.loads(message.body) == {"n": 1}
-    assert message.metadata["topic"] == "order.created"
-    assert await db.fetchval("SELECT status FROM relay.attempts") == "success"

@@ -6,6 +6,7 @@ Outpost's suite, nothing here checks a token against them."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
@@ -14,9 +15,16 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support.contract import SCHEDULE, Broker, Contract, DestinationContract, Received
+from tests.support.contract import (
+    Broker,
+    Contract,
+    DestinationContract,
+    Proxy,
+    Received,
+    relay_with,
+)
 from tests.support.receiver import Receiver, Reply
-from tests.support.relay import make_settings
+from tests.support.tcpproxy import TcpProxy
 
 VERIFY = "/2025-01-01/sources/{id}/managed/verify"
 
@@ -29,6 +37,9 @@ class HookdeckStandIn(Broker):
     type = "hookdeck"
     refused_statuses = frozenset({503})
     sensitive = ("token", token("src_contract"))
+    # The dispatcher's HTTP client (shared by the HTTP types): a connection per request in
+    # flight, kept alive.
+    pooled = True
 
     def __init__(self) -> None:
         # Hookdeck's API (token checks) and its publish endpoint, apart: the latter goes
@@ -39,6 +50,8 @@ class HookdeckStandIn(Broker):
         self.refused: set[str] = set()
         self.read = 0
         self.names = {"src_contract": "orders-source", "src_refused": "refused-source"}
+        # The port relay posts to (a proxy's, when one is in between).
+        self.publish_port: int | None = None
 
     def _api_reply(self, n: int, path: str) -> Reply:
         for source_id, name in self.names.items():
@@ -62,6 +75,8 @@ class HookdeckStandIn(Broker):
 
     def settings(self) -> dict[str, Any]:
         base = self.hooks.url("")
+        if self.publish_port is not None:
+            base = f"http://127.0.0.1:{self.publish_port}"
         return {"delivery": {"hookdeck": {"publish_url": base, "api_url": self.api.url("")}}}
 
     def destination(self) -> dict[str, Any]:
@@ -103,6 +118,17 @@ class HookdeckStandIn(Broker):
     async def take_down(self) -> None:
         await self.hooks.__aexit__()
 
+    @contextlib.asynccontextmanager
+    async def proxied(self) -> AsyncIterator[tuple[Proxy, dict[str, Any]]]:
+        # The publish endpoint is a setting of relay's, not the destination's: a relay
+        # started from here on posts through the proxy.
+        async with TcpProxy("127.0.0.1", self.hooks.port) as proxy:
+            self.publish_port = proxy.port
+            try:
+                yield proxy, self.destination()
+            finally:
+                self.publish_port = None
+
 
 @pytest.fixture
 async def broker() -> AsyncIterator[HookdeckStandIn]:
@@ -118,9 +144,7 @@ class TestHookdeck(DestinationContract):
 async def relay(
     start_relay: Any, database_url: str, http: Any, db: Any, broker: HookdeckStandIn
 ) -> Contract:
-    sections = broker.settings()
-    sections["delivery"]["retry"] = {"schedule_seconds": SCHEDULE, "jitter": 0}
-    return Contract(http, await start_relay(make_settings(database_url, **sections)), db, broker)
+    return await relay_with(start_relay, database_url, http, db, broker)
 
 
 async def test_the_body_is_signed_with_the_token_as_hookdeck_checks_it(

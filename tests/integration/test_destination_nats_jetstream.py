@@ -20,14 +20,14 @@ import orjson
 import pytest
 
 from tests.support.contract import (
-    SCHEDULE,
     Broker,
     Contract,
     DestinationContract,
     Received,
+    relay_with,
     wait_until,
 )
-from tests.support.relay import free_port, make_settings
+from tests.support.relay import free_port
 
 HOST = "127.0.0.1"
 USER, PASSWORD = "relay-test", "nats-secret-0123"
@@ -104,8 +104,14 @@ class NatsBroker(Broker):
         await self.client.close()
 
     def destination(self) -> dict[str, Any]:
+        return self.via(self.port)
+
+    def address(self) -> tuple[str, int]:
+        return HOST, self.port
+
+    def via(self, port: int) -> dict[str, Any]:
         return {
-            "config": {"server_url": f"{HOST}:{self.port}", "subject": self.prefix + ".{topic}"},
+            "config": {"server_url": f"{HOST}:{port}", "subject": self.prefix + ".{topic}"},
             "credentials": {"username": USER, "password": PASSWORD},
         }
 
@@ -125,11 +131,6 @@ class NatsBroker(Broker):
 
     async def stop_refusing(self) -> None:
         self.subscription = await self._stream(self.stream + "_MISSING", self.missing)
-
-    def down(self) -> dict[str, Any]:
-        values = self.destination()
-        values["config"]["server_url"] = f"{HOST}:{free_port()}"
-        return values
 
     def config_change(self) -> dict[str, str]:
         return {"stream": self.stream}
@@ -153,10 +154,7 @@ class TestNatsJetStream(DestinationContract):
 async def relay(
     start_relay: Any, database_url: str, http: Any, db: Any, broker: NatsBroker
 ) -> Contract:
-    settings = make_settings(
-        database_url, delivery={"retry": {"schedule_seconds": SCHEDULE, "jitter": 0}}
-    )
-    return Contract(http, await start_relay(settings), db, broker)
+    return await relay_with(start_relay, database_url, http, db, broker)
 
 
 async def test_the_subject_is_made_from_the_topic_and_the_message_id_from_the_event(

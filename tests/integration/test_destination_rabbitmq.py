@@ -1,6 +1,8 @@
 """rabbitmq destinations against the real RabbitMQ at 127.0.0.1:5672 (guest/guest): the
-destination contract, then what a broker connection must do (one per destination,
-reconnecting, closed at stop, a hung broker failing only its own deliveries)."""
+destination contract (connections included), then what is particular to the type
+(routing by topic, a changed exchange, the config file, an operator sink) and to a
+publisher that outlives its deliveries (let go when idle, replaced when its client
+library cancels under it)."""
 
 from __future__ import annotations
 
@@ -20,15 +22,15 @@ from relay.config import load_settings
 from relay.delivery import pool
 from relay.delivery.rabbitmq import RabbitMQPublisher
 from tests.support.contract import (
-    SCHEDULE,
     Broker,
     Contract,
     DestinationContract,
     Received,
+    relay_with,
     wait_until,
 )
 from tests.support.receiver import Reply
-from tests.support.relay import ADMIN_KEY, RelayProcess, admin_headers, free_port, make_settings
+from tests.support.relay import ADMIN_KEY, make_settings
 from tests.support.tcpproxy import TcpProxy
 
 HOST, PORT = "127.0.0.1", 5672
@@ -44,7 +46,6 @@ class RabbitBroker(Broker):
     def __init__(self) -> None:
         self.exchange = f"relay-test-{uuid.uuid4().hex[:12]}"
         self.missing = f"relay-test-missing-{uuid.uuid4().hex[:12]}"
-        self.port = PORT
         self.connection: aio_pika.abc.AbstractRobustConnection | None = None
         self.channel: aio_pika.abc.AbstractChannel | None = None
         self.queue: aio_pika.abc.AbstractQueue | None = None
@@ -75,8 +76,14 @@ class RabbitBroker(Broker):
             await self.connection.close()
 
     def destination(self) -> dict[str, Any]:
+        return self.via(PORT)
+
+    def address(self) -> tuple[str, int]:
+        return HOST, PORT
+
+    def via(self, port: int) -> dict[str, Any]:
         return {
-            "config": {"server_url": f"{HOST}:{self.port}", "exchange": self.exchange},
+            "config": {"server_url": f"{HOST}:{port}", "exchange": self.exchange},
             "credentials": {"username": "guest", "password": "guest"},
         }
 
@@ -102,11 +109,6 @@ class RabbitBroker(Broker):
     async def stop_refusing(self) -> None:
         self.queue = await self._bound(self.missing)
 
-    def down(self) -> dict[str, Any]:
-        values = self.destination()
-        values["config"]["server_url"] = f"{HOST}:{free_port()}"
-        return values
-
     def config_change(self) -> dict[str, str]:
         return {"exchange": "another-exchange"}
 
@@ -121,15 +123,6 @@ class TestRabbitMQ(DestinationContract):
     """The contract (tests/support/contract.py) against RabbitMQ."""
 
 
-async def relay_with(
-    start_relay: Any, database_url: str, http: Any, db: Any, broker: RabbitBroker, **delivery: Any
-) -> Contract:
-    settings = make_settings(
-        database_url, delivery={"retry": {"schedule_seconds": SCHEDULE, "jitter": 0}} | delivery
-    )
-    return Contract(http, await start_relay(settings), db, broker)
-
-
 async def test_a_message_is_routed_by_its_topic_as_json(
     start_relay: Any, database_url: str, http: Any, db: Any, broker: RabbitBroker
 ) -> None:
@@ -142,84 +135,6 @@ async def test_a_message_is_routed_by_its_topic_as_json(
     await relay.publish(b'{"id": 7}', topic="order.paid")
     message = await broker.receive()
     assert message.extra == {"routing_key": "order.paid", "content_type": "application/json"}
-
-
-async def test_one_connection_per_destination_reused_and_opened_again_when_cut(
-    start_relay: Any, database_url: str, http: Any, db: Any, broker: RabbitBroker
-) -> None:
-    async with TcpProxy(HOST, PORT) as proxy:
-        broker.port = proxy.port
-        relay = await relay_with(start_relay, database_url, http, db, broker)
-        await relay.create(broker.destination())
-        for n in range(20):
-            await relay.publish(b'{"n": %d}' % n, topic="t")
-        bodies = {(await broker.receive()).body for _ in range(20)}
-        assert len(bodies) == 20
-        assert proxy.accepted == 1  # twenty deliveries, one connection
-
-        proxy.cut()  # the broker restarts, say
-        ids = [await relay.publish(b'{"after": %d}' % n, topic="t") for n in range(5)]
-        for _ in range(5):
-            await broker.receive(timeout=20)
-
-        async def all_delivered() -> bool:
-            return all([await relay.delivery_status(i) == "delivered" for i in ids])
-
-        await wait_until(all_delivered, timeout=20)
-        assert proxy.accepted == 2
-
-
-async def test_a_hung_broker_fails_its_own_deliveries_only(
-    start_relay: Any,
-    database_url: str,
-    http: Any,
-    db: Any,
-    broker: RabbitBroker,
-    receiver: Any,
-) -> None:
-    async with TcpProxy(HOST, PORT) as proxy:
-        broker.port = proxy.port
-        relay = await relay_with(start_relay, database_url, http, db, broker, timeout_seconds=1.0)
-        await relay.create(broker.destination(), id="queue")
-        await relay.create({"config": {"url": receiver.url("/hook")}}, type="webhook", id="hook")
-        proxy.hang()
-        stuck = [await relay.publish(b'{"n": %d}' % n, topic="t") for n in range(5)]
-        # The webhook beside it is delivered meanwhile, each at once.
-        await receiver.wait_for(5, path="/hook", timeout=15)
-
-        async def timed_out() -> bool:
-            rows = await relay.attempts(stuck[0], "queue")
-            return bool(rows) and rows[0]["error_code"] == "timeout"
-
-        await wait_until(timed_out, timeout=15)
-        [first, *_] = await relay.attempts(stuck[0], "queue")
-        assert first["status"] == "failed" and first["error_detail"] == "no answer within 1 s"
-        proxy.resume()
-        for _ in range(5):
-            await broker.receive(timeout=30)
-
-        async def all_delivered() -> bool:
-            return all([await relay.delivery_status(i, "queue") == "delivered" for i in stuck])
-
-        await wait_until(all_delivered, timeout=30)
-
-
-async def test_stopping_relay_closes_its_broker_connections(
-    start_relay: Any, database_url: str, http: Any, db: Any, broker: RabbitBroker
-) -> None:
-    async with TcpProxy(HOST, PORT) as proxy:
-        broker.port = proxy.port
-        relay = await relay_with(start_relay, database_url, http, db, broker)
-        await relay.create(broker.destination())
-        await relay.publish(b"{}", topic="t")
-        await broker.receive()
-        assert proxy.open == 1
-        await relay.server.close()
-
-        async def closed() -> bool:
-            return proxy.open == 0
-
-        await wait_until(closed, timeout=10)
 
 
 async def test_a_changed_config_is_delivered_through_a_new_connection(
@@ -283,54 +198,6 @@ async def _delivered(relay: Contract, event_id: str) -> bool:
     return await relay.delivery_status(event_id) == "delivered"
 
 
-@pytest.mark.slow
-async def test_relay_serve_as_users_start_it_delivers_to_rabbitmq(
-    tmp_path: Path, http: Any, db: Any, database_url: str, broker: RabbitBroker
-) -> None:
-    """`relay serve` (uvloop and all defaults), a rabbitmq destination in its file."""
-    port = free_port()
-    config = tmp_path / "relay.toml"
-    config.write_text(f"""
-[server]
-port = {port}
-admin_api_key = "{ADMIN_KEY}"
-health_port = 0
-
-[delivery]
-allow_private_networks = ["127.0.0.0/8"]
-
-[[tenants]]
-id = "acme"
-
-[[tenants.destinations]]
-id = "queue"
-type = "rabbitmq"
-config = {{ server_url = "{HOST}:{PORT}", exchange = "{broker.exchange}" }}
-credentials_env = {{ username = "TEST_RABBITMQ_USER", password = "TEST_RABBITMQ_PASSWORD" }}
-""")
-    env = {
-        "RELAY_DATABASE_URL": database_url,
-        "TEST_RABBITMQ_USER": "guest",
-        "TEST_RABBITMQ_PASSWORD": "guest",
-    }
-    serve = RelayProcess("serve", config, tmp_path / "serve.log", env)
-    try:
-        await serve.ready(f"http://127.0.0.1:{port}/healthz")
-        async with http.post(
-            f"http://127.0.0.1:{port}/api/v1/publish",
-            json={"tenant_id": "acme", "topic": "order.created", "data": {"n": 1}},
-            headers=admin_headers(),
-        ) as resp:
-            assert resp.status == 202, await resp.text()
-        message = await broker.receive(timeout=20)
-    finally:
-        code = serve.stop()
-    assert code == 0, serve.log
-    assert orjson.loads(message.body) == {"n": 1}
-    assert message.extra["routing_key"] == "order.created"
-    assert await db.fetchval("SELECT status FROM relay.attempts") == "success"
-
-
 async def test_an_operator_sink_of_the_config_file_may_be_a_rabbitmq_exchange(
     start_relay: Any, database_url: str, http: Any, db: Any, broker: RabbitBroker, receiver: Any
 ) -> None:
@@ -364,8 +231,7 @@ async def test_a_publisher_unused_for_a_while_lets_its_connection_go(
         relay = await relay_with(start_relay, database_url, http, db, broker)
         # "idle" connects through the proxy; "busy" straight to the broker.
         await relay.create(broker.destination(), id="busy")
-        broker.port = proxy.port
-        await relay.create(broker.destination(), id="idle")
+        await relay.create(broker.via(proxy.port), id="idle")
         await relay.publish(b'{"to": "both"}', topic="t")
         await broker.receive()
         await broker.receive()

@@ -17,14 +17,14 @@ import pytest
 import redis.asyncio
 
 from tests.support.contract import (
-    SCHEDULE,
     Broker,
     Contract,
     DestinationContract,
     Received,
+    relay_with,
     wait_until,
 )
-from tests.support.relay import free_port, make_settings
+from tests.support.relay import free_port
 
 HOST = "127.0.0.1"
 USER, PASSWORD = "relay-test", "redis-secret-0123"
@@ -72,6 +72,8 @@ class RedisBroker(Broker):
     library = "redis"
     refused_codes = frozenset({"wrong_type"})
     sensitive = ("password", PASSWORD)
+    # redis-py's connection pool: a connection per command in flight.
+    pooled = True
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -88,8 +90,14 @@ class RedisBroker(Broker):
         await self.client.aclose()
 
     def destination(self) -> dict[str, Any]:
+        return self.via(self.port)
+
+    def address(self) -> tuple[str, int]:
+        return HOST, self.port
+
+    def via(self, port: int) -> dict[str, Any]:
         return {
-            "config": {"server_url": f"{HOST}:{self.port}", "stream": self.stream},
+            "config": {"server_url": f"{HOST}:{port}", "stream": self.stream},
             "credentials": {"username": USER, "password": PASSWORD},
         }
 
@@ -117,11 +125,6 @@ class RedisBroker(Broker):
         await self.client.delete(self.missing)
         self.reading, self.last = self.missing, "0"
 
-    def down(self) -> dict[str, Any]:
-        values = self.destination()
-        values["config"]["server_url"] = f"{HOST}:{free_port()}"
-        return values
-
     def config_change(self) -> dict[str, str]:
         return {"maxlen": "1000"}
 
@@ -140,10 +143,7 @@ class TestRedisStreams(DestinationContract):
 async def relay(
     start_relay: Any, database_url: str, http: Any, db: Any, broker: RedisBroker
 ) -> Contract:
-    settings = make_settings(
-        database_url, delivery={"retry": {"schedule_seconds": SCHEDULE, "jitter": 0}}
-    )
-    return Contract(http, await start_relay(settings), db, broker)
+    return await relay_with(start_relay, database_url, http, db, broker)
 
 
 async def _first_attempt(relay: Contract, event_id: str) -> Any:

@@ -12,26 +12,42 @@ dispatcher delivers it, the broker is read, and relay.attempts says what happene
         async def broker(self) -> AsyncIterator[Broker]:
             async with RabbitBroker() as broker:
                 yield broker
+
+Besides the messages, the contract holds a type's connections to account: through a proxy
+in front of its server (``Broker.proxied()``) it counts them (one per destination, reused,
+opened again when cut, closed when relay stops) and hangs them (a hung server fails its
+own deliveries only). And it starts ``relay serve`` as users do, the destination in its
+config file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import calendar
+import contextlib
 import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 import asyncpg
 import orjson
 import pytest
 
 from relay.delivery import registry
-from tests.support.relay import admin_headers, make_settings
+from tests.support.relay import (
+    ADMIN_KEY,
+    RelayProcess,
+    admin_headers,
+    free_port,
+    make_settings,
+    toml,
+)
+from tests.support.tcpproxy import TcpProxy
 
 API = "/api/v1"
 RFC3339_SECONDS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
@@ -46,6 +62,20 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+class Proxy(Protocol):
+    """Between relay and a type's server (tests/support/tcpproxy.py's TcpProxy): relay's
+    connections through it, opened so far and open now; ``cut()`` closes them, ``hang()``
+    stops passing bytes until ``resume()``."""
+
+    @property
+    def accepted(self) -> int: ...
+    @property
+    def open(self) -> int: ...
+    def cut(self) -> None: ...
+    def hang(self) -> None: ...
+    def resume(self) -> None: ...
 
 
 @dataclass
@@ -76,6 +106,11 @@ class Broker:
     down_codes: ClassVar[frozenset[str]] = frozenset({"connection_refused"})
     # The credential Outpost obfuscates in answers, and its value in destination().
     sensitive: ClassVar[tuple[str, str]]
+    # Connections one destination's client opens to deliver; it keeps one of them open.
+    connections: ClassVar[int] = 1
+    # The client keeps a pool of connections, one per request in flight (HTTP, Redis), not
+    # one connection that carries them all: the connection tests send one at a time.
+    pooled: ClassVar[bool] = False
 
     def settings(self) -> dict[str, Any]:
         """Sections of relay's settings the type needs (e.g. its endpoints)."""
@@ -99,8 +134,9 @@ class Broker:
 
     def down(self) -> dict[str, Any]:
         """``config`` and ``credentials`` of a destination where no server listens (from
-        ``take_down()`` on, for a type whose server relay's settings name)."""
-        raise NotImplementedError
+        ``take_down()`` on, for a type whose server relay's settings name); by default,
+        ``via`` a port nobody listens on."""
+        return self.via(free_port())
 
     async def take_down(self) -> None:
         """Called once the ``down()`` destination is made: stop what should be down."""
@@ -108,6 +144,20 @@ class Broker:
     def config_change(self) -> dict[str, str]:
         """A change to ``destination()``'s config a merge-patch can make ({}: none)."""
         return {}
+
+    def address(self) -> tuple[str, int]:
+        """Where the server listens, for a proxy in front of it."""
+        raise NotImplementedError
+
+    def via(self, port: int) -> dict[str, Any]:
+        """``destination()``'s values, reaching the server through 127.0.0.1:``port``."""
+        raise NotImplementedError
+
+    @contextlib.asynccontextmanager
+    async def proxied(self) -> AsyncIterator[tuple[Proxy, dict[str, Any]]]:
+        """A proxy in front of the server, and ``destination()``'s values through it."""
+        async with TcpProxy(*self.address()) as proxy:
+            yield proxy, self.via(proxy.port)
 
 
 class Contract:
@@ -158,19 +208,38 @@ class Contract:
         )
 
 
+async def relay_with(
+    start_relay: Any, database_url: str, http: Any, db: Any, broker: Broker, **sections: Any
+) -> Contract:
+    """A live relay for ``broker``: the contract's retry schedule, the broker's settings,
+    then ``sections`` (``delivery`` merged into the others' key by key)."""
+    merged = broker.settings()
+    delivery = {"retry": {"schedule_seconds": SCHEDULE, "jitter": 0}}
+    delivery |= merged.pop("delivery", {}) | sections.pop("delivery", {})
+    settings = make_settings(database_url, delivery=delivery, **(merged | sections))
+    return Contract(http, await start_relay(settings), db, broker)
+
+
+StartContract = Callable[..., Awaitable[Contract]]
+
+
 class DestinationContract:
     """What every destination type must do, through relay's API, against its server."""
 
     @pytest.fixture
-    async def contract(
+    def start_contract(
         self, broker: Broker, start_relay: Any, database_url: str, http: Any, db: Any
-    ) -> AsyncIterator[Contract]:
-        sections = broker.settings()
-        delivery = {"retry": {"schedule_seconds": SCHEDULE, "jitter": 0}}
-        delivery |= sections.pop("delivery", {})
-        settings = make_settings(database_url, delivery=delivery, **sections)
-        server = await start_relay(settings)
-        yield Contract(http, server, db, broker)
+    ) -> StartContract:
+        """``await start_contract(**sections)``: ``relay_with`` for this test's broker."""
+
+        async def start(**sections: Any) -> Contract:
+            return await relay_with(start_relay, database_url, http, db, broker, **sections)
+
+        return start
+
+    @pytest.fixture
+    async def contract(self, start_contract: StartContract) -> Contract:
+        return await start_contract()
 
     async def test_an_event_reads_back_as_outpost_sends_it(self, contract: Contract) -> None:
         broker = contract.broker
@@ -192,7 +261,7 @@ class DestinationContract:
         assert RFC3339_SECONDS.match(meta["timestamp"]), meta["timestamp"]
         stamped = calendar.timegm(time.strptime(meta["timestamp"], "%Y-%m-%dT%H:%M:%SZ"))
         assert stamped >= int(before) - 1
-        await wait_until(lambda: _status_is(contract, event_id, "delivered"))
+        await wait_until(lambda: _all_are(contract, [event_id], "delivered"))
         [attempt] = await contract.attempts(event_id)
         assert attempt["status"] == "success" and attempt["number"] == 1
         assert attempt["error_code"] is None
@@ -243,7 +312,7 @@ class DestinationContract:
         await broker.stop_refusing()
         message = await broker.receive(timeout=20)
         assert message.body == b'{"n": 1}'
-        await wait_until(lambda: _status_is(contract, event_id, "delivered"), timeout=20)
+        await wait_until(lambda: _all_are(contract, [event_id], "delivered"), timeout=20)
         attempts = await contract.attempts(event_id)
         assert [a["number"] for a in attempts] == list(range(1, len(attempts) + 1))
         assert [a["status"] for a in attempts][-1] == "success"
@@ -346,6 +415,158 @@ class DestinationContract:
         assert status == 422, answer
         assert f"pip install 'relay[{broker.extra}]'" in answer["message"]
 
+    async def test_one_connection_per_destination_reused_and_opened_again_when_cut(
+        self, broker: Broker, start_contract: StartContract
+    ) -> None:
+        # Twenty at once share the one connection; a pool's are one at a time.
+        delivery = {"per_destination_concurrency": 1} if broker.pooled else {}
+        async with _proxied(broker, start_contract, **delivery) as (relay, proxy, values):
+            await relay.create(values)
+            for n in range(20):
+                await relay.publish(b'{"n": %d}' % n, topic="t")
+            bodies = {(await broker.receive()).body for _ in range(20)}
+            assert bodies == {b'{"n": %d}' % n for n in range(20)}
+            # Twenty deliveries, the connections of one client.
+            assert proxy.accepted == broker.connections, proxy.accepted
 
-async def _status_is(contract: Contract, event_id: str, status: str) -> bool:
-    return await contract.delivery_status(event_id) == status
+            proxy.cut()  # the server restarts, say
+            after = [b'{"after": %d}' % n for n in range(5)]
+            ids = [await relay.publish(body, topic="t") for body in after]
+            await _all_arrive(broker, after, timeout=30)
+            await wait_until(lambda: _all_are(relay, ids, "delivered"), timeout=30)
+            # Opened again, once: not per delivery.
+            assert broker.connections < proxy.accepted <= 2 * broker.connections, proxy.accepted
+
+    async def test_a_hung_server_fails_its_own_deliveries_only(
+        self, broker: Broker, start_contract: StartContract, receiver: Any
+    ) -> None:
+        delivery = {"timeout_seconds": 1.0}
+        async with _proxied(broker, start_contract, **delivery) as (relay, proxy, values):
+            # "connected" has its connection when the server stops answering; "new"
+            # connects while it does not answer.
+            destinations = ("connected", "new")
+            await relay.create(values, id="connected")
+            first = await relay.publish(b'{"first": 1}', topic="t")
+            assert (await broker.receive()).body == b'{"first": 1}'
+            await wait_until(lambda: _all_are(relay, [first], "delivered"))
+            await relay.create(values, id="new")
+            hook = {"config": {"url": receiver.url("/hook")}}
+            await relay.create(hook, type="webhook", id="hook")
+            proxy.hang()
+            stuck = [b'{"n": %d}' % n for n in range(5)]
+            ids = [await relay.publish(body, topic="t") for body in stuck]
+            # The webhook beside it is delivered meanwhile, each at once.
+            await receiver.wait_for(5, path="/hook", timeout=20)
+
+            async def tried_twice() -> bool:
+                tries = [await relay.attempts(ids[0], d) for d in destinations]
+                return all(len(t) >= 2 for t in tries)
+
+            await wait_until(tried_twice, timeout=30)
+            for destination in destinations:
+                for attempt in await relay.attempts(ids[0], destination):
+                    assert attempt["status"] == "failed", dict(attempt)
+                    assert attempt["error_code"] == "timeout", dict(attempt)
+                    assert attempt["http_status"] is None, dict(attempt)
+            proxy.resume()
+            await _all_arrive(broker, stuck, timeout=30)
+
+            async def all_delivered() -> bool:
+                return all([await _all_are(relay, ids, "delivered", d) for d in destinations])
+
+            await wait_until(all_delivered, timeout=30)
+
+    async def test_stopping_relay_closes_its_connections(
+        self, broker: Broker, start_contract: StartContract
+    ) -> None:
+        async with _proxied(broker, start_contract) as (relay, proxy, values):
+            await relay.create(values)
+            event_id = await relay.publish(b"{}", topic="t")
+            await broker.receive()
+            await wait_until(lambda: _all_are(relay, [event_id], "delivered"))
+            assert proxy.open == 1, proxy.open
+            await relay.server.close()
+            await wait_until(lambda: _is(proxy.open == 0), timeout=15)
+
+    @pytest.mark.slow
+    async def test_relay_serve_as_users_start_it_delivers(
+        self, broker: Broker, tmp_path: Path, http: Any, db: Any, database_url: str
+    ) -> None:
+        """`relay serve` (uvloop and all defaults), the destination in its config file
+        with its credentials from the environment."""
+        values = broker.destination()
+        credentials = values.get("credentials", {})
+        env = {_variable(broker, key): value for key, value in credentials.items()}
+        destination = {
+            "id": "d",
+            "type": broker.type,
+            "config": values.get("config", {}),
+            "credentials_env": {key: _variable(broker, key) for key in credentials},
+        }
+        raw = broker.settings()
+        # The test's servers are on loopback, which relay refuses by default.
+        delivery = {"allow_private_networks": ["127.0.0.0/8"]} | raw.pop("delivery", {})
+        port = free_port()
+        raw |= {
+            "server": {"port": port, "admin_api_key": ADMIN_KEY, "health_port": 0},
+            "delivery": delivery,
+            "tenants": [{"id": "acme", "destinations": [destination]}],
+        }
+        config = tmp_path / "relay.toml"
+        config.write_text(toml(raw))
+        env["RELAY_DATABASE_URL"] = database_url
+        serve = RelayProcess("serve", config, tmp_path / "serve.log", env)
+        try:
+            await serve.ready(f"http://127.0.0.1:{port}/healthz")
+            async with http.post(
+                f"http://127.0.0.1:{port}/api/v1/publish",
+                json={"tenant_id": "acme", "topic": "order.created", "data": {"n": 1}},
+                headers=admin_headers(),
+            ) as resp:
+                assert resp.status == 202, await resp.text()
+                event_id = (await resp.json())["id"]
+            message = await broker.receive(timeout=30)
+        finally:
+            code = serve.stop()
+        assert code == 0, serve.log
+        assert orjson.loads(message.body) == {"n": 1}
+        assert message.metadata["topic"] == "order.created"
+        assert message.metadata["event-id"] == event_id
+        assert await db.fetchval("SELECT status FROM relay.attempts") == "success"
+
+
+@contextlib.asynccontextmanager
+async def _proxied(
+    broker: Broker, start_contract: StartContract, **delivery: Any
+) -> AsyncIterator[tuple[Contract, Proxy, dict[str, Any]]]:
+    """A relay whose destinations may reach the broker through its proxy; stopped before
+    the proxy goes (its connections to the proxy are its own to close)."""
+    async with broker.proxied() as (proxy, values):
+        relay = await start_contract(delivery=delivery)
+        try:
+            yield relay, proxy, values
+        finally:
+            await relay.server.close()
+
+
+async def _all_arrive(broker: Broker, bodies: list[bytes], timeout: float) -> None:
+    """Read until each of ``bodies`` arrived (some may arrive twice: at least once)."""
+    deadline = time.monotonic() + timeout
+    seen: set[bytes] = set()
+    while not set(bodies) <= seen:
+        seen.add((await broker.receive(timeout=max(deadline - time.monotonic(), 1))).body)
+
+
+async def _all_are(
+    contract: Contract, event_ids: list[str], status: str, destination: str | None = None
+) -> bool:
+    return all([await contract.delivery_status(i, destination) == status for i in event_ids])
+
+
+async def _is(value: bool) -> bool:
+    return value
+
+
+def _variable(broker: Broker, key: str) -> str:
+    """The environment variable a credential of the config file's destination is in."""
+    return f"TEST_{broker.type}_{key}".upper()

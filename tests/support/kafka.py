@@ -302,6 +302,23 @@ class SaslProxy:
                 return None  # anything else before authentication: closed, as Kafka does
 
 
+class UserConnections:
+    """A SaslProxy's connections of one user (a test's own reader comes through it too):
+    authenticated so far, and open now; ``cut``, ``hang`` and ``resume`` are the proxy's."""
+
+    def __init__(self, proxy: SaslProxy, user: str) -> None:
+        self.proxy, self.user = proxy, user
+        self.cut, self.hang, self.resume = proxy.cut, proxy.hang, proxy.resume
+
+    @property
+    def accepted(self) -> int:
+        return sum(1 for user, _ in self.proxy.logins if user == self.user)
+
+    @property
+    def open(self) -> int:
+        return self.proxy.sessions[self.user]
+
+
 # --- the broker ------------------------------------------------------------------------
 
 

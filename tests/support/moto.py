@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 
+from tests.support.contract import Broker, Proxy
+from tests.support.tcpproxy import TcpProxy
+
 REGION = "us-east-1"
 # moto's default account: its queue URLs are <endpoint>/<account>/<name>.
 ACCOUNT = "123456789012"
@@ -67,6 +70,39 @@ class Moto:
         return f"{endpoint or self.endpoint}/{ACCOUNT}/{name}"
 
 
+class MotoBroker(Broker):
+    """What the AWS types' brokers share: moto's server, reached at an endpoint that
+    ``at()`` puts in a destination's values (directly, or through a proxy)."""
+
+    extra = "aws"
+    # A submodule relay imports (``None`` for the package alone would not stop the import
+    # of a submodule already loaded).
+    library = "aiobotocore.session"
+    shared_modules = ("relay.delivery.aws",)
+    sensitive = ("secret", SECRET)
+    # aiobotocore's HTTP client: a connection per request in flight.
+    pooled = True
+
+    def __init__(self, moto: Moto) -> None:
+        self.moto = moto
+
+    def at(self, endpoint: str) -> dict[str, Any]:
+        """``destination()``'s values with ``endpoint`` (``http://host:port``)."""
+        raise NotImplementedError
+
+    def destination(self) -> dict[str, Any]:
+        return self.at(self.moto.endpoint)
+
+    def via(self, port: int) -> dict[str, Any]:
+        return self.at(f"http://127.0.0.1:{port}")
+
+    @contextlib.asynccontextmanager
+    async def proxied(self) -> AsyncIterator[tuple[Proxy, dict[str, Any]]]:
+        # moto closes each connection after one answer; AWS keeps them open, as this front.
+        async with KeepAlive(self.moto.endpoint) as front, TcpProxy(*front.address) as proxy:
+            yield proxy, self.via(proxy.port)
+
+
 class KeepAlive:
     """An HTTP/1.1 front for moto, whose server closes every connection after one answer
     (werkzeug's): it keeps connections open as AWS's endpoints do, so a test can see how
@@ -75,6 +111,7 @@ class KeepAlive:
 
     def __init__(self, target: str) -> None:
         self.target = target
+        self.address = ("", 0)
         self.endpoint = ""
         self._runner: Any = None
         self._session: Any = None
@@ -106,6 +143,7 @@ class KeepAlive:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         port = self._runner.addresses[0][1]
+        self.address = ("127.0.0.1", port)
         self.endpoint = f"http://127.0.0.1:{port}"
         return self
 

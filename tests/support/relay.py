@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,26 @@ def make_settings(database_url: str, **sections: Any) -> Settings:
         else:
             raw[key] = value
     return Settings.model_validate(raw)
+
+
+def toml(raw: Mapping[str, Any]) -> str:
+    """A config file of ``raw``'s sections, one line each (``server = { port = 8080 }``):
+    inline tables and arrays are TOML too."""
+    return "".join(f"{_key(k)} = {_value(v)}\n" for k, v in raw.items())
+
+
+def _key(key: str) -> str:
+    bare = key.isascii() and key.replace("_", "").replace("-", "").isalnum()
+    return key if bare else json.dumps(key)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    # JSON's strings, numbers and booleans are written as TOML writes them.
+    return json.dumps(value)
 
 
 def admin_headers() -> dict[str, str]:
