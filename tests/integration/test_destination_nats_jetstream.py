@@ -31,6 +31,7 @@ from tests.support.relay import free_port
 
 HOST = "127.0.0.1"
 USER, PASSWORD = "relay-test", "nats-secret-0123"
+DENIED = "relaytestdenied"
 
 
 def _binary() -> str | None:
@@ -46,8 +47,19 @@ def nats_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port()
     store = tmp_path_factory.mktemp("nats")
     log = open(store / "server.log", "wb")
-    argv = [binary, "-a", HOST, "-p", str(port), "-js", "-sd", str(store / "js")]
-    argv += ["--user", USER, "--pass", PASSWORD]
+    # The user may publish anywhere but under DENIED (a permissions violation, which the
+    # server reports on the connection, not as the publish's answer).
+    (store / "server.conf").write_text(f"""
+listen: "{HOST}:{port}"
+jetstream {{ store_dir: "{store / "js"}" }}
+authorization {{
+  users = [{{
+    user: "{USER}", password: "{PASSWORD}",
+    permissions: {{ publish: {{ deny: ["{DENIED}.>"] }} }}
+  }}]
+}}
+""")
+    argv = [binary, "-c", str(store / "server.conf")]
     server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
     while True:
@@ -251,3 +263,20 @@ async def _status(relay: Contract, event_id: str, status: str) -> bool:
 
 async def _delivered(relay: Contract, event_id: str) -> bool:
     return await _status(relay, event_id, "delivered")
+
+
+async def test_a_subject_the_user_may_not_publish_to_is_access_denied(
+    relay: Contract, broker: NatsBroker
+) -> None:
+    values = broker.destination()
+    values["config"]["subject"] = DENIED + ".{topic}"
+    await relay.create(values)
+    event_id = await relay.publish(b"{}", topic="order.created")
+
+    async def failed() -> bool:
+        return bool(await relay.attempts(event_id))
+
+    await wait_until(failed)
+    [first, *_] = await relay.attempts(event_id)
+    assert first["status"] == "failed" and first["error_code"] == "access_denied", dict(first)
+    assert "permissions violation" in first["error_detail"].lower()
