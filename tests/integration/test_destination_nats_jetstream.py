@@ -5,10 +5,6 @@ Nats-Msg-Id and JetStream's duplicate window, the stream a message must land in)
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -28,25 +24,18 @@ from tests.support.contract import (
     wait_until,
 )
 from tests.support.relay import free_port
+from tests.support.servers import HOST, binary, listening
 
-HOST = "127.0.0.1"
 USER, PASSWORD = "relay-test", "nats-secret-0123"
 DENIED = "relaytestdenied"
-
-
-def _binary() -> str | None:
-    return shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin:/usr/bin")
 
 
 @pytest.fixture(scope="module")
 def nats_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A NATS server of this module's, JetStream on, a user and password required."""
-    binary = _binary()
-    if binary is None:
-        pytest.skip("NATS is not installed (nats-server; Debian: apt-get install nats-server)")
+    path = binary("nats-server", "nats-server")
     port = free_port()
     store = tmp_path_factory.mktemp("nats")
-    log = open(store / "server.log", "wb")
     # The user may publish anywhere but under DENIED (a permissions violation, which the
     # server reports on the connection, not as the publish's answer).
     (store / "server.conf").write_text(f"""
@@ -59,23 +48,8 @@ authorization {{
   }}]
 }}
 """)
-    argv = [binary, "-c", str(store / "server.conf")]
-    server = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection((HOST, port), timeout=1).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                text = (store / "server.log").read_text()
-                raise RuntimeError(f"nats-server did not start: {text}") from None
-            time.sleep(0.05)
-    yield port
-    server.terminate()
-    server.wait(10)
-    log.close()
+    with listening([path, "-c", str(store / "server.conf")], port, store / "server.log"):
+        yield port
 
 
 class NatsBroker(Broker):

@@ -4,10 +4,6 @@ then what is particular to the type (streams from topics, trimming, ACL refusals
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -25,45 +21,25 @@ from tests.support.contract import (
     wait_until,
 )
 from tests.support.relay import free_port
+from tests.support.servers import HOST, binary, listening
 
-HOST = "127.0.0.1"
 USER, PASSWORD = "relay-test", "redis-secret-0123"
 # The admin's password (the default user's), for the test's own client.
 ADMIN_PASSWORD = "redis-admin-0123"
-
-
-def _binary() -> str | None:
-    return shutil.which("redis-server") or shutil.which("redis-server", path="/usr/sbin:/usr/bin")
 
 
 @pytest.fixture(scope="module")
 def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A Redis of this module's: nothing kept on disk, a password for the default user and
     an ACL user (USER) that may use the keys relaytest:* only."""
-    binary = _binary()
-    if binary is None:
-        pytest.skip("Redis is not installed (redis-server; Debian: apt-get install redis-server)")
+    path = binary("redis-server", "redis-server")
     port = free_port()
     home = tmp_path_factory.mktemp("redis")
-    argv = [binary, "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no"]
+    argv = [path, "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no"]
     argv += ["--dir", str(home), "--requirepass", ADMIN_PASSWORD]
     argv += ["--user", USER, "on", f">{PASSWORD}", "~relaytest:*", "+@all"]
-    log = home / "server.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection((HOST, port), timeout=1).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError(f"redis-server did not start: {log.read_text()}") from None
-            time.sleep(0.05)
-    yield port
-    server.terminate()
-    server.wait(10)
+    with listening(argv, port, home / "server.log"):
+        yield port
 
 
 class RedisBroker(Broker):
