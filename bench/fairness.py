@@ -3,8 +3,10 @@ publish-to-delivery latency is measured with nothing else going on, then while t
 publishes a burst as fast as it can and relay drains it.
 
 relay runs as users run it (`relay dispatch`, default settings) against a fresh database
-on the system PostgreSQL; bench/receiver.py receives (B's endpoint keeps arrival times).
-Each tenant has one destination. Producers publish through relay's Python API
+on the system PostgreSQL. Each tenant has one destination, and its own receiver
+(bench/receiver.py, a process each; B's keeps arrival times). With --group, B's tenant is
+in a dispatcher group (relay/groups.py) and delivered by a `relay dispatch --group` of
+its own, beside the dispatcher of everyone else. Producers publish through relay's Python API
 (relay.publish.publish, each event in its own transaction for B, 500 a transaction for
 A's burst, from a separate process); an event's latency is its commit, by this machine's
 clock, to its arrival at the receiver. Timings are reported, never asserted.
@@ -19,6 +21,7 @@ latency measured.
 
     .venv/bin/python bench/fairness.py                      # 100,000 for A; B at 50/s
     .venv/bin/python bench/fairness.py --backlog            # A's burst queued, then drained
+    .venv/bin/python bench/fairness.py --backlog --group    # B has a dispatcher of its own
     .venv/bin/python bench/fairness.py --burst 30000 --quiet-seconds 15 --old ../main --rounds 2
 """
 
@@ -144,6 +147,10 @@ class Run:
     label: str
     latency: dict[str, list[float]] = field(default_factory=dict)
     publish: dict[str, list[float]] = field(default_factory=dict)
+    # The latency's two parts: commit to the request's start (notification, claim), and
+    # the request's start to its arrival.
+    claimed: dict[str, list[float]] = field(default_factory=dict)
+    request: dict[str, list[float]] = field(default_factory=dict)
     missing: int = 0
     published_in: float = 0.0
     drained_in: float = 0.0
@@ -165,11 +172,13 @@ async def run_once(args: argparse.Namespace, label: str, old: str | None) -> Run
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
     url = with_database(args.server, name)
-    port = free_port()
+    port, b_port = free_port(), free_port()
     out = REPO / "bench" / "out"
     out.mkdir(exist_ok=True)
     config = out / f"fairness-{os.getpid()}.toml"
     settings = "".join(line + "\n" for line in args.delivery)
+    if args.group:
+        settings += '\n[delivery.groups]\nlatency = ["tenant-b"]\n'
     config.write_text(
         ("[database]\nmigrate_on_start = false\n\n" if old else "")
         + f"""[delivery]
@@ -185,7 +194,7 @@ url = "http://127.0.0.1:{port}/hook/a"
 id = "tenant-b"
 [[tenants.destinations]]
 id = "b"
-url = "http://127.0.0.1:{port}/hook"
+url = "http://127.0.0.1:{b_port}/hook"
 """
     )
     env = os.environ | {"RELAY_DATABASE_URL": url, "RELAY_HEALTH_PORT": str(free_port())}
@@ -193,9 +202,9 @@ url = "http://127.0.0.1:{port}/hook"
     run = Run(label)
     procs = []
 
-    def dispatch(log: str) -> subprocess.Popen[bytes]:
+    def dispatch(log: str, *options: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [*relay, "--config", str(config), "dispatch"],
+            [*relay, "--config", str(config), "dispatch", *options],
             env=env | {"RELAY_HEALTH_PORT": str(free_port())},
             stdout=(out / log).open("wb"),
             stderr=subprocess.STDOUT,
@@ -204,17 +213,22 @@ url = "http://127.0.0.1:{port}/hook"
         return proc
 
     try:
-        receiver = subprocess.Popen(
-            [sys.executable, str(REPO / "bench" / "receiver.py"), "--port", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(receiver)
+        for receiver_port in (port, b_port):
+            receiver = subprocess.Popen(
+                [sys.executable, str(REPO / "bench" / "receiver.py"), "--port", str(receiver_port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            procs.append(receiver)
         subprocess.run([RELAY, "--config", str(config), "migrate"], env=env, check=True)
         if old:
             from cpu_cost import at_revision_of
 
             await at_revision_of(url, old)
+        if args.group:
+            # B's own; the last of the list (the one measured and, with --backlog,
+            # stopped while A's burst is queued) is everyone else's.
+            dispatch("fairness-dispatch-group.log", "--group", "latency")
         dispatchers = [dispatch(f"fairness-dispatch-{n}.log") for n in range(args.dispatchers)]
         await asyncio.sleep(3)
         b = B(url, args.rate)
@@ -255,7 +269,6 @@ url = "http://127.0.0.1:{port}/hook"
             if published_in is not None and left == 0:
                 run.drained_in = time.monotonic() - burst_started
                 break
-        await db.close()
         busy_after = cores_busy()
         sched_after = schedstat(dispatchers[-1].pid)
         run.published_in = published_in
@@ -268,11 +281,21 @@ url = "http://127.0.0.1:{port}/hook"
         await asyncio.sleep(2)
         async with (
             aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{port}/arrivals") as resp,
+            http.get(f"http://127.0.0.1:{b_port}/arrivals") as resp,
         ):
             arrivals = await resp.json()
-        run.latency = {"quiet": [], "burst": []}
-        run.publish = {"quiet": [], "burst": []}
+        # When the dispatcher began each of B's requests (its clock: this machine's).
+        started = {
+            r["id"]: float(r["started"])
+            for r in await db.fetch(
+                "SELECT e.id, extract(epoch FROM a.started_at) AS started "
+                "FROM relay.attempts a JOIN relay.events e ON e.seq = a.event_seq "
+                "WHERE a.tenant_id = 'tenant-b' AND a.number = 1"
+            )
+        }
+        await db.close()
+        for key in ("latency", "publish", "claimed", "request"):
+            setattr(run, key, {"quiet": [], "burst": []})
         for event_id, (committed, phase) in b.committed.items():
             if phase not in run.latency:
                 continue
@@ -281,6 +304,9 @@ url = "http://127.0.0.1:{port}/hook"
                 run.missing += 1
                 continue
             run.latency[phase].append((arrivals[event_id] - committed) * 1000)
+            if event_id in started:
+                run.claimed[phase].append((started[event_id] - committed) * 1000)
+                run.request[phase].append((arrivals[event_id] - started[event_id]) * 1000)
         return run
     finally:
         for proc in reversed(procs):
@@ -302,14 +328,17 @@ def describe(run: Run, args: argparse.Namespace) -> list[str]:
         rows.append(
             f"| {title} | {len(values)} | {statistics.median(values):.1f} | "
             f"{percentile(values, 0.99):.1f} | {max(values):.1f} | "
+            f"{run.p(phase, 0.5, 'claimed'):.1f} / {run.p(phase, 0.99, 'claimed'):.1f} | "
+            f"{run.p(phase, 0.5, 'request'):.1f} / {run.p(phase, 0.99, 'request'):.1f} | "
             f"{run.p(phase, 0.5, 'publish'):.1f} / {run.p(phase, 0.99, 'publish'):.1f} |"
         )
     p50_ratio = run.p("burst", 0.5) / run.p("quiet", 0.5)
     return [
         f"### {run.label}",
         "",
-        "| B's events | n | p50 ms | p99 ms | max ms | B's publish p50 / p99 ms |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| B's events | n | p50 ms | p99 ms | max ms | commit to request p50 / p99 | "
+        "request to arrival p50 / p99 | B's publish p50 / p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
         f"p50 during the burst / quiet: {p50_ratio:.2f}x; p99: {run.p99_ratio:.2f}x "
@@ -339,7 +368,9 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
         f"Tenant B publishes {args.rate:g}/s (one event a transaction); tenant A publishes "
         f"{args.burst:,} events (500 a transaction, another process) after "
         f"{args.quiet_seconds:g} s{how}{args.dispatchers} `relay dispatch` process(es), "
-        "default settings; bench/receiver.py. Latency: B's commit to its arrival, ms. "
+        + ("and B's own `relay dispatch --group latency`, " if args.group else "")
+        + "default settings; bench/receiver.py, one per tenant. Latency: B's commit to its "
+        "arrival, ms. "
         "B's publish: its transaction, begin to commit, ms (not part of the latency).",
         "",
     ]
@@ -364,7 +395,7 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
     text = "\n".join(lines)
     print(text)
     results = REPO / "bench" / "results"
-    kind = "-backlog" if args.backlog else ""
+    kind = ("-backlog" if args.backlog else "") + ("-group" if args.group else "")
     path = results / f"fairness{kind}-{datetime.now(UTC):%Y%m%d-%H%M%S}.md"
     path.write_text(text)
     print(f"written to {path.relative_to(REPO)}")
@@ -399,6 +430,11 @@ def main() -> None:
         default=[],
         metavar="KEY=VALUE",
         help="a [delivery] setting for the dispatcher, as TOML (per_destination_concurrency = 8)",
+    )
+    parser.add_argument(
+        "--group",
+        action="store_true",
+        help="put B in a dispatcher group with a `relay dispatch --group` of its own",
     )
     parser.add_argument("--old", help="another relay checkout, run after this one each round")
     parser.add_argument("--rounds", type=int, default=1)

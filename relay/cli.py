@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from relay import logs
 from relay.config import ConfigError, Settings, load_settings
 from relay.db.engine import IDLE_IN_TRANSACTION_TIMEOUT, asyncpg_url, redacted
+from relay.groups import DispatchGroup
 
 log = logging.getLogger("relay")
 
@@ -76,7 +77,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add("serve", help="run the API and a dispatcher in one process")
     add("api", help="run the HTTP API only")
-    add("dispatch", help="run a dispatcher only (any number may run)")
+    dispatch = add("dispatch", help="run a dispatcher only (any number may run)")
+    dispatch.add_argument(
+        "--group",
+        help="deliver only for the tenants of this group of delivery.groups "
+        "(default: tenants in no group; env RELAY_DISPATCH_GROUP)",
+    )
     add("migrate", help="bring the database schema up to date")
     check = add("check-config", help="validate a config file and exit")
     check.add_argument("path", nargs="?", help="file to check (default: as --config)")
@@ -181,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "check-config":
             return _check_config(args.path or config)
         settings = load_settings(config)
+        if command == "dispatch" and args.group:
+            settings = _in_group(settings, args.group)
         _refuse_to_start(settings, command)
     except ConfigError as exc:
         print(f"relay: invalid configuration\n{exc}", file=sys.stderr)
@@ -240,6 +248,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Reached the server but it refused us (unknown database or role, no rights).
         print(f"relay: {_refused(exc, database_url)}", file=sys.stderr)
         return 1
+
+
+def _in_group(settings: Settings, group: str) -> Settings:
+    """``settings`` for a dispatcher of ``group`` (`relay dispatch --group`)."""
+    if group not in settings.delivery.groups:
+        known = ", ".join(sorted(settings.delivery.groups)) or "none are declared"
+        raise ConfigError(
+            settings.source,
+            "--group",
+            f"{group!r} is not a group of delivery.groups ({known})",
+            f'declare it under [delivery.groups] ({group} = ["tenant-id", ...]) or pass '
+            "a declared group",
+        )
+    delivery = settings.delivery.model_copy(update={"group": group})
+    return settings.model_copy(update={"delivery": delivery})
 
 
 class CannotStart(RuntimeError):
@@ -568,9 +591,11 @@ async def _dispatch_only(settings: Settings, database_url: str) -> None:
             "server.health_port (or RELAY_HEALTH_PORT), or 0 to turn the endpoint off"
         ) from exc
     _tune_gc()
+    d = settings.delivery
     log.info(
-        "relay dispatch running (database %s)%s",
+        "relay dispatch running (database %s; delivering for %s)%s",
         redacted(database_url),
+        DispatchGroup.of(d.group, d.groups, d.group_takeover_seconds).describe(),
         f"; /healthz and /metrics on http://{health}" if health else "",
     )
     try:

@@ -290,6 +290,44 @@ class DeliverySettings(_Strict):
     retry: RetrySettings = RetrySettings()
     hookdeck: HookdeckSettings = HookdeckSettings()
     aws_kinesis: AwsKinesisSettings = AwsKinesisSettings()
+    # Dispatcher groups (relay/groups.py): name -> tenant ids delivered only by
+    # dispatchers started with `--group NAME` (or RELAY_DISPATCH_GROUP), so that another
+    # tenant's burst does not share their event loop. Dispatchers of no group take a
+    # grouped tenant's due rows only once they have waited group_takeover_seconds.
+    groups: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], list[str]] = Field(
+        default_factory=dict
+    )
+    group_takeover_seconds: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    # The group this process's dispatcher serves; unset: tenants in no group.
+    group: str | None = None
+
+    @model_validator(mode="after")
+    def _groups(self) -> DeliverySettings:
+        owner: dict[str, str] = {}
+        for name, tenants in self.groups.items():
+            if not tenants:
+                raise _at_key(
+                    f"delivery.groups.{name}",
+                    "a group needs at least one tenant id",
+                    f'list its tenants ({name} = ["tenant-id"] under [delivery.groups]) '
+                    "or remove it",
+                )
+            for index, tenant in enumerate(tenants):
+                if tenant in owner:
+                    raise _at_key(
+                        f"delivery.groups.{name}[{index}]",
+                        f"tenant {tenant!r} is already in group {owner[tenant]!r}",
+                        "a tenant belongs to one group; remove it from one of them",
+                    )
+                owner[tenant] = name
+        if self.group is not None and self.group not in self.groups:
+            known = ", ".join(sorted(self.groups)) or "none are declared"
+            raise _at_key(
+                "delivery.group",
+                f"{self.group!r} is not a group of delivery.groups ({known})",
+                "declare it under [delivery.groups] or start the dispatcher with a declared group",
+            )
+        return self
 
     @field_validator("allow_private_networks")
     @classmethod
@@ -715,6 +753,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "RELAY_POLL_INTERVAL_SECONDS": ("delivery", "poll_interval_seconds"),
     "RELAY_DELIVERY_TIMEOUT_SECONDS": ("delivery", "timeout_seconds"),
     "RELAY_ALLOW_PRIVATE_NETWORKS": ("delivery", "allow_private_networks"),
+    "RELAY_DISPATCH_GROUP": ("delivery", "group"),
     "RELAY_WEBHOOK_MODE": ("delivery", "webhook_mode"),
     "RELAY_WEBHOOK_INCLUDE_MILLISECOND_TIMESTAMP": (
         "delivery",
@@ -932,6 +971,8 @@ def _config_error(source: str, exc: ValidationError, env: Mapping[str, str]) -> 
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         # Literal/union branches add type names to the location; drop them.
         loc = tuple(p for p in loc if p not in ("literal['*']", "list[str]", "str"))
+        # A table's key that fails its pattern: pydantic says where with "[key]".
+        loc = tuple(p for p in loc if p != "[key]")
         lines.append((_key_path(loc), _problem(err), _FIXES.get(err["type"], _fix_for(err))))
     key, problem, fix = lines[0]
     variable = _variable_for(key, env)
@@ -953,7 +994,10 @@ def _variable_for(key: str, env: Mapping[str, str]) -> str | None:
         variable = _ENV_BY_KEY.get(key)
         if variable is not None and variable in env:
             return variable
-        key = re.sub(r"(\[\d+\]|\.[^.\[]+)$", "", key) if re.search(r"[.\[]", key) else ""
+        shorter = re.sub(r"(\[\d+\]|\.[^.\[]+)$", "", key) if re.search(r"[.\[]", key) else ""
+        if shorter == key:  # nothing more to take off (a key that is not a plain path)
+            return None
+        key = shorter
     return None
 
 

@@ -69,6 +69,7 @@ from relay.db import outbox
 from relay.db.engine import connect_raw, is_connection_failure
 from relay.delivery.base import BLOCKED_ADDRESS, FORMAT_ERROR, INTERNAL_ERROR, Outcome
 from relay.delivery.pool import Deliverer
+from relay.groups import DispatchGroup
 from relay.metrics import Metrics, attempt_outcome
 from relay.retry import RetryPolicy, next_delay
 from relay.supervise import Loop, Supervisor
@@ -230,6 +231,12 @@ class Dispatcher:
         # truth) and to forget every cursor (relay/claiming.py).
         cap = settings.per_destination_concurrency
         self._claims = Claims(per_destination=cap + ahead_of(cap), concurrency=settings.concurrency)
+        # Whose rows this process claims (relay/groups.py); grouped destinations this
+        # dispatcher of no group took over, each logged once while it does.
+        self.group = DispatchGroup.of(
+            settings.group, settings.groups, settings.group_takeover_seconds
+        )
+        self._taken_over: set[Destination] = set()
         self._plan: list[Take] = []
         # The destinations of the claim loop's statement under way (none for a search),
         # or None between statements.
@@ -525,12 +532,41 @@ class Dispatcher:
                 found = await outbox.search_due(conn, dict(self._claims.cursors))
             finally:
                 self._claims.end(reading)
+            found = self._ours(found)
             self._claims.found(((d.destination, d.position) for d in found), reading)
             for d in found:
                 if d.controlled:
                     self._controlled[d.destination] = d.rate
                 else:
                     self._controlled.pop(d.destination, None)
+
+    def _ours(self, found: list[outbox.Due]) -> list[outbox.Due]:
+        """What the search found that this process claims: its group's destinations,
+        and (no group) another group's whose first due row has waited too long."""
+        if not self.group.groups:
+            return found
+        now = datetime.now(UTC)
+        ours = []
+        for d in found:
+            tenant = d.destination[0]
+            if self.group.serves(tenant):
+                ours.append(d)
+            elif self.group.takes(tenant, (now - d.position[0]).total_seconds()):
+                ours.append(d)
+                if d.destination not in self._taken_over:
+                    self._taken_over.add(d.destination)
+                    log.warning(
+                        "destination %s/%s of group %s: rows due for %gs and more, and no "
+                        "dispatcher of that group took them (is `relay dispatch --group %s` "
+                        "running?); delivering them here",
+                        *d.destination,
+                        self.group.group_of(tenant),
+                        self.group.takeover_seconds,
+                        self.group.group_of(tenant),
+                    )
+            else:
+                self._taken_over.discard(d.destination)
+        return ours
 
     def _notified(self, payload: str) -> None:
         """A NOTIFY: new rows for the destination it names, or (naming none) rows that
@@ -546,7 +582,9 @@ class Dispatcher:
     def _announce(self, d: Destination, at: datetime | None = None, *, rows: bool = True) -> None:
         """Rows of ``d`` are due (or, without ``rows``, ``d`` is to be asked again): the
         claim loop's to take, or the quiet claim's if the claim loop is in a statement
-        and ``d`` holds nothing here (see _quiet_loop)."""
+        and ``d`` holds nothing here (see _quiet_loop). Another group's are not ours."""
+        if not self.group.serves(d[0]) and d not in self._claims.active:
+            return
         self._claims.announce(d, at, rows=rows)
         if (
             self._reading is not None

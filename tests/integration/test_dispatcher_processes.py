@@ -58,7 +58,13 @@ class Dispatch:
     """One ``relay dispatch`` process, its output in a log file."""
 
     def __init__(
-        self, name: str, config: Path, database_url: str, tmp: Path, **env_overrides: str
+        self,
+        name: str,
+        config: Path,
+        database_url: str,
+        tmp: Path,
+        *options: str,
+        **env_overrides: str,
     ) -> None:
         self.name = name
         self.log_path = tmp / f"{name}.log"
@@ -84,6 +90,7 @@ class Dispatch:
                     "--log-level",
                     "INFO",
                     "dispatch",
+                    *options,
                 ],
                 cwd=REPO,
                 env=env,

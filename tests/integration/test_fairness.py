@@ -6,6 +6,10 @@ so what it asserts is an order of events, never a time."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -182,3 +186,91 @@ async def test_a_backlog_that_would_fill_every_slot_leaves_room_for_another_tena
         )
         == 7
     )
+
+
+GROUPED = '\n[delivery.groups]\nlatency = ["small"]\n'
+
+
+async def test_a_group_is_delivered_by_its_own_dispatcher_and_the_others_leave_it(
+    dispatcher: Any, database_url: str, db: Any, receiver: Receiver, tmp_path: Path
+) -> None:
+    # small is in group latency: `relay dispatch --group latency` delivers it and not big;
+    # the dispatcher of no group delivers big and not small (its takeover is far off).
+    config = write_config(
+        tmp_path / "relay.toml",
+        receiver,
+        {"big": [{"id": "backlog"}], "small": [{"id": "fresh"}]},
+        poll_interval_seconds=0.2,
+        group_takeover_seconds=3600,
+    )
+    config.write_text(config.read_text() + GROUPED)
+    group = Dispatch("group", config, database_url, tmp_path, "--group", "latency")
+    try:
+        await group.ready()
+        assert "delivering for group latency: tenants small" in group.log
+        await publish_for(database_url, "big", 5, "big")
+        await publish_for(database_url, "small", 3, "small")
+        await receiver.wait_for(3, path="/fresh", timeout=20)
+        # Several of its searches later, big's due rows are still not its to take.
+        await asyncio.sleep(2)
+        assert receiver.on_path("/backlog") == []
+        assert (
+            await db.fetchval(
+                "SELECT count(*) FROM relay.deliveries_active WHERE tenant_id = 'big'"
+            )
+            == 5
+        )
+        other = await dispatcher(config)
+        assert "delivering for tenants in no group" in other.log
+        await receiver.wait_for(5, path="/backlog", timeout=20)
+        group.stop()
+        # With the group's dispatcher gone, the other leaves small's new event waiting.
+        await publish_for(database_url, "small", 1, "small-late")
+        await publish_for(database_url, "big", 1, "big-late")
+        await receiver.wait_for(6, path="/backlog", timeout=20)
+        await asyncio.sleep(2)
+        assert len(receiver.on_path("/fresh")) == 3
+    finally:
+        group.stop()
+
+
+async def test_a_group_without_a_dispatcher_is_taken_over_after_its_wait(
+    dispatcher: Any, database_url: str, db: Any, receiver: Receiver, tmp_path: Path
+) -> None:
+    # No dispatcher of group latency runs: the dispatcher of no group delivers small's
+    # events once their rows have waited group_takeover_seconds, not before, and says so.
+    config = write_config(
+        tmp_path / "relay.toml",
+        receiver,
+        {"big": [{"id": "backlog"}], "small": [{"id": "fresh"}]},
+        poll_interval_seconds=0.2,
+        group_takeover_seconds=3,
+    )
+    config.write_text(config.read_text() + GROUPED)
+    other = await dispatcher(config)
+    started = time.monotonic()
+    await publish_for(database_url, "small", 2, "small")
+    await publish_for(database_url, "big", 1, "big")
+    await receiver.wait_for(1, path="/backlog", timeout=20)
+    assert receiver.on_path("/fresh") == []
+    await receiver.wait_for(2, path="/fresh", timeout=30)
+    waited = time.monotonic() - started
+    assert waited >= 3 - 0.5, waited
+    assert "destination small/fresh of group latency" in other.log
+    assert "relay dispatch --group latency" in other.log
+
+
+def test_an_unknown_group_stops_the_dispatcher_naming_the_flag(
+    receiver: Receiver, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "relay.toml", receiver, {"small": [{"id": "fresh"}]})
+    config.write_text(config.read_text() + GROUPED)
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", "--config", str(config), "dispatch", "--group", "latncy"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--group: 'latncy' is not a group of delivery.groups (latency)" in done.stderr
+    assert "fix: declare it under [delivery.groups]" in done.stderr
