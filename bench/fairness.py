@@ -186,6 +186,7 @@ allow_private_networks = ["127.0.0.0/8"]
 {settings}
 [[tenants]]
 id = "tenant-a"
+{f"rate_limit_per_second = {args.a_rate}" if args.a_rate else ""}
 [[tenants.destinations]]
 id = "a"
 url = "http://127.0.0.1:{port}/hook/a"
@@ -202,9 +203,14 @@ url = "http://127.0.0.1:{b_port}/hook"
     run = Run(label)
     procs = []
 
+    def pinned(command: list[str]) -> list[str]:
+        """A's processes (its dispatcher and receiver), on --pin-a's cores if given."""
+        return ["taskset", "-c", args.pin_a, *command] if args.pin_a else command
+
     def dispatch(log: str, *options: str) -> subprocess.Popen[bytes]:
+        command = [*relay, "--config", str(config), "dispatch", *options]
         proc = subprocess.Popen(
-            [*relay, "--config", str(config), "dispatch", *options],
+            command if options else pinned(command),
             env=env | {"RELAY_HEALTH_PORT": str(free_port())},
             stdout=(out / log).open("wb"),
             stderr=subprocess.STDOUT,
@@ -214,8 +220,9 @@ url = "http://127.0.0.1:{b_port}/hook"
 
     try:
         for receiver_port in (port, b_port):
+            command = [sys.executable, str(REPO / "bench" / "receiver.py"), "--port"]
             receiver = subprocess.Popen(
-                [sys.executable, str(REPO / "bench" / "receiver.py"), "--port", str(receiver_port)],
+                pinned([*command, str(port)]) if receiver_port == port else [*command, str(b_port)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -369,6 +376,8 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
         f"{args.burst:,} events (500 a transaction, another process) after "
         f"{args.quiet_seconds:g} s{how}{args.dispatchers} `relay dispatch` process(es), "
         + ("and B's own `relay dispatch --group latency`, " if args.group else "")
+        + (f"A's dispatcher and receiver pinned to cores {args.pin_a}, " if args.pin_a else "")
+        + (f"tenant A limited to {args.a_rate:g}/s, " if args.a_rate else "")
         + "default settings; bench/receiver.py, one per tenant. Latency: B's commit to its "
         "arrival, ms. "
         "B's publish: its transaction, begin to commit, ms (not part of the latency).",
@@ -435,6 +444,17 @@ def main() -> None:
         "--group",
         action="store_true",
         help="put B in a dispatcher group with a `relay dispatch --group` of its own",
+    )
+    parser.add_argument(
+        "--a-rate",
+        type=float,
+        help="tenant A's rate_limit_per_second (a deployment-wide limit; default none)",
+    )
+    parser.add_argument(
+        "--pin-a",
+        metavar="CPUS",
+        help="run A's dispatcher and receiver on these cores only (taskset -c): as if "
+        "they ran on a machine of their own, beside B's group (PostgreSQL stays shared)",
     )
     parser.add_argument("--old", help="another relay checkout, run after this one each round")
     parser.add_argument("--rounds", type=int, default=1)
