@@ -191,19 +191,25 @@ async def test_a_backlog_that_would_fill_every_slot_leaves_room_for_another_tena
 GROUPED = '\n[delivery.groups]\nlatency = ["small"]\n'
 
 
-async def test_a_group_is_delivered_by_its_own_dispatcher_and_the_others_leave_it(
-    dispatcher: Any, database_url: str, db: Any, receiver: Receiver, tmp_path: Path
-) -> None:
-    # small is in group latency: `relay dispatch --group latency` delivers it and not big;
-    # the dispatcher of no group delivers big and not small (its takeover is far off).
+def grouped_config(tmp_path: Path, receiver: Receiver, *, takeover: float) -> Path:
+    """Tenants big (destination backlog) and small (fresh), small in group latency."""
     config = write_config(
         tmp_path / "relay.toml",
         receiver,
         {"big": [{"id": "backlog"}], "small": [{"id": "fresh"}]},
         poll_interval_seconds=0.2,
-        group_takeover_seconds=3600,
+        group_takeover_seconds=takeover,
     )
     config.write_text(config.read_text() + GROUPED)
+    return config
+
+
+async def test_a_group_is_delivered_by_its_own_dispatcher_and_the_others_leave_it(
+    dispatcher: Any, database_url: str, db: Any, receiver: Receiver, tmp_path: Path
+) -> None:
+    # small is in group latency: `relay dispatch --group latency` delivers it and not big;
+    # the dispatcher of no group delivers big and not small (its takeover is far off).
+    config = grouped_config(tmp_path, receiver, takeover=3600)
     group = Dispatch("group", config, database_url, tmp_path, "--group", "latency")
     try:
         await group.ready()
@@ -239,14 +245,7 @@ async def test_a_group_without_a_dispatcher_is_taken_over_after_its_wait(
 ) -> None:
     # No dispatcher of group latency runs: the dispatcher of no group delivers small's
     # events once their rows have waited group_takeover_seconds, not before, and says so.
-    config = write_config(
-        tmp_path / "relay.toml",
-        receiver,
-        {"big": [{"id": "backlog"}], "small": [{"id": "fresh"}]},
-        poll_interval_seconds=0.2,
-        group_takeover_seconds=3,
-    )
-    config.write_text(config.read_text() + GROUPED)
+    config = grouped_config(tmp_path, receiver, takeover=3)
     other = await dispatcher(config)
     started = time.monotonic()
     await publish_for(database_url, "small", 2, "small")
