@@ -202,17 +202,23 @@ async def test_a_message_for_another_stream_is_refused_and_a_bad_subject_is_not_
     assert "order created" in attempt["error_detail"]
 
 
-async def test_a_wrong_password_is_auth_failed(relay: Contract, broker: NatsBroker) -> None:
-    values = broker.destination()
-    values["credentials"]["password"] = "not-the-password"
+async def _first_attempt(relay: Contract, values: dict[str, Any]) -> Any:
+    """The first attempt row of an event published to a destination made of ``values``."""
     await relay.create(values)
     event_id = await relay.publish(b"{}", topic="order.created")
 
-    async def failed() -> bool:
+    async def attempted() -> bool:
         return bool(await relay.attempts(event_id))
 
-    await wait_until(failed)
+    await wait_until(attempted)
     [first, *_] = await relay.attempts(event_id)
+    return first
+
+
+async def test_a_wrong_password_is_auth_failed(relay: Contract, broker: NatsBroker) -> None:
+    values = broker.destination()
+    values["credentials"]["password"] = "not-the-password"
+    first = await _first_attempt(relay, values)
     assert first["status"] == "failed" and first["error_code"] == "auth_failed", dict(first)
 
 
@@ -244,13 +250,6 @@ async def test_a_subject_the_user_may_not_publish_to_is_access_denied(
 ) -> None:
     values = broker.destination()
     values["config"]["subject"] = DENIED + ".{topic}"
-    await relay.create(values)
-    event_id = await relay.publish(b"{}", topic="order.created")
-
-    async def failed() -> bool:
-        return bool(await relay.attempts(event_id))
-
-    await wait_until(failed)
-    [first, *_] = await relay.attempts(event_id)
+    first = await _first_attempt(relay, values)
     assert first["status"] == "failed" and first["error_code"] == "access_denied", dict(first)
     assert "permissions violation" in first["error_detail"].lower()
