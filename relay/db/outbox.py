@@ -244,8 +244,10 @@ LOCK_LIMITED = text(f"""
 # the plan asks, its in-flight cap less what is in flight, and the whole tokens in its
 # bucket (refilled at its rate since the last claim, up to its burst); a bucket is
 # written back less what was taken. Adaptive backoff scales the rate and the cap by
-# ``throttle`` (the cap of a destination with none is :default_in_flight, the per-process
-# one, now held by all processes together) and grants nothing before throttled_until.
+# ``throttle`` and grants nothing before throttled_until. A destination with no cap of
+# its own gets :default_in_flight (the per-process one, now held by all processes
+# together), or one second of its rate if that is more: 32 in flight would hold a
+# 1,500/s limit to what 32 slots can turn over, each freed slot waiting for a claim.
 CLAIM_LIMITED = text(f"""
     WITH asked AS (
         SELECT a.*,
@@ -254,8 +256,11 @@ CLAIM_LIMITED = text(f"""
                COALESCE(t.rate_limit_burst, n.rate_limit_burst,
                         GREATEST(1, ceil(COALESCE(t.rate_limit_per_second,
                                                   n.rate_limit_per_second)))::int) AS burst,
-               GREATEST(1, floor(COALESCE(t.max_in_flight, n.max_in_flight,
-                                          :default_in_flight) * t.throttle))::int AS cap,
+               GREATEST(1, floor(COALESCE(
+                   t.max_in_flight, n.max_in_flight,
+                   GREATEST(:default_in_flight, ceil(COALESCE(t.rate_limit_per_second,
+                                                              n.rate_limit_per_second))))
+                   * t.throttle))::int AS cap,
                t.ordering_key IS NOT NULL AS ordered
         FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
                     CAST(:counts AS int[]), CAST(:since_at AS timestamptz[]),

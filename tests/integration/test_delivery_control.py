@@ -139,6 +139,30 @@ async def test_a_tenants_in_flight_cap_holds_across_three_dispatchers(
     assert len(receiver.requests) == events
 
 
+async def test_a_rate_limit_alone_leaves_a_second_of_its_rate_in_flight(
+    dispatchers: Any, receiver: Receiver, db: Any, database_url: str, tmp_path: Path
+) -> None:
+    # A slow receiver and a rate limit with no max_in_flight: the rate bounds it, not
+    # per_destination_concurrency (32) held by all processes together, which would keep
+    # it to 32 / 0.3 s = ~107/s against its limit of 400/s. Each process still sends at
+    # most 32 at a time.
+    events, rate = 400, 400
+    receiver.reply = lambda n, path: Reply(delay=0.3)
+    config = write_config(
+        tmp_path / "relay.toml", receiver, destination={"rate_limit_per_second": rate}
+    )
+    for n in range(3):
+        await dispatchers(f"dispatch-{n}", config)
+    await publish_many(database_url, events, per_transaction=100)
+
+    async def all_delivered() -> bool:
+        return (await by_status(db)()).get("delivered", 0) == events
+
+    await wait_until(all_delivered, timeout=60)
+    assert 40 < receiver.max_in_flight <= 3 * 32
+    assert len(receiver.requests) == events
+
+
 async def test_a_destination_without_limits_is_not_slowed(
     dispatchers: Any, receiver: Receiver, db: Any, database_url: str, tmp_path: Path
 ) -> None:
