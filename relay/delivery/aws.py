@@ -14,7 +14,8 @@ dispatcher stops. The client:
 - connects and reads under the destination's timeout, as the pool's own deadline;
 - reaches only what the SSRF guard lets webhooks reach (``delivery.allow_private_networks``):
   an IP literal endpoint is judged before the call, a host name's addresses in the
-  resolver of the client's connector.
+  resolver of the client's connector. The endpoint's host is judged when a destination
+  is created or changed too (AwsProvider.addresses), as a broker's is.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ from relay.delivery.base import (
     TLS_ERROR,
     Attempt,
     DeliveryContext,
+    Endpoint,
     Outcome,
+    Provider,
     brief,
     message,
     network_code,
@@ -181,16 +184,39 @@ def detail(exc: BaseException) -> str:
     return brief(exc)
 
 
-def with_endpoint_problem(found: list[str], config: Mapping[str, str]) -> list[str]:
-    """``found``, and Outpost's check of ``config.endpoint`` (every AWS type reads it):
-    absent, or an absolute http(s) URL."""
-    endpoint = config.get("endpoint", "")
-    if endpoint:
-        parts = urlsplit(endpoint)
-        problem = message("config.endpoint", "pattern")
-        if (parts.scheme not in ("http", "https") or not parts.netloc) and problem not in found:
-            return [*found, problem]
-    return found
+def url_address(url: str, field: str) -> list[Endpoint]:
+    """The host and port an http(s) URL names (the default port of its scheme when it
+    gives none), for the SSRF guard; none when it is not such a URL (``problems`` says
+    so)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return []
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return []
+    return [Endpoint(field, parts.hostname, port or (443 if parts.scheme == "https" else 80))]
+
+
+class AwsProvider(Provider):
+    """What the three AWS types' values share: ``config.endpoint``, absent (AWS's own
+    host for the region) or an absolute http(s) URL (a VPC endpoint, an emulator), which
+    the SSRF guard judges when a destination is created or changed."""
+
+    def problems(self, config: Mapping[str, str], credentials: Mapping[str, str]) -> list[str]:
+        found = super().problems(config, credentials)
+        endpoint = config.get("endpoint", "")
+        if endpoint:
+            parts = urlsplit(endpoint)
+            problem = message("config.endpoint", "pattern")
+            if (parts.scheme not in ("http", "https") or not parts.netloc) and problem not in found:
+                found.append(problem)
+        return found
+
+    def addresses(
+        self, config: Mapping[str, str], credentials: Mapping[str, str]
+    ) -> list[Endpoint]:
+        return url_address(config.get("endpoint", ""), "config.endpoint")
 
 
 def go_json(value: Mapping[str, Any]) -> str:

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from relay.delivery import aws, keytemplates, registry
 from relay.delivery.base import (
     DeliveryContext,
-    Provider,
     Target,
     json_map,
     message_metadata,
@@ -76,11 +75,7 @@ class KinesisPublisher(aws.AwsPublisher):
         }
 
 
-class KinesisProvider(Provider):
-    def problems(self, config: Mapping[str, str], credentials: Mapping[str, str]) -> list[str]:
-        found = super().problems(config, credentials)
-        return aws.with_endpoint_problem(found, config)
-
+class KinesisProvider(aws.AwsProvider):
     def target(
         self, config: Mapping[str, str], credentials: Mapping[str, str], topics: Sequence[str]
     ) -> Target:

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from relay.delivery import aws, keytemplates, registry
 from relay.delivery.base import (
     DeliveryContext,
-    Provider,
     Target,
     json_map,
     message,
@@ -105,7 +104,7 @@ class S3Publisher(aws.AwsPublisher):
         return {"bucket": request["Bucket"], "key": request["Key"]}
 
 
-class S3Provider(Provider):
+class S3Provider(aws.AwsProvider):
     def problems(self, config: Mapping[str, str], credentials: Mapping[str, str]) -> list[str]:
         found = super().problems(config, credentials)
         if storage_class(config.get("storage_class", "")) is None:
@@ -113,7 +112,7 @@ class S3Provider(Provider):
         template = config.get("key_template", "")
         if template and keytemplates.problem(template) is not None:
             found.append(message("config.key_template", "pattern"))
-        return aws.with_endpoint_problem(found, config)
+        return found
 
     def target(
         self, config: Mapping[str, str], credentials: Mapping[str, str], topics: Sequence[str]

@@ -19,7 +19,7 @@ from urllib.parse import quote_plus, urlsplit
 from relay.delivery import aws, registry
 from relay.delivery.base import (
     DeliveryContext,
-    Provider,
+    Endpoint,
     Schema,
     Target,
     json_map,
@@ -77,15 +77,19 @@ class SqsPublisher(aws.AwsPublisher):
         return {"message_id": answer.get("MessageId")}
 
 
-class SqsProvider(Provider):
+class SqsProvider(aws.AwsProvider):
     def __init__(self, schema: Schema) -> None:
         super().__init__(schema)
         # Read though Outpost's metadata does not list it: a secret all the same.
         self._sensitive_credentials |= {"session"}
 
-    def problems(self, config: Mapping[str, str], credentials: Mapping[str, str]) -> list[str]:
-        found = super().problems(config, credentials)
-        return aws.with_endpoint_problem(found, config)
+    def addresses(
+        self, config: Mapping[str, str], credentials: Mapping[str, str]
+    ) -> list[Endpoint]:
+        # Without an endpoint the request goes to the queue URL's host (queue_endpoint).
+        if config.get("endpoint"):
+            return super().addresses(config, credentials)
+        return aws.url_address(config.get("queue_url", ""), "config.queue_url")
 
     def target(
         self, config: Mapping[str, str], credentials: Mapping[str, str], topics: Sequence[str]

@@ -1,8 +1,9 @@
-"""The SSRF guard holds for the broker types' hosts as for a webhook's url: a host it
-refuses (an IP literal, or a name whose every address is refused) is a 422 naming the
-field when a destination is created or changed, a config error naming the key when the
-file declares it, and at delivery (judged when relay connects) a failed attempt,
-``blocked_address``, not retried. A permitted one still delivers, to the real broker."""
+"""The SSRF guard holds for the broker types' hosts (and the AWS types' endpoints) as for
+a webhook's url: a host it refuses (an IP literal, or a name whose every address is
+refused) is a 422 naming the field when a destination is created or changed, a config
+error naming the key when the file declares it, and at delivery (judged when relay
+connects) a failed attempt, ``blocked_address``, not retried. A permitted one still
+delivers, to the real broker (the AWS types': tests/integration/test_destination_aws_*)."""
 
 from __future__ import annotations
 
@@ -72,8 +73,18 @@ def values(type: str, where: str) -> dict[str, Any]:
         }
     if type == "nats_jetstream":
         return {"config": {"server_url": where, "subject": f"relay-ssrf-{RUN}.{{topic}}"}}
-    assert type == "redis_streams"
-    return {"config": {"server_url": where, "stream": f"relay-ssrf-{RUN}:{{topic}}"}}
+    if type == "redis_streams":
+        return {"config": {"server_url": where, "stream": f"relay-ssrf-{RUN}:{{topic}}"}}
+    # An AWS type at an endpoint of its own (an emulator, a VPC endpoint).
+    config = {
+        "aws_sqs": {"queue_url": "https://sqs.us-east-1.amazonaws.com/123456789012/relay"},
+        "aws_kinesis": {"stream_name": "relay", "region": "us-east-1"},
+        "aws_s3": {"bucket": "relay", "region": "us-east-1"},
+    }[type]
+    return {
+        "config": config | {"endpoint": f"http://{where}"},
+        "credentials": {"key": "AKIAEXAMPLE", "secret": "example-secret"},
+    }
 
 
 # Each type's field naming its broker's host, and a port for it.
@@ -85,6 +96,8 @@ FIELDS = {
     "nats_jetstream": ("config.server_url", 4222),
     "redis_streams": ("config.server_url", 6379),
 }
+BROKERS = list(FIELDS)
+FIELDS |= {aws: ("config.endpoint", 4566) for aws in ("aws_sqs", "aws_kinesis", "aws_s3")}
 TYPES = list(FIELDS)
 
 
@@ -291,7 +304,7 @@ async def attempts(db: Any, event_id: str) -> list[Any]:
     )
 
 
-@pytest.mark.parametrize("type", TYPES)
+@pytest.mark.parametrize("type", BROKERS)
 async def test_a_broker_whose_address_became_refused_fails_once_with_blocked_address(
     start_relay: Any, http: Any, database_url: str, db: Any, tmp_path: Path, type: str
 ) -> None:

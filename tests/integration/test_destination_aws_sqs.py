@@ -170,14 +170,28 @@ async def test_bad_config_and_credentials_are_refused_naming_the_field(
     assert (status, answer["data"]) == (422, ["config.queue_url is required"])
 
 
-async def test_an_endpoint_the_ssrf_guard_refuses_fails_at_once(
+async def test_an_endpoint_the_ssrf_guard_refuses_is_refused_and_one_that_became_so_fails_at_once(
     start_relay: Any, database_url: str, http: Any, db: Any, broker: SqsBroker
 ) -> None:
-    settings = make_settings(database_url, delivery={"allow_private_networks": []})
-    relay = Contract(http, await start_relay(settings), db, broker)
-    # An IP literal, judged before the call; a name, judged by what it resolves to.
+    # Stored while loopback is open: an IP literal, and a name.
+    server = await start_relay(make_settings(database_url))
+    relay = Contract(http, server, db, broker)
     await relay.create(broker.destination(), id="literal")
     await relay.create(broker.at(broker.moto.endpoint.replace("127.0.0.1", "localhost")), id="name")
+    await server.close()
+    # relay started again with every private range closed: creating one is a 422 naming
+    # the queue URL (the host requests go to), and the stored ones fail when delivered:
+    # the IP literal judged before the call, the name by what it resolves to.
+    settings = make_settings(database_url, delivery={"allow_private_networks": []})
+    relay = Contract(http, await start_relay(settings), db, broker)
+    status, answer = await relay.call(
+        "POST",
+        "/tenants/acme/destinations",
+        {"type": "aws_sqs", "topics": "*", **broker.destination()},
+    )
+    assert status == 422, answer
+    [problem] = answer["data"]
+    assert problem.startswith("config.queue_url is refused by the SSRF guard: 127.0.0.1 is not")
     event_id = await relay.publish(b"{}", topic="t")
 
     async def failed() -> bool:

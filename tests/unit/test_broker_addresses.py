@@ -54,7 +54,21 @@ def bus(endpoint: str, emulator: bool = False) -> dict[str, str]:
         ("gcp_pubsub", {}, {}, []),  # Google's own host: relay's choice
         ("nats_jetstream", {"server_url": "[::1]"}, {}, [("::1", 4222)]),
         ("redis_streams", {"server_url": "redis.example:6380"}, {}, [("redis.example", 6380)]),
-        ("aws_sqs", {"queue_url": "http://127.0.0.1/q"}, {}, []),  # judged at delivery
+        # Without an endpoint, SQS requests go to the queue URL's host.
+        ("aws_sqs", {"queue_url": "http://127.0.0.1/q"}, {}, [("127.0.0.1", 80)]),
+        (
+            "aws_sqs",
+            {
+                "queue_url": "https://sqs.us-east-1.amazonaws.com/1/q",
+                "endpoint": "http://[::1]:4566",
+            },
+            {},
+            [("::1", 4566)],
+        ),
+        ("aws_kinesis", {"endpoint": "https://kinesis.example"}, {}, [("kinesis.example", 443)]),
+        ("aws_kinesis", {"endpoint": "http://10.0.0.1:x"}, {}, []),
+        ("aws_s3", {"endpoint": "http://10.0.0.1:9000/"}, {}, [("10.0.0.1", 9000)]),
+        ("aws_s3", {}, {}, []),  # AWS's own host for the region
     ],
 )
 def test_each_type_names_the_hosts_its_client_connects_to(
@@ -67,6 +81,7 @@ def test_each_type_names_the_hosts_its_client_connects_to(
         "config.server_url",
         "config.brokers",
         "config.endpoint",
+        "config.queue_url",
         "credentials.connection_string",
     }
 
