@@ -119,6 +119,32 @@ async def test_three_dispatchers_hold_a_destination_to_its_rate_and_in_flight_ca
     assert [tuple(r) for r in rows] == [(1, "success", events)]
 
 
+async def test_a_fast_limit_is_never_exceeded_however_long_the_backlog(
+    dispatchers: Any, receiver: Receiver, db: Any, database_url: str, tmp_path: Path
+) -> None:
+    # 400/s over a backlog of 8,000: the claim's refill once counted the time of its own
+    # in-flight count twice, which grows with the backlog (530/s for a 500/s limit).
+    # Only the upper bound is asserted: a slow machine may deliver less, never more.
+    rate, events = 400, 8000
+    config = write_config(
+        tmp_path / "relay.toml", receiver, destination={"rate_limit_per_second": rate}
+    )
+    for n in range(3):
+        await dispatchers(f"dispatch-{n}", config)
+    await publish_many(database_url, events, per_transaction=1000)
+
+    async def all_delivered() -> bool:
+        return (await by_status(db)()).get("delivered", 0) == events
+
+    await wait_until(all_delivered, timeout=120)
+    times = sorted(r.at for r in receiver.requests)
+    assert len(times) == events
+    # The rate past the first burst and before the end, over ~16 s (the bug: 427/s).
+    start, end = times[0] + 2, times[-1] - 1
+    measured = sum(start <= t < end for t in times) / (end - start)
+    assert measured <= rate * 1.025, measured
+
+
 async def test_a_tenants_in_flight_cap_holds_across_three_dispatchers(
     dispatchers: Any, receiver: Receiver, db: Any, database_url: str, tmp_path: Path
 ) -> None:
