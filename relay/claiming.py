@@ -133,6 +133,26 @@ def share_by_tenant(
     return out
 
 
+# A destination under a rate limit that was granted less than it asked is asked again
+# once this much of its rate has refilled its bucket (unless its burst holds less), and
+# never sooner than ASK_AGAIN_SOONEST: one claim (a lock, a statement, a commit) per
+# token would cost more than the delivery. 20 ms is 10 rows a claim at 500/s, and no
+# later than before for 50/s and slower.
+ASK_AGAIN_AFTER = 0.02
+ASK_AGAIN_SOONEST = 0.005
+
+
+def ask_again_in(rate: float | None, burst: int | None, poll: float) -> float:
+    """Seconds until a destination under delivery control that was granted less than it
+    asked (its tokens or its in-flight cap) is asked again: a worthwhile claim's worth of
+    tokens at ``rate``, or, with no rate (its cap held by every process), a fraction of
+    the poll interval, since no wake-up says when another process frees a slot. Pure."""
+    if rate is None or rate <= 0:
+        return poll / 4
+    tokens = max(1.0, min(rate * ASK_AGAIN_AFTER, burst or 1))
+    return min(max(tokens / rate, ASK_AGAIN_SOONEST), poll)
+
+
 def reserve(concurrency: int) -> int:
     """Slots a tenant holding its equal share leaves free for the others: an eighth."""
     return concurrency // 8

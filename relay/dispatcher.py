@@ -63,7 +63,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from relay.claiming import SWEEP_SECONDS, Claims, Destination, Take
+from relay.claiming import SWEEP_SECONDS, Claims, Destination, Take, ask_again_in
 from relay.config import DeliverySettings
 from relay.db import outbox
 from relay.db.engine import connect_raw, is_connection_failure
@@ -254,7 +254,7 @@ class Dispatcher:
         self._asked: Counter[Destination] = Counter()
         # Destinations under delivery control (rate limits, caps held by all processes,
         # adaptive backoff), each with its rate now: as the last search found them.
-        self._controlled: dict[Destination, float | None] = {}
+        self._controlled: dict[Destination, tuple[float | None, int | None]] = {}
         self._search_at = 0.0
         self._sweep_at = 0.0
 
@@ -506,12 +506,11 @@ class Dispatcher:
             )
             got = Counter(c.destination for c in limited)
             poll = self.settings.poll_interval_seconds
-            again = []
-            for take in held:
-                if got[take.destination] < take.count and take.destination in still_due:
-                    rate = self._controlled[take.destination]
-                    wait = poll / 4 if rate is None else min(max(1 / rate, 0.005), poll)
-                    again.append((wait, take.destination))
+            again = [
+                (ask_again_in(*self._controlled[take.destination], poll), take.destination)
+                for take in held
+                if got[take.destination] < take.count and take.destination in still_due
+            ]
             if again:
                 self._wake_in(again, rows=False)
             batch += limited
@@ -536,7 +535,7 @@ class Dispatcher:
             self._claims.found(((d.destination, d.position) for d in found), reading)
             for d in found:
                 if d.controlled:
-                    self._controlled[d.destination] = d.rate
+                    self._controlled[d.destination] = (d.rate, d.burst)
                 else:
                     self._controlled.pop(d.destination, None)
 

@@ -125,6 +125,11 @@ def _queue(tenant: str, destination: str, since: str) -> str:
 # Destinations under delivery control (a rate limit or in-flight cap of their own or
 # their tenant's, or slowed down by adaptive backoff): ``t`` a destination, ``n`` its
 # tenant. CLAIM leaves them out; CLAIM_LIMITED takes them, under their lock.
+# A destination's own rate limit and burst, else its tenant's (``t``, ``n`` as below); a
+# burst unset is one second's worth.
+_RATE = "COALESCE(t.rate_limit_per_second, n.rate_limit_per_second)"
+_BURST = f"""COALESCE(t.rate_limit_burst, n.rate_limit_burst, GREATEST(1, ceil({_RATE}))::int)"""
+
 _CONTROLLED = """(t.rate_limit_per_second IS NOT NULL OR t.max_in_flight IS NOT NULL
      OR n.rate_limit_per_second IS NOT NULL OR n.max_in_flight IS NOT NULL
      OR t.throttle < 1 OR COALESCE(t.throttled_until > now(), false)
@@ -197,8 +202,7 @@ CLAIM_SESSION: dict[str, str] = {"enable_sort": "off"}
 # One probe of ix_deliveries_due per destination.
 FIND_DUE = text(f"""
     SELECT t.tenant_id, t.id AS destination_id, first.next_attempt_at, first.id,
-           {_CONTROLLED} AS controlled,
-           COALESCE(t.rate_limit_per_second, n.rate_limit_per_second) * t.throttle AS rate
+           {_CONTROLLED} AS controlled, {_RATE} * t.throttle AS rate, {_BURST} AS burst
     FROM relay.destinations t
     LEFT JOIN relay.tenants n ON n.id = t.tenant_id
     LEFT JOIN unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
@@ -251,16 +255,10 @@ LOCK_LIMITED = text(f"""
 CLAIM_LIMITED = text(f"""
     WITH asked AS (
         SELECT a.*,
-               COALESCE(t.rate_limit_per_second, n.rate_limit_per_second) * t.throttle
-                   AS rate,
-               COALESCE(t.rate_limit_burst, n.rate_limit_burst,
-                        GREATEST(1, ceil(COALESCE(t.rate_limit_per_second,
-                                                  n.rate_limit_per_second)))::int) AS burst,
-               GREATEST(1, floor(COALESCE(
-                   t.max_in_flight, n.max_in_flight,
-                   GREATEST(:default_in_flight, ceil(COALESCE(t.rate_limit_per_second,
-                                                              n.rate_limit_per_second))))
-                   * t.throttle))::int AS cap,
+               {_RATE} * t.throttle AS rate, {_BURST} AS burst,
+               GREATEST(1, floor(COALESCE(t.max_in_flight, n.max_in_flight,
+                                          GREATEST(:default_in_flight, ceil({_RATE})))
+                                 * t.throttle))::int AS cap,
                t.ordering_key IS NOT NULL AS ordered
         FROM unnest(CAST(:tenants AS text[]), CAST(:destinations AS text[]),
                     CAST(:counts AS int[]), CAST(:since_at AS timestamptz[]),
@@ -885,8 +883,10 @@ class Due:
     position: Position
     # Under delivery control: claimed with claim_limited.
     controlled: bool
-    # Its rate now (deliveries a second, adaptive backoff applied), if it has one.
+    # Its rate now (deliveries a second, adaptive backoff applied), if it has one, and
+    # its burst (the most its token bucket holds).
     rate: float | None
+    burst: int | None
 
 
 async def search_due(conn: Connection, cursors: Mapping[Destination, Position]) -> list[Due]:
@@ -908,6 +908,7 @@ async def search_due(conn: Connection, cursors: Mapping[Destination, Position]) 
             (r["next_attempt_at"], r["id"] - 1),
             bool(r["controlled"]),
             r["rate"],
+            r["burst"],
         )
         for r in rows
     ]

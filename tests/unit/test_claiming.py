@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from relay.claiming import TENANT_MEMORY, Claims, share_by_tenant, share_out, tenant_rooms
+import pytest
+
+from relay.claiming import (
+    TENANT_MEMORY,
+    Claims,
+    ask_again_in,
+    share_by_tenant,
+    share_out,
+    tenant_rooms,
+)
 
 A, B, C = ("t", "a"), ("t", "b"), ("t", "c")
 T0 = datetime(2026, 12, 7, tzinfo=UTC)
@@ -184,3 +193,19 @@ def test_a_tenant_with_many_destinations_cannot_crowd_out_another() -> None:
         plan = {t.destination: t.count for t in claims.plan({}, 20)}
         assert plan[small] == 10
         assert sum(plan.values()) == 20
+
+
+def test_a_rate_limited_destination_is_asked_again_when_a_claims_worth_has_refilled() -> None:
+    poll = 1.0
+    # 20 ms of the rate: 10 tokens at 500/s; one token at 50/s and slower.
+    assert ask_again_in(500, 500, poll) == pytest.approx(0.02)
+    assert ask_again_in(50, 50, poll) == pytest.approx(0.02)
+    assert ask_again_in(10, 10, poll) == pytest.approx(0.1)
+    # A burst smaller than 20 ms of the rate: no later than the bucket is full again,
+    # but never sooner than 5 ms.
+    assert ask_again_in(1000, 5, poll) == pytest.approx(0.005)
+    assert ask_again_in(1000, 1, poll) == pytest.approx(0.005)
+    # A slow rate waits no longer than the poll interval; no rate (a cap held by every
+    # process, which frees slots no wake-up announces): a quarter of it.
+    assert ask_again_in(0.1, 1, poll) == poll
+    assert ask_again_in(None, None, poll) == poll / 4
