@@ -22,6 +22,7 @@ latency measured.
     .venv/bin/python bench/fairness.py                      # 100,000 for A; B at 50/s
     .venv/bin/python bench/fairness.py --backlog            # A's burst queued, then drained
     .venv/bin/python bench/fairness.py --backlog --group    # B has a dispatcher of its own
+    .venv/bin/python bench/fairness.py --backlog --group --nice-a 19 --a-rate 500
     .venv/bin/python bench/fairness.py --burst 30000 --quiet-seconds 15 --old ../main --rounds 2
 """
 
@@ -204,7 +205,10 @@ url = "http://127.0.0.1:{b_port}/hook"
     procs = []
 
     def pinned(command: list[str]) -> list[str]:
-        """A's processes (its dispatcher and receiver), on --pin-a's cores if given."""
+        """A's processes (its dispatcher and receiver), on --pin-a's cores and at
+        --nice-a's priority, if given."""
+        if args.nice_a:
+            command = ["nice", "-n", str(args.nice_a), *command]
         return ["taskset", "-c", args.pin_a, *command] if args.pin_a else command
 
     def dispatch(log: str, *options: str) -> subprocess.Popen[bytes]:
@@ -377,6 +381,7 @@ def report(args: argparse.Namespace, runs: list[Run]) -> None:
         f"{args.quiet_seconds:g} s{how}{args.dispatchers} `relay dispatch` process(es), "
         + ("and B's own `relay dispatch --group latency`, " if args.group else "")
         + (f"A's dispatcher and receiver pinned to cores {args.pin_a}, " if args.pin_a else "")
+        + (f"A's dispatcher and receiver at nice {args.nice_a}, " if args.nice_a else "")
         + (f"tenant A limited to {args.a_rate:g}/s, " if args.a_rate else "")
         + "default settings; bench/receiver.py, one per tenant. Latency: B's commit to its "
         "arrival, ms. "
@@ -455,6 +460,13 @@ def main() -> None:
         metavar="CPUS",
         help="run A's dispatcher and receiver on these cores only (taskset -c): as if "
         "they ran on a machine of their own, beside B's group (PostgreSQL stays shared)",
+    )
+    parser.add_argument(
+        "--nice-a",
+        type=int,
+        metavar="N",
+        help="run A's dispatcher and receiver at CPU priority N (nice -n N): the bulk "
+        "tenants' dispatcher at a lower priority than B's group (PostgreSQL's is unchanged)",
     )
     parser.add_argument("--old", help="another relay checkout, run after this one each round")
     parser.add_argument("--rounds", type=int, default=1)
