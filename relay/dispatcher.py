@@ -253,7 +253,8 @@ class Dispatcher:
         # Rows the statements under way asked for: held as far as the caps are concerned.
         self._asked: Counter[Destination] = Counter()
         # Destinations under delivery control (rate limits, caps held by all processes,
-        # adaptive backoff), each with its rate now: as the last search found them.
+        # adaptive backoff), each with its rate now and its burst: as the last search
+        # found them.
         self._controlled: dict[Destination, tuple[float | None, int | None]] = {}
         self._search_at = 0.0
         self._sweep_at = 0.0

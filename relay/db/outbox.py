@@ -122,14 +122,14 @@ def _queue(tenant: str, destination: str, since: str) -> str:
     return _QUEUE.format(tenant=tenant, destination=destination, since=since)
 
 
-# Destinations under delivery control (a rate limit or in-flight cap of their own or
-# their tenant's, or slowed down by adaptive backoff): ``t`` a destination, ``n`` its
-# tenant. CLAIM leaves them out; CLAIM_LIMITED takes them, under their lock.
-# A destination's own rate limit and burst, else its tenant's (``t``, ``n`` as below); a
-# burst unset is one second's worth.
+# A destination's own rate limit and burst, else its tenant's (``t`` a destination, ``n``
+# its tenant); a burst unset is one second's worth.
 _RATE = "COALESCE(t.rate_limit_per_second, n.rate_limit_per_second)"
 _BURST = f"""COALESCE(t.rate_limit_burst, n.rate_limit_burst, GREATEST(1, ceil({_RATE}))::int)"""
 
+# Destinations under delivery control (a rate limit or in-flight cap of their own or
+# their tenant's, or slowed down by adaptive backoff): ``t`` a destination, ``n`` its
+# tenant. CLAIM leaves them out; CLAIM_LIMITED takes them, under their lock.
 _CONTROLLED = """(t.rate_limit_per_second IS NOT NULL OR t.max_in_flight IS NOT NULL
      OR n.rate_limit_per_second IS NOT NULL OR n.max_in_flight IS NOT NULL
      OR t.throttle < 1 OR COALESCE(t.throttled_until > now(), false)
