@@ -139,7 +139,7 @@ async def test_a_fast_limit_is_never_exceeded_however_long_the_backlog(
     await wait_until(all_delivered, timeout=120)
     times = sorted(r.at for r in receiver.requests)
     assert len(times) == events
-    # The rate past the first burst and before the end, over ~16 s (the bug: 427/s).
+    # The rate past the first burst and before the end, over ~16 s (the bug: 423/s).
     start, end = times[0] + 2, times[-1] - 1
     measured = sum(start <= t < end for t in times) / (end - start)
     assert measured <= rate * 1.025, measured
