@@ -8,7 +8,7 @@ import asyncio
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,33 @@ def write_config(
     return path
 
 
+def all_delivered(db: Any, events: int) -> Callable[[], Awaitable[bool]]:
+    """A check for wait_until: all ``events`` are delivered."""
+
+    async def check() -> bool:
+        return (await by_status(db)()).get("delivered", 0) == events
+
+    return check
+
+
+async def deliver_with_three(
+    dispatchers: Any,
+    db: Any,
+    database_url: str,
+    config: Path,
+    events: int,
+    *,
+    timeout: float = 60,
+    per_transaction: int = 200,
+) -> None:
+    """Three ``relay dispatch`` processes with ``config`` deliver ``events`` published
+    events (published once all three run)."""
+    for n in range(3):
+        await dispatchers(f"dispatch-{n}", config)
+    await publish_many(database_url, events, per_transaction=per_transaction)
+    await wait_until(all_delivered(db, events), timeout=timeout)
+
+
 # The issue's sizes: 100 s at 50/s; 10,000 ordered deliveries on a busy machine.
 @pytest.mark.timeout(420)
 async def test_three_dispatchers_hold_a_destination_to_its_rate_and_in_flight_cap(
@@ -99,14 +126,15 @@ async def test_three_dispatchers_hold_a_destination_to_its_rate_and_in_flight_ca
         receiver,
         destination={"rate_limit_per_second": rate, "max_in_flight": cap},
     )
-    for n in range(3):
-        await dispatchers(f"dispatch-{n}", config)
-    await publish_many(database_url, events, per_transaction=500)
-
-    async def all_delivered() -> bool:
-        return (await by_status(db)()).get("delivered", 0) == events
-
-    await wait_until(all_delivered, timeout=events / rate * 1.5 + 30)
+    await deliver_with_three(
+        dispatchers,
+        db,
+        database_url,
+        config,
+        events,
+        timeout=events / rate * 1.5 + 30,
+        per_transaction=500,
+    )
     times = sorted(r.at for r in receiver.requests)
     assert len(times) == events
     # The rate in the middle of the drain, past the first burst, over ~90 seconds.
@@ -129,14 +157,9 @@ async def test_a_fast_limit_is_never_exceeded_however_long_the_backlog(
     config = write_config(
         tmp_path / "relay.toml", receiver, destination={"rate_limit_per_second": rate}
     )
-    for n in range(3):
-        await dispatchers(f"dispatch-{n}", config)
-    await publish_many(database_url, events, per_transaction=1000)
-
-    async def all_delivered() -> bool:
-        return (await by_status(db)()).get("delivered", 0) == events
-
-    await wait_until(all_delivered, timeout=120)
+    await deliver_with_three(
+        dispatchers, db, database_url, config, events, timeout=120, per_transaction=1000
+    )
     times = sorted(r.at for r in receiver.requests)
     assert len(times) == events
     # The rate past the first burst and before the end, over ~16 s (the bug: 423/s).
@@ -153,14 +176,7 @@ async def test_a_tenants_in_flight_cap_holds_across_three_dispatchers(
     events, cap = 60, 3
     receiver.reply = lambda n, path: Reply(delay=0.3)
     config = write_config(tmp_path / "relay.toml", receiver, tenant={"max_in_flight": cap})
-    for n in range(3):
-        await dispatchers(f"dispatch-{n}", config)
-    await publish_many(database_url, events)
-
-    async def all_delivered() -> bool:
-        return (await by_status(db)()).get("delivered", 0) == events
-
-    await wait_until(all_delivered, timeout=60)
+    await deliver_with_three(dispatchers, db, database_url, config, events)
     assert receiver.max_in_flight == cap
     assert len(receiver.requests) == events
 
@@ -177,14 +193,7 @@ async def test_a_rate_limit_alone_leaves_a_second_of_its_rate_in_flight(
     config = write_config(
         tmp_path / "relay.toml", receiver, destination={"rate_limit_per_second": rate}
     )
-    for n in range(3):
-        await dispatchers(f"dispatch-{n}", config)
-    await publish_many(database_url, events, per_transaction=100)
-
-    async def all_delivered() -> bool:
-        return (await by_status(db)()).get("delivered", 0) == events
-
-    await wait_until(all_delivered, timeout=60)
+    await deliver_with_three(dispatchers, db, database_url, config, events, per_transaction=100)
     assert 40 < receiver.max_in_flight <= 3 * 32
     assert len(receiver.requests) == events
 
@@ -196,14 +205,7 @@ async def test_a_destination_without_limits_is_not_slowed(
     events = 60
     receiver.reply = lambda n, path: Reply(delay=0.3)
     config = write_config(tmp_path / "relay.toml", receiver)
-    for n in range(3):
-        await dispatchers(f"dispatch-{n}", config)
-    await publish_many(database_url, events)
-
-    async def all_delivered() -> bool:
-        return (await by_status(db)()).get("delivered", 0) == events
-
-    await wait_until(all_delivered, timeout=60)
+    await deliver_with_three(dispatchers, db, database_url, config, events)
     assert receiver.max_in_flight > 3 * 3
 
 
@@ -238,10 +240,7 @@ async def test_a_429_with_retry_after_pauses_the_destination_and_it_recovers(
     assert 0.5 <= row["throttle"] < 1
     assert row["throttle_reason"] == "the receiver answered 429 with Retry-After: 2"
 
-    async def all_delivered() -> bool:
-        return (await by_status(db)()).get("delivered", 0) == events
-
-    await wait_until(all_delivered, timeout=60)
+    await wait_until(all_delivered(db, events), timeout=60)
     # Nothing was sent for 2 s after the 429 was answered, but what was already on its
     # way (the four slots' requests, sent before relay read the 429).
     after = sorted(r.at - answered for r in receiver.requests if r.at > answered)
@@ -324,10 +323,7 @@ async def test_ordered_keys_arrive_in_publish_order_through_failures_and_a_kill_
     await receiver.wait_for(events // 3, timeout=120)
     processes[0].proc.send_signal(signal.SIGKILL)
 
-    async def all_delivered() -> bool:
-        return (await by_status(db)()).get("delivered", 0) == events
-
-    await wait_until(all_delivered, timeout=300)
+    await wait_until(all_delivered(db, events), timeout=300)
     took = time.monotonic() - started
     assert wrong == []
     assert answered == {f"k{k}": per_key - 1 for k in range(keys)}
